@@ -1,0 +1,121 @@
+"""Checking and normalizing basic blocks written as AT&T assembly text.
+
+A block is untrusted input that is later pasted, with thousands of others, into one llvm-mca
+process. So a block may hold instructions only: no directive (`.include`, `.incbin`, any
+statement starting with '.'), no label, no comment (llvm-mca reads its `# LLVM-MCA-BEGIN/END`
+region markers from comments, so a comment could re-split the batch), no ';' second statement,
+no character outside the operand syntax. Every rejection names the block and line.
+
+The canonical form is one instruction a line, `mnemonic op1, op2` with single spaces; a bare
+prefix line (`lock`, `rep`, as llvm-mc prints them) is joined to the instruction it prefixes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# Characters AT&T operands are made of: registers (%), immediates ($), memory operands
+# (parentheses, segment ':'), indirect targets ('*'), AVX-512 masks and broadcasts ({%k1}, {1to8}).
+_ALLOWED = re.compile(r"[A-Za-z0-9_%$(),:*+\-. \t{}]*")
+PREFIXES = frozenset(
+    {"lock", "rep", "repe", "repz", "repne", "repnz", "data16", "data32", "rex64", "notrack", "xacquire", "xrelease", "bnd"}
+)
+
+
+class BlockError(ValueError):
+    """A block that cannot be accepted; `str()` names the block and, where known, the line."""
+
+    def __init__(self, reason: str, block: int | None = None, line: int | None = None):
+        self.reason, self.block, self.line = reason, block, line
+        where = []
+        if block is not None:
+            where.append(f"block {block}")
+        if line is not None:
+            where.append(f"line {line}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+def _check_line(line: str) -> None:
+    if "\x00" in line or any(ord(c) < 32 and c != "\t" for c in line):
+        raise BlockError("control character (NUL or similar) in assembly text")
+    if "#" in line or "//" in line or "/*" in line:
+        raise BlockError("comments are not allowed in a block (they could carry LLVM-MCA region markers)")
+    if ";" in line:
+        raise BlockError("one instruction per line: ';' is not allowed")
+    first = line.split(None, 1)[0]
+    if first.startswith("."):
+        raise BlockError(f"assembler directive {first!r} is not allowed in a block")
+    if first.endswith(":"):
+        raise BlockError(f"label {first!r} is not allowed in a block")
+    bad = _ALLOWED.fullmatch(line) is None
+    if bad:
+        char = next(c for c in line if not _ALLOWED.fullmatch(c))
+        raise BlockError(f"unexpected character {char!r} in instruction {line!r}")
+
+
+def _split_operands(text: str) -> list[str]:
+    """Split an operand list at commas outside parentheses and braces."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char in "({":
+            depth += 1
+        elif char in ")}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return ["".join(p.split()) for p in parts]
+
+
+def normalize_instruction(line: str) -> str:
+    """`"  addq\t%rax,%rbx "` -> `"addq %rax, %rbx"`. Assumes the line passed `_check_line`."""
+    words = line.split()
+    head = []
+    while words and words[0].lower() in PREFIXES and len(words) > 1:
+        head.append(words.pop(0).lower())
+    head.append(words[0].lower())
+    rest = " ".join(words[1:])
+    if not rest:
+        return " ".join(head)
+    return " ".join(head) + " " + ", ".join(_split_operands(rest))
+
+
+def normalize_block(text: str, index: int | None = None, max_instructions: int | None = None) -> str:
+    """Check a block and return its canonical text, or raise BlockError naming block and line."""
+    out: list[str] = []
+    pending_prefix: list[str] = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            _check_line(line)
+        except BlockError as exc:
+            raise BlockError(exc.reason, index, number) from None
+        instruction = normalize_instruction(line)
+        if instruction in PREFIXES:
+            pending_prefix.append(instruction)
+            continue
+        out.append(" ".join([*pending_prefix, instruction]))
+        pending_prefix = []
+    if pending_prefix:
+        out.append(" ".join(pending_prefix))
+    if not out:
+        raise BlockError("empty block (no instructions)", index)
+    if max_instructions is not None and len(out) > max_instructions:
+        raise BlockError(f"{len(out)} instructions, more than the limit of {max_instructions}", index)
+    return "\n".join(out)
+
+
+def split_asm_text(text: str) -> list[str]:
+    """Blocks of a text file: separated by one or more blank lines."""
+    return [b for b in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")) if b.strip()]
+
+
+def read_asm_file(path: str | Path) -> list[str]:
+    """The raw (not yet checked) blocks of an assembly text file."""
+    return split_asm_text(Path(path).read_text(encoding="utf-8", errors="replace"))

@@ -1,0 +1,22 @@
+"""Where surrogate-ops keeps its state (datasets, the MLflow store, builds).
+
+`SURROGATE_OPS_HOME` wins; otherwise a source checkout keeps it in `<checkout>/surrogate-ops-work`
+and an installed package in `~/.surrogate-ops`. The location never depends on the current
+directory, so commands run from anywhere find the same registry.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def work_dir() -> Path:
+    env = os.environ.get("SURROGATE_OPS_HOME")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        checkout = Path(__file__).resolve().parent.parent
+        path = checkout / "surrogate-ops-work" if (checkout / "pyproject.toml").is_file() else Path.home() / ".surrogate-ops"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()

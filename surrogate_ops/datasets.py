@@ -1,0 +1,276 @@
+"""Labeled datasets: blocks from sources, labeled by llvm-mca, written as Parquet.
+
+`collect()` gathers blocks (BHive-format CSVs, ELF binaries, assembly text files), labels every
+distinct block with llvm-mca for each requested `mcpu`, and writes one row per block and source:
+
+    block      canonical AT&T text, one instruction a line
+    hex        machine code when the source has it
+    source     where the block came from ("bhive:hsw.csv", a binary's path, an asm file)
+    measured   measured cycles per 100 iterations (BHive-format sources), else null
+    measured_mcpu  the microarchitecture `measured` was taken on, else null
+    may_alias  the block is in BHive's may-alias list (exclude it from error figures)
+    mca_cycles_<mcpu>, mca_uops_<mcpu>, mca_rthroughput_<mcpu>
+    split      train / val / test, stable: a hash of the block text
+
+Labeling writes parts to `<out>.partial/` as it goes; an interrupted run resumes from them, and
+the final file replaces the parts in one rename. Blocks that cannot be disassembled or that
+llvm-mca rejects are kept out of the dataset and listed, with the reason, in
+`<out stem>.rejected.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from surrogate_ops import presets
+from surrogate_ops.blocks.asm import BlockError, normalize_block, read_asm_file
+from surrogate_ops.blocks.elf import blocks_from_binaries
+from surrogate_ops.blocks.hexcode import disassemble
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.metrics import kendall_tau, mape
+from surrogate_ops.programs import LlvmMca
+
+SPLITS = (("train", 80), ("val", 90), ("test", 100))  # cumulative percent of the block hash
+DEFAULT_BINARIES = ("/usr/bin/ls", "/usr/bin/grep", "/usr/bin/tar", "/usr/bin/gzip", "/usr/bin/find", "/usr/bin/sed",
+                    "/usr/bin/bash", "/usr/bin/ssh", "/usr/bin/git", "/usr/bin/python3")
+PART_ROWS = 2000
+
+
+def split_of(block: str) -> str:
+    """train/val/test for a block, from a hash of its text: stable across runs and machines."""
+    bucket = int(hashlib.sha1(block.encode()).hexdigest()[:8], 16) % 100
+    return next(name for name, upper in SPLITS if bucket < upper)
+
+
+def mcpu_of_bhive_file(path: Path) -> str | None:
+    """The -mcpu a BHive measurement file is for, from its name (hsw.csv -> haswell)."""
+    for mcpu, spec in presets.load("microarchitectures").items():
+        if path.stem == spec["bhive"]:
+            return mcpu
+    return None
+
+
+def read_hex_list(path: Path) -> set[str]:
+    """The hex column (or first column) of a CSV, e.g. BHive's may-alias.csv."""
+    with open(path, newline="") as handle:
+        return {row[0].strip().lower() for row in csv.reader(handle) if row and row[0] != "hex"}
+
+
+def default_binaries() -> list[str]:
+    return [p for p in DEFAULT_BINARIES if Path(p).is_file()] or ["/usr/bin"]
+
+
+@dataclass
+class Record:
+    block: str | None
+    hex: str | None
+    source: str
+    measured: float | None = None
+    measured_mcpu: str | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha1(f"{self.source}\0{self.hex or self.block}".encode()).hexdigest()
+
+
+@dataclass
+class CollectResult:
+    """What `collect` wrote: the dataset, its rejects, and the counts for the summary."""
+
+    path: Path
+    rows: int
+    rejected: int
+    rejected_path: Path | None
+    resumed_rows: int = 0
+    mcpus: list[str] = field(default_factory=list)
+
+
+def _read_bhive(path: Path) -> list[Record]:
+    mcpu = mcpu_of_bhive_file(path)
+    records, seen = [], set()
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "hex" not in reader.fieldnames:
+            raise SurrogateOpsError(f"--bhive {path}: expected a CSV with columns hex,throughput")
+        for row in reader:
+            hexcode = row["hex"].strip().lower()
+            if hexcode in seen:
+                continue
+            seen.add(hexcode)
+            try:
+                measured = float(row["throughput"]) if row.get("throughput") else None
+            except ValueError:
+                measured = None
+            records.append(Record(None, hexcode, f"bhive:{path.name}", measured, mcpu if measured else None))
+    return records
+
+
+def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (), asm: Sequence[str | Path] = (),
+           limit: int | None = None) -> list[Record]:
+    """Records from every source, in a stable order, cut to `limit`; hex sources disassembled."""
+    records: list[Record] = []
+    for path in map(Path, bhive):
+        if not path.is_file():
+            raise SurrogateOpsError(f"--bhive {path}: no such file")
+        records.extend(_read_bhive(path))
+    if binaries:
+        remaining = None if limit is None else max(limit - len(records), 0)
+        if remaining != 0:
+            records.extend(Record(None, h, src) for h, src in blocks_from_binaries(binaries, limit=remaining))
+    for path in map(Path, asm):
+        if not path.is_file():
+            raise SurrogateOpsError(f"--asm {path}: no such file")
+        for i, text in enumerate(read_asm_file(path)):
+            try:
+                records.append(Record(normalize_block(text, index=i), None, str(path)))
+            except BlockError as exc:
+                records.append(Record(None, None, str(path), error=f"{path}: {exc}"))
+    if limit is not None:
+        records = records[:limit]
+    pending = [r for r in records if r.block is None and r.hex is not None]
+    result = disassemble([r.hex for r in pending])  # type: ignore[misc]
+    for i, record in enumerate(pending):
+        record.block = result.blocks[i]
+        record.error = result.errors.get(i)
+    return records
+
+
+def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[str], bar: tqdm) -> pd.DataFrame:
+    blocks = sorted({r.block for r in records if r.error is None and r.block})
+    columns: dict[str, dict[str, object]] = {}
+    errors: dict[str, str] = {}
+    for mcpu, program in programs.items():
+        results = program.run(blocks, progress=bar.update)
+        for block, res in zip(blocks, results):
+            if not res.ok:
+                errors.setdefault(block, f"llvm-mca -mcpu={mcpu}: {res.error}")
+            columns.setdefault(block, {}).update({
+                f"mca_cycles_{mcpu}": res.cycles, f"mca_uops_{mcpu}": res.uops, f"mca_rthroughput_{mcpu}": res.rthroughput,
+            })
+    rows = []
+    for r in records:
+        error = r.error or (errors.get(r.block) if r.block else "no block")
+        rows.append({
+            "key": r.key, "block": r.block, "hex": r.hex, "source": r.source, "measured": r.measured,
+            "measured_mcpu": r.measured_mcpu, "may_alias": bool(r.hex and r.hex in may_alias),
+            **{c: None for m in programs for c in (f"mca_cycles_{m}", f"mca_uops_{m}", f"mca_rthroughput_{m}")},
+            **(columns.get(r.block, {}) if error is None else {}),
+            "split": split_of(r.block) if r.block else None, "error": error,
+        })
+    return pd.DataFrame(rows)
+
+
+def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (),
+            asm: Sequence[str | Path] = (), mcpus: Sequence[str] = ("haswell",), limit: int | None = None,
+            workers: int | None = None, may_alias: str | Path | None = None, params: dict | None = None,
+            progress: bool = True) -> CollectResult:
+    """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
+    and `<out stem>.rejected.csv` for blocks that could not be labeled."""
+    out = Path(out)
+    if not (bhive or binaries or asm):
+        binaries = default_binaries()
+    mcpus = list(dict.fromkeys(mcpus))
+    programs = {m: LlvmMca(mcpu=m, workers=workers, params=params) for m in mcpus}
+    alias: set[str] = set()
+    alias_file = Path(may_alias) if may_alias else next(
+        (Path(b).parent / "may-alias.csv" for b in bhive if (Path(b).parent / "may-alias.csv").is_file()), None)
+    if alias_file is not None:
+        alias = read_hex_list(alias_file)
+
+    records = gather(bhive, binaries, asm, limit)
+    if not records:
+        raise SurrogateOpsError("no blocks found in the given sources")
+    partial = out.with_name(out.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    parts = sorted(partial.glob("part-*.parquet"))
+    done = set()
+    for part in parts:
+        done.update(pq.read_table(part, columns=["key"]).column("key").to_pylist())
+    todo = [r for r in records if r.key not in done]
+    resumed = len(records) - len(todo)
+    with tqdm(total=len({r.block for r in todo if r.block}) * len(mcpus), unit="block", desc="labeling",
+              disable=not progress) as bar:
+        for start in range(0, len(todo), PART_ROWS):
+            frame = _label(todo[start:start + PART_ROWS], programs, alias, bar)
+            tmp = partial / f".part-{len(parts):05d}.tmp"
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+            final = partial / f"part-{len(parts):05d}.parquet"
+            os.replace(tmp, final)
+            parts.append(final)
+
+    order = {r.key: i for i, r in enumerate(records)}
+    frame = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    frame = frame[frame["key"].isin(order)]
+    frame = frame.assign(_order=frame["key"].map(order)).sort_values("_order").drop(columns=["_order", "key"])
+    bad = frame[frame["error"].notna()]
+    good = frame[frame["error"].isna()].drop(columns=["error"]).reset_index(drop=True)
+    rejected_path = out.with_name(out.stem + ".rejected.csv")
+    if len(bad):
+        bad[["source", "hex", "block", "error"]].to_csv(rejected_path, index=False)
+    elif rejected_path.exists():
+        rejected_path.unlink()
+    table = pa.Table.from_pandas(good, preserve_index=False)
+    program = next(iter(programs.values()))
+    table = table.replace_schema_metadata({
+        **(table.schema.metadata or {}),
+        b"surrogate_ops.program": program.name.encode(), b"surrogate_ops.program_version": program.version.encode(),
+        b"surrogate_ops.mcpus": ",".join(mcpus).encode(), b"surrogate_ops.iterations": str(program.iterations).encode(),
+    })
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    shutil.rmtree(partial)
+    return CollectResult(out, len(good), len(bad), rejected_path if len(bad) else None, resumed, mcpus)
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    """A dataset written by `collect`, as a DataFrame."""
+    path = Path(path)
+    if not path.is_file():
+        raise SurrogateOpsError(f"dataset {path} not found (make one with `surrogate-ops collect`)")
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SurrogateOpsError(f"{path} is not a readable Parquet dataset: {exc}") from None
+
+
+def mcpus_of(frame: pd.DataFrame) -> list[str]:
+    return [c.removeprefix("mca_cycles_") for c in frame.columns if c.startswith("mca_cycles_")]
+
+
+def summary(frame: pd.DataFrame) -> str:
+    """A short human-readable summary of a dataset: sizes, splits, sources, label statistics."""
+    lengths = frame["block"].str.count("\n") + 1
+    lines = [
+        f"blocks: {len(frame):,}   instructions per block: median {int(lengths.median())}, max {int(lengths.max())}",
+        "splits: " + ", ".join(f"{k} {v:,}" for k, v in frame["split"].value_counts().reindex([s for s, _ in SPLITS], fill_value=0).items()),
+        "sources: " + ", ".join(f"{Path(k).name} {v:,}" for k, v in frame["source"].value_counts().head(8).items()),
+    ]
+    for mcpu in mcpus_of(frame):
+        cycles = frame[f"mca_cycles_{mcpu}"] / 100
+        lines.append(f"llvm-mca -mcpu={mcpu}: cycles/iteration median {cycles.median():.2f}, "
+                     f"p90 {cycles.quantile(0.9):.2f}, max {cycles.max():.2f}")
+    measured = frame[frame["measured"].notna() & ~frame["may_alias"]]
+    for mcpu, group in measured.groupby("measured_mcpu"):
+        column = f"mca_cycles_{mcpu}"
+        if column in group:
+            lines.append(f"measured on {mcpu}: {len(group):,} blocks (may-alias excluded); llvm-mca error "
+                         f"{100 * mape(group[column].to_numpy(), group['measured'].to_numpy()):.1f}% MAPE, "
+                         f"Kendall's tau {kendall_tau(group[column].to_numpy(), group['measured'].to_numpy()):.3f}")
+    return "\n".join(lines)
+
+
+__all__ = ["collect", "gather", "load", "split_of", "summary"]

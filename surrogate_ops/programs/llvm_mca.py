@@ -1,0 +1,180 @@
+"""llvm-mca, LLVM's basic-block throughput simulator, behind the `Program` interface.
+
+Blocks are run many per process, each as a named code region (`# LLVM-MCA-BEGIN b<i>`), in
+chunks spread over a pool of workers sized to the cores. Process start-up costs about as much as
+simulating 30 blocks, so there is never one process per block on this path.
+
+One bad block never sinks the others: a block llvm-mca's assembler rejects is dropped from the
+output and named, by line, on stderr; a chunk that llvm-mca aborts or that runs past its timeout
+is bisected until each culprit stands alone and gets llvm-mca's own message.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import json
+import os
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from surrogate_ops import presets
+from surrogate_ops.blocks.asm import BlockError, normalize_block
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.llvm_tools import find_tool, tool_options, tool_version
+from surrogate_ops.programs.base import Parameter, Program, Progress, Result
+
+TRIPLE = "x86_64-unknown-linux-gnu"
+_DIAGNOSTIC = re.compile(r"^<stdin>:(\d+):\d+: error: (.*)$", re.MULTILINE)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@functools.cache
+def _known_cpus(path: str) -> frozenset[str]:
+    proc = subprocess.run([path, f"-mtriple={TRIPLE}", "-mcpu=help"], input="", capture_output=True, text=True, timeout=30)
+    text = proc.stdout + proc.stderr
+    section = text.split("Available CPUs for this target:", 1)[-1].split("Available features", 1)[0]
+    return frozenset(re.findall(r"^\s+([\w.-]+)\s+- Select", section, flags=re.MULTILINE))
+
+
+def _declared_parameters() -> dict[str, Parameter]:
+    table = {k: v for k, v in presets.load("llvm_mca_parameters").items() if not k.startswith("_")}
+    return {name: Parameter(name=name, **spec) for name, spec in table.items()}
+
+
+class LlvmMca(Program):
+    """llvm-mca for one `mcpu`: `run(blocks)` gives Total Cycles over `iterations`, uops, RThroughput.
+
+    `params` sets llvm-mca's knobs by parameter name (`dispatch_width`) or llvm-mca option name
+    (`dispatch`); knobs left out keep the scheduling model's own values for the mcpu.
+    """
+
+    name = "llvm-mca"
+    parameters = _declared_parameters()
+
+    def __init__(self, mcpu: str = "haswell", iterations: int = 100, params: Mapping[str, object] | None = None,
+                 path: str | None = None, workers: int | None = None, chunk_size: int = 500,
+                 timeout: float | None = None):
+        self.path = find_tool("llvm-mca", path)
+        if mcpu not in _known_cpus(self.path):
+            raise SurrogateOpsError(f"llvm-mca {self.version} does not know -mcpu={mcpu} (try haswell, skylake, ivybridge)")
+        if iterations < 1:
+            raise SurrogateOpsError("iterations must be at least 1")
+        self.mcpu, self.iterations = mcpu, iterations
+        self.params = self._check_params(params or {})
+        self.workers = workers or default_workers()
+        self.chunk_size = chunk_size
+        self.timeout = timeout
+
+    @property
+    def version(self) -> str:
+        return tool_version(self.path)
+
+    def _check_params(self, params: Mapping[str, object]) -> dict[str, int | bool]:
+        by_option = {p.option: p for p in self.parameters.values()}
+        checked: dict[str, int | bool] = {}
+        for key, value in params.items():
+            spec = self.parameters.get(key) or by_option.get(key.lstrip("-"))
+            if spec is None:
+                raise SurrogateOpsError(f"unknown llvm-mca parameter {key!r}; known: {', '.join(self.parameters)}")
+            if spec.option not in tool_options(self.path):
+                raise SurrogateOpsError(
+                    f"parameter {spec.name} needs llvm-mca --{spec.option} (LLVM {spec.since} or newer); "
+                    f"{self.path} is LLVM {self.version}: install a newer llvm (e.g. apt-get install llvm-19) "
+                    "and point SURROGATE_OPS_LLVM_MCA at it"
+                )
+            try:
+                checked[spec.name] = spec.check(value)
+            except ValueError as exc:
+                raise SurrogateOpsError(str(exc)) from None
+        return checked
+
+    def command(self) -> list[str]:
+        """The llvm-mca command line (input on stdin) this instance runs."""
+        args = [self.path, f"-mtriple={TRIPLE}", f"-mcpu={self.mcpu}", f"-iterations={self.iterations}", "--json",
+                "--instruction-info=false", "--resource-pressure=false"]
+        for name, value in self.params.items():
+            option = self.parameters[name].option
+            args.append(f"--{option}={'true' if value else 'false'}" if isinstance(value, bool) else f"--{option}={value}")
+        return args
+
+    def run(self, blocks: Sequence[str], progress: Progress | None = None) -> list[Result]:
+        """One Result per block, in order. Blocks are checked first; rejected ones never reach llvm-mca."""
+        results: list[Result | None] = [None] * len(blocks)
+        valid: list[tuple[int, str]] = []
+        for i, text in enumerate(blocks):
+            try:
+                valid.append((i, normalize_block(text, index=i)))
+            except BlockError as exc:
+                results[i] = Result(error=str(exc))
+        if progress and len(valid) < len(blocks):
+            progress(len(blocks) - len(valid))
+        chunks = [valid[s:s + self.chunk_size] for s in range(0, len(valid), self.chunk_size)]
+
+        def work(chunk: list[tuple[int, str]]) -> None:
+            for (i, _), result in zip(chunk, self._run_chunk([text for _, text in chunk]), strict=True):
+                results[i] = result
+            if progress:
+                progress(len(chunk))
+
+        if len(chunks) <= 1 or self.workers == 1:
+            for chunk in chunks:
+                work(chunk)
+        else:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                list(pool.map(work, chunks))
+        return results  # type: ignore[return-value]
+
+    def _run_chunk(self, blocks: list[str]) -> list[Result]:
+        """Run canonical blocks in one llvm-mca process; bisect when llvm-mca fails as a whole."""
+        lines: list[str] = []
+        starts: list[int] = []  # 1-based input line of each block's first instruction
+        for i, block in enumerate(blocks):
+            lines.append(f"# LLVM-MCA-BEGIN b{i}")
+            starts.append(len(lines) + 1)
+            lines.extend(block.split("\n"))
+            lines.append(f"# LLVM-MCA-END b{i}")
+        timeout = self.timeout if self.timeout is not None else 30 + 0.2 * len(blocks)
+        try:
+            proc = subprocess.run(self.command(), input="\n".join(lines) + "\n", capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if len(blocks) == 1:
+                return [Result(error=f"llvm-mca timed out after {timeout:.0f} s")]
+            return self._bisect(blocks)
+        if proc.returncode != 0:
+            if len(blocks) == 1:
+                message = proc.stderr.strip().splitlines()
+                return [Result(error=f"llvm-mca: {message[0] if message else f'exit status {proc.returncode}'}")]
+            return self._bisect(blocks)
+        return self._parse(proc.stdout, proc.stderr, starts, len(blocks))
+
+    def _bisect(self, blocks: list[str]) -> list[Result]:
+        mid = len(blocks) // 2
+        return self._run_chunk(blocks[:mid]) + self._run_chunk(blocks[mid:])
+
+    @staticmethod
+    def _parse(stdout: str, stderr: str, starts: list[int], count: int) -> list[Result]:
+        results: list[Result | None] = [None] * count
+        try:
+            regions = json.loads(stdout).get("CodeRegions", []) if stdout.strip() else []
+        except json.JSONDecodeError:
+            regions = []
+        for region in regions:
+            summary = region["SummaryView"]
+            results[int(region["Name"][1:])] = Result(
+                cycles=float(summary["TotalCycles"]), uops=int(summary["TotaluOps"]),
+                rthroughput=float(summary["BlockRThroughput"]),
+            )
+        messages: dict[int, str] = {}
+        for match in _DIAGNOSTIC.finditer(stderr):
+            line = int(match.group(1))
+            block = bisect.bisect_right(starts, line) - 1
+            messages.setdefault(block, f"llvm-mca: {match.group(2)} (line {line - starts[block] + 1})")
+        return [r if r is not None else Result(error=messages.get(i, "llvm-mca gave no result for this block"))
+                for i, r in enumerate(results)]
