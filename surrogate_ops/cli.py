@@ -52,7 +52,9 @@ def cli(llvm_mca: str | None) -> None:
               help="llvm-mca parameters to label with (JSON: option name to value).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Parquet file to write [default: <work dir>/datasets/default.parquet].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, out, quiet) -> None:
+@click.option("--part-rows", type=click.IntRange(min=1), default=2000, hidden=True,
+              help="Blocks per resumable part file.")
+def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, out, quiet, part_rows) -> None:
     """Build a labeled dataset: blocks from sources, labeled by llvm-mca, as Parquet.
 
     With no source, cuts basic blocks out of binaries found on this machine. An interrupted run
@@ -62,7 +64,8 @@ def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, out, qu
 
     out = Path(out) if out else config.work_dir() / "datasets" / "default.parquet"
     result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit, workers=workers,
-                              may_alias=may_alias, params=_read_params(params), progress=not quiet)
+                              may_alias=may_alias, params=_read_params(params), progress=not quiet,
+                              part_rows=part_rows)
     click.echo(f"wrote {result.path} ({result.rows:,} blocks"
                + (f", {result.resumed_rows:,} resumed from an earlier run" if result.resumed_rows else "") + ")")
     if result.rejected_path:

@@ -175,7 +175,7 @@ def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[s
 def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (),
             asm: Sequence[str | Path] = (), mcpus: Sequence[str] = ("haswell",), limit: int | None = None,
             workers: int | None = None, may_alias: str | Path | None = None, params: dict | None = None,
-            progress: bool = True) -> CollectResult:
+            progress: bool = True, part_rows: int = PART_ROWS) -> CollectResult:
     """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
     and `<out stem>.rejected.csv` for blocks that could not be labeled."""
     out = Path(out)
@@ -202,8 +202,8 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     resumed = len(records) - len(todo)
     with tqdm(total=len({r.block for r in todo if r.block}) * len(mcpus), unit="block", desc="labeling",
               disable=not progress) as bar:
-        for start in range(0, len(todo), PART_ROWS):
-            frame = _label(todo[start:start + PART_ROWS], programs, alias, bar)
+        for start in range(0, len(todo), part_rows):
+            frame = _label(todo[start:start + part_rows], programs, alias, bar)
             tmp = partial / f".part-{len(parts):05d}.tmp"
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
             final = partial / f"part-{len(parts):05d}.parquet"

@@ -1,11 +1,12 @@
 """Blocks from hex machine code (the BHive format), disassembled by llvm-mc in batches.
 
-One llvm-mca process disassembles thousands of blocks: each block is written on its own input line
-followed by a `ud2` (0x0f 0x0b) separator, and the output is split at the ud2 lines. When the
-pieces do not come out one per block (a block holding a ud2 of its own, or one whose last
-instruction is cut short and swallows the separator), the batch is bisected until each block is
-disassembled alone. Undecodable bytes make llvm-mc warn with the input line, which names the
-block (or the one before it, when a cut-short instruction ran over): those are checked alone.
+One llvm-mc process disassembles thousands of blocks: each block is written on its own input
+line followed by a separator of 16 nops and a ud2, and the output is split at the ud2 lines. An
+x86 instruction is at most 15 bytes, so a block whose last instruction is cut short can swallow
+some of the nops but never the ud2: decoding is back in step before the next block, and the
+block shows fewer than 16 trailing nops, which marks it as truncated. Undecodable bytes make
+llvm-mc warn with the input line, which names the block: such blocks are checked alone. A block
+that holds a ud2 of its own makes the pieces outnumber the blocks, and the batch is bisected.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from surrogate_ops.blocks.asm import PREFIXES, normalize_instruction
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import find_tool
 
+_PAD = 16
+_SEPARATOR = " 0x90" * _PAD + " 0x0f 0x0b"
 _WARNING = re.compile(r"^<stdin>:(\d+):\d+: (?:warning|error): (.*)$", re.MULTILINE)
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
@@ -31,7 +34,7 @@ class Disassembly:
 
 
 def _run_llvm_mc(llvm_mc: str, hexes: list[str]) -> tuple[str, str]:
-    lines = [" ".join(f"0x{h[i:i + 2]}" for i in range(0, len(h), 2)) + " 0x0f 0x0b" for h in hexes]
+    lines = [" ".join(f"0x{h[i:i + 2]}" for i in range(0, len(h), 2)) + _SEPARATOR for h in hexes]
     proc = subprocess.run(
         [llvm_mc, "--disassemble", "-triple=x86_64", "-"],
         input="\n".join(lines) + "\n",
@@ -62,6 +65,16 @@ def _pieces(stdout: str) -> list[list[str]]:
     return pieces
 
 
+def _finish(out: Disassembly, i: int, piece: list[str]) -> None:
+    """Store block i from its piece of output, which must end in the separator's nops."""
+    if len(piece) < _PAD or any(line != "nop" for line in piece[-_PAD:]):
+        out.errors[i] = "truncated instruction at the end of the block"
+    elif len(piece) == _PAD:
+        out.errors[i] = "no complete instruction in the block"
+    else:
+        out.blocks[i] = "\n".join(piece[:-_PAD])
+
+
 def _batch(tool: str, hexes: list[str], index: list[int], out: Disassembly) -> None:
     """Disassemble blocks `index`; blocks that llvm-mc warns about are retried alone."""
     stdout, stderr = _run_llvm_mc(tool, [hexes[i] for i in index])
@@ -70,29 +83,20 @@ def _batch(tool: str, hexes: list[str], index: list[int], out: Disassembly) -> N
     if not warned:
         if len(pieces) == len(index) + 1 and not pieces[-1]:
             for i, piece in zip(index, pieces):
-                if piece:
-                    out.blocks[i] = "\n".join(piece)
-                else:
-                    out.errors[i] = "no complete instruction in the block"
+                _finish(out, i, piece)
             return
         if len(index) == 1:
-            # A lone block holding a ud2 of its own: every piece but the final separator is the block.
-            if len(pieces) > 2 and not pieces[-1]:
-                body = [line for k, piece in enumerate(pieces[:-1]) for line in (["ud2"] if k else []) + piece]
-                out.blocks[index[0]] = "\n".join(body)
-            else:
-                out.errors[index[0]] = "truncated instruction at the end of the block"
+            # A lone block holding a ud2 of its own: every piece but the final one is the block.
+            body = [line for k, piece in enumerate(pieces[:-1]) for line in (["ud2"] if k else []) + piece]
+            _finish(out, index[0], body)
             return
     elif len(index) == 1:
         out.errors[index[0]] = f"llvm-mc: {next(iter(warned.values()))}"
         return
     if warned:
-        # A warning names the line where decoding went wrong, which is that block or the one a
-        # truncated instruction ran over from: check those alone, the rest together.
-        suspects = {n for line in warned for n in (line - 1, line) if n >= 0}
-        for n in sorted(suspects):
+        for n in sorted(warned):
             _batch(tool, hexes, [index[n]], out)
-        rest = [i for n, i in enumerate(index) if n not in suspects]
+        rest = [i for n, i in enumerate(index) if n not in warned]
         if rest:
             _batch(tool, hexes, rest, out)
         return

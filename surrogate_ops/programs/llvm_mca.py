@@ -149,14 +149,22 @@ class LlvmMca(Program):
             return self._bisect(blocks)
         if proc.returncode != 0:
             if len(blocks) == 1:
-                message = proc.stderr.strip().splitlines()
-                return [Result(error=f"llvm-mca: {message[0] if message else f'exit status {proc.returncode}'}")]
+                return [Result(error=self._failure_message(proc.stderr, starts[0], proc.returncode))]
             return self._bisect(blocks)
         return self._parse(proc.stdout, proc.stderr, starts, len(blocks))
 
     def _bisect(self, blocks: list[str]) -> list[Result]:
         mid = len(blocks) // 2
         return self._run_chunk(blocks[:mid]) + self._run_chunk(blocks[mid:])
+
+    @staticmethod
+    def _failure_message(stderr: str, start: int, returncode: int) -> str:
+        """llvm-mca's own words for a lone block it failed on, with the line inside the block."""
+        match = _DIAGNOSTIC.search(stderr)
+        if match:
+            return f"llvm-mca: {match.group(2)} (line {int(match.group(1)) - start + 1})"
+        lines = [line.strip() for line in stderr.splitlines() if line.startswith(("error:", "note:"))]
+        return "llvm-mca: " + (" ".join(" ".join(lines).split())[:300] if lines else f"exit status {returncode}")
 
     @staticmethod
     def _parse(stdout: str, stderr: str, starts: list[int], count: int) -> list[Result]:

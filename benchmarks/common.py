@@ -1,0 +1,35 @@
+"""Helpers shared by the benchmarks: locating BHive data, timing with repeats."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_BHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bhive"
+
+
+def bhive_hexes(path: Path, limit: int, skip_may_alias: bool = True) -> list[str]:
+    """The first `limit` distinct hex blocks of a BHive CSV (may-alias blocks left out)."""
+    alias = set()
+    if skip_may_alias and (path.parent / "may-alias.csv").is_file():
+        alias = {row[0] for row in csv.reader(open(path.parent / "may-alias.csv")) if row}
+    seen: dict[str, None] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["hex"] not in alias:
+                seen.setdefault(row["hex"], None)
+            if len(seen) >= limit:
+                break
+    return list(seen)
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times

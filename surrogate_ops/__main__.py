@@ -1,0 +1,3 @@
+from surrogate_ops.cli import main
+
+main()

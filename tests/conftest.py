@@ -1,0 +1,42 @@
+"""Shared fixtures: the tiny real blocks in fixtures/ with their true llvm-mca output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bhive"
+
+
+@pytest.fixture(scope="session")
+def fixture_blocks() -> list[dict]:
+    """Blocks of fixtures/blocks.s with hex and llvm-mca's output per mcpu (made by make_fixtures.py)."""
+    return json.loads((FIXTURES / "blocks.json").read_text())["blocks"]
+
+
+@pytest.fixture(scope="session")
+def fixture_llvm_version() -> str:
+    return json.loads((FIXTURES / "blocks.json").read_text())["llvm_version"]
+
+
+@pytest.fixture(scope="session")
+def tiny_binary(tmp_path_factory) -> Path:
+    """A small ELF program compiled here, so block extraction is tested on a known binary."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("a C compiler (cc/gcc) is needed to build the tiny test binary")
+    src = tmp_path_factory.mktemp("bin") / "tiny.c"
+    src.write_text(
+        "#include <stdio.h>\n"
+        "long sum(long *a, long n) { long s = 0; for (long i = 0; i < n; i++) s += a[i] * 3; return s; }\n"
+        "int main(int argc, char **argv) { long a[64]; for (int i = 0; i < 64; i++) a[i] = i ^ argc;\n"
+        "  printf(\"%ld\\n\", sum(a, 64)); return 0; }\n"
+    )
+    out = src.with_suffix("")
+    subprocess.run([cc, "-O1", "-fno-inline", "-o", str(out), str(src)], check=True)
+    return out

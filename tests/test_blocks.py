@@ -1,0 +1,86 @@
+"""Block sources: hex through llvm-mc, ELF binaries through llvm-objdump, assembly text files."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from surrogate_ops.blocks import BlockError, normalize_block, read_asm_file
+from surrogate_ops.blocks.elf import blocks_from_binaries, find_binaries
+from surrogate_ops.blocks.hexcode import disassemble
+from surrogate_ops.errors import SurrogateOpsError
+
+from conftest import FIXTURES
+
+
+def test_hex_round_trip(fixture_blocks):
+    result = disassemble([b["hex"] for b in fixture_blocks])
+    assert result.errors == {}
+    assert result.blocks == [b["block"] for b in fixture_blocks]
+
+
+def test_hex_batch_keeps_good_blocks_around_bad_ones(fixture_blocks):
+    good = [b["hex"] for b in fixture_blocks]
+    hexes = [good[0], "ffff", good[1], "4801", "xyz", good[2], "0f0b" + good[3], "48"]
+    result = disassemble(hexes)
+    assert result.blocks[0] == fixture_blocks[0]["block"]
+    assert result.blocks[2] == fixture_blocks[1]["block"]
+    assert result.blocks[5] == fixture_blocks[2]["block"]
+    assert result.blocks[6] == "ud2\n" + fixture_blocks[3]["block"]  # a block holding ud2 of its own
+    assert set(result.errors) == {1, 3, 4, 7}
+    assert "invalid instruction encoding" in result.errors[1]
+    assert "hex" in result.errors[4]
+
+
+def test_normalize_block_canonical_form():
+    text = "  LOCK\n\taddq\t%rax,(%rdi)\n\n  movq   8(%rsp, %rax, 4) ,%rcx  \n"
+    assert normalize_block(text) == "lock addq %rax, (%rdi)\nmovq 8(%rsp,%rax,4), %rcx"
+
+
+@pytest.mark.parametrize("text", ["addq %rax, %rbx\n.section .data", "addq %rax, %rbx ; nop", "x: nop", "nop \"a\""])
+def test_normalize_block_names_block_and_line(text):
+    with pytest.raises(BlockError) as info:
+        normalize_block(text, index=7)
+    assert info.value.block == 7 and info.value.line is not None
+    assert str(info.value).startswith(f"block 7, line {info.value.line}:")
+
+
+def test_asm_file_blocks_are_separated_by_blank_lines():
+    blocks = read_asm_file(FIXTURES / "blocks.s")
+    assert len(blocks) == 8
+    assert normalize_block(blocks[0]) == "addq %rax, %rbx\nimulq %rcx, %rdx"
+
+
+def test_elf_blocks(tiny_binary):
+    found = blocks_from_binaries([tiny_binary])
+    assert found and all(src == str(tiny_binary) for _, src in found)
+    hexes = [h for h, _ in found]
+    assert len(hexes) == len(set(hexes))  # deduplicated
+    result = disassemble(hexes)
+    assert result.errors == {}
+    texts = [b for b in result.blocks if b]
+    mnemonics = {line.split()[0] for b in texts for line in b.split("\n")}
+    assert not any(m.startswith(("j", "call", "ret", "nop")) for m in mnemonics)
+    # the loop body of sum(): a load and an add
+    assert any("(%r" in b and "add" in b for b in texts)
+    # every block is a run of consecutive instruction bytes in objdump's own listing
+    listing = subprocess.run(["llvm-objdump", "-d", str(tiny_binary)], capture_output=True, text=True).stdout
+    code = "".join(re.findall(r"^\s+[0-9a-f]+:\s+([0-9a-f]{2}(?: [0-9a-f]{2})*)", listing, flags=re.MULTILINE)).replace(" ", "")
+    assert all(h in code for h in hexes)
+
+
+def test_elf_blocks_cap_length_and_limit(tiny_binary):
+    assert len(blocks_from_binaries([tiny_binary], limit=3)) == 3
+    capped = disassemble([h for h, _ in blocks_from_binaries([tiny_binary], max_len=2)])
+    assert all(b.count("\n") < 2 for b in capped.blocks if b)
+
+
+def test_binary_sources_are_checked(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a binary")
+    assert find_binaries([tmp_path]) == []
+    with pytest.raises(SurrogateOpsError, match="not an ELF file"):
+        find_binaries([tmp_path / "notes.txt"])
+    with pytest.raises(SurrogateOpsError, match="no such file"):
+        find_binaries([tmp_path / "missing"])

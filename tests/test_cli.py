@@ -1,0 +1,57 @@
+"""The command line as a user meets it: help, one-line errors, the main job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from conftest import FIXTURES
+
+CLI = [sys.executable, "-m", "surrogate_ops"]
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_help_lists_every_command_with_its_purpose():
+    out = run("--help").stdout
+    for command in ("collect", "summary", "quickstart"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(command))
+        assert len(line.split()) > 2, line
+
+
+def test_missing_llvm_mca_is_one_line(tmp_path):
+    proc = run("collect", "--asm", str(FIXTURES / "blocks.s"), "--out", str(tmp_path / "x.parquet"),
+               env={"SURROGATE_OPS_LLVM_MCA": "/nonexistent/llvm-mca"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: llvm-mca not found") and "apt-get install -y llvm" in proc.stderr
+
+
+def test_llvm_mca_option_and_collect_output(tmp_path):
+    proc = run("--llvm-mca", shutil.which("llvm-mca"), "collect", "--asm", str(FIXTURES / "blocks.s"), "--quiet",
+               "--out", str(tmp_path / "x.parquet"))
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and "blocks: 8" in proc.stdout
+    again = run("summary", str(tmp_path / "x.parquet"))
+    assert "blocks: 8" in again.stdout
+
+
+def test_bad_input_paths_are_clear_errors(tmp_path):
+    proc = run("summary", str(tmp_path / "missing.parquet"))
+    assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    proc = run("summary", str(tmp_path / "junk.parquet"))
+    assert proc.returncode == 2 and "not a readable Parquet dataset" in proc.stderr
+    proc = run("collect", "--binary", str(tmp_path / "nothing"), "--out", str(tmp_path / "y.parquet"))
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_quickstart_collects_from_local_binaries(tmp_path):
+    proc = run("quickstart", env={"SURROGATE_OPS_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "datasets" / "default.parquet").is_file()
+    assert "blocks: 5,000" in proc.stdout and "llvm-mca -mcpu=haswell" in proc.stdout

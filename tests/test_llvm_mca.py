@@ -1,0 +1,123 @@
+"""The llvm-mca adapter against llvm-mca itself: batching, bad blocks, parameters, errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.programs import LlvmMca, Result
+
+
+def same(result: Result, reference: Result) -> bool:
+    """Equal up to the rounding of RThroughput in llvm-mca's text view (one decimal)."""
+    return (result.cycles, result.uops, result.error) == (reference.cycles, reference.uops, reference.error) and \
+        abs(result.rthroughput - reference.rthroughput) < 0.051
+
+
+def plain_llvm_mca(block: str, mcpu: str, *options: str) -> Result:
+    """Reference: one plain llvm-mca process on one block, its text output parsed."""
+    out = subprocess.run(["llvm-mca", "-mtriple=x86_64-unknown-linux-gnu", f"-mcpu={mcpu}", "-iterations=100", *options],
+                         input=block + "\n", capture_output=True, text=True, check=True).stdout
+    return Result(cycles=float(re.search(r"Total Cycles:\s+(\d+)", out).group(1)),
+                  uops=int(re.search(r"Total uOps:\s+(\d+)", out).group(1)),
+                  rthroughput=float(re.search(r"Block RThroughput:\s+([\d.]+)", out).group(1)))
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake"])
+def test_batched_results_match_plain_llvm_mca(fixture_blocks, fixture_llvm_version, mcpu):
+    program = LlvmMca(mcpu=mcpu, workers=2, chunk_size=3)  # several chunks over two workers
+    results = program.run([b["block"] for b in fixture_blocks])
+    for block, result in zip(fixture_blocks, results, strict=True):
+        assert same(result, plain_llvm_mca(block["block"], mcpu)), block["block"]
+        if program.version == fixture_llvm_version:
+            assert same(result, Result(**block[mcpu]))
+
+
+def test_invalid_block_keeps_every_other_result(fixture_blocks):
+    good = [b["block"] for b in fixture_blocks]
+    blocks = good[:3] + ["foo %rax, %rbx"] + good[3:]
+    results = LlvmMca(workers=1).run(blocks)
+    assert "invalid instruction mnemonic 'foo'" in results[3].error
+    assert "line 1" in results[3].error
+    expected = LlvmMca(workers=1).run(good)
+    assert [r for i, r in enumerate(results) if i != 3] == expected
+
+
+def test_block_that_aborts_llvm_mca_is_bisected_out(fixture_blocks):
+    # On skylake, llvm-mca 14 aborts the whole run on an AVX-512 masked instruction.
+    bad = "vaddps %zmm1, %zmm2, %zmm3 {%k1} {z}"
+    good = [b["block"] for b in fixture_blocks]
+    blocks = good[:5] + [bad] + good[5:]
+    results = LlvmMca(mcpu="skylake", workers=1, chunk_size=100).run(blocks)
+    assert "unsupported instruction" in results[5].error
+    assert [r for i, r in enumerate(results) if i != 5] == LlvmMca(mcpu="skylake").run(good)
+
+
+@pytest.mark.parametrize(
+    ("block", "reason"),
+    [
+        ('.include "/etc/passwd"', "directive"),
+        (".incbin \"/etc/shadow\"", "directive"),
+        ("addq %rax, %rbx\n.p2align 4", "directive"),
+        ("# LLVM-MCA-END b0", "comments"),
+        ("addq %rax, %rbx # LLVM-MCA-BEGIN evil", "comments"),
+        ("addq %rax, %rbx\n# LLVM-MCA-END\n# LLVM-MCA-BEGIN x\nimulq %rcx, %rdx", "comments"),
+        ("addq %rax, %rbx; .include \"x\"", "';'"),
+        ("loop: addq %rax, %rbx", "label"),
+        ("addq %rax,\x00 %rbx", "control character"),
+        ("addq %rax, %rbx /* LLVM-MCA-END */", "comments"),
+        ("", "empty"),
+    ],
+)
+def test_injected_directives_and_markers_are_rejected(fixture_blocks, block, reason):
+    good = [b["block"] for b in fixture_blocks[:3]]
+    results = LlvmMca(workers=1).run([good[0], block, good[1], good[2]])
+    assert results[1].error is not None and reason in results[1].error
+    assert "block 1" in results[1].error
+    assert [results[0], results[2], results[3]] == LlvmMca(workers=1).run(good)
+
+
+def test_timeout_bisects_to_the_slow_block(fixture_blocks):
+    # A chunk timeout of 0 s times out every process: each block ends alone with its own error.
+    results = LlvmMca(workers=1, timeout=0).run([b["block"] for b in fixture_blocks[:3]])
+    assert all("timed out" in r.error for r in results)
+
+
+def test_parameters_reach_llvm_mca(fixture_blocks):
+    block = fixture_blocks[2]["block"]
+    narrow = LlvmMca(params={"dispatch_width": 1, "noalias": False}).run([block])[0]
+    assert same(narrow, plain_llvm_mca(block, "haswell", "--dispatch=1", "--noalias=false"))
+    assert narrow.cycles > LlvmMca().run([block])[0].cycles
+    by_option = LlvmMca(params={"dispatch": 1, "noalias": "false"}).run([block])[0]
+    assert by_option == narrow
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"dispatch_width": 0}, "outside"), ({"warp_speed": 3}, "unknown llvm-mca parameter"),
+     ({"load_queue": "many"}, "expected an integer"), ({"noalias": "maybe"}, "true or false")],
+)
+def test_bad_parameters_are_clear_errors(params, message):
+    with pytest.raises(SurrogateOpsError, match=message):
+        LlvmMca(params=params)
+
+
+def test_unknown_mcpu_is_an_error():
+    with pytest.raises(SurrogateOpsError, match="does not know -mcpu=pentium9000"):
+        LlvmMca(mcpu="pentium9000")
+
+
+def test_missing_llvm_mca_says_how_to_install(monkeypatch):
+    monkeypatch.setenv("SURROGATE_OPS_LLVM_MCA", "/nonexistent/llvm-mca")
+    with pytest.raises(SurrogateOpsError, match="apt-get install -y llvm"):
+        LlvmMca()
+
+
+def test_program_declares_version_and_parameters():
+    program = LlvmMca()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", program.version)
+    assert {"dispatch_width", "micro_op_queue_size", "decoder_throughput", "register_file_size", "load_queue",
+            "store_queue", "noalias"} <= set(program.parameters)
