@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -82,12 +83,139 @@ def summary(dataset: str) -> None:
     click.echo(datasets.summary(datasets.load(dataset)))
 
 
+def _tracking_option(f):
+    return click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
+                        help="MLflow tracking store [default: SQLite in the work directory; also MLFLOW_TRACKING_URI].")(f)
+
+
 @cli.command()
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset from `collect` (Parquet).")
+@click.option("--arch", type=click.Choice(["hier", "bert", "ithemal"]), default="hier", show_default=True,
+              help="hier: fast (token pooling + instruction attention); bert: the seed's; ithemal: hierarchical LSTM.")
+@click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="small", show_default=True,
+              help="Model size.")
+@click.option("--size", "sizes", multiple=True, metavar="NAME=INT", help="Explicit size over the preset (e.g. dim=48).")
+@click.option("--target", type=click.Choice(["mca", "measured"]), default="mca", show_default=True,
+              help="mca: imitate llvm-mca; measured: fit measured throughput.")
+@click.option("--mcpu", default="haswell", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True, help="Early stopping, in epochs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-minutes", type=float, help="Stop training after this long (the best epoch is kept).")
+@click.option("--train-limit", type=click.IntRange(min=1), help="Use at most this many training blocks.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: cores].")
+@click.option("--register", metavar="NAME", help="Register the model as a new version of NAME (alias challenger).")
+@click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
+@click.option("--save-dir", type=click.Path(file_okay=False), help="Also copy the model directory here.")
+@_tracking_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(data, arch, preset, sizes=(), target="mca", mcpu="haswell", epochs=20, batch_size=64, lr=2e-3, patience=4,
+          seed=0, max_minutes=None, train_limit=None, threads=None, register=None, resume=None, save_dir=None,
+          tracking_uri=None, quiet=False) -> None:
+    """Train a surrogate, log the run to MLflow and optionally register it.
+
+    Loss: mean absolute percentage error; early stopping on the validation split; figures on the
+    test split. Checkpoints every epoch: an interrupted run continues with --resume RUN_ID.
+    """
+    from surrogate_ops import train as training
+
+    parsed = {}
+    for item in sizes:
+        key, _, value = item.partition("=")
+        if not value.isdigit():
+            raise SurrogateOpsError(f"--size {item!r}: expected NAME=INT")
+        parsed[key] = int(value)
+    config = training.TrainConfig(data=data, arch=arch, preset=preset, sizes=parsed, target=target, mcpu=mcpu,
+                                  epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+                                  max_minutes=max_minutes, train_limit=train_limit, threads=threads)
+    result = training.train(config, register=register, tracking_uri=tracking_uri, resume=resume, progress=not quiet,
+                            on_start=lambda run_id: click.echo(f"run {run_id} (if interrupted: --resume {run_id})"))
+    if save_dir:
+        shutil.copytree(result.model_dir, save_dir, dirs_exist_ok=True)
+        click.echo(f"model directory copied to {save_dir}")
+    m = result.metrics
+    click.echo(f"run {result.run_id}: {result.epochs_run} epochs in {result.seconds:.0f} s, best val MAPE "
+               f"{100 * m['best_val_mape']:.2f}%")
+    if "test_mape_vs_mca" in m:
+        click.echo(f"test vs llvm-mca: MAPE {100 * m['test_mape_vs_mca']:.2f}%, tau {m['test_tau_vs_mca']:.4f}")
+    if "test_mape_vs_measured" in m:
+        click.echo(f"test vs measured: MAPE {100 * m['test_mape_vs_measured']:.2f}%, tau {m['test_tau_vs_measured']:.4f}")
+    if result.registered:
+        r = result.registered
+        click.echo(f"registered {r.uri} (aliases: {', '.join(r.aliases)})")
+
+
+@cli.command()
+@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset from `collect`.")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
+@click.option("--mcpu", help="Microarchitecture to compare on [default: the model's].")
+@click.option("--engine", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@_tracking_option
+def evaluate(model_uri, data, split, mcpu, engine, tracking_uri) -> None:
+    """Print MAPE and Kendall's tau of a model against llvm-mca and measured throughput."""
+    from surrogate_ops import datasets, registry, tracking
+    from surrogate_ops.evaluate import evaluate as run_evaluation
+    from surrogate_ops.inference import Predictor
+
+    tracking.configure(tracking_uri)
+    predictor = Predictor(registry.model_dir(model_uri), engine=engine)
+    result = run_evaluation(predictor, datasets.load(data), mcpu or predictor.meta["mcpu"], split)
+    click.echo(f"{model_uri} on the {split} split of {data}:")
+    for line in result.lines():
+        click.echo("  " + line)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--data", type=click.Path(dir_okay=False), help="Held-out data [default: the challenger's dataset].")
+@_tracking_option
+def promote(name, data, tracking_uri) -> None:
+    """Evaluate challenger and champion of NAME on the same held-out blocks; move champion to the
+    challenger when it is no worse in error. The decision is recorded on the version."""
+    from surrogate_ops import registry, tracking
+
+    tracking.configure(tracking_uri)
+    click.echo(str(registry.promote(name, data)))
+
+
+@cli.command("tracking-uri")
+def tracking_uri_command() -> None:
+    """Print the default MLflow tracking URI (for `export MLFLOW_TRACKING_URI=...` before `mlflow run`)."""
+    from surrogate_ops import tracking
+
+    click.echo(tracking.default_uri())
+
+
+@cli.command()
+@click.option("--minutes", type=float, default=3.0, show_default=True, help="Training time budget.")
+@click.option("--limit", type=click.IntRange(min=100), default=20000, show_default=True, help="Blocks to collect.")
+@_tracking_option
 @click.pass_context
-def quickstart(ctx: click.Context) -> None:
-    """The main job on the embedded default: collect blocks from this machine's binaries, label them
-    with llvm-mca for Haswell, and print the dataset's summary."""
-    ctx.invoke(collect, limit=5000)
+def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str | None) -> None:
+    """The main job on the embedded default, end to end: register the bundled surrogate if the
+    registry has none, collect blocks from this machine's binaries labeled by llvm-mca for Haswell,
+    train a small surrogate for a few minutes, register it as challenger, evaluate, promote."""
+    from surrogate_ops import config, registry, tracking
+
+    uri = tracking.configure(tracking_uri)
+    bundled = registry.ensure_default()
+    if bundled:
+        click.echo(f"registered the bundled surrogate as {bundled.uri} (champion)")
+    data = config.work_dir() / "datasets" / "default.parquet"
+    click.echo(f"== collect: {limit:,} blocks from local binaries")
+    ctx.invoke(collect, limit=limit, out=str(data), quiet=True)
+    click.echo(f"== train: hier/small on llvm-mca haswell labels, {minutes:g} minutes at most")
+    ctx.invoke(train, data=str(data), arch="hier", preset="small", epochs=30, max_minutes=minutes,
+               register=registry.DEFAULT_NAME, tracking_uri=uri, quiet=True)
+    click.echo("== evaluate: the champion on the new data's test split")
+    ctx.invoke(evaluate, model_uri=f"models:/{registry.DEFAULT_NAME}@champion", data=str(data), tracking_uri=uri)
+    click.echo("== promote")
+    ctx.invoke(promote, name=registry.DEFAULT_NAME, tracking_uri=uri)
+    click.echo(f"see the runs and the registry: {tracking.ui_hint(uri)}")
 
 
 def main() -> None:

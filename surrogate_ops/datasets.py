@@ -118,7 +118,7 @@ def _read_bhive(path: Path) -> list[Record]:
 
 
 def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (), asm: Sequence[str | Path] = (),
-           limit: int | None = None) -> list[Record]:
+           limit: int | None = None, progress: bool = False) -> list[Record]:
     """Records from every source, in a stable order, cut to `limit`; hex sources disassembled."""
     records: list[Record] = []
     for path in map(Path, bhive):
@@ -128,7 +128,7 @@ def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = ()
     if binaries:
         remaining = None if limit is None else max(limit - len(records), 0)
         if remaining != 0:
-            records.extend(Record(None, h, src) for h, src in blocks_from_binaries(binaries, limit=remaining))
+            records.extend(Record(None, h, src) for h, src in blocks_from_binaries(binaries, limit=remaining, progress=progress))
     for path in map(Path, asm):
         if not path.is_file():
             raise SurrogateOpsError(f"--asm {path}: no such file")
@@ -189,7 +189,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     if alias_file is not None:
         alias = read_hex_list(alias_file)
 
-    records = gather(bhive, binaries, asm, limit)
+    records = gather(bhive, binaries, asm, limit, progress)
     if not records:
         raise SurrogateOpsError("no blocks found in the given sources")
     partial = out.with_name(out.name + ".partial")
@@ -242,9 +242,16 @@ def load(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise SurrogateOpsError(f"dataset {path} not found (make one with `surrogate-ops collect`)")
     try:
-        return pq.read_table(path).to_pandas()
+        table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SurrogateOpsError(f"{path} is not a readable Parquet dataset: {exc}") from None
+    if "block" not in table.column_names or "split" not in table.column_names:
+        raise SurrogateOpsError(f"{path} is not a surrogate-ops dataset (no block/split columns)")
+    frame = table.to_pandas()
+    meta = table.schema.metadata or {}
+    frame.attrs.update({k.decode().removeprefix("surrogate_ops."): v.decode() for k, v in meta.items()
+                        if k.startswith(b"surrogate_ops.")})
+    return frame
 
 
 def mcpus_of(frame: pd.DataFrame) -> list[str]:

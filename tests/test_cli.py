@@ -18,7 +18,7 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def test_help_lists_every_command_with_its_purpose():
     out = run("--help").stdout
-    for command in ("collect", "summary", "quickstart"):
+    for command in ("collect", "summary", "train", "evaluate", "promote", "quickstart"):
         line = next(line for line in out.splitlines() if line.strip().startswith(command))
         assert len(line.split()) > 2, line
 
@@ -50,8 +50,13 @@ def test_bad_input_paths_are_clear_errors(tmp_path):
     assert proc.returncode == 2 and "no such file" in proc.stderr
 
 
-def test_quickstart_collects_from_local_binaries(tmp_path):
-    proc = run("quickstart", env={"SURROGATE_OPS_HOME": str(tmp_path)})
+def test_quickstart_runs_the_whole_main_job(tmp_path):
+    proc = run("quickstart", "--minutes", "0.1", "--limit", "1500", env={"SURROGATE_OPS_HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "datasets" / "default.parquet").is_file()
-    assert "blocks: 5,000" in proc.stdout and "llvm-mca -mcpu=haswell" in proc.stdout
+    out = proc.stdout
+    assert "registered the bundled surrogate as models:/llvm-mca-haswell/1 (champion)" in out
+    assert (tmp_path / "datasets" / "default.parquet").is_file() and "blocks: 1,500" in out
+    assert "registered models:/llvm-mca-haswell/2 (aliases: challenger)" in out
+    assert "vs llvm-mca:  MAPE" in out and "challenger v2" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in out
+    assert "Traceback" not in proc.stderr

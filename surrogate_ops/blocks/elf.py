@@ -15,6 +15,8 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import find_tool
 
@@ -93,12 +95,12 @@ def cut_blocks(listing: str, min_len: int = 1, max_len: int = 64) -> Iterator[st
 
 
 def blocks_from_binaries(paths: Iterable[str | Path], limit: int | None = None, max_len: int = 64,
-                         objdump: str | None = None) -> list[tuple[str, str]]:
+                         objdump: str | None = None, progress: bool = False) -> list[tuple[str, str]]:
     """(hex, source path) of distinct basic blocks found in the given binaries, in a stable order."""
     tool = find_tool("llvm-objdump", objdump)
     seen: set[str] = set()
     out: list[tuple[str, str]] = []
-    for path in find_binaries(paths):
+    for path in tqdm(find_binaries(paths), desc="cutting binaries into blocks", unit="binary", disable=not progress):
         for block in cut_blocks(_objdump(path, tool), max_len=max_len):
             if block not in seen:
                 seen.add(block)

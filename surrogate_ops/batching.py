@@ -1,0 +1,48 @@
+"""From token ids to padded batches, bucketed by length.
+
+Real blocks are short and their lengths vary a lot; padding every block to the longest wastes most
+of the work. Blocks are sorted by (instructions, tokens per instruction) and cut into batches of
+similar shape, each padded only to its own longest block, under a budget of padded tokens per
+batch. Used by training and by inference alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Encoded = list[tuple[int, ...]]  # one block: token ids per instruction
+
+
+def pad(blocks: Sequence[Encoded]) -> np.ndarray:
+    """(batch, instructions, tokens) int64 array, 0 for padding."""
+    n_ins = max(len(b) for b in blocks)
+    n_tok = max(len(ins) for b in blocks for ins in b)
+    out = np.zeros((len(blocks), n_ins, n_tok), dtype=np.int64)
+    for i, block in enumerate(blocks):
+        for j, ids in enumerate(block):
+            out[i, j, : len(ids)] = ids
+    return out
+
+
+def buckets(blocks: Sequence[Encoded], batch_size: int = 256, token_budget: int = 32768,
+            order: np.ndarray | None = None) -> list[np.ndarray]:
+    """Index arrays of batches: similar-length blocks together, at most `batch_size` blocks and
+    about `token_budget` padded tokens each. `order` (a permutation) shuffles ties for training."""
+    n_ins = np.fromiter((len(b) for b in blocks), dtype=np.int64, count=len(blocks))
+    n_tok = np.fromiter((max((len(i) for i in b), default=0) for b in blocks), dtype=np.int64, count=len(blocks))
+    base = np.arange(len(blocks)) if order is None else np.asarray(order)
+    sorted_idx = base[np.lexsort((n_tok[base], n_ins[base]))]  # stable: ties keep `order`
+    batches, start = [], 0
+    while start < len(sorted_idx):
+        end, widest = start + 1, max(n_tok[sorted_idx[start]], 1)
+        while end < len(sorted_idx) and end - start < batch_size:
+            nxt = sorted_idx[end]
+            widest = max(widest, n_tok[nxt])
+            if (end - start + 1) * n_ins[nxt] * widest > token_budget:
+                break
+            end += 1
+        batches.append(sorted_idx[start:end])
+        start = end
+    return batches

@@ -1,0 +1,102 @@
+"""Saving a trained surrogate as a model directory, with its ONNX export checked against torch.
+
+The directory is what the registry stores and what every engine loads (see `inference`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from surrogate_ops import models
+from surrogate_ops.batching import pad
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.tokenizer import Tokenizer
+
+OPSET = 18
+UNITS = "cycles per 100 iterations (llvm-mca Total Cycles at -iterations=100)"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How far a candidate engine's outputs are from its reference on the same inputs."""
+
+    reference: str
+    candidate: str
+    max_abs: float
+    max_rel: float
+    n: int
+
+    def __str__(self) -> str:
+        return (f"{self.candidate} vs {self.reference} on {self.n} blocks: max abs diff {self.max_abs:.3g}, "
+                f"max rel diff {self.max_rel:.3g}")
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, names: tuple[str, str], rtol: float = 1e-3) -> Agreement:
+    """Check a candidate against its reference (torch vs ONNX, ONNX Runtime vs TVM): raise above `rtol`."""
+    reference, candidate = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+    diff = np.abs(reference - candidate)
+    agreement = Agreement(names[0], names[1], float(diff.max(initial=0)),
+                          float((diff / np.maximum(np.abs(reference), 1e-6)).max(initial=0)), len(reference))
+    if not np.isfinite(candidate).all() or agreement.max_rel > rtol:
+        raise SurrogateOpsError(f"{agreement}: above the tolerance {rtol:g}")
+    return agreement
+
+
+def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
+    """Export with the torch.export-based exporter; batch, instructions and tokens stay dynamic."""
+    config = model.config
+    dims = ({0: torch.export.Dim("batch", max=65536), 1: torch.export.Dim("instructions", max=config.max_instructions),
+             2: torch.export.Dim("tokens", max=config.max_tokens)},)
+    model = model.eval()
+    quiet = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        program = torch.onnx.export(model, (torch.from_numpy(example),), dynamo=True, input_names=["tokens"],
+                                    output_names=["cycles"], dynamic_shapes=dims, opset_version=OPSET)
+        program.save(str(path))
+
+
+def example_batch(tokenizer: Tokenizer, blocks: Sequence[str]) -> np.ndarray:
+    """A padded batch of real blocks (at least 2 instructions wide, so export keeps the axis dynamic)."""
+    encoded = [tokenizer.encode_block(b) for b in blocks]
+    batch = pad(encoded)
+    if batch.shape[1] < 2 or batch.shape[2] < 2:
+        batch = np.pad(batch, ((0, 0), (0, max(0, 2 - batch.shape[1])), (0, max(0, 2 - batch.shape[2]))))
+    return batch
+
+
+def save_model_dir(model: nn.Module, tokenizer: Tokenizer, meta: dict, path: str | Path,
+                   check_blocks: Sequence[str]) -> Agreement:
+    """Write model.pt, vocab.json, surrogate.json and model.onnx; returns ONNX-vs-torch agreement on
+    `check_blocks` (real blocks), raising when the export disagrees with torch."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    torch.save(models.to_checkpoint(model), path / "model.pt")
+    tokenizer.save(path / "vocab.json")
+    config = model.config
+    full = {**meta, "arch": models.arch_of(model), "config": dataclasses.asdict(config),
+            "max_instructions": config.max_instructions, "max_tokens": config.max_tokens, "units": UNITS,
+            "parameters": models.parameter_count(model)}
+    (path / "surrogate.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
+    check = example_batch(tokenizer, list(check_blocks)[:64])
+    export_onnx(model, path / "model.onnx", check[: min(len(check), 4)])
+    session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(check)).numpy()
+    return compare(reference, session.run(None, {"tokens": check})[0], ("torch", "onnxruntime"))

@@ -1,0 +1,124 @@
+"""End-to-end prediction: assembly text in, cycles out, through one of several engines.
+
+`Predictor` does the whole path: check and normalize each block, tokenize (cached per distinct
+instruction), bucket by length, pad, run the engine, put answers back in input order. Engines
+share one call signature, `engine(tokens: int64 (batch, instructions, tokens)) -> float32 (batch,)`:
+torch (the training module), ONNX Runtime, and TVM builds (see `surrogate_ops.compile`).
+
+A model directory (what the registry stores) holds:
+    surrogate.json  architecture, limits, mcpu, target, units
+    vocab.json      the tokenizer's vocabulary
+    model.pt        torch checkpoint (for fine-tuning and the torch engine)
+    model.onnx      the ONNX export (for ONNX Runtime and TVM)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from surrogate_ops.batching import buckets, pad
+from surrogate_ops.blocks.asm import BlockError, normalize_block
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.tokenizer import Tokenizer
+
+Engine = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A block's predicted cycles per 100 iterations, or why there is none; unknown tokens listed."""
+
+    cycles: float | None = None
+    error: str | None = None
+    unknown: tuple[str, ...] = field(default=())
+
+
+def torch_engine(model_dir: Path, threads: int | None = None) -> Engine:
+    import torch
+
+    from surrogate_ops import models
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = models.from_checkpoint(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)).eval()
+
+    def run(tokens: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(tokens)).numpy()
+
+    return run
+
+
+def onnx_engine(model_dir: Path, threads: int | None = None) -> Engine:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def run(tokens: np.ndarray) -> np.ndarray:
+        return session.run(None, {"tokens": tokens})[0]
+
+    return run
+
+
+ENGINES: dict[str, Callable[[Path, int | None], Engine]] = {"torch": torch_engine, "onnxruntime": onnx_engine}
+
+
+class Predictor:
+    """Predicts llvm-mca-style cycles (per 100 iterations) for assembly blocks with a trained surrogate."""
+
+    def __init__(self, model_dir: str | Path, engine: str = "onnxruntime", threads: int | None = None,
+                 batch_size: int = 256):
+        self.model_dir = Path(model_dir)
+        meta_path = self.model_dir / "surrogate.json"
+        if not meta_path.is_file():
+            raise SurrogateOpsError(f"{self.model_dir} is not a surrogate model directory (no surrogate.json)")
+        self.meta = json.loads(meta_path.read_text())
+        self.tokenizer = Tokenizer.load(self.model_dir / "vocab.json")
+        if engine not in ENGINES:
+            raise SurrogateOpsError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+        self.engine_name = engine
+        self.engine = ENGINES[engine](self.model_dir, threads)
+        self.batch_size = batch_size
+        self.max_instructions = int(self.meta["max_instructions"])
+
+    def predict(self, blocks: Sequence[str]) -> list[Prediction]:
+        """One Prediction per block, in order; a block that cannot be read gets its reason."""
+        out: list[Prediction | None] = [None] * len(blocks)
+        encoded, where, unknown = [], [], {}
+        for i, text in enumerate(blocks):
+            try:
+                block = normalize_block(text, index=i, max_instructions=self.max_instructions)
+            except BlockError as exc:
+                out[i] = Prediction(error=str(exc))
+                continue
+            ids = self.tokenizer.encode_block(block)
+            if any(1 in ins for ins in ids):  # <UNK> present: name the tokens for the caller
+                unknown[i] = tuple(self.tokenizer.unknown(block))
+            encoded.append(ids)
+            where.append(i)
+        if encoded:
+            cycles = self.predict_encoded(encoded)
+            for i, value in zip(where, cycles):
+                out[i] = Prediction(cycles=float(value), unknown=unknown.get(i, ()))
+        return out  # type: ignore[return-value]
+
+    def predict_encoded(self, encoded: Sequence[list[tuple[int, ...]]]) -> np.ndarray:
+        """Cycles for already tokenized blocks, in order."""
+        result = np.empty(len(encoded), dtype=np.float64)
+        for index in buckets(encoded, self.batch_size):
+            result[index] = self.engine(pad([encoded[i] for i in index]))
+        return result
+
+    def cycles(self, blocks: Sequence[str]) -> np.ndarray:
+        """Predicted cycles as an array, NaN where a block could not be read."""
+        return np.array([p.cycles if p.cycles is not None else np.nan for p in self.predict(blocks)])

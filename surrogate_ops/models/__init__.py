@@ -1,0 +1,64 @@
+"""Surrogate architectures: one file each, an `nn.Module` beside its frozen config dataclass.
+
+Every design takes token ids shaped (batch, instructions, tokens), 0 for padding, and returns
+cycles per 100 iterations, shaped (batch,). To add one: write `models/<name>.py` with a config
+and a module, add it to ARCHITECTURES, and give it size presets in presets/model_sizes.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from surrogate_ops import presets
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.models.bert import Bert, BertConfig
+from surrogate_ops.models.hier import Hier, HierConfig
+from surrogate_ops.models.ithemal import Ithemal, IthemalConfig
+
+ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
+    "hier": (HierConfig, Hier),
+    "bert": (BertConfig, Bert),
+    "ithemal": (IthemalConfig, Ithemal),
+}
+FAST = "hier"
+TVM_COMPATIBLE = {"hier": True, "bert": True, "ithemal": False}  # ithemal's LSTM has no Relax importer
+
+
+def build(arch: str, vocab_size: int, preset: str = "small", **sizes: int) -> nn.Module:
+    """A fresh model of `arch` at a named size preset, with explicit sizes overriding the preset."""
+    if arch not in ARCHITECTURES:
+        raise SurrogateOpsError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    table = presets.load("model_sizes")[arch]
+    if preset not in table:
+        raise SurrogateOpsError(f"unknown preset {preset!r} for {arch}; choose from {', '.join(table)}")
+    config_cls, module_cls = ARCHITECTURES[arch]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(sizes) - fields
+    if unknown:
+        raise SurrogateOpsError(f"{arch} has no size option {', '.join(sorted(unknown))}")
+    return module_cls(config_cls(vocab_size=vocab_size, **{**table[preset], **sizes}))
+
+
+def arch_of(model: nn.Module) -> str:
+    return next(name for name, (_, cls) in ARCHITECTURES.items() if isinstance(model, cls))
+
+
+def to_checkpoint(model: nn.Module) -> dict:
+    """What is needed to rebuild the model: architecture, config and weights."""
+    return {"arch": arch_of(model), "config": dataclasses.asdict(model.config), "state_dict": model.state_dict()}
+
+
+def from_checkpoint(checkpoint: dict) -> nn.Module:
+    config_cls, module_cls = ARCHITECTURES[checkpoint["arch"]]
+    model = module_cls(config_cls(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["ARCHITECTURES", "FAST", "build", "from_checkpoint", "parameter_count", "to_checkpoint"]

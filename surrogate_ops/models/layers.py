@@ -1,0 +1,59 @@
+"""Building blocks shared by the architectures, written with plain tensor ops so that they export
+to ONNX with operators Apache TVM's Relax frontend imports (MatMul, Softmax, LayerNormalization)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a key padding mask."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        assert dim % heads == 0, "dim must be divisible by heads"
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (batch, seq, dim); mask: (batch, seq), True where there is a real element
+        b, s, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (b, h, s, hd)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (b, h, s, s)
+        scores = scores + (~mask)[:, None, None, :].to(x.dtype) * -1e4
+        y = torch.softmax(scores, dim=-1) @ v  # (b, h, s, hd)
+        return self.out(y.transpose(1, 2).reshape(b, s, d))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer encoder layer."""
+
+    def __init__(self, dim: int, heads: int, ff_mult: int = 4):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.ff(self.norm2(x))
+
+
+class CyclesHead(nn.Module):
+    """Regression head: pooled features to cycles (per 100 iterations), positive by construction.
+
+    Predicts log-cycles around `log_scale` (set from the training targets' median), so that the
+    untrained network starts near the right magnitude."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, 1)
+        self.register_buffer("log_scale", torch.zeros(()))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.proj(self.norm(pooled)).squeeze(-1) + self.log_scale)  # (batch,)

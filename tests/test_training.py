@@ -1,0 +1,234 @@
+"""Training, MLflow tracking, the registry and promotion, against the real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from surrogate_ops import datasets, registry, tracking
+from surrogate_ops.evaluate import evaluate
+from surrogate_ops.inference import Predictor
+from surrogate_ops.train import TrainConfig, train
+
+CLI = [sys.executable, "-m", "surrogate_ops"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, tiny_binary) -> Path:
+    """~1,500 real blocks from local binaries, labeled by llvm-mca, plus BHive-format measurements
+    made from them (measured = 1.2 x llvm-mca's cycles) so the measured paths run too."""
+    tmp = tmp_path_factory.mktemp("data")
+    base = tmp / "base.parquet"
+    datasets.collect(base, binaries=[tiny_binary, "/usr/bin/ls", "/usr/bin/grep"], limit=1500, progress=False)
+    frame = datasets.load(base)
+    bhive = tmp / "hsw.csv"
+    rows = [f"{h},{c * 1.2:.1f}" for h, c in zip(frame["hex"], frame["mca_cycles_haswell"])]
+    bhive.write_text("hex,throughput\n" + "\n".join(rows) + "\n")
+    out = tmp / "train.parquet"
+    datasets.collect(out, bhive=[bhive], progress=False)
+    return out
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh work directory, hence a fresh MLflow store and registry."""
+    monkeypatch.setenv("SURROGATE_OPS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure()
+    return tmp_path
+
+
+def quick(data: Path, **overrides) -> TrainConfig:
+    return TrainConfig(**{"data": str(data), "arch": "hier", "preset": "tiny", "epochs": 3, "threads": 1, **overrides})
+
+
+def test_train_logs_and_registers(home, dataset):
+    result = train(quick(dataset), register="unit", progress=False)
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["arch"] == "hier" and int(run.data.params["parameters"]) > 1000
+    history = MlflowClient().get_metric_history(result.run_id, "val_mape")
+    assert [m.step for m in history] == list(range(1, result.epochs_run + 1))
+    for key in ("test_mape_vs_mca", "test_tau_vs_mca", "test_mape_vs_measured", "test_tau_vs_measured"):
+        assert key in run.data.metrics
+    assert run.data.metrics["test_mape_vs_mca"] < 1.0
+    [dataset_input] = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == run.data.tags["dataset_digest"]
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id)} | {
+        a.path for a in MlflowClient().list_artifacts(result.run_id, "plots")}
+    assert "vocab.json" in artifacts and "plots/test_predicted_vs_mca.png" in artifacts
+    assert "plots/test_error_by_length_vs_measured.png" in artifacts
+    # the first version of a name is champion and challenger, tagged with its lineage and figures
+    assert result.registered.aliases == ("challenger", "champion")
+    tags = registry.version_tags("unit", result.registered.version)
+    assert tags["program"] == "llvm-mca" and tags["mcpu"] == "haswell" and tags["arch"] == "hier"
+    assert tags["dataset_digest"] == dataset_input.dataset.digest
+    assert float(tags["test_mape_vs_mca"]) == pytest.approx(run.data.metrics["test_mape_vs_mca"], rel=1e-5)
+
+
+def test_evaluate_prints_the_figures_training_logged(home, dataset):
+    result = train(quick(dataset), register="unit", progress=False)
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(home)}
+    out = subprocess.run([*CLI, "evaluate", "--model", "models:/unit@champion", "--data", str(dataset)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    m = result.metrics
+    assert f"MAPE {100 * m['test_mape_vs_mca']:.2f}%   Kendall's tau {m['test_tau_vs_mca']:.4f}" in out.stdout
+    assert f"vs measured:  MAPE {100 * m['test_mape_vs_measured']:.2f}%" in out.stdout
+    # measured = 1.2 x llvm-mca in this data, so llvm-mca's own error is |1 - 1.2| / 1.2
+    assert "llvm-mca itself: MAPE 16.67%" in out.stdout
+
+
+def test_pyfunc_model_needs_no_internals(home, dataset):
+    train(quick(dataset), register="unit", progress=False)
+    blocks = list(datasets.load(dataset)["block"][:20]) + [".include \"/etc/passwd\""]
+    code = ("import json, sys, mlflow\n"
+            "model = mlflow.pyfunc.load_model('models:/unit@champion')\n"
+            "print(json.dumps(model.predict(json.loads(sys.stdin.read()))))\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.default_uri()}
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(blocks), capture_output=True, text=True,
+                          env=env, cwd="/", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1].replace("NaN", "null"))
+    expected = Predictor(registry.model_dir("models:/unit@champion")).cycles(blocks)
+    assert got[-1] is None and np.isnan(expected[-1])
+    assert np.allclose(got[:-1], expected[:-1], rtol=1e-6)
+    assert "Warning" not in proc.stderr and "warning" not in proc.stderr
+
+
+def test_promotion_moves_champion_only_when_no_worse(home, dataset):
+    first = train(quick(dataset, epochs=4), register="unit", progress=False)
+    weak = train(quick(dataset, epochs=1, lr=1e-5, warmup_steps=1), register="unit", progress=False)
+    assert weak.registered.aliases == ("challenger",)
+    decision = registry.promote("unit")
+    assert not decision.promoted and decision.challenger_mape > decision.champion_mape
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("unit", "champion").version) == first.registered.version
+    tags = registry.version_tags("unit", weak.registered.version)
+    assert tags["promotion"] == "rejected" and float(tags["promotion_champion_error"]) == pytest.approx(
+        decision.champion_mape, rel=1e-5)
+    strong = train(quick(dataset, epochs=8), register="unit", progress=False)
+    decision = registry.promote("unit")
+    assert decision.promoted == (decision.challenger_mape <= decision.champion_mape)
+    champion = str(client.get_model_version_by_alias("unit", "champion").version)
+    assert champion == (strong.registered.version if decision.promoted else first.registered.version)
+    assert registry.version_tags("unit", strong.registered.version)["promotion"] in ("promoted", "rejected")
+
+
+def test_training_is_deterministic(home, dataset):
+    a = train(quick(dataset, epochs=2), progress=False)
+    b = train(quick(dataset, epochs=2), progress=False)
+    assert a.metrics["best_val_mape"] == b.metrics["best_val_mape"]
+    assert a.metrics["test_mape_vs_mca"] == b.metrics["test_mape_vs_mca"]
+
+
+def test_interrupted_training_resumes(home, dataset):
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(home)}
+    args = [*CLI, "train", "--data", str(dataset), "--preset", "tiny", "--epochs", "40", "--patience", "40",
+            "--threads", "1", "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first_line = proc.stdout.readline()
+    run_id = first_line.split()[1]
+    checkpoint = home / "checkpoints" / run_id / "last.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    done = len(MlflowClient().get_metric_history(run_id, "val_mape"))
+    assert 1 <= done < 40
+    resumed = subprocess.run([*CLI, "train", "--data", str(dataset), "--resume", run_id, "--quiet"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [m.step for m in MlflowClient().get_metric_history(run_id, "val_mape")]
+    assert steps == list(range(1, 41))  # each epoch once: picked up after the last checkpoint
+    assert "test_mape_vs_mca" in mlflow.get_run(run_id).data.metrics
+
+
+def test_against_a_real_mlflow_server(tmp_path, dataset, monkeypatch):
+    """Train, register, evaluate and promote through an `mlflow server` on localhost."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        monkeypatch.setenv("SURROGATE_OPS_HOME", str(tmp_path / "home"))
+        env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
+        for _ in range(2):
+            out = subprocess.run([*CLI, "train", "--data", str(dataset), "--preset", "tiny", "--epochs", "2",
+                                  "--register", "served", "--tracking-uri", uri, "--quiet"],
+                                 capture_output=True, text=True, env=env, timeout=600)
+            assert out.returncode == 0, out.stderr
+        assert "registered models:/served/2 (aliases: challenger)" in out.stdout
+        out = subprocess.run([*CLI, "promote", "served", "--tracking-uri", uri], capture_output=True, text=True,
+                             env=env, timeout=600)
+        assert out.returncode == 0 and "challenger v2" in out.stdout, out.stderr
+        out = subprocess.run([*CLI, "evaluate", "--model", "models:/served@champion", "--data", str(dataset),
+                              "--tracking-uri", uri], capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0 and "vs llvm-mca" in out.stdout, out.stderr
+        # the artifacts went through the server, not to a local path
+        assert any((tmp_path / "server-artifacts").rglob("model.onnx"))
+        assert not (tmp_path / "home" / "mlflow.db").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_bundled_default_registers_once(home):
+    first = registry.ensure_default()
+    assert first is not None and first.aliases == ("challenger", "champion")
+    assert registry.ensure_default() is None
+    predictor = Predictor(registry.model_dir("models:/llvm-mca-haswell@champion"))
+    [cycles] = predictor.cycles(["movq (%rdi), %rax\naddq $1, %rax\nmovq %rax, 8(%rdi)"])
+    assert 50 < cycles < 400  # llvm-mca says 109
+
+
+def test_bad_training_inputs_are_clear(home, dataset):
+    from surrogate_ops.errors import SurrogateOpsError
+
+    with pytest.raises(SurrogateOpsError, match="no mca_cycles_skylake column"):
+        train(quick(dataset, mcpu="skylake"), progress=False)
+    with pytest.raises(SurrogateOpsError, match="unknown architecture"):
+        train(quick(dataset, arch="gpt"), progress=False)
+    with pytest.raises(SurrogateOpsError, match="no checkpoint for run"):
+        train(quick(dataset), resume="0123", progress=False)
+
+
+def test_mlflow_run_entry_point(home, dataset):
+    """`mlflow run . -e train --env-manager local` trains and registers through the CLI."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update({"SURROGATE_OPS_HOME": str(home), "MLFLOW_TRACKING_URI": tracking.default_uri()})
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(root), "-e", "train", "--env-manager", "local",
+                           "-P", f"data={dataset}", "-P", "preset=tiny",
+                           "-P", "epochs=1", "-P", "register=from-project"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    version = MlflowClient().get_model_version_by_alias("from-project", "champion")
+    run = mlflow.get_run(version.run_id)
+    assert run.data.tags.get("mlflow.project.entryPoint") == "train"  # the project's own run got the results
+    assert "test_mape_vs_mca" in run.data.metrics
