@@ -26,6 +26,7 @@ class HierConfig:
     ff_mult: int = 2
     max_tokens: int = 16  # tokens per instruction
     max_instructions: int = 64
+    token_mlp: bool = True  # bind each token to its slot (a nonlinearity before pooling), not a bag of tokens
 
 
 class Hier(nn.Module):
@@ -35,6 +36,7 @@ class Hier(nn.Module):
         self.token = nn.Embedding(config.vocab_size, config.dim, padding_idx=0)
         self.slot = nn.Parameter(torch.randn(config.max_tokens, config.dim) * 0.02)  # position within instruction
         self.position = nn.Parameter(torch.randn(config.max_instructions, config.dim) * 0.02)
+        self.token_mix = nn.Sequential(nn.Linear(config.dim, config.dim), nn.GELU()) if config.token_mlp else nn.Identity()
         self.instruction = nn.Sequential(nn.LayerNorm(config.dim), nn.Linear(config.dim, config.dim), nn.GELU())
         self.layers = nn.ModuleList(TransformerLayer(config.dim, config.heads, config.ff_mult) for _ in range(config.layers))
         self.head = CyclesHead(config.dim)
@@ -43,7 +45,7 @@ class Hier(nn.Module):
         # tokens: (batch, instructions, tokens) int64, 0 = padding
         _, n_ins, n_tok = tokens.shape
         token_mask = (tokens != 0).unsqueeze(-1).to(self.slot.dtype)  # (b, i, t, 1)
-        x = ((self.token(tokens) + self.slot[:n_tok]) * token_mask).sum(2)  # (b, i, d)
+        x = (self.token_mix(self.token(tokens) + self.slot[:n_tok]) * token_mask).sum(2)  # (b, i, d)
         x = self.instruction(x) + self.position[:n_ins]
         mask = tokens[:, :, 0] != 0  # (b, i): real instructions
         for layer in self.layers:
