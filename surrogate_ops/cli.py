@@ -182,6 +182,126 @@ def promote(name, data, tracking_uri) -> None:
     click.echo(str(registry.promote(name, data)))
 
 
+def _read_blocks(path: str) -> tuple[list[str], dict[int, str]]:
+    """Blocks from an input file (a CSV with a `block` or `hex` column, else assembly text blocks
+    separated by blank lines), and the reason for each block that could not be read."""
+    import csv
+
+    from surrogate_ops.blocks import read_asm_file
+    from surrogate_ops.blocks.hexcode import disassemble
+
+    if path.endswith(".csv"):
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+        if "block" in columns:
+            return [r["block"] for r in rows], {}
+        if "hex" in columns:
+            result = disassemble([r["hex"].strip().lower() for r in rows])
+            return [b or "" for b in result.blocks], result.errors
+        raise SurrogateOpsError(f"{path}: a CSV needs a 'block' or 'hex' column")
+    return read_asm_file(path), {}
+
+
+@cli.command()
+@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory.")
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Assembly blocks separated by blank lines, or a CSV with a block or hex column.")
+@click.option("--mcpu", default="haswell", show_default=True)
+@click.option("--program", type=click.Choice(["llvm-mca"]), help="Answer with the real program instead of the surrogate.")
+@click.option("--params", type=click.Path(dir_okay=False), metavar="JSON", help="llvm-mca parameters (with --program).")
+@click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
+              help="Surrogate engine; auto picks the fastest available for this host.")
+@_tracking_option
+def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) -> None:
+    """Print `index,cycles` (cycles per 100 iterations) for every block of a file, from the surrogate
+    or, with --program llvm-mca, from llvm-mca itself. Unreadable blocks print `index,nan` and the
+    reason on stderr."""
+    blocks, unreadable = _read_blocks(input_path)
+    if program:
+        from surrogate_ops.programs import LlvmMca
+
+        results = LlvmMca(mcpu=mcpu, params=_read_params(params)).run(blocks)
+        answers = [(r.cycles, r.error) for r in results]
+    else:
+        if params:
+            raise SurrogateOpsError("--params applies to --program llvm-mca")
+        from surrogate_ops import registry, tracking
+        from surrogate_ops.inference import Predictor
+
+        tracking.configure(tracking_uri)
+        if model_uri == f"models:/{registry.DEFAULT_NAME}@champion":
+            registry.ensure_default()
+        predictor = Predictor(registry.model_dir(model_uri), engine="onnxruntime" if engine == "auto" else engine)
+        if predictor.meta.get("mcpu") != mcpu:
+            raise SurrogateOpsError(f"{model_uri} imitates -mcpu={predictor.meta.get('mcpu')}, not {mcpu}")
+        answers = [(p.cycles, p.error) for p in predictor.predict(blocks)]
+    answers = [(None, unreadable[i]) if i in unreadable else a for i, a in enumerate(answers)]
+    out = click.get_text_stream("stdout")
+    for i, (cycles, error) in enumerate(answers):
+        out.write(f"{i},{cycles:g}\n" if cycles is not None else f"{i},nan\n")
+        if error:
+            click.echo(f"block {i}: {error}", err=True)
+
+
+@cli.command("compile")
+@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+              help="models:/NAME@ALIAS or models:/NAME/VERSION.")
+@click.option("--target", type=click.Choice(["x86", "arm64", "cuda"]), default="x86", show_default=True,
+              help="x86: this host's CPU; arm64: aarch64 Linux (cross-built); cuda: NVIDIA GPUs.")
+@click.option("--mcpu", "cpu", help="CPU to compile for (x86/arm64) [default: detected for x86].")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory for <target>.so and <target>.json.")
+@_tracking_option
+def compile_command(model_uri, target, cpu, out, tracking_uri) -> None:
+    """Compile a registered surrogate with Apache TVM for a target; log the build to the model
+    version's run and tag the version, so users and the service can pick a build for their hardware."""
+    from surrogate_ops import datasets, registry, tracking
+    from surrogate_ops import compile as compiler
+    from surrogate_ops.export import example_batch
+    from surrogate_ops.inference import Predictor
+
+    tracking.configure(tracking_uri)
+    name, version = registry.resolve_version(model_uri)
+    directory = registry.model_dir(f"models:/{name}/{version}")
+    predictor = Predictor(directory)
+    tags = registry.version_tags(name, version)
+    blocks = _check_blocks(tags.get("dataset_path"))
+    build = compiler.compile_model(directory, target, Path(out), cpu, example_batch(predictor.tokenizer, blocks))
+    registry.attach_build(name, version, Path(out), build)
+    click.echo(f"built {build.library} for {target} ({build.target_spec}) in {build.seconds:.1f} s")
+    if build.max_rel_diff is not None:
+        click.echo(f"TVM vs ONNX Runtime on {len(blocks)} real blocks: max abs diff {build.max_abs_diff:.3g}, "
+                   f"max rel diff {build.max_rel_diff:.3g}; {build.blocks_per_s:,.0f} blocks/s (ONNX Runtime "
+                   f"{build.onnxruntime_blocks_per_s:,.0f} blocks/s, network only)")
+    elif not build.runs_here:
+        click.echo(f"not run here: the {target} build loads only on {compiler.targets()[target]['runs_on']}")
+    click.echo(f"logged to run {registry.run_of(name, version)} under builds/{target}; tagged on {name} v{version}")
+
+
+def _check_blocks(dataset_path: str | None) -> list[str]:
+    """Real blocks to check a build on: the model's validation blocks when its dataset is here,
+    else the bundled fixture-like sample."""
+    from surrogate_ops import datasets
+
+    if dataset_path and Path(dataset_path).is_file():
+        frame = datasets.load(dataset_path)
+        return list(frame[frame["split"] == "val"]["block"][:256])
+    return list(SAMPLE_BLOCKS)
+
+
+SAMPLE_BLOCKS = (
+    "addq %rax, %rbx\nimulq %rcx, %rdx",
+    "movq (%rdi), %rax\naddq $1, %rax\nmovq %rax, 8(%rdi)",
+    "leaq 16(%rsp), %rsi\nleaq 32(%r15), %rdi\nmovl $8, %edx\nmovq %r10, 8(%rsp)",
+    "xorl %eax, %eax\ndivq %rcx",
+    "vmulps %ymm0, %ymm1, %ymm2\nvaddps %ymm2, %ymm3, %ymm3\nvmovaps %ymm3, (%rdi,%rcx,4)",
+    "pushq %rbx\npopq %rbx",
+    "cmpb $23, 16(%rsi)\ncmovbeq %r8, %rsi\ntestq %rsi, %rsi\nsete %r9b",
+)
+
+
 @cli.command("tracking-uri")
 def tracking_uri_command() -> None:
     """Print the default MLflow tracking URI (for `export MLFLOW_TRACKING_URI=...` before `mlflow run`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +45,15 @@ class Registered:
 def log_model(model_dir: Path, example: list[str], name: str | None = None, tags: dict | None = None) -> Registered | None:
     """Log the model directory as this run's pyfunc model; with `name`, register it as a new version
     (alias challenger, and champion when it is the first)."""
-    info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(PACKAGE_DIR)], input_example=example, pip_requirements=REQUIREMENTS,
-        registered_model_name=name,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # the package travels with the model, without the bundled weights and caches
+        code = Path(tmp) / PACKAGE_DIR.name
+        shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("pretrained", "__pycache__"))
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(code)], input_example=example, pip_requirements=REQUIREMENTS,
+            registered_model_name=name,
+        )
     if name is None:
         return None
     client = MlflowClient()
@@ -98,7 +103,8 @@ def model_dir(uri: str) -> Path:
     if not (cache / "surrogate.json").is_file():
         tmp = cache.with_name(f".{version}.{time.time_ns()}")
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp))
-        found = next(tmp.rglob("surrogate.json"), None)
+        # the model directory is the pyfunc's one artifact: <download>/artifacts/<dir>/surrogate.json
+        found = next(iter((tmp / "artifacts").glob("*/surrogate.json")), None)
         if found is None:
             shutil.rmtree(tmp, ignore_errors=True)
             raise SurrogateOpsError(f"models:/{name}/{version} is not a surrogate-ops model (no surrogate.json)")
@@ -207,3 +213,24 @@ def ensure_default(name: str = DEFAULT_NAME) -> Registered | None:
             mlflow.log_metrics(metrics)
         example = ["movq (%rdi), %rax\naddq $1, %rax\nmovq %rax, 8(%rdi)"]
         return log_model(BUNDLED, example=example, name=name, tags=tags)
+
+
+def run_of(name: str, version: str) -> str:
+    return MlflowClient().get_model_version(name, version).run_id
+
+
+def attach_build(name: str, version: str, out_dir: Path, build) -> None:
+    """Log a TVM build (library and figures) to the version's run and tag the version with it."""
+    client = MlflowClient()
+    run_id = run_of(name, version)
+    for suffix in (".so", ".json"):
+        client.log_artifact(run_id, str(out_dir / f"{build.target}{suffix}"), artifact_path=f"builds/{build.target}")
+    tags = {f"build_{build.target}": f"builds/{build.target}/{build.target}.so",
+            f"build_{build.target}_target": str(build.target_spec), f"build_{build.target}_tvm": build.tvm_version,
+            f"build_{build.target}_tuned": build.tuned}
+    if build.max_rel_diff is not None:
+        tags.update({f"build_{build.target}_max_rel_diff": f"{build.max_rel_diff:.3g}",
+                     f"build_{build.target}_blocks_per_s": f"{build.blocks_per_s:.0f}",
+                     f"build_{build.target}_onnxruntime_blocks_per_s": f"{build.onnxruntime_blocks_per_s:.0f}"})
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)

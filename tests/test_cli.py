@@ -60,3 +60,30 @@ def test_quickstart_runs_the_whole_main_job(tmp_path):
     assert "vs llvm-mca:  MAPE" in out and "challenger v2" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in out
     assert "Traceback" not in proc.stderr
+
+
+def test_predict_with_the_surrogate_and_with_llvm_mca(tmp_path):
+    env = {"SURROGATE_OPS_HOME": str(tmp_path)}
+    blocks = FIXTURES / "blocks.s"
+    surrogate = run("predict", "--input", str(blocks), env=env)
+    assert surrogate.returncode == 0, surrogate.stderr
+    program = run("predict", "--input", str(blocks), "--program", "llvm-mca", env=env)
+    assert program.returncode == 0, program.stderr
+    s_lines, p_lines = surrogate.stdout.splitlines(), program.stdout.splitlines()
+    assert [line.split(",")[0] for line in s_lines] == [str(i) for i in range(8)] == [l.split(",")[0] for l in p_lines]
+    from surrogate_ops.programs import LlvmMca
+    from surrogate_ops.blocks import read_asm_file
+
+    expected = LlvmMca().run(read_asm_file(blocks))
+    assert [float(line.split(",")[1]) for line in p_lines] == [r.cycles for r in expected]
+    assert all(float(line.split(",")[1]) > 0 for line in s_lines)
+
+
+def test_predict_reads_csv_and_reports_bad_blocks(tmp_path, fixture_blocks):
+    csv = tmp_path / "blocks.csv"
+    csv.write_text("hex\n" + "\n".join([fixture_blocks[0]["hex"], "ffff", fixture_blocks[1]["hex"]]) + "\n")
+    out = run("predict", "--input", str(csv), "--program", "llvm-mca", env={"SURROGATE_OPS_HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"0,{fixture_blocks[0]['haswell']['cycles']:g}", "1,nan",
+                                       f"2,{fixture_blocks[1]['haswell']['cycles']:g}"]
+    assert "block 1: " in out.stderr and "invalid instruction encoding" in out.stderr
