@@ -232,3 +232,14 @@ def test_mlflow_run_entry_point(home, dataset):
     run = mlflow.get_run(version.run_id)
     assert run.data.tags.get("mlflow.project.entryPoint") == "train"  # the project's own run got the results
     assert "test_mape_vs_mca" in run.data.metrics
+
+
+@pytest.mark.parametrize("arch", ["bert", "ithemal"])
+def test_every_architecture_trains_and_exports(home, dataset, arch):
+    result = train(quick(dataset, arch=arch, epochs=1), progress=False)
+    meta = json.loads((result.model_dir / "surrogate.json").read_text())
+    assert meta["arch"] == arch and meta["parameters"] > 1000
+    assert mlflow.get_run(result.run_id).data.metrics["onnx_max_rel_diff"] < 1e-3
+    torch_engine = Predictor(result.model_dir, engine="torch").cycles(["addq %rax, %rbx\nimulq %rcx, %rdx"])
+    onnx_engine = Predictor(result.model_dir, engine="onnxruntime").cycles(["addq %rax, %rbx\nimulq %rcx, %rdx"])
+    assert np.allclose(torch_engine, onnx_engine, rtol=1e-4)

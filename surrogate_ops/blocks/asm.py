@@ -84,6 +84,25 @@ def normalize_instruction(line: str) -> str:
     return " ".join(head) + " " + ", ".join(_split_operands(rest))
 
 
+_LINES: dict[str, str | BlockError] = {}  # raw line -> canonical instruction, or why it was refused
+_LINES_LIMIT = 1 << 20
+
+
+def _canonical_line(line: str) -> str | BlockError:
+    """Checked and normalized once per distinct line: real inputs repeat instructions a lot."""
+    known = _LINES.get(line)
+    if known is None:
+        try:
+            _check_line(line)
+            known = normalize_instruction(line)
+        except BlockError as exc:
+            known = exc
+        if len(_LINES) >= _LINES_LIMIT:
+            _LINES.clear()
+        _LINES[line] = known
+    return known
+
+
 def normalize_block(text: str, index: int | None = None, max_instructions: int | None = None) -> str:
     """Check a block and return its canonical text, or raise BlockError naming block and line."""
     out: list[str] = []
@@ -92,11 +111,9 @@ def normalize_block(text: str, index: int | None = None, max_instructions: int |
         line = raw.strip()
         if not line:
             continue
-        try:
-            _check_line(line)
-        except BlockError as exc:
-            raise BlockError(exc.reason, index, number) from None
-        instruction = normalize_instruction(line)
+        instruction = _canonical_line(line)
+        if isinstance(instruction, BlockError):
+            raise BlockError(instruction.reason, index, number)
         if instruction in PREFIXES:
             pending_prefix.append(instruction)
             continue
