@@ -212,8 +212,8 @@ def _read_blocks(path: str) -> tuple[list[str], dict[int, str]]:
 @click.option("--mcpu", default="haswell", show_default=True)
 @click.option("--program", type=click.Choice(["llvm-mca"]), help="Answer with the real program instead of the surrogate.")
 @click.option("--params", type=click.Path(dir_okay=False), metavar="JSON", help="llvm-mca parameters (with --program).")
-@click.option("--engine", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto", show_default=True,
-              help="Surrogate engine; auto picks the fastest available for this host.")
+@click.option("--engine", type=click.Choice(["auto", "onnxruntime", "tvm", "torch"]), default="auto", show_default=True,
+              help="Surrogate engine; auto: the TVM build when it was measured faster here, else ONNX Runtime.")
 @_tracking_option
 def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) -> None:
     """Print `index,cycles` (cycles per 100 iterations) for every block of a file, from the surrogate
@@ -232,9 +232,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
         from surrogate_ops.inference import Predictor
 
         tracking.configure(tracking_uri)
-        if model_uri == f"models:/{registry.DEFAULT_NAME}@champion":
-            registry.ensure_default()
-        predictor = Predictor(registry.model_dir(model_uri), engine="onnxruntime" if engine == "auto" else engine)
+        predictor = Predictor(registry.model_dir(model_uri), engine=engine)
         if predictor.meta.get("mcpu") != mcpu:
             raise SurrogateOpsError(f"{model_uri} imitates -mcpu={predictor.meta.get('mcpu')}, not {mcpu}")
         answers = [(p.cycles, p.error) for p in predictor.predict(blocks)]
@@ -257,7 +255,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
 def compile_command(model_uri, target, cpu, out, tracking_uri) -> None:
     """Compile a registered surrogate with Apache TVM for a target; log the build to the model
     version's run and tag the version, so users and the service can pick a build for their hardware."""
-    from surrogate_ops import datasets, registry, tracking
+    from surrogate_ops import registry, tracking
     from surrogate_ops import compile as compiler
     from surrogate_ops.export import example_batch
     from surrogate_ops.inference import Predictor
@@ -270,6 +268,10 @@ def compile_command(model_uri, target, cpu, out, tracking_uri) -> None:
     blocks = _check_blocks(tags.get("dataset_path"))
     build = compiler.compile_model(directory, target, Path(out), cpu, example_batch(predictor.tokenizer, blocks))
     registry.attach_build(name, version, Path(out), build)
+    if target == compiler.HOST_TARGET:  # the local copy of the version picks its host build up at once
+        (directory / "builds").mkdir(exist_ok=True)
+        for suffix in (".so", ".json"):
+            shutil.copy2(Path(out) / f"{target}{suffix}", directory / "builds" / f"{target}{suffix}")
     click.echo(f"built {build.library} for {target} ({build.target_spec}) in {build.seconds:.1f} s")
     if build.max_rel_diff is not None:
         click.echo(f"TVM vs ONNX Runtime on {len(blocks)} real blocks: max abs diff {build.max_abs_diff:.3g}, "

@@ -28,6 +28,7 @@ import numpy as np
 from surrogate_ops import presets
 from surrogate_ops.errors import SurrogateOpsError
 
+HOST_TARGET = {"x86_64": "x86", "aarch64": "arm64"}.get(platform.machine(), "x86")
 UNSUPPORTED = {"ithemal": "its ONNX LSTM operator has no importer in TVM's Relax ONNX frontend"}
 
 
@@ -122,9 +123,7 @@ def load_engine(library: Path, device: str = "cpu"):
     main = vm["main"]
 
     def run(tokens: np.ndarray) -> np.ndarray:
-        out = main(tvm.runtime.tensor(tokens, dev))
-        return (out[0] if isinstance(out, (list, tuple)) or hasattr(out, "__getitem__") and not hasattr(out, "numpy")
-                else out).numpy()
+        return main(tvm.runtime.tensor(tokens, dev)).numpy()
 
     return run
 

@@ -70,7 +70,31 @@ def onnx_engine(model_dir: Path, threads: int | None = None) -> Engine:
     return run
 
 
-ENGINES: dict[str, Callable[[Path, int | None], Engine]] = {"torch": torch_engine, "onnxruntime": onnx_engine}
+def tvm_engine(model_dir: Path, threads: int | None = None) -> Engine:
+    from surrogate_ops.compile import HOST_TARGET, load_engine
+
+    library = model_dir / "builds" / f"{HOST_TARGET}.so"
+    if not library.is_file():
+        raise SurrogateOpsError(f"{model_dir} has no TVM build for this host ({HOST_TARGET}); "
+                                f"make one with `surrogate-ops compile --target {HOST_TARGET}`")
+    return load_engine(library)
+
+
+ENGINES: dict[str, Callable[[Path, int | None], Engine]] = {
+    "torch": torch_engine, "onnxruntime": onnx_engine, "tvm": tvm_engine}
+
+
+def fastest_engine(model_dir: Path) -> str:
+    """The engine to use on this host: the TVM build when there is one and it was measured faster
+    than ONNX Runtime when it was built, else ONNX Runtime."""
+    from surrogate_ops.compile import HOST_TARGET
+
+    record = model_dir / "builds" / f"{HOST_TARGET}.json"
+    if record.is_file() and (model_dir / "builds" / f"{HOST_TARGET}.so").is_file():
+        build = json.loads(record.read_text())
+        if (build.get("blocks_per_s") or 0) > (build.get("onnxruntime_blocks_per_s") or float("inf")):
+            return "tvm"
+    return "onnxruntime"
 
 
 class Predictor:
@@ -84,6 +108,8 @@ class Predictor:
             raise SurrogateOpsError(f"{self.model_dir} is not a surrogate model directory (no surrogate.json)")
         self.meta = json.loads(meta_path.read_text())
         self.tokenizer = Tokenizer.load(self.model_dir / "vocab.json")
+        if engine == "auto":
+            engine = fastest_engine(self.model_dir)
         if engine not in ENGINES:
             raise SurrogateOpsError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
         self.engine_name = engine

@@ -82,6 +82,8 @@ def resolve_version(uri: str) -> tuple[str, str]:
         raise SurrogateOpsError(f"{uri!r} is not a models:/NAME@ALIAS or models:/NAME/VERSION URI")
     rest = uri.removeprefix("models:/")
     client = MlflowClient()
+    if rest.split("@")[0].split("/")[0] == DEFAULT_NAME:
+        ensure_default()  # the bundled surrogate answers for the default name on a fresh registry
     try:
         if "@" in rest:
             name, alias = rest.split("@", 1)
@@ -93,7 +95,8 @@ def resolve_version(uri: str) -> tuple[str, str]:
 
 
 def model_dir(uri: str) -> Path:
-    """A local surrogate model directory for a registry URI (downloaded once, then cached) or a path."""
+    """A local surrogate model directory for a registry URI (downloaded once, then cached, with the
+    version's TVM build for this host when it has one) or a directory path."""
     path = Path(uri)
     if (path / "surrogate.json").is_file():
         return path
@@ -112,7 +115,23 @@ def model_dir(uri: str) -> Path:
         shutil.rmtree(cache, ignore_errors=True)
         found.parent.rename(cache)
         shutil.rmtree(tmp, ignore_errors=True)
+    _fetch_host_build(name, version, cache)
     return cache
+
+
+def _fetch_host_build(name: str, version: str, cache: Path) -> None:
+    from surrogate_ops.compile import HOST_TARGET
+
+    if (cache / "builds" / f"{HOST_TARGET}.so").is_file():
+        return
+    if f"build_{HOST_TARGET}" not in version_tags(name, version):
+        return
+    (cache / "builds").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        mlflow.artifacts.download_artifacts(run_id=run_of(name, version), artifact_path=f"builds/{HOST_TARGET}",
+                                            dst_path=tmp)
+        for item in Path(tmp).rglob(f"{HOST_TARGET}.*"):
+            item.replace(cache / "builds" / item.name)
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:

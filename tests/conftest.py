@@ -40,3 +40,16 @@ def tiny_binary(tmp_path_factory) -> Path:
     out = src.with_suffix("")
     subprocess.run([cc, "-O1", "-fno-inline", "-o", str(out), str(src)], check=True)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_environment():
+    """mlflow.set_tracking_uri and set_experiment write MLFLOW_* variables into os.environ; keep one
+    test's store from leaking into the next test's subprocesses."""
+    import os
+
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[key]
+    os.environ.update(saved)

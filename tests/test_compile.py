@@ -1,0 +1,110 @@
+"""The deploy stage: TVM builds per target, checked against ONNX Runtime on real blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surrogate_ops import compile as compiler
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.export import compare, example_batch
+from surrogate_ops.inference import Predictor
+from surrogate_ops.registry import BUNDLED
+
+from conftest import FIXTURES
+
+CLI = [sys.executable, "-m", "surrogate_ops"]
+BLOCKS = [b["block"] for b in json.loads((FIXTURES / "blocks.json").read_text())["blocks"]]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A copy of the bundled model directory, so builds land beside it."""
+    import shutil
+
+    target = tmp_path_factory.mktemp("model") / "llvm-mca-haswell"
+    shutil.copytree(BUNDLED, target)
+    return target
+
+
+def elf_machine(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    return struct.unpack("<H", header[18:20])[0]
+
+
+def test_x86_build_agrees_with_onnx_runtime(model):
+    tokens = example_batch(Predictor(model).tokenizer, BLOCKS)
+    build = compiler.compile_model(model, "x86", model / "builds", check_tokens=tokens)
+    assert build.runs_here and build.max_rel_diff < 1e-3 and build.blocks_per_s > 0
+    assert elf_machine(Path(build.library)) == 62  # EM_X86_64
+    onnx = Predictor(model, engine="onnxruntime").cycles(BLOCKS)
+    tvm = Predictor(model, engine="tvm").cycles(BLOCKS)
+    agreement = compare(onnx, tvm, ("onnxruntime", "tvm"))
+    assert agreement.n == len(BLOCKS)
+    recorded = json.loads((model / "builds" / "x86.json").read_text())
+    assert recorded["target_spec"]["mcpu"] == compiler.host_cpu()
+
+
+def test_arm64_build_is_an_aarch64_library(model, tmp_path):
+    build = compiler.compile_model(model, "arm64", tmp_path)
+    assert not build.runs_here and build.max_rel_diff is None
+    assert elf_machine(Path(build.library)) == 183  # EM_AARCH64
+
+
+def test_cuda_build_compiles_without_a_gpu(model, tmp_path):
+    build = compiler.compile_model(model, "cuda", tmp_path)
+    assert Path(build.library).stat().st_size > 0 and build.target_spec["kind"] == "cuda"
+
+
+def test_unknown_target_and_unsupported_architecture(tmp_path):
+    with pytest.raises(SurrogateOpsError, match="unknown target 'riscv'; choose from x86, arm64, cuda"):
+        compiler.resolve_target("riscv")
+    fake = tmp_path / "lstm"
+    fake.mkdir()
+    (fake / "surrogate.json").write_text(json.dumps({"arch": "ithemal"}))
+    with pytest.raises(SurrogateOpsError, match="LSTM operator has no importer.*ONNX Runtime remains"):
+        compiler.compile_model(fake, "x86", tmp_path / "out")
+
+
+def test_tvm_engine_without_a_build_is_a_clear_error(tmp_path):
+    import shutil
+
+    shutil.copytree(BUNDLED, tmp_path / "m")
+    with pytest.raises(SurrogateOpsError, match="has no TVM build for this host"):
+        Predictor(tmp_path / "m", engine="tvm")
+    assert Predictor(tmp_path / "m", engine="auto").engine_name == "onnxruntime"
+
+
+def test_compile_command_logs_and_tags_the_build(tmp_path):
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
+    out = subprocess.run([*CLI, "compile", "--target", "x86", "--out", str(tmp_path / "out")], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out" / "x86.so").is_file() and "TVM vs ONNX Runtime" in out.stdout
+    from mlflow import MlflowClient
+
+    from surrogate_ops import tracking
+
+    tracking.configure(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    version = MlflowClient().get_model_version_by_alias("llvm-mca-haswell", "champion")
+    assert version.tags["build_x86"] == "builds/x86/x86.so"
+    assert float(version.tags["build_x86_max_rel_diff"]) < 1e-3
+    listed = [a.path for a in MlflowClient().list_artifacts(version.run_id, "builds/x86")]
+    assert sorted(listed) == ["builds/x86/x86.json", "builds/x86/x86.so"]
+    # a fresh cache fetches the host build with the model, and --engine tvm answers like ONNX Runtime
+    import shutil
+
+    shutil.rmtree(tmp_path / "home" / "cache")
+    runs = [subprocess.run([*CLI, "predict", "--input", str(FIXTURES / "blocks.s"), "--engine", engine],
+                           capture_output=True, text=True, env=env, timeout=300) for engine in ("tvm", "onnxruntime")]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    values = [np.array([float(line.split(",")[1]) for line in r.stdout.splitlines()]) for r in runs]
+    assert np.allclose(values[0], values[1], rtol=1e-4)
