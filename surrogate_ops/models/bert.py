@@ -41,8 +41,10 @@ class Bert(nn.Module):
         # tokens: (batch, instructions, tokens) int64, 0 = padding
         _, n_ins, n_tok = tokens.shape
         x = self.token(tokens) + self.slot[:n_tok] + self.position[:n_ins].unsqueeze(1)  # (b, i, t, d)
-        x = x.flatten(1, 2)  # (b, s, d), s = i * t
-        mask = (tokens != 0).flatten(1)  # (b, s)
+        # (b, s, d) with s = i * t; -1 rather than i * t keeps the exported shape free of arithmetic
+        # on dynamic dimensions, which TVM's ONNX importer cannot reshape
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        mask = (tokens != 0).reshape(tokens.shape[0], -1)  # (b, s)
         for layer in self.layers:
             x = layer(x, mask)
         weights = mask.unsqueeze(-1).to(x.dtype)

@@ -21,12 +21,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # x: (batch, seq, dim); mask: (batch, seq), True where there is a real element
-        b, s, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (b, h, s, hd)
+        # No reshape back to (b, s, d) after attention: when s is a product of dynamic dimensions
+        # (instructions x tokens), the exported shape is arithmetic that TVM's ONNX importer refuses.
+        # The heads are merged by the output projection itself (an einsum over head and head_dim).
+        b = x.shape[0]
+        q, k, v = self.qkv(x).reshape(b, -1, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (b, h, s, hd)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (b, h, s, s)
         scores = scores + (~mask)[:, None, None, :].to(x.dtype) * -1e4
         y = torch.softmax(scores, dim=-1) @ v  # (b, h, s, hd)
-        return self.out(y.transpose(1, 2).reshape(b, s, d))
+        weight = self.out.weight.t().reshape(self.heads, self.head_dim, -1)  # (h, hd, d)
+        return torch.einsum("bhsk,hkd->bsd", y, weight) + self.out.bias
 
 
 class TransformerLayer(nn.Module):
