@@ -153,7 +153,7 @@ def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[s
     errors: dict[str, str] = {}
     for mcpu, program in programs.items():
         results = program.run(blocks, progress=bar.update)
-        for block, res in zip(blocks, results):
+        for block, res in zip(blocks, results, strict=True):
             if not res.ok:
                 errors.setdefault(block, f"llvm-mca -mcpu={mcpu}: {res.error}")
             columns.setdefault(block, {}).update({

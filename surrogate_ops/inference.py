@@ -134,7 +134,7 @@ class Predictor:
             where.append(i)
         if encoded:
             cycles = self.predict_encoded(encoded)
-            for i, value in zip(where, cycles):
+            for i, value in zip(where, cycles, strict=True):
                 out[i] = Prediction(cycles=float(value), unknown=unknown.get(i, ()))
         return out  # type: ignore[return-value]
 

@@ -183,7 +183,7 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
 
-    uri = tracking.configure(tracking_uri)
+    tracking.configure(tracking_uri)
     run_name = f"{config.arch}-{config.preset}-{config.target}-{config.mcpu}"
     with mlflow.start_run(run_id=resume, run_name=None if resume else run_name) as run:
         if on_start:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +9,6 @@ import time
 from collections import Counter
 
 import pyarrow.parquet as pq
-import pytest
 
 from surrogate_ops import datasets
 from surrogate_ops.programs import LlvmMca

@@ -16,7 +16,6 @@ import pytest
 from mlflow import MlflowClient
 
 from surrogate_ops import datasets, registry, tracking
-from surrogate_ops.evaluate import evaluate
 from surrogate_ops.inference import Predictor
 from surrogate_ops.train import TrainConfig, train
 
