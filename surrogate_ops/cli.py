@@ -257,7 +257,7 @@ def compile_command(model_uri, target, cpu, out, tracking_uri) -> None:
     version's run and tag the version, so users and the service can pick a build for their hardware."""
     from surrogate_ops import registry, tracking
     from surrogate_ops import compile as compiler
-    from surrogate_ops.export import example_batch
+    from surrogate_ops.export import check_onnx, example_batch, onnx_opset
     from surrogate_ops.inference import Predictor
 
     tracking.configure(tracking_uri)
@@ -266,6 +266,8 @@ def compile_command(model_uri, target, cpu, out, tracking_uri) -> None:
     predictor = Predictor(directory)
     tags = registry.version_tags(name, version)
     blocks = _check_blocks(tags.get("dataset_path"))
+    click.echo(f"ONNX (opset {onnx_opset(directory)}, dynamic batch/instructions/tokens): "
+               f"{check_onnx(directory, blocks)}")
     build = compiler.compile_model(directory, target, Path(out), cpu, example_batch(predictor.tokenizer, blocks))
     registry.attach_build(name, version, Path(out), build)
     if target == compiler.HOST_TARGET:  # the local copy of the version picks its host build up at once

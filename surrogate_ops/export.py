@@ -100,3 +100,22 @@ def save_model_dir(model: nn.Module, tokenizer: Tokenizer, meta: dict, path: str
     with torch.inference_mode():
         reference = model(torch.from_numpy(check)).numpy()
     return compare(reference, session.run(None, {"tokens": check})[0], ("torch", "onnxruntime"))
+
+
+def check_onnx(model_dir: Path, blocks: Sequence[str]) -> Agreement:
+    """A model directory's ONNX graph against its torch checkpoint on real blocks (raises above tolerance)."""
+    import onnxruntime as ort
+
+    model = models.from_checkpoint(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)).eval()
+    tokens = example_batch(Tokenizer.load(model_dir / "vocab.json"), blocks)
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(tokens)).numpy()
+    return compare(reference, session.run(None, {"tokens": tokens})[0], ("torch", "onnxruntime"))
+
+
+def onnx_opset(model_dir: Path) -> int:
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    return max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))

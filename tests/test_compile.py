@@ -89,6 +89,7 @@ def test_compile_command_logs_and_tags_the_build(tmp_path):
                          text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "out" / "x86.so").is_file() and "TVM vs ONNX Runtime" in out.stdout
+    assert "ONNX (opset 18, dynamic batch/instructions/tokens): onnxruntime vs torch on 7 blocks: max abs diff" in out.stdout
     from mlflow import MlflowClient
 
     from surrogate_ops import tracking
