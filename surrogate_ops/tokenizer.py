@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from surrogate_ops.blocks.asm import PREFIXES
+from surrogate_ops.blocks.asm import PREFIXES, split_operands
 
 PAD, UNK = "<PAD>", "<UNK>"
 SPECIALS = (PAD, UNK)
@@ -72,25 +72,11 @@ def instruction_tokens(instruction: str) -> list[str]:
     if words:
         tokens.append(words.pop(0))
     if words:
-        for k, operand in enumerate(_split(" ".join(words))):
+        for k, operand in enumerate(split_operands(" ".join(words))):
             if k:
                 tokens.append(",")
             tokens.extend(_operand_tokens(operand))
     return tokens
-
-
-def _split(text: str) -> list[str]:
-    parts, depth, current = [], 0, []
-    for char in text:
-        depth += char in "({"
-        depth -= char in ")}"
-        if char == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current).strip())
-    return parts
 
 
 class Tokenizer:

@@ -54,7 +54,7 @@ def _check_line(line: str) -> None:
         raise BlockError(f"unexpected character {char!r} in instruction {line!r}")
 
 
-def _split_operands(text: str) -> list[str]:
+def split_operands(text: str) -> list[str]:
     """Split an operand list at commas outside parentheses and braces."""
     parts, depth, current = [], 0, []
     for char in text:
@@ -81,7 +81,7 @@ def normalize_instruction(line: str) -> str:
     rest = " ".join(words[1:])
     if not rest:
         return " ".join(head)
-    return " ".join(head) + " " + ", ".join(_split_operands(rest))
+    return " ".join(head) + " " + ", ".join(split_operands(rest))
 
 
 _LINES: dict[str, str | BlockError] = {}  # raw line -> canonical instruction, or why it was refused
