@@ -173,8 +173,10 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(buckets(enc_train, config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    # at most a tenth of the run warms up, so short runs on small data still train at full rate
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(config.warmup_steps, steps_per_epoch * config.epochs))
+        optimizer, _schedule(max(1, min(config.warmup_steps, total_steps // 10)), total_steps))
     epoch, best_val, best_state, stale = 0, float("inf"), copy.deepcopy(model.state_dict()), 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
