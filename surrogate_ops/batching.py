@@ -9,6 +9,7 @@ batch. Used by training and by inference alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -17,12 +18,18 @@ Encoded = list[tuple[int, ...]]  # one block: token ids per instruction
 
 def pad(blocks: Sequence[Encoded]) -> np.ndarray:
     """(batch, instructions, tokens) int64 array, 0 for padding."""
-    n_ins = max(len(b) for b in blocks)
-    n_tok = max(len(ins) for b in blocks for ins in b)
+    instructions = [ins for block in blocks for ins in block]
+    lengths = np.fromiter(map(len, instructions), dtype=np.int64, count=len(instructions))
+    per_block = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks))
+    n_ins, n_tok = int(per_block.max()), int(lengths.max())
     out = np.zeros((len(blocks), n_ins, n_tok), dtype=np.int64)
-    for i, block in enumerate(blocks):
-        for j, ids in enumerate(block):
-            out[i, j, : len(ids)] = ids
+    # flat position of every token: row of its instruction (block, slot), then its place in the row
+    block_of = np.repeat(np.arange(len(blocks)), per_block)
+    slot_of = np.arange(len(instructions)) - np.repeat(np.cumsum(per_block) - per_block, per_block)
+    rows = np.repeat(block_of * n_ins + slot_of, lengths)
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out.reshape(-1, n_tok)[rows, within] = np.fromiter(chain.from_iterable(instructions), dtype=np.int64,
+                                                       count=int(lengths.sum()))
     return out
 
 
@@ -30,8 +37,8 @@ def buckets(blocks: Sequence[Encoded], batch_size: int = 256, token_budget: int 
             order: np.ndarray | None = None) -> list[np.ndarray]:
     """Index arrays of batches: similar-length blocks together, at most `batch_size` blocks and
     about `token_budget` padded tokens each. `order` (a permutation) shuffles ties for training."""
-    n_ins = np.fromiter((len(b) for b in blocks), dtype=np.int64, count=len(blocks))
-    n_tok = np.fromiter((max((len(i) for i in b), default=0) for b in blocks), dtype=np.int64, count=len(blocks))
+    n_ins = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks))
+    n_tok = np.fromiter((max(map(len, b), default=0) for b in blocks), dtype=np.int64, count=len(blocks))
     base = np.arange(len(blocks)) if order is None else np.asarray(order)
     sorted_idx = base[np.lexsort((n_tok[base], n_ins[base]))]  # stable: ties keep `order`
     batches, start = [], 0

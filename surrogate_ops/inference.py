@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from surrogate_ops.batching import buckets, pad
-from surrogate_ops.blocks.asm import BlockError, normalize_block
+from surrogate_ops.blocks.asm import PREFIXES, BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.tokenizer import Tokenizer
 
 Engine = Callable[[np.ndarray], np.ndarray]
+_SKIP, _SLOW = object(), object()  # line-cache markers: a blank line; a bare prefix (general path)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,52 @@ class Predictor:
         self.engine = ENGINES[engine](self.model_dir, threads)
         self.batch_size = batch_size
         self.max_instructions = int(self.meta["max_instructions"])
+        self._lines: dict[str, object] = {}  # raw line -> (ids, has unknown) | BlockError | _SKIP | _SLOW
+
+    def encode(self, text: str, index: int) -> tuple[list[tuple[int, ...]], bool]:
+        """Token ids per instruction of a raw block, and whether any token is unknown; BlockError if
+        the block cannot be read. Each distinct raw line is checked, normalized and encoded once."""
+        ids: list[tuple[int, ...]] = []
+        unknown = False
+        for number, raw in enumerate(text.split("\n"), start=1):
+            hit = self._lines.get(raw)
+            if hit is None:
+                hit = self._encode_line(raw)
+            if hit is _SKIP:
+                continue
+            if hit is _SLOW:  # a bare prefix line joins the next instruction: take the general path
+                block = normalize_block(text, index=index, max_instructions=self.max_instructions)
+                ids = self.tokenizer.encode_block(block)
+                return ids, any(1 in ins for ins in ids)
+            if isinstance(hit, BlockError):
+                raise BlockError(hit.reason, index, number)
+            ids.append(hit[0])
+            unknown = unknown or hit[1]
+        if not ids:
+            raise BlockError("empty block (no instructions)", index)
+        if len(ids) > self.max_instructions:
+            raise BlockError(f"{len(ids)} instructions, more than the limit of {self.max_instructions}", index)
+        return ids, unknown
+
+    def _encode_line(self, raw: str):
+        line = raw.strip()
+        if not line:
+            hit = _SKIP
+        else:
+            try:
+                instruction = normalize_block(line)
+            except BlockError as exc:
+                hit = exc
+            else:
+                if instruction in PREFIXES:
+                    hit = _SLOW
+                else:
+                    encoded = self.tokenizer.encode_instruction(instruction)
+                    hit = (encoded, 1 in encoded)
+        if len(self._lines) >= 1 << 20:
+            self._lines.clear()
+        self._lines[raw] = hit
+        return hit
 
     def predict(self, blocks: Sequence[str]) -> list[Prediction]:
         """One Prediction per block, in order; a block that cannot be read gets its reason."""
@@ -123,13 +170,12 @@ class Predictor:
         encoded, where, unknown = [], [], {}
         for i, text in enumerate(blocks):
             try:
-                block = normalize_block(text, index=i, max_instructions=self.max_instructions)
+                ids, has_unknown = self.encode(text, i)
             except BlockError as exc:
                 out[i] = Prediction(error=str(exc))
                 continue
-            ids = self.tokenizer.encode_block(block)
-            if any(1 in ins for ins in ids):  # <UNK> present: name the tokens for the caller
-                unknown[i] = tuple(self.tokenizer.unknown(block))
+            if has_unknown:  # name the tokens for the caller (the service's fallback policy)
+                unknown[i] = tuple(self.tokenizer.unknown(normalize_block(text)))
             encoded.append(ids)
             where.append(i)
         if encoded:

@@ -1,0 +1,49 @@
+"""The end-to-end prediction path: line cache, bucketing and padding, errors, unknown tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from surrogate_ops.batching import buckets, pad
+from surrogate_ops.inference import Predictor
+from surrogate_ops.registry import BUNDLED
+
+
+def test_pad_matches_a_plain_loop():
+    rng = np.random.default_rng(0)
+    blocks = [[tuple(int(x) for x in rng.integers(1, 100, rng.integers(1, 10))) for _ in range(rng.integers(1, 20))]
+              for _ in range(300)]
+    reference = np.zeros((300, max(map(len, blocks)), max(len(i) for b in blocks for i in b)), dtype=np.int64)
+    for i, block in enumerate(blocks):
+        for j, ids in enumerate(block):
+            reference[i, j, : len(ids)] = ids
+    assert np.array_equal(pad(blocks), reference)
+    batches = buckets(blocks, batch_size=32, token_budget=2000)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(300))
+    assert all(len(b) <= 32 for b in batches)
+
+
+def test_predictions_keep_order_and_name_bad_blocks(fixture_blocks):
+    predictor = Predictor(BUNDLED)
+    good = [b["block"] for b in fixture_blocks]
+    blocks = [good[0], ".include \"x\"", "lock\naddq %rax, (%rdi)", "\n".join(["addq %rax, %rbx"] * 65), "",
+              "  addq\t%rax,%rbx\n\n imulq %rcx,  %rdx ", good[1]]
+    out = predictor.predict(blocks)
+    alone = predictor.predict([good[0], good[1], "lock addq %rax, (%rdi)"])
+    assert out[0] == alone[0] and out[6] == alone[1]
+    assert out[2].cycles == alone[2].cycles  # a prefix on its own line joins the next instruction
+    assert out[5].cycles == out[0].cycles  # same block, other spacing
+    assert "directive '.include'" in out[1].error and out[1].error.startswith("block 1, line 1")
+    assert "more than the limit of 64" in out[3].error and "empty block" in out[4].error
+    # one at a time through every engine path gives the same numbers as the batch
+    assert np.allclose(predictor.cycles(good), [predictor.cycles([b])[0] for b in good], rtol=1e-5)
+
+
+def test_unknown_tokens_are_named():
+    predictor = Predictor(BUNDLED)
+    strange = "vp2intersectd %zmm29, %zmm30, %k7"
+    assert set(predictor.tokenizer.unknown(strange)) - {","}, "precondition: tokens outside the vocabulary"
+    [prediction] = predictor.predict([strange])
+    assert prediction.cycles is not None and set(prediction.unknown) == set(predictor.tokenizer.unknown(strange))
+    [known] = predictor.predict(["addq %rax, %rbx"])
+    assert known.unknown == ()
