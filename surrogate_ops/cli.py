@@ -10,7 +10,13 @@ from pathlib import Path
 
 import click
 
+from surrogate_ops import presets
 from surrogate_ops.errors import SurrogateOpsError
+
+# Choices come from the preset tables (data), read without importing torch or TVM, so --help is quick.
+ARCHITECTURES = [k for k in presets.load("model_sizes") if not k.startswith("_")]
+SIZES = list(dict.fromkeys(s for k, v in presets.load("model_sizes").items() if not k.startswith("_") for s in v))
+TARGETS = [k for k in presets.load("targets") if not k.startswith("_")]
 
 
 def _read_params(path: str | None) -> dict | None:
@@ -90,9 +96,9 @@ def _tracking_option(f):
 
 @cli.command()
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset from `collect` (Parquet).")
-@click.option("--arch", type=click.Choice(["hier", "bert", "ithemal"]), default="hier", show_default=True,
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="hier", show_default=True,
               help="hier: fast (token pooling + instruction attention); bert: the seed's; ithemal: hierarchical LSTM.")
-@click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="small", show_default=True,
+@click.option("--preset", type=click.Choice(SIZES), default="small", show_default=True,
               help="Model size.")
 @click.option("--size", "sizes", multiple=True, metavar="NAME=INT", help="Explicit size over the preset (e.g. dim=48).")
 @click.option("--target", type=click.Choice(["mca", "measured"]), default="mca", show_default=True,
@@ -111,9 +117,8 @@ def _tracking_option(f):
 @click.option("--save-dir", type=click.Path(file_okay=False), help="Also copy the model directory here.")
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(data, arch, preset, sizes=(), target="mca", mcpu="haswell", epochs=20, batch_size=64, lr=2e-3, patience=4,
-          seed=0, max_minutes=None, train_limit=None, threads=None, register=None, resume=None, save_dir=None,
-          tracking_uri=None, quiet=False) -> None:
+def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patience, seed, max_minutes, train_limit,
+          threads, register, resume, save_dir, tracking_uri, quiet) -> None:
     """Train a surrogate, log the run to MLflow and optionally register it.
 
     Loss: mean absolute percentage error; early stopping on the validation split; figures on the
@@ -247,7 +252,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
 @cli.command("compile")
 @click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
               help="models:/NAME@ALIAS or models:/NAME/VERSION.")
-@click.option("--target", type=click.Choice(["x86", "arm64", "cuda"]), default="x86", show_default=True,
+@click.option("--target", type=click.Choice(TARGETS), default="x86", show_default=True,
               help="x86: this host's CPU; arm64: aarch64 Linux (cross-built); cuda: NVIDIA GPUs.")
 @click.option("--mcpu", "cpu", help="CPU to compile for (x86/arm64) [default: detected for x86].")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory for <target>.so and <target>.json.")
