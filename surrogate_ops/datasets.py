@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -194,6 +195,14 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
         raise SurrogateOpsError("no blocks found in the given sources")
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
+    program = next(iter(programs.values()))
+    settings = {"mcpus": mcpus, "params": program.params, "iterations": program.iterations,
+                "llvm_mca": program.path, "llvm_mca_version": program.version}
+    manifest = partial / "settings.json"
+    if manifest.is_file() and json.loads(manifest.read_text()) != settings:
+        raise SurrogateOpsError(f"{partial} holds an interrupted collection with other settings "
+                                f"({manifest.read_text().strip()}); rerun with those, or delete it to start over")
+    manifest.write_text(json.dumps(settings))
     parts = sorted(partial.glob("part-*.parquet"))
     done = set()
     for part in parts:
@@ -222,7 +231,6 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     elif rejected_path.exists():
         rejected_path.unlink()
     table = pa.Table.from_pandas(good, preserve_index=False)
-    program = next(iter(programs.values()))
     table = table.replace_schema_metadata({
         **(table.schema.metadata or {}),
         b"surrogate_ops.program": program.name.encode(), b"surrogate_ops.program_version": program.version.encode(),

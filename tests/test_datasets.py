@@ -84,6 +84,9 @@ def test_interrupted_collection_resumes(tmp_path):
     written = len(list(partial.glob("part-*.parquet")))
     assert written >= 1 and not out.exists()
 
+    other = subprocess.run([*args, "--mcpu", "skylake-avx512"], capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2 and "interrupted collection with other settings" in other.stderr
+    assert len(list(partial.glob("part-*.parquet"))) == written  # nothing lost
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{written * 200:,} resumed from an earlier run" in resumed.stdout
