@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -347,8 +348,13 @@ def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str
     click.echo(f"see the runs and the registry: {tracking.ui_hint(uri)}")
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: parts and checkpoints kept, MLflow run closed
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr, never a traceback."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
