@@ -109,3 +109,13 @@ def test_compile_command_logs_and_tags_the_build(tmp_path):
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     values = [np.array([float(line.split(",")[1]) for line in r.stdout.splitlines()]) for r in runs]
     assert np.allclose(values[0], values[1], rtol=1e-4)
+
+
+def test_deploy_script_builds_every_target(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
+    out = subprocess.run(["bash", str(root / "deploy" / "build_all.sh"), "models:/llvm-mca-haswell@champion",
+                          str(tmp_path / "builds")], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "builds").glob("*.so")) == ["arm64.so", "cuda.so", "x86.so"]
+    assert "missing" not in out.stdout + out.stderr
