@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from surrogate_ops.datasets import read_hex_list
+
 DEFAULT_BHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bhive"
 
 
@@ -15,7 +17,7 @@ def bhive_hexes(path: Path, limit: int, skip_may_alias: bool = True) -> list[str
     """The first `limit` distinct hex blocks of a BHive CSV (may-alias blocks left out)."""
     alias = set()
     if skip_may_alias and (path.parent / "may-alias.csv").is_file():
-        alias = {row[0] for row in csv.reader(open(path.parent / "may-alias.csv")) if row}
+        alias = read_hex_list(path.parent / "may-alias.csv")
     seen: dict[str, None] = {}
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):

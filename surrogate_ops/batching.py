@@ -8,7 +8,7 @@ batch. Used by training and by inference alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 
 import numpy as np
@@ -53,3 +53,12 @@ def buckets(blocks: Sequence[Encoded], batch_size: int = 256, token_budget: int 
         batches.append(sorted_idx[start:end])
         start = end
     return batches
+
+
+def run_batched(engine: Callable[[np.ndarray], np.ndarray], blocks: Sequence[Encoded],
+                batch_size: int = 256) -> np.ndarray:
+    """An engine's outputs for tokenized blocks, in input order, computed over length buckets."""
+    result = np.empty(len(blocks), dtype=np.float64)
+    for index in buckets(blocks, batch_size):
+        result[index] = engine(pad([blocks[i] for i in index]))
+    return result

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surrogate_ops.batching import buckets, pad
+from surrogate_ops.batching import run_batched
 from surrogate_ops.blocks.asm import PREFIXES, BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.tokenizer import Tokenizer
@@ -186,10 +186,7 @@ class Predictor:
 
     def predict_encoded(self, encoded: Sequence[list[tuple[int, ...]]]) -> np.ndarray:
         """Cycles for already tokenized blocks, in order."""
-        result = np.empty(len(encoded), dtype=np.float64)
-        for index in buckets(encoded, self.batch_size):
-            result[index] = self.engine(pad([encoded[i] for i in index]))
-        return result
+        return run_batched(self.engine, encoded, self.batch_size)
 
     def cycles(self, blocks: Sequence[str]) -> np.ndarray:
         """Predicted cycles as an array, NaN where a block could not be read."""

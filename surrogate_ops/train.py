@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from surrogate_ops import datasets, models, plots, registry, tracking
-from surrogate_ops.batching import buckets, pad
+from surrogate_ops.batching import buckets, pad, run_batched
 from surrogate_ops.config import work_dir
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.evaluate import evaluate
@@ -105,12 +105,9 @@ def _schedule(warmup: int, total: int):
 
 
 def _predict(model: torch.nn.Module, encoded: list, batch_size: int = 512) -> np.ndarray:
-    out = np.empty(len(encoded))
     model.eval()
     with torch.inference_mode():
-        for index in buckets(encoded, batch_size):
-            out[index] = model(torch.from_numpy(pad([encoded[i] for i in index]))).numpy()
-    return out
+        return run_batched(lambda tokens: model(torch.from_numpy(tokens)).numpy(), encoded, batch_size)
 
 
 def _checkpoint_path(run_id: str) -> Path:
