@@ -71,31 +71,72 @@ def onnx_engine(model_dir: Path, threads: int | None = None) -> Engine:
     return run
 
 
-def tvm_engine(model_dir: Path, threads: int | None = None) -> Engine:
-    from surrogate_ops.compile import HOST_TARGET, load_engine
+def torch_cuda_engine(model_dir: Path, threads: int | None = None) -> Engine:
+    import torch
 
-    library = model_dir / "builds" / f"{HOST_TARGET}.so"
+    from surrogate_ops import models
+
+    if not torch.cuda.is_available():
+        raise SurrogateOpsError("the torch-cuda engine needs a CUDA GPU, and torch sees none here")
+    checkpoint = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+    model = models.from_checkpoint(checkpoint).eval().cuda()
+
+    def run(tokens: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(tokens).cuda(non_blocking=True)).float().cpu().numpy()
+
+    return run
+
+
+def _tvm_build(model_dir: Path, target: str, device: str) -> Engine:
+    from surrogate_ops.compile import load_engine, runs_here, targets
+    from surrogate_ops.tuning import StaticEngine
+
+    library = model_dir / "builds" / f"{target}.so"
     if not library.is_file():
-        raise SurrogateOpsError(f"{model_dir} has no TVM build for this host ({HOST_TARGET}); "
-                                f"make one with `surrogate-ops compile --target {HOST_TARGET}`")
-    return load_engine(library)
+        raise SurrogateOpsError(f"{model_dir} has no TVM build for {target}; "
+                                f"make one with `surrogate-ops compile --target {target}`")
+    if not runs_here(targets()[target]):
+        raise SurrogateOpsError(f"the {target} build loads only on {targets()[target]['runs_on']}, not on this machine")
+    engine = load_engine(library, device)
+    tuned = model_dir / "builds" / f"{target}-tuned.json"
+    if tuned.is_file():
+        record = json.loads(tuned.read_text())
+        if record["blocks_per_s"] > record["untuned_blocks_per_s"]:  # the tuned kernels paid off over TVM's own
+            engine = StaticEngine(load_engine(tuned.with_suffix(".so"), device), record["shape"], engine)
+    return engine
+
+
+def tvm_engine(model_dir: Path, threads: int | None = None) -> Engine:
+    from surrogate_ops.compile import HOST_TARGET
+
+    return _tvm_build(model_dir, HOST_TARGET, "cpu")
+
+
+def tvm_cuda_engine(model_dir: Path, threads: int | None = None) -> Engine:
+    return _tvm_build(model_dir, "cuda", "cuda")
 
 
 ENGINES: dict[str, Callable[[Path, int | None], Engine]] = {
-    "torch": torch_engine, "onnxruntime": onnx_engine, "tvm": tvm_engine}
+    "torch": torch_engine, "onnxruntime": onnx_engine, "tvm": tvm_engine,
+    "tvm-cuda": tvm_cuda_engine, "torch-cuda": torch_cuda_engine}
 
 
 def fastest_engine(model_dir: Path) -> str:
-    """The engine to use on this host: the TVM build when there is one and it was measured faster
-    than ONNX Runtime when it was built, else ONNX Runtime."""
-    from surrogate_ops.compile import HOST_TARGET
+    """The engine to use on this host: among the TVM builds that load here (this CPU's; the CUDA
+    one where a GPU is), the one measured fastest when it was built, if it beat ONNX Runtime."""
+    from surrogate_ops.compile import HOST_TARGET, runs_here, targets
 
-    record = model_dir / "builds" / f"{HOST_TARGET}.json"
-    if record.is_file() and (model_dir / "builds" / f"{HOST_TARGET}.so").is_file():
+    best, best_speed = "onnxruntime", 0.0
+    for target, engine in ((HOST_TARGET, "tvm"), ("cuda", "tvm-cuda")):
+        record = model_dir / "builds" / f"{target}.json"
+        if not (record.is_file() and record.with_suffix(".so").is_file() and runs_here(targets()[target])):
+            continue
         build = json.loads(record.read_text())
-        if (build.get("blocks_per_s") or 0) > (build.get("onnxruntime_blocks_per_s") or float("inf")):
-            return "tvm"
-    return "onnxruntime"
+        speed = max(build.get("blocks_per_s") or 0, (build.get("tuning") or {}).get("blocks_per_s") or 0)
+        if speed > max(best_speed, build.get("onnxruntime_blocks_per_s") or float("inf")):
+            best, best_speed = engine, speed
+    return best
 
 
 class Predictor:

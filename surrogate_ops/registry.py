@@ -130,8 +130,9 @@ def _fetch_host_build(name: str, version: str, cache: Path) -> None:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         mlflow.artifacts.download_artifacts(run_id=run_of(name, version), artifact_path=f"builds/{HOST_TARGET}",
                                             dst_path=tmp)
-        for item in Path(tmp).rglob(f"{HOST_TARGET}.*"):
-            item.replace(cache / "builds" / item.name)
+        for item in Path(tmp).rglob(f"{HOST_TARGET}*"):
+            if item.is_file() and item.parent.name != "tuning-database":
+                item.replace(cache / "builds" / item.name)
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:
@@ -242,8 +243,13 @@ def attach_build(name: str, version: str, out_dir: Path, build) -> None:
     """Log a TVM build (library and figures) to the version's run and tag the version with it."""
     client = MlflowClient()
     run_id = run_of(name, version)
-    for suffix in (".so", ".json"):
-        client.log_artifact(run_id, str(out_dir / f"{build.target}{suffix}"), artifact_path=f"builds/{build.target}")
+    from surrogate_ops.compile import build_files
+
+    for path in build_files(out_dir, build.target):
+        client.log_artifact(run_id, str(path), artifact_path=f"builds/{build.target}")
+    if (out_dir / f"{build.target}-tuned.db").is_dir():
+        client.log_artifacts(run_id, str(out_dir / f"{build.target}-tuned.db"),
+                             artifact_path=f"builds/{build.target}/tuning-database")
     tags = {f"build_{build.target}": f"builds/{build.target}/{build.target}.so",
             f"build_{build.target}_target": str(build.target_spec), f"build_{build.target}_tvm": build.tvm_version,
             f"build_{build.target}_tuned": build.tuned}

@@ -78,7 +78,7 @@ def test_tvm_engine_without_a_build_is_a_clear_error(tmp_path):
     import shutil
 
     shutil.copytree(BUNDLED, tmp_path / "m")
-    with pytest.raises(SurrogateOpsError, match="has no TVM build for this host"):
+    with pytest.raises(SurrogateOpsError, match="has no TVM build for x86; make one with"):
         Predictor(tmp_path / "m", engine="tvm")
     assert Predictor(tmp_path / "m", engine="auto").engine_name == "onnxruntime"
 
@@ -119,3 +119,47 @@ def test_deploy_script_builds_every_target(tmp_path):
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "builds").glob("*.so")) == ["arm64.so", "cuda.so", "x86.so"]
     assert "missing" not in out.stdout + out.stderr
+
+
+def test_cuda_engine_without_a_gpu_is_a_clear_error(model, tmp_path):
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(BUNDLED, copy)
+    compiler.compile_model(copy, "cuda", copy / "builds")
+    with pytest.raises(SurrogateOpsError, match="the cuda build loads only on cuda, not on this machine"):
+        Predictor(copy, engine="tvm-cuda")
+    assert Predictor(copy, engine="auto").engine_name == "onnxruntime"
+
+
+def test_tuned_build_is_recorded_and_serves_the_batches_that_fit(tmp_path):
+    """A real (short) meta-schedule session: one kernel, one round, at a small static shape."""
+    from mlflow import MlflowClient
+
+    from surrogate_ops import tracking
+    from surrogate_ops.tuning import StaticEngine
+
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
+    out = subprocess.run([*CLI, "compile", "--target", "x86", "--out", str(tmp_path / "out"), "--tune-minutes", "0.01",
+                          "--tune-kernels", "1", "--tune-shape", "32x4x8"], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "x86-tuned.json").read_text())
+    assert record["shape"] == [32, 4, 8] and record["rounds"] == 1 and record["trials"] >= 1
+    assert len(record["tasks"]) == 1 and record["tasks"][0]["best_us"] > 0 and record["max_rel_diff"] < 1e-3
+    assert "tuned 1 kernels at shape 32x4x8" in out.stdout and "ONNX Runtime" in out.stdout
+    tracking.configure(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    version = MlflowClient().get_model_version_by_alias("llvm-mca-haswell", "champion")
+    assert version.tags["build_x86_tuned"].startswith("tuned 1 kernels")
+    listed = {a.path for a in MlflowClient().list_artifacts(version.run_id, "builds/x86")}
+    assert {"builds/x86/x86-tuned.so", "builds/x86/x86-tuned.json", "builds/x86/tuning-database"} <= listed
+    # the static build answers like ONNX Runtime for batches that fit (padded, in chunks), and
+    # hands wider batches to the dynamic build
+    tokens = example_batch(Predictor(BUNDLED).tokenizer, BLOCKS)
+    engine = StaticEngine(compiler.load_engine(tmp_path / "out" / "x86-tuned.so"), record["shape"],
+                          compiler.load_engine(tmp_path / "out" / "x86.so"))
+    reference = Predictor(BUNDLED).engine
+    narrow = np.concatenate([tokens[:, :4, :8]] * 7)  # 49 rows: two chunks of 32, the second padded
+    assert compare(reference(narrow), engine(narrow), ("onnxruntime", "static")).max_rel < 1e-4
+    wide = np.pad(tokens, ((0, 0), (0, 6 - tokens.shape[1]), (0, 0)))  # 6 instruction slots: over the shape
+    assert compare(reference(wide), engine(wide), ("onnxruntime", "dynamic")).n == len(tokens)
