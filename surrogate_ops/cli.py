@@ -218,8 +218,10 @@ def _read_blocks(path: str) -> tuple[list[str], dict[int, str]]:
 @click.option("--mcpu", default="haswell", show_default=True)
 @click.option("--program", type=click.Choice(["llvm-mca"]), help="Answer with the real program instead of the surrogate.")
 @click.option("--params", type=click.Path(dir_okay=False), metavar="JSON", help="llvm-mca parameters (with --program).")
-@click.option("--engine", type=click.Choice(["auto", "onnxruntime", "tvm", "torch"]), default="auto", show_default=True,
-              help="Surrogate engine; auto: the TVM build when it was measured faster here, else ONNX Runtime.")
+@click.option("--engine", type=click.Choice(["auto", "onnxruntime", "tvm", "tvm-cuda", "torch", "torch-cuda"]),
+              default="auto", show_default=True,
+              help="Surrogate engine; auto: the TVM build (this CPU's, or the CUDA one where a GPU is) when it "
+                   "was measured faster here, else ONNX Runtime.")
 @_tracking_option
 def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) -> None:
     """Print `index,cycles` (cycles per 100 iterations) for every block of a file, from the surrogate
@@ -257,12 +259,23 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
               help="x86: this host's CPU; arm64: aarch64 Linux (cross-built); cuda: NVIDIA GPUs.")
 @click.option("--mcpu", "cpu", help="CPU to compile for (x86/arm64) [default: detected for x86].")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory for <target>.so and <target>.json.")
+@click.option("--tune-minutes", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Also tune a static-shape build with TVM's meta-schedule for about this long (host target "
+                   "only); it is used where it beats the untuned build and ONNX Runtime.")
+@click.option("--tune-shape", default="256x16x16", show_default=True,
+              help="BATCHxINSTRUCTIONSxTOKENS of the tuned build; longer batches use the untuned build.")
+@click.option("--tune-kernels", type=click.IntRange(min=1), default=4, show_default=True,
+              help="How many of the heaviest kernels (by FLOPs) to tune.")
 @_tracking_option
-def compile_command(model_uri, target, cpu, out, tracking_uri) -> None:
+def compile_command(model_uri, target, cpu, out, tune_minutes, tune_shape, tune_kernels, tracking_uri) -> None:
     """Compile a registered surrogate with Apache TVM for a target; log the build to the model
-    version's run and tag the version, so users and the service can pick a build for their hardware."""
-    from surrogate_ops import registry, tracking
+    version's run and tag the version, so users and the service can pick a build for their hardware.
+
+    The build keeps batch, instruction and token axes dynamic. With --tune-minutes, TVM's
+    meta-schedule also tunes the heaviest kernels of a static-shape build on this CPU, and the
+    record says what was tuned and whether it paid (tuned vs untuned vs ONNX Runtime)."""
     from surrogate_ops import compile as compiler
+    from surrogate_ops import registry, tracking
     from surrogate_ops.export import check_onnx, example_batch, onnx_opset
     from surrogate_ops.inference import Predictor
 
@@ -274,13 +287,22 @@ def compile_command(model_uri, target, cpu, out, tracking_uri) -> None:
     blocks = _check_blocks(tags.get("dataset_path"))
     click.echo(f"ONNX (opset {onnx_opset(directory)}, dynamic batch/instructions/tokens): "
                f"{check_onnx(directory, blocks)}")
-    build = compiler.compile_model(directory, target, Path(out), cpu, example_batch(predictor.tokenizer, blocks))
+    try:
+        shape = tuple(int(n) for n in tune_shape.lower().split("x"))
+        assert len(shape) == 3 and min(shape) > 0
+    except (ValueError, AssertionError):
+        raise click.BadParameter(f"{tune_shape!r} is not BATCHxINSTRUCTIONSxTOKENS", param_hint="--tune-shape")
+    build = compiler.compile_model(directory, target, Path(out), cpu, example_batch(predictor.tokenizer, blocks),
+                                   tune_minutes=tune_minutes, tune_shape=shape, tune_kernels=tune_kernels,
+                                   log=click.echo)
     registry.attach_build(name, version, Path(out), build)
     if target == compiler.HOST_TARGET:  # the local copy of the version picks its host build up at once
         (directory / "builds").mkdir(exist_ok=True)
-        for suffix in (".so", ".json"):
-            shutil.copy2(Path(out) / f"{target}{suffix}", directory / "builds" / f"{target}{suffix}")
+        for path in compiler.build_files(Path(out), target):
+            shutil.copy2(path, directory / "builds" / path.name)
     click.echo(f"built {build.library} for {target} ({build.target_spec}) in {build.seconds:.1f} s")
+    if build.tuning:
+        click.echo(build.tuned)
     if build.max_rel_diff is not None:
         click.echo(f"TVM vs ONNX Runtime on {len(blocks)} real blocks: max abs diff {build.max_abs_diff:.3g}, "
                    f"max rel diff {build.max_rel_diff:.3g}; {build.blocks_per_s:,.0f} blocks/s (ONNX Runtime "
@@ -310,6 +332,75 @@ SAMPLE_BLOCKS = (
     "pushq %rbx\npopq %rbx",
     "cmpb $23, 16(%rsi)\ncmovbeq %r8, %rsi\ntestq %rsi, %rsi\nsete %r9b",
 )
+
+
+BENTO_DIR = Path(__file__).resolve().parents[1] / "bento"
+
+
+def _bento_dir() -> Path:
+    if not (BENTO_DIR / "service.py").is_file():
+        raise SurrogateOpsError(f"no BentoML service at {BENTO_DIR / 'service.py'}: serve and bento need a "
+                                "checkout of surrogate-ops (pip install -e .)")
+    return BENTO_DIR
+
+
+@cli.command()
+@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+              help="models:/NAME@ALIAS, models:/NAME/VERSION or a model directory.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=3000, show_default=True)
+@_tracking_option
+def serve(model_uri, host, port, tracking_uri) -> None:
+    """Serve the surrogate over HTTP with BentoML (`bentoml serve bento/service.py`).
+
+    POST /predict {"blocks": [...], "mcpu": "haswell", "exact": false} answers one result per block:
+    the surrogate's cycles, or llvm-mca's where the surrogate is not trusted (tokens outside its
+    vocabulary, longer than its limit, another mcpu) or exact is asked. GET /ops/healthz says which
+    model and mode; GET /docs is the OpenAPI page."""
+    from surrogate_ops import registry, tracking
+
+    tracking.configure(tracking_uri)
+    if model_uri.startswith("models:/"):
+        registry.resolve_version(model_uri)  # a wrong name fails here, clearly, before the server starts
+    env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking.default_uri()
+           if tracking_uri is None else tracking_uri}
+    command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(_bento_dir()),
+               "--host", host, "--port", str(port)]
+    click.echo(f"serving {model_uri} on http://{host}:{port} (POST /predict, GET /ops/healthz, /docs)")
+    os.execvpe(command[0], command, env)
+
+
+@cli.command()
+@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+              help="models:/NAME@ALIAS or models:/NAME/VERSION: the model the bento carries.")
+@_tracking_option
+def bento(model_uri, tracking_uri) -> None:
+    """Build a bento, offline: bento/service.py and bentofile.yaml with the model (and its TVM build
+    for this host, if any) and the package wheel, staged in a scratch folder, then `bentoml build`.
+    `bentoml containerize surrogate-ops:latest` makes the image where a Docker engine is."""
+    import subprocess
+    import tempfile
+
+    from surrogate_ops import registry, tracking
+
+    tracking.configure(tracking_uri)
+    root = _bento_dir()
+    name, version = registry.resolve_version(model_uri)
+    source = registry.model_dir(f"models:/{name}/{version}")
+    with tempfile.TemporaryDirectory(prefix="bento-") as tmp:
+        stage = Path(tmp) / "bento"
+        shutil.copytree(root, stage, ignore=shutil.ignore_patterns("model", "wheels", "__pycache__"))
+        shutil.copytree(source, stage / "model", ignore=shutil.ignore_patterns("model.pt", "*-tuned.db"))
+        (stage / "model" / "VERSION").write_text(f"{name}/{version}\n")
+        for command in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                         str(stage / "wheels"), str(root.parent)],
+                        [sys.executable, "-m", "bentoml", "build", ".", "--output", "tag"]):
+            proc = subprocess.run(command, capture_output=True, text=True, check=False, cwd=stage)
+            if proc.returncode:
+                raise SurrogateOpsError(f"{' '.join(command[2:4])} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    click.echo(f"built bento {tag} carrying {name} v{version}")
+    click.echo(f"container image (needs Docker): bentoml containerize {tag}")
 
 
 @cli.command("tracking-uri")

@@ -1,0 +1,58 @@
+"""BentoML service: basic-block throughput from the promoted surrogate, llvm-mca where it is not trusted.
+
+Configuration (environment):
+    SURROGATE_OPS_MODEL     models:/NAME@ALIAS or a model directory
+                            [default: ./model beside this file when a bento carries one,
+                            else models:/llvm-mca-haswell@champion from the MLflow registry]
+    MLFLOW_TRACKING_URI     the registry (default: surrogate-ops's own store, see `surrogate-ops tracking-uri`)
+    SURROGATE_OPS_LLVM_MCA  the llvm-mca binary for the fallback (default: llvm-mca on PATH)
+    SURROGATE_OPS_MAX_BLOCKS, _MAX_INSTRUCTIONS, _MAX_BYTES, _MCA_TIMEOUT, _MCA_CHUNK: request limits
+
+    POST /predict       {"blocks": ["<asm>", ...], "mcpu": "haswell", "exact": false}
+    GET  /ops/healthz   readiness: model version, engine, mode (surrogate+llvm-mca or llvm-mca-only)
+    GET  /docs          the OpenAPI page
+"""
+
+from __future__ import annotations
+
+import os
+from http import HTTPStatus
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+from fastapi import FastAPI
+
+from surrogate_ops.serving import Limits, Rejected, Server
+
+BUNDLED_MODEL = Path(__file__).resolve().parent / "model"
+ops = FastAPI(title="surrogate-ops operations")
+
+
+def _model_uri() -> str:
+    if os.environ.get("SURROGATE_OPS_MODEL"):
+        return os.environ["SURROGATE_OPS_MODEL"]
+    if (BUNDLED_MODEL / "surrogate.json").is_file():
+        return str(BUNDLED_MODEL)
+    return "models:/llvm-mca-haswell@champion"
+
+
+@bentoml.asgi_app(ops, path="/ops")
+@bentoml.service(name="surrogate-ops", workers=1, traffic={"timeout": 120, "max_concurrency": 256})
+class Surrogate:
+    def __init__(self) -> None:
+        self.server = Server.from_uri(_model_uri(), llvm_mca=os.environ.get("SURROGATE_OPS_LLVM_MCA"),
+                                      limits=Limits.from_environment())
+
+    @bentoml.api
+    def predict(self, blocks: list[str], mcpu: str = "haswell", exact: bool = False) -> list[dict]:
+        """Cycles per block (llvm-mca's measure: 100 iterations), in order: {"cycles", "source"} (+ "reason"
+        when llvm-mca answered in the surrogate's place) or {"error"}."""
+        try:
+            return self.server.predict(blocks, mcpu, exact)
+        except Rejected as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status)) from None
+
+    @ops.get("/healthz")
+    def healthz(self) -> dict:
+        return self.server.status()

@@ -1,0 +1,254 @@
+"""The throughput service's core, kept apart from BentoML (see `bento/service.py`): request limits, the
+fallback policy, and the two answerers, the surrogate and the real llvm-mca.
+
+A request is a list of assembly blocks, an `mcpu` and `exact`. Every block gets one answer, in order:
+`{"cycles", "source": "surrogate"}`, `{"cycles", "source": "llvm-mca", "reason"}` when the policy sent
+it to llvm-mca, or `{"error"}` when it cannot be answered (unreadable text, llvm-mca's own error,
+llvm-mca missing). Whole-request problems (too many blocks, too many bytes, a block over the
+instruction limit, an mcpu llvm-mca does not know) raise `Rejected` with a 4xx status.
+
+The fallback policy is a tuple of small rules, each `rule(block, server) -> reason | None`; the first
+reason sends the block to llvm-mca. New rules (uncertainty, say) are one more function.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from surrogate_ops.blocks.asm import BlockError, normalize_block
+from surrogate_ops.errors import SurrogateOpsError
+
+
+class Rejected(SurrogateOpsError):
+    """A request refused as a whole, with the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_blocks: int = 4096  # blocks per request
+    max_instructions: int = 512  # instructions per block (the model's own limit is lower: those go to llvm-mca)
+    max_bytes: int = 4 << 20  # bytes of assembly per request
+    mca_timeout: float = 30.0  # seconds per llvm-mca call (one chunk of blocks)
+    mca_chunk: int = 64  # blocks per llvm-mca call
+
+    @classmethod
+    def from_environment(cls) -> Limits:
+        env = {f: os.environ.get(f"SURROGATE_OPS_{f.upper()}") for f in cls.__dataclass_fields__}
+        return cls(**{k: type(getattr(cls, k))(v) for k, v in env.items() if v})
+
+
+@dataclass
+class Block:
+    """What the policy sees of one block of a request."""
+
+    index: int
+    text: str  # canonical (normalized) assembly
+    mcpu: str
+    instructions: int
+    ids: list[tuple[int, ...]] = field(default_factory=list)
+    unknown: tuple[str, ...] = ()
+
+
+def unknown_tokens(block: Block, server: Server) -> str | None:
+    if block.unknown:
+        return f"tokens outside the model's vocabulary: {', '.join(block.unknown[:5])}"
+    return None
+
+
+def too_long(block: Block, server: Server) -> str | None:
+    limit = server.predictor.max_instructions
+    return f"{block.instructions} instructions, over the model's limit of {limit}" if block.instructions > limit else None
+
+
+def other_mcpu(block: Block, server: Server) -> str | None:
+    trained = server.predictor.meta.get("mcpu")
+    return f"the model was trained for {trained}, not {block.mcpu}" if block.mcpu != trained else None
+
+
+Rule = Callable[[Block, "Server"], "str | None"]
+DEFAULT_POLICY: tuple[Rule, ...] = (other_mcpu, too_long, unknown_tokens)
+
+
+class Server:
+    """Answers throughput queries with the surrogate where the policy trusts it, else llvm-mca."""
+
+    def __init__(self, model_dir=None, load_error: str | None = None, llvm_mca: str | None = None,
+                 limits: Limits | None = None, policy: Sequence[Rule] = DEFAULT_POLICY, model_uri: str | None = None):
+        from surrogate_ops.inference import Predictor
+
+        self.limits = limits or Limits()
+        self.policy = tuple(policy)
+        self.llvm_mca_path = llvm_mca
+        self.model_uri = model_uri
+        self.model_version: str | None = None
+        self.predictor, self.load_error = None, load_error
+        if model_dir is not None and load_error is None:
+            try:
+                self.predictor = Predictor(model_dir, engine="auto")
+            except Exception as exc:  # noqa: BLE001 - any failure leaves the service up on llvm-mca alone
+                self.load_error = f"{type(exc).__name__}: {exc}"
+        # one pool for every request's llvm-mca calls: at most one process per core, whatever the load
+        self.cores = len(os.sched_getaffinity(0))
+        self.mca_pool = ThreadPoolExecutor(max_workers=self.cores, thread_name_prefix="llvm-mca")
+
+    @classmethod
+    def from_uri(cls, model_uri: str, **kwargs) -> Server:
+        """Load a registered model (`models:/NAME@ALIAS`) or a model directory; a failure is kept, not raised."""
+        from pathlib import Path
+
+        try:
+            if model_uri.startswith("models:/"):
+                from surrogate_ops import registry, tracking
+
+                tracking.configure()
+                name, version = registry.resolve_version(model_uri)
+                model_dir = registry.model_dir(f"models:/{name}/{version}")
+                version = f"{name}/{version}"
+            else:
+                model_dir = Path(model_uri)
+                stamp = model_dir / "VERSION"  # a bento's model says which registered version it is
+                version = stamp.read_text().strip() if stamp.is_file() else model_uri
+            server = cls(model_dir, model_uri=model_uri, **kwargs)
+            server.model_version = version
+            return server
+        except Exception as exc:  # noqa: BLE001
+            return cls(None, load_error=f"{type(exc).__name__}: {exc}", model_uri=model_uri, **kwargs)
+
+    @property
+    def mode(self) -> str:
+        return "surrogate+llvm-mca" if self.predictor else "llvm-mca-only"
+
+    def status(self) -> dict:
+        meta = self.predictor.meta if self.predictor else {}
+        return {"ready": True, "mode": self.mode, "model": self.model_uri,
+                "model_version": self.model_version if self.predictor else None, "arch": meta.get("arch"),
+                "mcpu": meta.get("mcpu"), "engine": self.predictor.engine_name if self.predictor else None,
+                "load_error": self.load_error, "llvm_mca": self._mca_status(),
+                "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy]}
+
+    def _mca_status(self) -> str:
+        from surrogate_ops.programs.llvm_mca import find_tool, tool_version
+
+        try:
+            path = find_tool("llvm-mca", self.llvm_mca_path)
+            return f"{path} (LLVM {tool_version(path)})"
+        except Exception as exc:  # noqa: BLE001
+            return f"unavailable: {exc}"
+
+    def predict(self, blocks: Sequence[str], mcpu: str = "haswell", exact: bool = False) -> list[dict]:
+        self._check_request(blocks, mcpu)
+        answers: list[dict | None] = [None] * len(blocks)
+        trusted: list[Block] = []
+        fallback: list[tuple[Block, str]] = []
+        for i, raw in enumerate(blocks):
+            try:
+                text = normalize_block(raw, index=i)
+            except BlockError as exc:
+                answers[i] = {"error": str(exc)}
+                continue
+            block = Block(index=i, text=text, mcpu=mcpu, instructions=text.count("\n") + 1)
+            if block.instructions > self.limits.max_instructions:
+                raise Rejected(f"block {i} has {block.instructions} instructions, over the limit of "
+                               f"{self.limits.max_instructions}", 422)
+            reason = "exact answer requested" if exact else None
+            if reason is None and self.predictor is None:
+                reason = f"no surrogate loaded ({self.load_error})"
+            if reason is None:
+                reason = self._screen(block)
+            if reason is None:
+                trusted.append(block)
+            else:
+                fallback.append((block, reason))
+        if trusted:
+            cycles = self.predictor.predict_encoded([b.ids for b in trusted])
+            for block, value in zip(trusted, cycles, strict=True):
+                answers[block.index] = {"cycles": float(value), "source": "surrogate"}
+        for (block, reason), answer in zip(fallback, self._llvm_mca([b for b, _ in fallback], mcpu), strict=True):
+            answers[block.index] = {**answer, "reason": reason} if "cycles" in answer else answer
+        return answers  # type: ignore[return-value]
+
+    def _check_request(self, blocks: Sequence[str], mcpu: str) -> None:
+        if not isinstance(blocks, list | tuple) or not all(isinstance(b, str) for b in blocks):
+            raise Rejected("blocks must be a list of strings", 400)
+        if len(blocks) > self.limits.max_blocks:
+            raise Rejected(f"{len(blocks)} blocks in one request, over the limit of {self.limits.max_blocks}", 413)
+        size = sum(len(b.encode("utf-8", "surrogatepass")) for b in blocks)
+        if size > self.limits.max_bytes:
+            raise Rejected(f"{size} bytes of assembly in one request, over the limit of {self.limits.max_bytes}", 413)
+        if not isinstance(mcpu, str) or not re.fullmatch(r"[a-z0-9_-]{1,40}", mcpu):
+            raise Rejected(f"mcpu must be a CPU name such as haswell, not {mcpu!r}", 400)
+        known = self._known_cpus()
+        if known and mcpu not in known:
+            raise Rejected(f"llvm-mca does not know -mcpu={mcpu} (try haswell, skylake, ivybridge)", 400)
+
+    def _known_cpus(self) -> frozenset[str]:
+        from surrogate_ops.programs.llvm_mca import _known_cpus, find_tool
+
+        try:
+            return _known_cpus(find_tool("llvm-mca", self.llvm_mca_path))
+        except Exception:  # noqa: BLE001 - no llvm-mca: every fallback block will say so
+            return frozenset()
+
+    def _screen(self, block: Block) -> str | None:
+        """Tokenize for the surrogate, then ask each rule; the first reason wins."""
+        try:
+            block.ids, has_unknown = self.predictor.encode(block.text, block.index)
+        except BlockError as exc:  # over the model's length limit, for one
+            block.ids, has_unknown = [], False
+            if block.instructions <= self.predictor.max_instructions:
+                return str(exc)
+        if has_unknown:
+            block.unknown = tuple(self.predictor.tokenizer.unknown(block.text))
+        for rule in self.policy:
+            reason = rule(block, self)
+            if reason:
+                return reason
+        return None
+
+    def _llvm_mca(self, blocks: list[Block], mcpu: str) -> list[dict]:
+        """llvm-mca's answers, in chunks through the shared pool; its absence or crash is a per-block error."""
+        if not blocks:
+            return []
+        from surrogate_ops.programs import LlvmMca
+
+        try:
+            program = LlvmMca(mcpu=mcpu, path=self.llvm_mca_path, workers=1, timeout=self.limits.mca_timeout)
+        except Exception as exc:  # noqa: BLE001
+            return [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
+        step = self.limits.mca_chunk
+        chunks = [[b.text for b in blocks[s:s + step]] for s in range(0, len(blocks), step)]
+        answers: list[dict] = []
+        for chunk, future in zip(chunks, [self.mca_pool.submit(program.run, c) for c in chunks], strict=True):
+            try:
+                results = future.result()
+            except Exception as exc:  # noqa: BLE001 - llvm-mca crashed or vanished mid-request
+                answers.extend([{"error": f"llvm-mca failed: {exc}"}] * len(chunk))
+                continue
+            answers.extend({"cycles": float(r.cycles), "source": "llvm-mca"} if r.error is None
+                           else {"error": f"llvm-mca: {r.error}"} for r in results)
+        return answers
+
+
+def wait_ready(url: str, timeout: float = 120.0) -> dict:
+    """Poll a running service's status until it answers (for the CLI and the tests)."""
+    import json
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/ops/healthz", timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)

@@ -1,0 +1,205 @@
+"""The BentoML service over real HTTP: `surrogate-ops serve` (bentoml serve) on a free localhost port,
+the real llvm-mca behind the fallback, a model registered by the test in a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surrogate_ops.programs import LlvmMca
+from surrogate_ops.serving import DEFAULT_POLICY, Block, Server, other_mcpu, too_long, unknown_tokens, wait_ready
+
+from conftest import FIXTURES
+
+CLI = [sys.executable, "-m", "surrogate_ops"]
+GOOD = [b["block"] for b in json.loads((FIXTURES / "blocks.json").read_text())["blocks"]]
+UNKNOWN = "pclmulqdq $0, %xmm1, %xmm2\naddq %rax, %rbx"  # pclmulqdq: outside the bundled vocabulary
+LONG = "\n".join(["addq %rax, %rbx", "imulq %rcx, %rdx"] * 40)  # 80 instructions, over the model's 64
+LIMITS = {"SURROGATE_OPS_MAX_BLOCKS": "300", "SURROGATE_OPS_MAX_INSTRUCTIONS": "200", "SURROGATE_OPS_MAX_BYTES": "60000"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(home: Path, *args: str, **env: str):
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "serve", "--port", str(port), *args], start_new_session=True,
+                            env={**os.environ, "SURROGATE_OPS_HOME": str(home), **LIMITS, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_ready(url, timeout=120)
+        except OSError:
+            proc.kill()
+            pytest.fail(f"the service did not come up:\n{proc.communicate()[0][-3000:]}")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def post(url: str, body: dict | bytes) -> tuple[int, object]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/predict", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """A fresh store with a small model registered by the test (the bundled hier model as `svc-test`)."""
+    from surrogate_ops import registry, tracking
+
+    home = tmp_path_factory.mktemp("home")
+    os.environ["SURROGATE_OPS_HOME"] = str(home)
+    try:
+        tracking.configure()
+        registry.ensure_default("svc-test")
+    finally:
+        del os.environ["SURROGATE_OPS_HOME"]
+    return home
+
+
+@pytest.fixture(scope="module")
+def service(home):
+    with running(home, "--model", "models:/svc-test@champion") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def model_dir(home) -> Path:
+    from surrogate_ops import registry, tracking
+
+    tracking.configure(f"sqlite:///{home / 'mlflow.db'}")
+    return registry.model_dir("models:/svc-test@champion")
+
+
+def test_answers_match_the_model_and_llvm_mca(service, model_dir):
+    from surrogate_ops.inference import Predictor
+
+    status = json.loads(urllib.request.urlopen(f"{service}/ops/healthz").read())
+    assert status["mode"] == "surrogate+llvm-mca" and status["model_version"] == "svc-test/1"
+    assert status["load_error"] is None and "LLVM" in status["llvm_mca"]
+    assert urllib.request.urlopen(f"{service}/docs.json").status == 200
+
+    blocks = [*GOOD, UNKNOWN, LONG]
+    code, answers = post(service, {"blocks": blocks, "mcpu": "haswell"})
+    assert code == 200 and len(answers) == len(blocks)
+    expected = Predictor(model_dir).cycles(GOOD)
+    assert [a["source"] for a in answers[:len(GOOD)]] == ["surrogate"] * len(GOOD)
+    assert np.allclose([a["cycles"] for a in answers[:len(GOOD)]], expected, rtol=1e-5)
+    mca = LlvmMca(mcpu="haswell").run([UNKNOWN, LONG])
+    assert answers[-2] == {"cycles": mca[0].cycles, "source": "llvm-mca",
+                           "reason": "tokens outside the model's vocabulary: pclmulqdq"}
+    assert answers[-1]["cycles"] == mca[1].cycles and "80 instructions, over the model's limit of 64" in answers[-1]["reason"]
+
+    code, exact = post(service, {"blocks": GOOD[:3], "exact": True})
+    assert code == 200 and [a["cycles"] for a in exact] == [r.cycles for r in LlvmMca(mcpu="haswell").run(GOOD[:3])]
+    assert {a["reason"] for a in exact} == {"exact answer requested"}
+    code, skylake = post(service, {"blocks": GOOD[:2], "mcpu": "skylake"})
+    assert [a["cycles"] for a in skylake] == [r.cycles for r in LlvmMca(mcpu="skylake").run(GOOD[:2])]
+    assert skylake[0]["reason"] == "the model was trained for haswell, not skylake"
+
+
+def test_bad_input_gets_clear_answers(service):
+    assert post(service, {"blocks": GOOD[:1] * 301})[0] == 413
+    assert post(service, {"blocks": ["addq %rax, %rbx\n" * 150] * 30})[0] == 413  # 72 kB of text
+    code, text = post(service, {"blocks": ["nop\n" * 201]})
+    assert code == 422 and "201 instructions, over the limit of 200" in text
+    code, text = post(service, {"blocks": GOOD[:1], "mcpu": "pentium9"})
+    assert code == 400 and "does not know -mcpu=pentium9" in text
+    assert post(service, {"blocks": "addq %rax, %rbx"})[0] == 400
+    assert post(service, b"{not json")[0] == 400
+
+    a, b = GOOD[0], GOOD[1]
+    bad = [".text\naddq %rax, %rbx", "addq %rax, %rbx # comment", "addq %rax, %rbx\x00",
+           "addq %rax, %rax\n# LLVM-MCA-END", "# LLVM-MCA-BEGIN x\naddq %rax, %rax", "hello, world!!", "}{"]
+    for exact in (False, True):
+        code, answers = post(service, {"blocks": [a, *bad, b], "exact": exact})
+        assert code == 200 and all("error" in x for x in answers[1:-1]), answers
+        alone = [post(service, {"blocks": [x], "exact": exact})[1][0] for x in (a, b)]
+        assert [answers[0], answers[-1]] == alone  # no bad block shifts another block's answer
+    assert "directive" in answers[1]["error"] and "comment" in answers[4]["error"]
+
+
+def test_concurrent_clients_get_their_single_request_answers(service):
+    requests = [{"blocks": GOOD[i % 5: i % 5 + 6] + ([UNKNOWN] if i % 3 == 0 else []), "exact": i % 4 == 0,
+                 "mcpu": "skylake" if i % 7 == 0 else "haswell"} for i in range(32)]
+    single = [post(service, r) for r in requests]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        together = list(pool.map(lambda r: post(service, r), requests * 2))
+    assert all(code == 200 for code, _ in single + together)
+    assert together == single * 2
+
+
+def test_without_a_model_the_service_stays_up_on_llvm_mca(home):
+    with running(home, "--model", str(home / "no-such-model")) as url:
+        status = json.loads(urllib.request.urlopen(f"{url}/ops/healthz").read())
+        assert status["mode"] == "llvm-mca-only" and "not a surrogate model directory" in status["load_error"]
+        code, answers = post(url, {"blocks": GOOD[:3]})
+        assert code == 200 and [a["cycles"] for a in answers] == [r.cycles for r in LlvmMca().run(GOOD[:3])]
+        assert answers[0]["reason"].startswith("no surrogate loaded")
+
+
+def test_crashing_or_missing_llvm_mca_leaves_the_surrogate_answering(home, tmp_path):
+    crash = tmp_path / "llvm-mca"
+    crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    for path in (str(crash), str(tmp_path / "missing" / "llvm-mca")):
+        with running(home, "--model", "models:/svc-test@champion", SURROGATE_OPS_LLVM_MCA=path) as url:
+            code, answers = post(url, {"blocks": [GOOD[0], UNKNOWN, GOOD[1]]})
+            assert code == 200 and answers[0]["source"] == answers[2]["source"] == "surrogate"
+            assert answers[1]["error"].startswith(("llvm-mca unavailable", "llvm-mca failed")), answers[1]
+
+
+def test_policy_rules_are_small_units(model_dir):
+    server = Server(model_dir)
+    block = Block(index=0, text="addq %rax, %rbx", mcpu="haswell", instructions=1)
+    assert [rule(block, server) for rule in DEFAULT_POLICY] == [None, None, None]
+    assert other_mcpu(Block(0, "nop", "skylake", 1), server) == "the model was trained for haswell, not skylake"
+    assert too_long(Block(0, "nop", "haswell", 65), server) == "65 instructions, over the model's limit of 64"
+    assert unknown_tokens(Block(0, "fyl2x", "haswell", 1, unknown=("fyl2x",)), server).endswith("fyl2x")
+
+    def never_trust_div(block, server):  # a later policy slots in as one more rule
+        return "division is hard" if "div" in block.text else None
+
+    custom = Server(model_dir, policy=(*DEFAULT_POLICY, never_trust_div))
+    answers = custom.predict(["xorl %eax, %eax\ndivq %rcx", "addq %rax, %rbx"])
+    assert answers[0]["reason"] == "division is hard" and answers[1]["source"] == "surrogate"
+
+
+def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(home), "BENTOML_HOME": str(tmp_path / "bentoml")}
+    out = subprocess.run([*CLI, "bento", "--model", "models:/svc-test@champion"], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "carrying svc-test v1" in out.stdout and "bentoml containerize surrogate-ops:" in out.stdout
+    (bento,) = (tmp_path / "bentoml" / "bentos" / "surrogate-ops").glob("*/bento.yaml")
+    root = bento.parent
+    assert (root / "src" / "model" / "model.onnx").is_file() and (root / "src" / "model" / "VERSION").read_text() == "svc-test/1\n"
+    dockerfile = (root / "env" / "docker" / "Dockerfile").read_text()
+    assert "llvm" in dockerfile and list((root / "env" / "python" / "wheels").glob("surrogate_ops-*.whl"))
+    assert "service:Surrogate" in bento.read_text()
