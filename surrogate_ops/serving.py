@@ -51,11 +51,19 @@ class Block:
     """What the policy sees of one block of a request."""
 
     index: int
-    text: str  # canonical (normalized) assembly
+    raw: str  # as sent
     mcpu: str
-    instructions: int
-    ids: list[tuple[int, ...]] = field(default_factory=list)
+    instructions: int = 0
+    ids: list[tuple[int, ...]] = field(default_factory=list)  # the surrogate's token ids, once screened
     unknown: tuple[str, ...] = ()
+    _text: str | None = None
+
+    @property
+    def text(self) -> str:
+        """Canonical assembly (made on demand: the surrogate's path checks lines through its cache)."""
+        if self._text is None:
+            self._text = normalize_block(self.raw, index=self.index)
+        return self._text
 
 
 def unknown_tokens(block: Block, server: Server) -> str | None:
@@ -149,30 +157,36 @@ class Server:
         answers: list[dict | None] = [None] * len(blocks)
         trusted: list[Block] = []
         fallback: list[tuple[Block, str]] = []
+        surrogate = self.predictor is not None and not exact
         for i, raw in enumerate(blocks):
+            block = Block(index=i, raw=raw, mcpu=mcpu)
             try:
-                text = normalize_block(raw, index=i)
+                if surrogate:
+                    self._encode(block)
+                else:
+                    block.instructions = block.text.count("\n") + 1
             except BlockError as exc:
                 answers[i] = {"error": str(exc)}
                 continue
-            block = Block(index=i, text=text, mcpu=mcpu, instructions=text.count("\n") + 1)
             if block.instructions > self.limits.max_instructions:
                 raise Rejected(f"block {i} has {block.instructions} instructions, over the limit of "
                                f"{self.limits.max_instructions}", 422)
-            reason = "exact answer requested" if exact else None
-            if reason is None and self.predictor is None:
+            if exact:
+                reason = "exact answer requested"
+            elif self.predictor is None:
                 reason = f"no surrogate loaded ({self.load_error})"
-            if reason is None:
-                reason = self._screen(block)
+            else:
+                reason = next(filter(None, (rule(block, self) for rule in self.policy)), None)
             if reason is None:
                 trusted.append(block)
             else:
                 fallback.append((block, reason))
+        pending = self._llvm_mca([b for b, _ in fallback], mcpu)  # runs while the surrogate answers
         if trusted:
             cycles = self.predictor.predict_encoded([b.ids for b in trusted])
             for block, value in zip(trusted, cycles, strict=True):
                 answers[block.index] = {"cycles": float(value), "source": "surrogate"}
-        for (block, reason), answer in zip(fallback, self._llvm_mca([b for b, _ in fallback], mcpu), strict=True):
+        for (block, reason), answer in zip(fallback, pending(), strict=True):
             answers[block.index] = {**answer, "reason": reason} if "cycles" in answer else answer
         return answers  # type: ignore[return-value]
 
@@ -198,44 +212,49 @@ class Server:
         except Exception:  # noqa: BLE001 - no llvm-mca: every fallback block will say so
             return frozenset()
 
-    def _screen(self, block: Block) -> str | None:
-        """Tokenize for the surrogate, then ask each rule; the first reason wins."""
+    def _encode(self, block: Block) -> None:
+        """The surrogate's token ids, each distinct line checked and encoded once (the predictor's
+        cache); a block the cache path refuses is read in full, which names why (or its length)."""
         try:
-            block.ids, has_unknown = self.predictor.encode(block.text, block.index)
-        except BlockError as exc:  # over the model's length limit, for one
+            block.ids, has_unknown = self.predictor.encode(block.raw, block.index)
+        except BlockError:  # unreadable (raised again by .text), or over the model's length limit
             block.ids, has_unknown = [], False
-            if block.instructions <= self.predictor.max_instructions:
-                return str(exc)
+            block.instructions = block.text.count("\n") + 1
+            return
+        block.instructions = len(block.ids)
         if has_unknown:
             block.unknown = tuple(self.predictor.tokenizer.unknown(block.text))
-        for rule in self.policy:
-            reason = rule(block, self)
-            if reason:
-                return reason
-        return None
 
-    def _llvm_mca(self, blocks: list[Block], mcpu: str) -> list[dict]:
-        """llvm-mca's answers, in chunks through the shared pool; its absence or crash is a per-block error."""
+    def _llvm_mca(self, blocks: list[Block], mcpu: str) -> Callable[[], list[dict]]:
+        """Start llvm-mca on `blocks` in chunks through the shared pool; the returned function waits
+        for the answers. Its absence or crash becomes a per-block error."""
         if not blocks:
-            return []
+            return list
         from surrogate_ops.programs import LlvmMca
 
         try:
             program = LlvmMca(mcpu=mcpu, path=self.llvm_mca_path, workers=1, timeout=self.limits.mca_timeout)
         except Exception as exc:  # noqa: BLE001
-            return [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
+            unavailable = [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
+            return lambda: unavailable
         step = self.limits.mca_chunk
         chunks = [[b.text for b in blocks[s:s + step]] for s in range(0, len(blocks), step)]
-        answers: list[dict] = []
-        for chunk, future in zip(chunks, [self.mca_pool.submit(program.run, c) for c in chunks], strict=True):
-            try:
-                results = future.result()
-            except Exception as exc:  # noqa: BLE001 - llvm-mca crashed or vanished mid-request
-                answers.extend([{"error": f"llvm-mca failed: {exc}"}] * len(chunk))
-                continue
-            answers.extend({"cycles": float(r.cycles), "source": "llvm-mca"} if r.error is None
-                           else {"error": f"llvm-mca: {r.error}"} for r in results)
-        return answers
+        futures = [self.mca_pool.submit(program.run, chunk) for chunk in chunks]
+
+        def gather() -> list[dict]:
+            answers: list[dict] = []
+            for chunk, future in zip(chunks, futures, strict=True):
+                try:
+                    results = future.result()
+                except Exception as exc:  # noqa: BLE001 - llvm-mca crashed or vanished mid-request
+                    answers.extend([{"error": f"llvm-mca failed: {exc}"}] * len(chunk))
+                    continue
+                answers.extend({"cycles": float(r.cycles), "source": "llvm-mca"} if r.error is None
+                               else {"error": r.error if r.error.startswith("llvm-mca") else f"llvm-mca: {r.error}"}
+                               for r in results)
+            return answers
+
+        return gather
 
 
 def wait_ready(url: str, timeout: float = 120.0) -> dict:

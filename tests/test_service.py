@@ -177,7 +177,7 @@ def test_crashing_or_missing_llvm_mca_leaves_the_surrogate_answering(home, tmp_p
 
 def test_policy_rules_are_small_units(model_dir):
     server = Server(model_dir)
-    block = Block(index=0, text="addq %rax, %rbx", mcpu="haswell", instructions=1)
+    block = Block(index=0, raw="addq %rax, %rbx", mcpu="haswell", instructions=1)
     assert [rule(block, server) for rule in DEFAULT_POLICY] == [None, None, None]
     assert other_mcpu(Block(0, "nop", "skylake", 1), server) == "the model was trained for haswell, not skylake"
     assert too_long(Block(0, "nop", "haswell", 65), server) == "65 instructions, over the model's limit of 64"
