@@ -334,6 +334,84 @@ SAMPLE_BLOCKS = (
 )
 
 
+@cli.command()
+@click.option("--from", "parent_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+              help="The registered surrogate to start from (models:/NAME@ALIAS or models:/NAME/VERSION).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Measured throughputs: a BHive-format CSV (hex,throughput; collected once, may-alias.csv "
+                   "beside it honoured) or a dataset from `collect`.")
+@click.option("--target", type=click.Choice(["measured"]), default="measured", show_default=True)
+@click.option("--mcpu", help="Microarchitecture of the measurements [default: the parent's].")
+@click.option("--register", metavar="NAME", help="Model name for the result [default: <parent>-<data>-measured].")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--train-limit", type=click.IntRange(min=1), help="Use at most this many training blocks.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-minutes", type=float, help="Stop after this long (the best epoch is kept).")
+@_tracking_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, seed, max_minutes, tracking_uri,
+             quiet) -> None:
+    """Fine-tune a registered llvm-mca surrogate on measured throughputs (surrogate adaptation).
+
+    The vocabulary grows for unseen tokens (learned ones keep their ids and weights); training
+    uses MAPE loss with early stopping on the validation split; the run is tagged with its parent
+    version, and the result is registered as a challenger of a model named for the task."""
+    from surrogate_ops import adaptation, registry, tracking
+
+    tracking.configure(tracking_uri)
+    name, _ = registry.resolve_version(parent_uri)
+    register = register or adaptation.default_name(name, Path(data), target)
+    result = adaptation.finetune(parent_uri, data, target=target, register=register, mcpu=mcpu, epochs=epochs, lr=lr,
+                                 train_limit=train_limit, seed=seed, max_minutes=max_minutes,
+                                 tracking_uri=tracking_uri, progress=not quiet)
+    m = result.metrics
+    click.echo(f"fine-tuned {parent_uri} in {result.seconds:.0f} s ({result.epochs_run} epochs): "
+               f"{100 * m['test_mape_vs_measured']:.2f}% MAPE vs measured (tau {m['test_tau_vs_measured']:.3f}); "
+               f"llvm-mca {100 * m['test_mca_mape_vs_measured']:.2f}% on the same {int(m['test_measured_blocks'])} "
+               "test blocks")
+    if result.registered:
+        click.echo(f"registered {result.registered.name} v{result.registered.version} "
+                   f"({', '.join(result.registered.aliases)}); run {result.run_id}")
+
+
+@cli.group()
+def experiment() -> None:
+    """The seed paper's experiments as single commands."""
+
+
+@experiment.command("adaptation")
+@click.option("--from", "parent_uri", default="models:/llvm-mca-haswell@champion", show_default=True)
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Measured throughputs (BHive-format CSV or a collected dataset).")
+@click.option("--mcpu", help="Microarchitecture of the measurements [default: the parent's].")
+@click.option("--sizes", help="Training-set sizes, comma-separated [default: 6 log-spaced from 100 to all].")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True,
+              help="Optimizer steps per run, the same for both methods.")
+@click.option("--val-limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="adaptation", show_default=True,
+              help="Folder for adaptation.csv/.md/.png and the per-run table.")
+@click.option("--small", is_flag=True, help="A small, fast configuration (sizes 100,300; one seed; 150 steps).")
+@_tracking_option
+def adaptation_command(parent_uri, data, mcpu, sizes, seeds, steps, val_limit, out, small, tracking_uri) -> None:
+    """From scratch vs fine-tuned from the surrogate, over training-set sizes and seeds, scored on
+    the same held-out measured blocks (may-alias excluded) with llvm-mca's error as the reference."""
+    from surrogate_ops import adaptation
+
+    try:
+        sizes = [int(x) for x in sizes.split(",")] if sizes else None
+        seeds = [int(x) for x in seeds.split(",")]
+    except ValueError:
+        raise click.BadParameter("sizes and seeds are comma-separated integers") from None
+    if small:
+        sizes, seeds, steps, val_limit = sizes or [100, 300], [0], 150, 300
+    adaptation.experiment(parent_uri, data, Path(out), sizes=sizes, seeds=seeds, steps=steps, val_limit=val_limit,
+                          mcpu=mcpu, tracking_uri=tracking_uri)
+    click.echo((Path(out) / "adaptation.md").read_text())
+    click.echo(f"plot: {Path(out) / 'adaptation.png'}; also logged to MLflow")
+
+
 BENTO_DIR = Path(__file__).resolve().parents[1] / "bento"
 
 

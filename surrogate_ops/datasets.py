@@ -98,8 +98,8 @@ class CollectResult:
     mcpus: list[str] = field(default_factory=list)
 
 
-def _read_bhive(path: Path) -> list[Record]:
-    mcpu = mcpu_of_bhive_file(path)
+def _read_bhive(path: Path, measured_mcpu: str | None = None) -> list[Record]:
+    mcpu = mcpu_of_bhive_file(path) or measured_mcpu
     records, seen = [], set()
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
@@ -119,13 +119,14 @@ def _read_bhive(path: Path) -> list[Record]:
 
 
 def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (), asm: Sequence[str | Path] = (),
-           limit: int | None = None, progress: bool = False) -> list[Record]:
-    """Records from every source, in a stable order, cut to `limit`; hex sources disassembled."""
+           limit: int | None = None, progress: bool = False, measured_mcpu: str | None = None) -> list[Record]:
+    """Records from every source, in a stable order, cut to `limit`; hex sources disassembled.
+    `measured_mcpu` names the microarchitecture of measurement files whose name does not (hsw.csv does)."""
     records: list[Record] = []
     for path in map(Path, bhive):
         if not path.is_file():
             raise SurrogateOpsError(f"--bhive {path}: no such file")
-        records.extend(_read_bhive(path))
+        records.extend(_read_bhive(path, measured_mcpu))
     if binaries:
         remaining = None if limit is None else max(limit - len(records), 0)
         if remaining != 0:
@@ -176,7 +177,7 @@ def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[s
 def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (),
             asm: Sequence[str | Path] = (), mcpus: Sequence[str] = ("haswell",), limit: int | None = None,
             workers: int | None = None, may_alias: str | Path | None = None, params: dict | None = None,
-            progress: bool = True, part_rows: int = PART_ROWS) -> CollectResult:
+            progress: bool = True, part_rows: int = PART_ROWS, measured_mcpu: str | None = None) -> CollectResult:
     """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
     and `<out stem>.rejected.csv` for blocks that could not be labeled."""
     out = Path(out)
@@ -190,7 +191,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     if alias_file is not None:
         alias = read_hex_list(alias_file)
 
-    records = gather(bhive, binaries, asm, limit, progress)
+    records = gather(bhive, binaries, asm, limit, progress, measured_mcpu)
     if not records:
         raise SurrogateOpsError("no blocks found in the given sources")
     partial = out.with_name(out.name + ".partial")

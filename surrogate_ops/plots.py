@@ -41,3 +41,19 @@ def error_by_length(frame: pd.DataFrame, target: str, path: Path, title: str) ->
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def adaptation_curve(summary: pd.DataFrame, llvm_mca_mape: float, path: Path, title: str) -> Path:
+    """Error against training-set size: from scratch and fine-tuned (mean ± std over seeds), llvm-mca's line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for mode, label in (("scratch", "trained from scratch"), ("finetune", "fine-tuned from the llvm-mca surrogate")):
+        mean, std = 100 * summary[f"{mode}_mape"], 100 * summary[f"{mode}_std"]
+        ax.plot(summary["train_size"], mean, marker="o", label=label)
+        ax.fill_between(summary["train_size"], mean - std, mean + std, alpha=0.2)
+    ax.axhline(100 * llvm_mca_mape, color="black", linestyle="--", label=f"llvm-mca ({100 * llvm_mca_mape:.1f}%)")
+    ax.set(xscale="log", xlabel="measured training blocks", ylabel="MAPE vs measured (%)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

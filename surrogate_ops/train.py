@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     train_limit: int | None = None  # use at most this many training blocks
+    val_limit: int | None = None  # validate (early stopping) on at most this many blocks
     threads: int | None = None
 
 
@@ -116,11 +117,14 @@ def _checkpoint_path(run_id: str) -> Path:
 
 def train(config: TrainConfig, register: str | None = None, tracking_uri: str | None = None,
           resume: str | None = None, progress: bool = True, init_from: Path | None = None,
-          run_tags: dict | None = None, on_start: Callable[[str], None] | None = None) -> TrainResult:
+          run_tags: dict | None = None, on_start: Callable[[str], None] | None = None,
+          version_tags: dict | None = None, log_model: bool = True) -> TrainResult:
     """Train, evaluate on the test split, log everything to MLflow, and register when asked.
 
     `init_from` (a model directory) starts from a trained surrogate instead of random weights, its
-    vocabulary extended with the new data's unseen tokens (fine-tuning)."""
+    vocabulary extended with the new data's unseen tokens (fine-tuning). `version_tags` go on the
+    registered version too; `log_model=False` keeps the model directory but logs no MLflow model
+    (experiments that train many). Inside an active run, the run is a nested child."""
     started = time.time()
     state = None
     if resume:
@@ -148,6 +152,8 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
     if config.train_limit is not None and len(train_rows) > config.train_limit:
         train_rows = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.train_limit])]
     val_rows = rows[rows["split"] == "val"]
+    if config.val_limit is not None and len(val_rows) > config.val_limit:
+        val_rows = val_rows.iloc[: config.val_limit]
     if train_rows.empty or val_rows.empty:
         raise SurrogateOpsError(f"need rows in both train and val splits (have {len(train_rows)} and {len(val_rows)})")
 
@@ -184,7 +190,8 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
 
     tracking.configure(tracking_uri)
     run_name = f"{config.arch}-{config.preset}-{config.target}-{config.mcpu}"
-    with mlflow.start_run(run_id=resume, run_name=None if resume else run_name) as run:
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_id=resume, run_name=None if resume else run_name, nested=nested) as run:
         if on_start:
             on_start(run.info.run_id)
         if state is None:
@@ -268,7 +275,10 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
                 "arch": config.arch, "preset": config.preset, "target": config.target, "dataset_digest": digest,
                 "dataset_path": str(Path(config.data).resolve()), "tracked_target": tracked or "",
                 **{k: f"{v:.6g}" for k, v in metrics.items()}}
-        registered = registry.log_model(out_dir, example=list(val_rows["block"][:2]), name=register, tags=tags)
+        tags.update(version_tags or {})
+        registered = None
+        if log_model:
+            registered = registry.log_model(out_dir, example=list(val_rows["block"][:2]), name=register, tags=tags)
     return TrainResult(run.info.run_id, out_dir, metrics, registered, epoch, seconds)
 
 

@@ -1,0 +1,202 @@
+"""Surrogate adaptation: a surrogate of llvm-mca fine-tuned on measured throughputs.
+
+`finetune` starts from a registered surrogate (weights and vocabulary; new tokens get fresh rows,
+learned ones are kept), trains on a measured target with the training stage's loop (MAPE loss,
+early stopping on the validation split), links the run to its parent version, and registers the
+result as a challenger of a model named for the downstream task.
+
+`experiment` is the seed paper's adaptation experiment: for each training-set size and seed, a
+network trained from scratch and one fine-tuned from the surrogate get the same budget (the same
+number of optimizer steps, batch size and validation subset), and both are scored on the same
+held-out test blocks (may-alias excluded) against measured throughput, with llvm-mca's own error on
+those blocks as the reference line. The table and the plot go to MLflow and to files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from surrogate_ops import datasets, registry, tracking
+from surrogate_ops.config import work_dir
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.train import TrainConfig, TrainResult, train, training_rows
+
+FINETUNE_LR = 5e-4  # a quarter of training's default: move the learned weights, don't wash them out
+
+
+def dataset_for(data: str | Path, mcpu: str, progress: bool = True) -> Path:
+    """A Parquet dataset for `data`: a collected dataset as it is, or a BHive-format CSV of measured
+    throughputs (hex,throughput) collected once, with llvm-mca labels for the reference line."""
+    data = Path(data)
+    if not data.is_file():
+        raise SurrogateOpsError(f"--data {data}: no such file")
+    if data.suffix == ".parquet":
+        return data
+    if data.suffix != ".csv":
+        raise SurrogateOpsError(f"--data {data}: expected a collected .parquet dataset or a BHive-format .csv")
+    digest = hashlib.sha1(data.read_bytes()).hexdigest()[:10]  # a changed file is collected anew
+    out = work_dir() / "datasets" / f"{data.stem}-{mcpu}-{digest}.parquet"
+    if not out.is_file():
+        datasets.collect(out, bhive=[data], mcpus=[mcpu], progress=progress, measured_mcpu=mcpu)
+    return out
+
+
+def default_name(parent: str, data: Path, target: str) -> str:
+    return f"{parent}-{data.stem.split('-')[0]}-{target}"
+
+
+def finetune(parent_uri: str, data: str | Path, target: str = "measured", register: str | None = None,
+             mcpu: str | None = None, epochs: int = 30, lr: float = FINETUNE_LR, train_limit: int | None = None,
+             seed: int = 0, max_minutes: float | None = None, tracking_uri: str | None = None,
+             progress: bool = True, val_limit: int | None = None, log_model: bool = True) -> TrainResult:
+    """Fine-tune the registered surrogate `parent_uri` on `data`'s `target`; register as `register`."""
+    tracking.configure(tracking_uri)
+    name, version = registry.resolve_version(parent_uri)
+    parent_dir = registry.model_dir(f"models:/{name}/{version}")
+    meta = json.loads((parent_dir / "surrogate.json").read_text())
+    mcpu = mcpu or meta["mcpu"]
+    path = dataset_for(data, mcpu, progress)
+    config = TrainConfig(data=str(path), **_shape(meta), target=target,
+                         mcpu=mcpu, epochs=epochs, lr=lr, seed=seed, max_minutes=max_minutes,
+                         train_limit=train_limit, val_limit=val_limit)
+    tags = {"parent_model": name, "parent_version": str(version), "parent_run_id": registry.run_of(name, version),
+            "parent_uri": f"models:/{name}/{version}", "mode": "finetune"}
+    return train(config, register=register, tracking_uri=tracking_uri, progress=progress, init_from=parent_dir,
+                 run_tags=tags, version_tags=tags, log_model=log_model)
+
+
+def _shape(meta: dict) -> dict:
+    """The parent's architecture as TrainConfig fields: its size preset when one matches, and the
+    exact sizes either way (so a from-scratch network is the same network, freshly initialized)."""
+    from surrogate_ops import presets
+
+    sizes = {k: v for k, v in meta["config"].items() if k != "vocab_size"}
+    table = presets.load("model_sizes")[meta["arch"]]
+    preset = next((p for p, v in table.items() if all(sizes.get(k) == x for k, x in v.items())), "small")
+    return {"arch": meta["arch"], "preset": preset, "sizes": sizes}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    sizes: list[int]
+    seeds: list[int]
+    steps: int = 1500  # optimizer steps per run, both methods
+    batch_size: int = 64
+    max_epochs: int = 200
+    val_limit: int = 1000
+
+    def epochs(self, size: int) -> int:
+        per_epoch = math.ceil(size / self.batch_size)
+        return max(3, min(self.max_epochs, math.ceil(self.steps / per_epoch)))
+
+
+def log_sizes(smallest: int, largest: int, count: int) -> list[int]:
+    """`count` log-spaced training-set sizes from `smallest` to `largest` (all the data)."""
+    values = np.unique(np.round(np.geomspace(smallest, largest, count)).astype(int))
+    return [int(v) for v in values]
+
+
+def experiment(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | None = None,
+               seeds: list[int] = (0, 1, 2), steps: int = 1500, val_limit: int = 1000, points: int = 6,
+               mcpu: str | None = None, tracking_uri: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Scratch vs fine-tuned vs llvm-mca on measured throughput, over training-set sizes and seeds."""
+    from surrogate_ops import plots
+
+    tracking.configure(tracking_uri)
+    name, version = registry.resolve_version(parent_uri)
+    parent_dir = registry.model_dir(f"models:/{name}/{version}")
+    meta = json.loads((parent_dir / "surrogate.json").read_text())
+    mcpu = mcpu or meta["mcpu"]
+    path = dataset_for(data, mcpu, progress)
+    frame = datasets.load(path)
+    available = int((training_rows(frame, "measured", mcpu, meta["max_instructions"])["split"] == "train").sum())
+    if available < 2:
+        raise SurrogateOpsError(f"{path} has no measured {mcpu} training rows")
+    sizes = [s for s in (sizes or log_sizes(min(100, available), available, points)) if s <= available] or [available]
+    sweep = Sweep(sizes=sizes, seeds=list(seeds), steps=steps, val_limit=val_limit)
+    reference = _llvm_mca_reference(frame, mcpu)
+    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    with mlflow.start_run(run_name=f"adaptation-{Path(data).stem}-{mcpu}") as parent_run:
+        mlflow.set_tags({"experiment": "adaptation", "parent_uri": f"models:/{name}/{version}", "mcpu": mcpu})
+        mlflow.log_params({"data": str(Path(data).resolve()), "sizes": sizes, "seeds": sweep.seeds,
+                           "steps": sweep.steps, "batch_size": sweep.batch_size, "val_limit": sweep.val_limit,
+                           "finetune_lr": FINETUNE_LR, "test_blocks": reference["blocks"]})
+        mlflow.log_metrics({"llvm_mca_mape_vs_measured": reference["mape"], "llvm_mca_tau_vs_measured": reference["tau"]})
+        for size in sizes:
+            for seed in sweep.seeds:
+                common = dict(data=str(path), target="measured", mcpu=mcpu, epochs=sweep.epochs(size),
+                              batch_size=sweep.batch_size, seed=seed, train_limit=size, val_limit=sweep.val_limit,
+                              patience=max(4, sweep.epochs(size) // 5))
+                scratch = train(TrainConfig(**_shape(meta), **common),
+                                progress=False, log_model=False, run_tags={"mode": "scratch", "train_size": str(size)})
+                tuned = train(TrainConfig(**_shape(meta), lr=FINETUNE_LR, **common),
+                              progress=False, log_model=False, init_from=parent_dir,
+                              run_tags={"mode": "finetune", "train_size": str(size)})
+                for mode, result in (("scratch", scratch), ("finetune", tuned)):
+                    rows.append({"train_size": size, "seed": seed, "mode": mode, "epochs": result.epochs_run,
+                                 "mape_vs_measured": result.metrics["test_mape_vs_measured"],
+                                 "tau_vs_measured": result.metrics["test_tau_vs_measured"],
+                                 "seconds": result.seconds, "run_id": result.run_id})
+                if progress:
+                    print(f"size {size:>6} seed {seed}: scratch {100 * rows[-2]['mape_vs_measured']:.2f}%  "
+                          f"fine-tuned {100 * rows[-1]['mape_vs_measured']:.2f}%  "
+                          f"(llvm-mca {100 * reference['mape']:.2f}%)", flush=True)
+        table = pd.DataFrame(rows)
+        summary = summarize(table, reference)
+        table.to_csv(out / "adaptation_runs.csv", index=False)
+        summary.to_csv(out / "adaptation.csv", index=False)
+        (out / "adaptation.md").write_text(_markdown(summary, reference, mcpu, Path(data).name))
+        plots.adaptation_curve(summary, reference["mape"], out / "adaptation.png",
+                               f"adaptation on {Path(data).name} ({mcpu}): error vs training-set size")
+        for item in ("adaptation_runs.csv", "adaptation.csv", "adaptation.md", "adaptation.png"):
+            mlflow.log_artifact(str(out / item), artifact_path="adaptation")
+        best = summary.iloc[-1]
+        mlflow.log_metrics({"finetune_mape_at_largest": best["finetune_mape"], "scratch_mape_at_largest": best["scratch_mape"]})
+        mlflow.set_tag("run_id", parent_run.info.run_id)
+    return summary
+
+
+def _llvm_mca_reference(frame: pd.DataFrame, mcpu: str) -> dict:
+    """llvm-mca's own error against measured on the test split's measured, non-may-alias blocks."""
+    from surrogate_ops.metrics import kendall_tau, mape
+
+    column = f"mca_cycles_{mcpu}"
+    test = frame[(frame["split"] == "test") & frame["measured"].notna() & ~frame["may_alias"].astype(bool)
+                 & (frame["measured_mcpu"] == mcpu) & frame[column].notna()]
+    return {"mape": mape(test[column].to_numpy(), test["measured"].to_numpy()),
+            "tau": kendall_tau(test[column].to_numpy(), test["measured"].to_numpy()), "blocks": len(test)}
+
+
+def summarize(table: pd.DataFrame, reference: dict) -> pd.DataFrame:
+    """Mean and spread over seeds per size and method, and the fine-tuned error relative to llvm-mca's."""
+    stats = table.groupby(["train_size", "mode"])["mape_vs_measured"].agg(["mean", "std", "count"]).unstack("mode")
+    summary = pd.DataFrame({
+        "train_size": stats.index,
+        "scratch_mape": stats[("mean", "scratch")].to_numpy(), "scratch_std": stats[("std", "scratch")].fillna(0).to_numpy(),
+        "finetune_mape": stats[("mean", "finetune")].to_numpy(),
+        "finetune_std": stats[("std", "finetune")].fillna(0).to_numpy(), "seeds": stats[("count", "finetune")].to_numpy()})
+    summary["llvm_mca_mape"] = reference["mape"]
+    summary["finetune_vs_llvm_mca"] = summary["finetune_mape"] / reference["mape"] - 1
+    summary["finetune_beats_scratch"] = summary["finetune_mape"] < summary["scratch_mape"]
+    return summary
+
+
+def _markdown(summary: pd.DataFrame, reference: dict, mcpu: str, data: str) -> str:
+    lines = [f"# Adaptation on {data} ({mcpu}), vs measured, {reference['blocks']} test blocks (may-alias excluded)",
+             "", f"llvm-mca: {100 * reference['mape']:.2f}% MAPE, tau {reference['tau']:.3f}", "",
+             "| training blocks | from scratch | fine-tuned | fine-tuned vs llvm-mca | seeds |", "|---|---|---|---|---|"]
+    for row in summary.itertuples():
+        lines.append(f"| {row.train_size:,} | {100 * row.scratch_mape:.2f}% ± {100 * row.scratch_std:.2f} | "
+                     f"{100 * row.finetune_mape:.2f}% ± {100 * row.finetune_std:.2f} | "
+                     f"{100 * row.finetune_vs_llvm_mca:+.1f}% | {row.seeds} |")
+    return "\n".join(lines) + "\n"
+

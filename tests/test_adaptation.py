@@ -1,0 +1,103 @@
+"""Surrogate adaptation: fine-tuning the bundled llvm-mca surrogate on measured throughputs made by
+the test (real llvm-mc, llvm-mca, MLflow store), and the adaptation experiment in its small setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from surrogate_ops.registry import BUNDLED
+from surrogate_ops.tokenizer import Tokenizer
+
+CLI = [sys.executable, "-m", "surrogate_ops"]
+
+
+def encode(instructions: list[str]) -> list[str]:
+    """Machine code (hex) of each instruction, from the real llvm-mc."""
+    out = subprocess.run(["llvm-mc", "-triple=x86_64", "--show-encoding"], input="\n".join(instructions) + "\n",
+                         capture_output=True, text=True, check=True).stdout
+    codes = [line.split("encoding: [")[1].rstrip("]") for line in out.splitlines() if "encoding: [" in line]
+    assert len(codes) == len(instructions)
+    return ["".join(byte[2:] for byte in code.split(",")) for code in codes]
+
+
+@pytest.fixture(scope="module")
+def measurements(tmp_path_factory) -> Path:
+    """A tiny BHive-format CSV (hex,throughput): 160 distinct blocks, some with pclmulqdq, which the
+    bundled vocabulary lacks; 'measured' throughput is a made-up function of the block."""
+    blocks = []
+    for i in range(160):
+        body = [f"addq ${i}, %rax", "imulq %rcx, %rdx"] if i % 4 else [f"pclmulqdq ${i % 16}, %xmm1, %xmm2", f"addq ${i}, %rax"]
+        blocks.append(body + ([f"movq {8 * i}(%rdi), %rsi"] if i % 3 == 0 else []))
+    flat = [ins for block in blocks for ins in block]
+    codes = iter(encode(flat))
+    rows = ["hex,throughput"]
+    for block in blocks:
+        hexcode = "".join(next(codes) for _ in block)
+        rows.append(f"{hexcode},{100 * (1.5 * len(block) + (6 if 'pclmulqdq' in block[0] else 0))}")
+    path = tmp_path_factory.mktemp("data") / "lab-measurements.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_finetune_extends_the_vocabulary_and_registers_with_lineage(measurements, tmp_path):
+    from mlflow import MlflowClient
+
+    from surrogate_ops import registry, tracking
+
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
+    out = subprocess.run([*CLI, "finetune", "--data", str(measurements), "--epochs", "4", "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "registered llvm-mca-haswell-lab-measured v1" in out.stdout and "MAPE vs measured" in out.stdout
+
+    tracking.configure(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("llvm-mca-haswell-lab-measured", "challenger")
+    parent = client.get_model_version("llvm-mca-haswell", "1")
+    assert version.tags["parent_model"] == "llvm-mca-haswell" and version.tags["parent_version"] == "1"
+    assert version.tags["parent_run_id"] == parent.run_id and version.tags["target"] == "measured"
+    run = client.get_run(version.run_id)
+    assert run.data.tags["parent_uri"] == "models:/llvm-mca-haswell/1" and run.data.tags["mode"] == "finetune"
+    assert int(run.data.params["vocab_added"]) >= 1 and run.data.params["target"] == "measured"
+
+    old = Tokenizer.load(BUNDLED / "vocab.json")
+    new = Tokenizer.load(registry.model_dir("models:/llvm-mca-haswell-lab-measured@challenger") / "vocab.json")
+    assert "pclmulqdq" not in old.vocab and "pclmulqdq" in new.vocab
+    assert all(new.vocab[token] == index for token, index in old.vocab.items())  # learned ids untouched
+    meta = json.loads((registry.model_dir(f"models:/llvm-mca-haswell-lab-measured/{version.version}")
+                       / "surrogate.json").read_text())
+    assert meta["target"] == "measured" and meta["metrics"]["test_mape_vs_measured"] > 0
+
+
+def test_adaptation_experiment_small_writes_its_table_and_plot(measurements, tmp_path):
+    from mlflow import MlflowClient
+
+    from surrogate_ops import tracking
+
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
+    out = subprocess.run([*CLI, "experiment", "adaptation", "--data", str(measurements), "--small", "--sizes", "40,120",
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = (tmp_path / "out" / "adaptation.csv").read_text().splitlines()
+    assert summary[0].startswith("train_size,scratch_mape,scratch_std,finetune_mape") and len(summary) == 3
+    runs = (tmp_path / "out" / "adaptation_runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + 2 * 2  # two sizes, one seed, two methods
+    png = (tmp_path / "out" / "adaptation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "| 40 |" in out.stdout and "llvm-mca:" in out.stdout
+
+    tracking.configure(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    client = MlflowClient()
+    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("surrogate-ops").experiment_id])
+                 if r.data.tags.get("experiment") == "adaptation"]
+    listed = {a.path for a in client.list_artifacts(parent.info.run_id, "adaptation")}
+    assert {"adaptation/adaptation.png", "adaptation/adaptation.csv", "adaptation/adaptation.md"} <= listed
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["mode"] for r in children) == ["finetune", "finetune", "scratch", "scratch"]
+    assert "llvm_mca_mape_vs_measured" in parent.data.metrics
