@@ -90,7 +90,7 @@ class Sweep:
     seeds: list[int]
     steps: int = 1500  # optimizer steps per run, both methods
     batch_size: int = 64
-    max_epochs: int = 200
+    max_epochs: int = 100
     val_limit: int = 1000
 
     def epochs(self, size: int) -> int:

@@ -17,11 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.serving import DEFAULT_POLICY, Block, Server, other_mcpu, too_long, unknown_tokens, wait_ready
-
-from conftest import FIXTURES
+from surrogate_ops.serving import (
+    DEFAULT_POLICY,
+    Block,
+    Server,
+    other_mcpu,
+    too_long,
+    unknown_tokens,
+    wait_ready,
+)
 
 CLI = [sys.executable, "-m", "surrogate_ops"]
 GOOD = [b["block"] for b in json.loads((FIXTURES / "blocks.json").read_text())["blocks"]]
