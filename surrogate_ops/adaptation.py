@@ -49,6 +49,27 @@ def dataset_for(data: str | Path, mcpu: str, progress: bool = True) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class Parent:
+    """The surrogate adaptation starts from, and the dataset it adapts to."""
+
+    name: str
+    version: str
+    dir: Path
+    meta: dict
+    mcpu: str
+    data: Path
+
+
+def _parent(parent_uri: str, data: str | Path, mcpu: str | None, tracking_uri: str | None, progress: bool) -> Parent:
+    tracking.configure(tracking_uri)
+    name, version = registry.resolve_version(parent_uri)
+    parent_dir = registry.model_dir(f"models:/{name}/{version}")
+    meta = json.loads((parent_dir / "surrogate.json").read_text())
+    mcpu = mcpu or meta["mcpu"]
+    return Parent(name, str(version), parent_dir, meta, mcpu, dataset_for(data, mcpu, progress))
+
+
 def default_name(parent: str, data: Path, target: str) -> str:
     return f"{parent}-{data.stem.split('-')[0]}-{target}"
 
@@ -58,12 +79,8 @@ def finetune(parent_uri: str, data: str | Path, target: str = "measured", regist
              seed: int = 0, max_minutes: float | None = None, tracking_uri: str | None = None,
              progress: bool = True, val_limit: int | None = None, log_model: bool = True) -> TrainResult:
     """Fine-tune the registered surrogate `parent_uri` on `data`'s `target`; register as `register`."""
-    tracking.configure(tracking_uri)
-    name, version = registry.resolve_version(parent_uri)
-    parent_dir = registry.model_dir(f"models:/{name}/{version}")
-    meta = json.loads((parent_dir / "surrogate.json").read_text())
-    mcpu = mcpu or meta["mcpu"]
-    path = dataset_for(data, mcpu, progress)
+    parent = _parent(parent_uri, data, mcpu, tracking_uri, progress)
+    name, version, parent_dir, meta, mcpu, path = parent.name, parent.version, parent.dir, parent.meta, parent.mcpu, parent.data
     config = TrainConfig(data=str(path), **_shape(meta), target=target,
                          mcpu=mcpu, epochs=epochs, lr=lr, seed=seed, max_minutes=max_minutes,
                          train_limit=train_limit, val_limit=val_limit)
@@ -110,12 +127,8 @@ def experiment(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | 
     """Scratch vs fine-tuned vs llvm-mca on measured throughput, over training-set sizes and seeds."""
     from surrogate_ops import plots
 
-    tracking.configure(tracking_uri)
-    name, version = registry.resolve_version(parent_uri)
-    parent_dir = registry.model_dir(f"models:/{name}/{version}")
-    meta = json.loads((parent_dir / "surrogate.json").read_text())
-    mcpu = mcpu or meta["mcpu"]
-    path = dataset_for(data, mcpu, progress)
+    parent = _parent(parent_uri, data, mcpu, tracking_uri, progress)
+    name, version, parent_dir, meta, mcpu, path = parent.name, parent.version, parent.dir, parent.meta, parent.mcpu, parent.data
     frame = datasets.load(path)
     available = int((training_rows(frame, "measured", mcpu, meta["max_instructions"])["split"] == "train").sum())
     if available < 2:
