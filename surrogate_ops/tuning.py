@@ -154,14 +154,16 @@ def _measure(library: Path, untuned, onnx_path: Path, tokens: np.ndarray) -> dic
 
 
 class StaticEngine:
-    """A static-shape (tuned) build for the batches that fit its shape, the dynamic build otherwise."""
+    """A static-shape (tuned) build for the batches that fit its shape and fill at least half of its
+    batch (padding a small batch up to it would cost more than tuning saved); the dynamic build
+    otherwise."""
 
     def __init__(self, static, shape: list[int], dynamic):
         self.static, self.shape, self.dynamic = static, tuple(shape), dynamic
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
         batch, instructions, width = self.shape
-        if tokens.shape[1] > instructions or tokens.shape[2] > width:
+        if tokens.shape[1] > instructions or tokens.shape[2] > width or len(tokens) < batch // 2:
             return self.dynamic(tokens)
         out = np.empty(len(tokens), dtype=np.float32)
         for start in range(0, len(tokens), batch):

@@ -163,3 +163,4 @@ def test_tuned_build_is_recorded_and_serves_the_batches_that_fit(tmp_path):
     assert compare(reference(narrow), engine(narrow), ("onnxruntime", "static")).max_rel < 1e-4
     wide = np.pad(tokens, ((0, 0), (0, 6 - tokens.shape[1]), (0, 0)))  # 6 instruction slots: over the shape
     assert compare(reference(wide), engine(wide), ("onnxruntime", "dynamic")).n == len(tokens)
+    assert compare(reference(tokens[:3, :4, :8]), engine(tokens[:3, :4, :8]), ("onnxruntime", "small batch")).n == 3
