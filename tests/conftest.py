@@ -53,3 +53,11 @@ def _isolated_mlflow_environment():
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         del os.environ[key]
     os.environ.update(saved)
+
+
+def interruptible() -> None:
+    """preexec_fn for a child the test interrupts with SIGINT: a test run started in the background
+    ignores SIGINT, children inherit that, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

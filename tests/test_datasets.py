@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from surrogate_ops import datasets
 from surrogate_ops.programs import LlvmMca
 
-from conftest import FIXTURES
+from conftest import FIXTURES, interruptible
 
 CLI = [sys.executable, "-m", "surrogate_ops"]
 
@@ -72,7 +72,7 @@ def test_interrupted_collection_resumes(tmp_path):
     out = tmp_path / "bin.parquet"
     args = [*CLI, "collect", "--binary", "/usr/bin", "--limit", "3000", "--mcpu", "haswell", "--mcpu", "skylake",
             "--mcpu", "ivybridge", "--workers", "1", "--part-rows", "200", "--quiet", "--out", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     partial = tmp_path / "bin.parquet.partial"
     deadline = time.time() + 120
     while not list(partial.glob("part-*.parquet")) and time.time() < deadline and proc.poll() is None:

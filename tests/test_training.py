@@ -19,6 +19,8 @@ from surrogate_ops import datasets, registry, tracking
 from surrogate_ops.inference import Predictor
 from surrogate_ops.train import TrainConfig, train
 
+from conftest import interruptible
+
 CLI = [sys.executable, "-m", "surrogate_ops"]
 
 
@@ -134,7 +136,8 @@ def test_interrupted_training_resumes(home, dataset):
     env = {**os.environ, "SURROGATE_OPS_HOME": str(home)}
     args = [*CLI, "train", "--data", str(dataset), "--preset", "tiny", "--epochs", "40", "--patience", "40",
             "--threads", "1", "--quiet"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=interruptible)
     first_line = proc.stdout.readline()
     run_id = first_line.split()[1]
     checkpoint = home / "checkpoints" / run_id / "last.pt"
