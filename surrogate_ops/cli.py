@@ -38,7 +38,7 @@ def _read_params(path: str | None) -> dict | None:
 @click.version_option(package_name="surrogate-ops")
 def cli(llvm_mca: str | None) -> None:
     """Neural surrogates of programs, starting with llvm-mca: collect labeled blocks, train,
-    register, compile, serve."""
+    register, compile, serve, and fine-tune on measured throughput."""
     if llvm_mca:
         os.environ["SURROGATE_OPS_LLVM_MCA"] = llvm_mca
 
