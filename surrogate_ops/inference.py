@@ -163,12 +163,22 @@ class Predictor:
     def encode(self, text: str, index: int) -> tuple[list[tuple[int, ...]], bool]:
         """Token ids per instruction of a raw block, and whether any token is unknown; BlockError if
         the block cannot be read. Each distinct raw line is checked, normalized and encoded once."""
+        lines = self._lines
+        hits = [lines[raw] if raw in lines else self._encode_line(raw) for raw in text.split("\n")]
+        try:  # the common case: every line an instruction, (ids, has unknown); markers are not subscriptable
+            ids = [hit[0] for hit in hits]
+            unknown = any([hit[1] for hit in hits])
+        except TypeError:
+            return self._encode_general(text, index, hits)
+        if len(ids) > self.max_instructions:
+            raise BlockError(f"{len(ids)} instructions, more than the limit of {self.max_instructions}", index)
+        return ids, unknown
+
+    def _encode_general(self, text: str, index: int, hits: list) -> tuple[list[tuple[int, ...]], bool]:
+        """A block with blank lines, a bare prefix line or an unreadable line."""
         ids: list[tuple[int, ...]] = []
         unknown = False
-        for number, raw in enumerate(text.split("\n"), start=1):
-            hit = self._lines.get(raw)
-            if hit is None:
-                hit = self._encode_line(raw)
+        for number, hit in enumerate(hits, start=1):
             if hit is _SKIP:
                 continue
             if hit is _SLOW:  # a bare prefix line joins the next instruction: take the general path
@@ -207,28 +217,36 @@ class Predictor:
 
     def predict(self, blocks: Sequence[str]) -> list[Prediction]:
         """One Prediction per block, in order; a block that cannot be read gets its reason."""
-        out: list[Prediction | None] = [None] * len(blocks)
-        encoded, where, unknown = [], [], {}
+        values, errors, unknown_at = self._run(blocks)
+        out = [Prediction(error=errors[i]) if i in errors else Prediction(cycles=float(v)) for i, v in enumerate(values)]
+        for i in unknown_at:  # name the tokens for the caller (the service's fallback policy)
+            out[i] = Prediction(cycles=out[i].cycles, unknown=tuple(self.tokenizer.unknown(normalize_block(blocks[i]))))
+        return out
+
+    def cycles(self, blocks: Sequence[str]) -> np.ndarray:
+        """Predicted cycles as an array, NaN where a block could not be read."""
+        return self._run(blocks)[0]
+
+    def _run(self, blocks: Sequence[str]) -> tuple[np.ndarray, dict[int, str], list[int]]:
+        """Cycles (NaN where unreadable), the reasons by index, and which blocks hold unknown tokens."""
+        values = np.full(len(blocks), np.nan)
+        errors: dict[int, str] = {}
+        encoded, where, unknown_at = [], [], []
         for i, text in enumerate(blocks):
             try:
                 ids, has_unknown = self.encode(text, i)
             except BlockError as exc:
-                out[i] = Prediction(error=str(exc))
+                errors[i] = str(exc)
                 continue
-            if has_unknown:  # name the tokens for the caller (the service's fallback policy)
-                unknown[i] = tuple(self.tokenizer.unknown(normalize_block(text)))
+            if has_unknown:
+                unknown_at.append(i)
             encoded.append(ids)
             where.append(i)
         if encoded:
-            cycles = self.predict_encoded(encoded)
-            for i, value in zip(where, cycles, strict=True):
-                out[i] = Prediction(cycles=float(value), unknown=unknown.get(i, ()))
-        return out  # type: ignore[return-value]
+            values[where] = self.predict_encoded(encoded)
+        return values, errors, unknown_at
 
     def predict_encoded(self, encoded: Sequence[list[tuple[int, ...]]]) -> np.ndarray:
         """Cycles for already tokenized blocks, in order."""
         return run_batched(self.engine, encoded, self.batch_size)
 
-    def cycles(self, blocks: Sequence[str]) -> np.ndarray:
-        """Predicted cycles as an array, NaN where a block could not be read."""
-        return np.array([p.cycles if p.cycles is not None else np.nan for p in self.predict(blocks)])
