@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,26 @@ def tiny_binary(tmp_path_factory) -> Path:
     out = src.with_suffix("")
     subprocess.run([cc, "-O1", "-fno-inline", "-o", str(out), str(src)], check=True)
     return out
+
+
+@contextmanager
+def in_home(home: Path):
+    """For module-scoped fixtures: work in `home`'s store; neither it nor the MLflow variables that
+    configuring it sets outlive the fixture."""
+    import os
+
+    from surrogate_ops import tracking
+
+    keys = ("SURROGATE_OPS_HOME",)
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_") or k in keys}
+    os.environ["SURROGATE_OPS_HOME"] = str(home)
+    try:
+        tracking.configure()
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("MLFLOW_") or k in keys]:
+            del os.environ[key]
+        os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, in_home
 
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.serving import (
@@ -78,15 +78,11 @@ def post(url: str, body: dict | bytes) -> tuple[int, object]:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """A fresh store with a small model registered by the test (the bundled hier model as `svc-test`)."""
-    from surrogate_ops import registry, tracking
+    from surrogate_ops import registry
 
     home = tmp_path_factory.mktemp("home")
-    os.environ["SURROGATE_OPS_HOME"] = str(home)
-    try:
-        tracking.configure()
+    with in_home(home):
         registry.ensure_default("svc-test")
-    finally:
-        del os.environ["SURROGATE_OPS_HOME"]
     return home
 
 
@@ -98,10 +94,10 @@ def service(home):
 
 @pytest.fixture(scope="module")
 def model_dir(home) -> Path:
-    from surrogate_ops import registry, tracking
+    from surrogate_ops import registry
 
-    tracking.configure(f"sqlite:///{home / 'mlflow.db'}")
-    return registry.model_dir("models:/svc-test@champion")
+    with in_home(home):
+        return registry.model_dir("models:/svc-test@champion")
 
 
 def test_answers_match_the_model_and_llvm_mca(service, model_dir):
