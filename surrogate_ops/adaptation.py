@@ -60,6 +60,10 @@ class Parent:
     mcpu: str
     data: Path
 
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
 
 def _parent(parent_uri: str, data: str | Path, mcpu: str | None, tracking_uri: str | None, progress: bool) -> Parent:
     tracking.configure(tracking_uri)
@@ -77,17 +81,15 @@ def default_name(parent: str, data: Path, target: str) -> str:
 def finetune(parent_uri: str, data: str | Path, target: str = "measured", register: str | None = None,
              mcpu: str | None = None, epochs: int = 30, lr: float = FINETUNE_LR, train_limit: int | None = None,
              seed: int = 0, max_minutes: float | None = None, tracking_uri: str | None = None,
-             progress: bool = True, val_limit: int | None = None, log_model: bool = True) -> TrainResult:
+             progress: bool = True) -> TrainResult:
     """Fine-tune the registered surrogate `parent_uri` on `data`'s `target`; register as `register`."""
     parent = _parent(parent_uri, data, mcpu, tracking_uri, progress)
-    name, version, parent_dir, meta, mcpu, path = parent.name, parent.version, parent.dir, parent.meta, parent.mcpu, parent.data
-    config = TrainConfig(data=str(path), **_shape(meta), target=target,
-                         mcpu=mcpu, epochs=epochs, lr=lr, seed=seed, max_minutes=max_minutes,
-                         train_limit=train_limit, val_limit=val_limit)
-    tags = {"parent_model": name, "parent_version": str(version), "parent_run_id": registry.run_of(name, version),
-            "parent_uri": f"models:/{name}/{version}", "mode": "finetune"}
-    return train(config, register=register, tracking_uri=tracking_uri, progress=progress, init_from=parent_dir,
-                 run_tags=tags, version_tags=tags, log_model=log_model)
+    config = TrainConfig(data=str(parent.data), **_shape(parent.meta), target=target, mcpu=parent.mcpu, epochs=epochs,
+                         lr=lr, seed=seed, max_minutes=max_minutes, train_limit=train_limit)
+    tags = {"parent_model": parent.name, "parent_version": parent.version,
+            "parent_run_id": registry.run_of(parent.name, parent.version), "parent_uri": parent.uri, "mode": "finetune"}
+    return train(config, register=register, tracking_uri=tracking_uri, progress=progress, init_from=parent.dir,
+                 run_tags=tags, version_tags=tags)
 
 
 def _shape(meta: dict) -> dict:
@@ -128,33 +130,32 @@ def experiment(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | 
     from surrogate_ops import plots
 
     parent = _parent(parent_uri, data, mcpu, tracking_uri, progress)
-    name, version, parent_dir, meta, mcpu, path = parent.name, parent.version, parent.dir, parent.meta, parent.mcpu, parent.data
-    frame = datasets.load(path)
-    available = int((training_rows(frame, "measured", mcpu, meta["max_instructions"])["split"] == "train").sum())
+    mcpu = parent.mcpu
+    frame = datasets.load(parent.data)
+    available = int((training_rows(frame, "measured", mcpu, parent.meta["max_instructions"])["split"] == "train").sum())
     if available < 2:
-        raise SurrogateOpsError(f"{path} has no measured {mcpu} training rows")
+        raise SurrogateOpsError(f"{parent.data} has no measured {mcpu} training rows")
     sizes = [s for s in (sizes or log_sizes(min(100, available), available, points)) if s <= available] or [available]
     sweep = Sweep(sizes=sizes, seeds=list(seeds), steps=steps, val_limit=val_limit)
-    reference = _llvm_mca_reference(frame, mcpu)
-    rows = []
+    rows, references = [], []
     out.mkdir(parents=True, exist_ok=True)
-    with mlflow.start_run(run_name=f"adaptation-{Path(data).stem}-{mcpu}") as parent_run:
-        mlflow.set_tags({"experiment": "adaptation", "parent_uri": f"models:/{name}/{version}", "mcpu": mcpu})
+    with mlflow.start_run(run_name=f"adaptation-{Path(data).stem}-{mcpu}"):
+        mlflow.set_tags({"experiment": "adaptation", "parent_uri": parent.uri, "mcpu": mcpu})
         mlflow.log_params({"data": str(Path(data).resolve()), "sizes": sizes, "seeds": sweep.seeds,
                            "steps": sweep.steps, "batch_size": sweep.batch_size, "val_limit": sweep.val_limit,
-                           "finetune_lr": FINETUNE_LR, "test_blocks": reference["blocks"]})
-        mlflow.log_metrics({"llvm_mca_mape_vs_measured": reference["mape"], "llvm_mca_tau_vs_measured": reference["tau"]})
+                           "finetune_lr": FINETUNE_LR})
         for size in sizes:
             for seed in sweep.seeds:
-                common = dict(data=str(path), target="measured", mcpu=mcpu, epochs=sweep.epochs(size),
+                common = dict(data=str(parent.data), target="measured", mcpu=mcpu, epochs=sweep.epochs(size),
                               batch_size=sweep.batch_size, seed=seed, train_limit=size, val_limit=sweep.val_limit,
                               patience=max(4, sweep.epochs(size) // 5))
-                scratch = train(TrainConfig(**_shape(meta), **common),
+                scratch = train(TrainConfig(**_shape(parent.meta), **common),
                                 progress=False, log_model=False, run_tags={"mode": "scratch", "train_size": str(size)})
-                tuned = train(TrainConfig(**_shape(meta), lr=FINETUNE_LR, **common),
-                              progress=False, log_model=False, init_from=parent_dir,
+                tuned = train(TrainConfig(**_shape(parent.meta), lr=FINETUNE_LR, **common),
+                              progress=False, log_model=False, init_from=parent.dir,
                               run_tags={"mode": "finetune", "train_size": str(size)})
                 for mode, result in (("scratch", scratch), ("finetune", tuned)):
+                    references.append(_llvm_mca_reference(result.metrics))
                     rows.append({"train_size": size, "seed": seed, "mode": mode, "epochs": result.epochs_run,
                                  "mape_vs_measured": result.metrics["test_mape_vs_measured"],
                                  "tau_vs_measured": result.metrics["test_tau_vs_measured"],
@@ -162,7 +163,12 @@ def experiment(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | 
                 if progress:
                     print(f"size {size:>6} seed {seed}: scratch {100 * rows[-2]['mape_vs_measured']:.2f}%  "
                           f"fine-tuned {100 * rows[-1]['mape_vs_measured']:.2f}%  "
-                          f"(llvm-mca {100 * reference['mape']:.2f}%)", flush=True)
+                          f"(llvm-mca {100 * references[-1]['mape']:.2f}%)", flush=True)
+        if any(r != references[0] for r in references):  # every run was scored on the very same blocks
+            raise SurrogateOpsError(f"the runs were scored on different test blocks: {references}")
+        reference = references[0]
+        mlflow.log_param("test_blocks", reference["blocks"])
+        mlflow.log_metrics({"llvm_mca_mape_vs_measured": reference["mape"], "llvm_mca_tau_vs_measured": reference["tau"]})
         table = pd.DataFrame(rows)
         summary = summarize(table, reference)
         table.to_csv(out / "adaptation_runs.csv", index=False)
@@ -174,19 +180,15 @@ def experiment(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | 
             mlflow.log_artifact(str(out / item), artifact_path="adaptation")
         best = summary.iloc[-1]
         mlflow.log_metrics({"finetune_mape_at_largest": best["finetune_mape"], "scratch_mape_at_largest": best["scratch_mape"]})
-        mlflow.set_tag("run_id", parent_run.info.run_id)
     return summary
 
 
-def _llvm_mca_reference(frame: pd.DataFrame, mcpu: str) -> dict:
-    """llvm-mca's own error against measured on the test split's measured, non-may-alias blocks."""
-    from surrogate_ops.metrics import kendall_tau, mape
-
-    column = f"mca_cycles_{mcpu}"
-    test = frame[(frame["split"] == "test") & frame["measured"].notna() & ~frame["may_alias"].astype(bool)
-                 & (frame["measured_mcpu"] == mcpu) & frame[column].notna()]
-    return {"mape": mape(test[column].to_numpy(), test["measured"].to_numpy()),
-            "tau": kendall_tau(test[column].to_numpy(), test["measured"].to_numpy()), "blocks": len(test)}
+def _llvm_mca_reference(metrics: dict) -> dict:
+    """llvm-mca's own error on exactly the test blocks a run was scored on (evaluate computes it there)."""
+    if "test_mca_mape_vs_measured" not in metrics:
+        raise SurrogateOpsError("the test split has measured blocks without llvm-mca labels; collect the data again")
+    return {"mape": metrics["test_mca_mape_vs_measured"], "tau": metrics["test_mca_tau_vs_measured"],
+            "blocks": int(metrics["test_measured_blocks"])}
 
 
 def summarize(table: pd.DataFrame, reference: dict) -> pd.DataFrame:
