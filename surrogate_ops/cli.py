@@ -252,6 +252,14 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
             click.echo(f"block {i}: {error}", err=True)
 
 
+def _shape_option(ctx, param, value: str) -> tuple[int, int, int]:
+    """BATCHxINSTRUCTIONSxTOKENS, checked before any work starts."""
+    parts = value.lower().split("x")
+    if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise click.BadParameter(f"{value!r} is not BATCHxINSTRUCTIONSxTOKENS (positive integers)")
+    return tuple(int(part) for part in parts)
+
+
 @cli.command("compile")
 @click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
               help="models:/NAME@ALIAS or models:/NAME/VERSION.")
@@ -262,7 +270,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
 @click.option("--tune-minutes", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Also tune a static-shape build with TVM's meta-schedule for about this long (host target "
                    "only); it is used where it beats the untuned build and ONNX Runtime.")
-@click.option("--tune-shape", default="256x16x16", show_default=True,
+@click.option("--tune-shape", default="256x16x16", show_default=True, callback=_shape_option,
               help="BATCHxINSTRUCTIONSxTOKENS of the tuned build; longer batches use the untuned build.")
 @click.option("--tune-kernels", type=click.IntRange(min=1), default=4, show_default=True,
               help="How many of the heaviest kernels (by FLOPs) to tune.")
@@ -287,13 +295,8 @@ def compile_command(model_uri, target, cpu, out, tune_minutes, tune_shape, tune_
     blocks = _check_blocks(tags.get("dataset_path"))
     click.echo(f"ONNX (opset {onnx_opset(directory)}, dynamic batch/instructions/tokens): "
                f"{check_onnx(directory, blocks)}")
-    try:
-        shape = tuple(int(n) for n in tune_shape.lower().split("x"))
-        assert len(shape) == 3 and min(shape) > 0
-    except (ValueError, AssertionError):
-        raise click.BadParameter(f"{tune_shape!r} is not BATCHxINSTRUCTIONSxTOKENS", param_hint="--tune-shape")
     build = compiler.compile_model(directory, target, Path(out), cpu, example_batch(predictor.tokenizer, blocks),
-                                   tune_minutes=tune_minutes, tune_shape=shape, tune_kernels=tune_kernels,
+                                   tune_minutes=tune_minutes, tune_shape=tune_shape, tune_kernels=tune_kernels,
                                    log=click.echo)
     registry.attach_build(name, version, Path(out), build)
     if target == compiler.HOST_TARGET:  # the local copy of the version picks its host build up at once
