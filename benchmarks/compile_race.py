@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +27,7 @@ from surrogate_ops.metrics import mape
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops import registry, tracking
 
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+from common import median_time
 
 
 def main() -> None:
@@ -57,7 +48,7 @@ def main() -> None:
     print(f"{len(blocks):,} BHive Haswell test blocks (may-alias excluded), {cores} cores, median of {args.repeats}")
 
     mca = LlvmMca(mcpu="haswell", workers=cores)
-    mca_s, mca_results = timed(lambda: mca.run(blocks), args.repeats)
+    mca_s, mca_results = median_time(lambda: mca.run(blocks), args.repeats)
     mca_cycles = np.array([r.cycles for r in mca_results], dtype=float)
     mca_rate = len(blocks) / mca_s
     print(f"{'contender':<34} {'blocks/s':>10} {'vs llvm-mca':>11} {'MAPE mca':>9} {'MAPE meas':>10}")
@@ -80,7 +71,7 @@ def main() -> None:
         for engine in engines:
             predictor = Predictor(directory, engine=engine)
             predictor.predict(blocks[:512])  # warm: engine start-up, first-shape compilation
-            seconds, cycles = timed(lambda: predictor.cycles(blocks), args.repeats)
+            seconds, cycles = median_time(lambda: predictor.cycles(blocks), args.repeats)
             ok = np.isfinite(cycles)
             rate = len(blocks) / seconds
             label = f"{meta['arch']} ({Path(str(uri)).name}) {engine}"
@@ -89,12 +80,12 @@ def main() -> None:
             single = Predictor(directory, engine=engine, threads=1, batch_size=1)
             subset = blocks[: args.single]
             single.predict(subset[:50])
-            s_seconds, _ = timed(lambda: single.cycles(subset), 1)
+            s_seconds, _ = median_time(lambda: single.cycles(subset), 1)
             single_rows.append((label, len(subset) / s_seconds))
 
     one = LlvmMca(mcpu="haswell", workers=1)
     subset = blocks[: args.single]
-    s_seconds, _ = timed(lambda: one.run(subset), 1)
+    s_seconds, _ = median_time(lambda: one.run(subset), 1)
     mca_single = len(subset) / s_seconds
     print(f"\nseed setting: one thread, batch 1, {len(subset):,} blocks (llvm-mca: one process, all blocks batched)")
     print(f"{'llvm-mca (1 worker)':<34} {mca_single:>10,.0f} {1:>10.1f}x")

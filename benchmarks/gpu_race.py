@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,8 @@ import pandas as pd
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import mape
+
+from common import median_time
 
 
 def main() -> None:
@@ -55,12 +55,8 @@ def main() -> None:
                 print(f"{engine:<12} {batch:>6} unavailable: {exc}")
                 continue
             predictor.cycles(blocks[:2048])  # warm: CUDA module load and compilation, first shapes
-            times, cycles = [], None
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                cycles = predictor.cycles(blocks)
-                times.append(time.perf_counter() - start)
-            rate = len(blocks) / statistics.median(times)
+            seconds, cycles = median_time(lambda: predictor.cycles(blocks), args.repeats)
+            rate = len(blocks) / seconds
             base = base or rate
             ok = np.isfinite(reference) & np.isfinite(cycles)
             diff = float(np.max(np.abs(cycles[ok] - reference[ok]) / np.abs(reference[ok])))
@@ -68,12 +64,8 @@ def main() -> None:
                    "max_rel_diff": diff, "mape_mca": 100 * mape(cycles[ok], mca[ok]),
                    "mape_measured": 100 * mape(cycles[ok], measured[ok])}
             encoded = [predictor.encode(text, i)[0] for i, text in enumerate(blocks) if ok[i]]
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                predictor.predict_encoded(encoded)
-                times.append(time.perf_counter() - start)
-            row["tokenized_blocks_per_s"] = len(encoded) / statistics.median(times)
+            seconds, _ = median_time(lambda: predictor.predict_encoded(encoded), args.repeats)
+            row["tokenized_blocks_per_s"] = len(encoded) / seconds
             rows.append(row)
             print(f"{engine:<12} {batch:>6} {rate:>11,.0f} {rate / base:>9.1f}x {diff:>12.2e} "
                   f"{row['mape_mca']:>8.2f}% {row['mape_measured']:>9.2f}% {row['tokenized_blocks_per_s']:>12,.0f}")
