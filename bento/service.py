@@ -6,6 +6,8 @@ Configuration (environment):
                             else models:/llvm-mca-haswell@champion from the MLflow registry]
     MLFLOW_TRACKING_URI     the registry (default: surrogate-ops's own store, see `surrogate-ops tracking-uri`)
     SURROGATE_OPS_LLVM_MCA  the llvm-mca binary for the fallback (default: llvm-mca on PATH)
+    SURROGATE_OPS_MCA_PARAMS  JSON of llvm-mca parameters for the fallback on the model's mcpu (from
+                            `surrogate-ops optimize --out`) [default: ./params.json when a bento carries one]
     SURROGATE_OPS_MAX_BLOCKS, _MAX_INSTRUCTIONS, _MAX_BYTES, _MCA_TIMEOUT, _MCA_CHUNK: request limits
 
     POST /predict       {"blocks": ["<asm>", ...], "mcpu": "haswell", "exact": false}
@@ -15,6 +17,7 @@ Configuration (environment):
 
 from __future__ import annotations
 
+import json
 import os
 from http import HTTPStatus
 from pathlib import Path
@@ -26,6 +29,7 @@ from fastapi import FastAPI
 from surrogate_ops.serving import Limits, Rejected, Server
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "model"
+BUNDLED_PARAMS = Path(__file__).resolve().parent / "params.json"
 ops = FastAPI(title="surrogate-ops operations")
 
 
@@ -37,12 +41,17 @@ def _model_uri() -> str:
     return "models:/llvm-mca-haswell@champion"
 
 
+def _mca_params() -> dict | None:
+    path = os.environ.get("SURROGATE_OPS_MCA_PARAMS") or (str(BUNDLED_PARAMS) if BUNDLED_PARAMS.is_file() else None)
+    return json.loads(Path(path).read_text()) if path else None
+
+
 @bentoml.asgi_app(ops, path="/ops")
 @bentoml.service(name="surrogate-ops", workers=1, traffic={"timeout": 120, "max_concurrency": 256})
 class Surrogate:
     def __init__(self) -> None:
         self.server = Server.from_uri(_model_uri(), llvm_mca=os.environ.get("SURROGATE_OPS_LLVM_MCA"),
-                                      limits=Limits.from_environment())
+                                      limits=Limits.from_environment(), mca_params=_mca_params())
 
     @bentoml.api
     def predict(self, blocks: list[str], mcpu: str = "haswell", exact: bool = False) -> list[dict]:

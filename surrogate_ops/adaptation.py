@@ -84,7 +84,7 @@ def finetune(parent_uri: str, data: str | Path, target: str = "measured", regist
              progress: bool = True) -> TrainResult:
     """Fine-tune the registered surrogate `parent_uri` on `data`'s `target`; register as `register`."""
     parent = _parent(parent_uri, data, mcpu, tracking_uri, progress)
-    config = TrainConfig(data=str(parent.data), **_shape(parent.meta), target=target, mcpu=parent.mcpu, epochs=epochs,
+    config = TrainConfig(data=str(parent.data), **shape_of(parent.meta), target=target, mcpu=parent.mcpu, epochs=epochs,
                          lr=lr, seed=seed, max_minutes=max_minutes, train_limit=train_limit)
     tags = {"parent_model": parent.name, "parent_version": parent.version,
             "parent_run_id": registry.run_of(parent.name, parent.version), "parent_uri": parent.uri, "mode": "finetune"}
@@ -92,15 +92,19 @@ def finetune(parent_uri: str, data: str | Path, target: str = "measured", regist
                  run_tags=tags, version_tags=tags)
 
 
-def _shape(meta: dict) -> dict:
+def shape_of(meta: dict) -> dict:
     """The parent's architecture as TrainConfig fields: its size preset when one matches, and the
-    exact sizes either way (so a from-scratch network is the same network, freshly initialized)."""
+    exact sizes either way (so a from-scratch network is the same network, freshly initialized).
+    A conditioned parent gives its block encoder's."""
     from surrogate_ops import presets
 
-    sizes = {k: v for k, v in meta["config"].items() if k != "vocab_size"}
-    table = presets.load("model_sizes")[meta["arch"]]
+    arch, config = meta["arch"], meta["config"]
+    if arch == "conditioned":
+        arch, config = config["base"], config["base_config"]
+    sizes = {k: v for k, v in config.items() if k != "vocab_size"}
+    table = presets.load("model_sizes")[arch]
     preset = next((p for p, v in table.items() if all(sizes.get(k) == x for k, x in v.items())), "small")
-    return {"arch": meta["arch"], "preset": preset, "sizes": sizes}
+    return {"arch": arch, "preset": preset, "sizes": sizes}
 
 
 @dataclass(frozen=True)
@@ -149,9 +153,9 @@ def experiment(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | 
                 common = dict(data=str(parent.data), target="measured", mcpu=mcpu, epochs=sweep.epochs(size),
                               batch_size=sweep.batch_size, seed=seed, train_limit=size, val_limit=sweep.val_limit,
                               patience=max(4, sweep.epochs(size) // 5))
-                scratch = train(TrainConfig(**_shape(parent.meta), **common),
+                scratch = train(TrainConfig(**shape_of(parent.meta), **common),
                                 progress=False, log_model=False, run_tags={"mode": "scratch", "train_size": str(size)})
-                tuned = train(TrainConfig(**_shape(parent.meta), lr=FINETUNE_LR, **common),
+                tuned = train(TrainConfig(**shape_of(parent.meta), lr=FINETUNE_LR, **common),
                               progress=False, log_model=False, init_from=parent.dir,
                               run_tags={"mode": "finetune", "train_size": str(size)})
                 for mode, result in (("scratch", scratch), ("finetune", tuned)):

@@ -55,10 +55,12 @@ def buckets(blocks: Sequence[Encoded], batch_size: int = 256, token_budget: int 
     return batches
 
 
-def run_batched(engine: Callable[[np.ndarray], np.ndarray], blocks: Sequence[Encoded],
-                batch_size: int = 256) -> np.ndarray:
-    """An engine's outputs for tokenized blocks, in input order, computed over length buckets."""
+def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded], batch_size: int = 256,
+                params: np.ndarray | None = None) -> np.ndarray:
+    """An engine's outputs for tokenized blocks, in input order, computed over length buckets.
+    `params` (one row per block) goes to the engine beside the tokens (conditioned surrogates)."""
     result = np.empty(len(blocks), dtype=np.float64)
     for index in buckets(blocks, batch_size):
-        result[index] = engine(pad([blocks[i] for i in index]))
+        tokens = pad([blocks[i] for i in index])
+        result[index] = engine(tokens) if params is None else engine(tokens, params[index])
     return result

@@ -58,22 +58,31 @@ def cli(llvm_mca: str | None) -> None:
               help="BHive may-alias list [default: may-alias.csv beside the --bhive file].")
 @click.option("--params", type=click.Path(dir_okay=False), metavar="JSON",
               help="llvm-mca parameters to label with (JSON: option name to value).")
+@click.option("--sample-params", type=click.IntRange(min=1), metavar="N",
+              help="Label each block under one of N random llvm-mca parameter settings (for a "
+                   "parameter-conditioned surrogate, see `optimize`).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --sample-params.")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
+              help="Keep only blocks of this split (by block hash); repeatable. --split train spends no "
+                   "llvm-mca runs on blocks held out for evaluation.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Parquet file to write [default: <work dir>/datasets/default.parquet].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--part-rows", type=click.IntRange(min=1), default=2000, hidden=True,
               help="Blocks per resumable part file.")
-def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, out, quiet, part_rows) -> None:
+def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, sample_params, seed, splits, out, quiet,
+            part_rows) -> None:
     """Build a labeled dataset: blocks from sources, labeled by llvm-mca, as Parquet.
 
     With no source, cuts basic blocks out of binaries found on this machine. An interrupted run
-    resumes where it stopped when run again with the same --out.
+    resumes where it stopped when run again with the same --out. With --sample-params N, each
+    block is labeled under one of N random settings of llvm-mca's parameters (columns param_*).
     """
     from surrogate_ops import config, datasets
 
     out = Path(out) if out else config.work_dir() / "datasets" / "default.parquet"
     result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit, workers=workers,
                               may_alias=may_alias, params=_read_params(params), progress=not quiet,
-                              part_rows=part_rows)
+                              part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None)
     click.echo(f"wrote {result.path} ({result.rows:,} blocks"
                + (f", {result.resumed_rows:,} resumed from an earlier run" if result.resumed_rows else "") + ")")
     if result.rejected_path:
@@ -113,17 +122,22 @@ def _tracking_option(f):
 @click.option("--max-minutes", type=float, help="Stop training after this long (the best epoch is kept).")
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use at most this many training blocks.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: cores].")
+@click.option("--init-from", metavar="URI",
+              help="Start from this registered surrogate's weights and architecture (e.g. models:/llvm-mca-haswell@champion); "
+                   "on data from `collect --sample-params` it becomes a parameter-conditioned surrogate.")
 @click.option("--register", metavar="NAME", help="Register the model as a new version of NAME (alias challenger).")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @click.option("--save-dir", type=click.Path(file_okay=False), help="Also copy the model directory here.")
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patience, seed, max_minutes, train_limit,
-          threads, register, resume, save_dir, tracking_uri, quiet) -> None:
+          threads, init_from, register, resume, save_dir, tracking_uri, quiet) -> None:
     """Train a surrogate, log the run to MLflow and optionally register it.
 
     Loss: mean absolute percentage error; early stopping on the validation split; figures on the
-    test split. Checkpoints every epoch: an interrupted run continues with --resume RUN_ID.
+    test split. Checkpoints every epoch: an interrupted run continues with --resume RUN_ID. A
+    dataset collected with --sample-params trains a parameter-conditioned surrogate (block and
+    llvm-mca parameters in, cycles out), the model `optimize` descends through.
     """
     from surrogate_ops import train as training
 
@@ -133,10 +147,19 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
         if not value.isdigit():
             raise SurrogateOpsError(f"--size {item!r}: expected NAME=INT")
         parsed[key] = int(value)
+    parent = None
+    if init_from:
+        from surrogate_ops import adaptation, registry, tracking
+
+        tracking.configure(tracking_uri)
+        parent = registry.model_dir(init_from)
+        shape = adaptation.shape_of(json.loads((parent / "surrogate.json").read_text()))
+        arch, preset, parsed = shape["arch"], shape["preset"], shape["sizes"]
     config = training.TrainConfig(data=data, arch=arch, preset=preset, sizes=parsed, target=target, mcpu=mcpu,
                                   epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
                                   max_minutes=max_minutes, train_limit=train_limit, threads=threads)
     result = training.train(config, register=register, tracking_uri=tracking_uri, resume=resume, progress=not quiet,
+                            init_from=parent, run_tags={"parent_uri": init_from} if init_from else None,
                             on_start=lambda run_id: click.echo(f"run {run_id} (if interrupted: --resume {run_id})"))
     if save_dir:
         shutil.copytree(result.model_dir, save_dir, dirs_exist_ok=True)
@@ -217,7 +240,8 @@ def _read_blocks(path: str) -> tuple[list[str], dict[int, str]]:
               help="Assembly blocks separated by blank lines, or a CSV with a block or hex column.")
 @click.option("--mcpu", default="haswell", show_default=True)
 @click.option("--program", type=click.Choice(["llvm-mca"]), help="Answer with the real program instead of the surrogate.")
-@click.option("--params", type=click.Path(dir_okay=False), metavar="JSON", help="llvm-mca parameters (with --program).")
+@click.option("--params", type=click.Path(dir_okay=False), metavar="JSON",
+              help="llvm-mca parameters: for --program llvm-mca, or the setting a parameter-conditioned surrogate predicts.")
 @click.option("--engine", type=click.Choice(["auto", "onnxruntime", "tvm", "tvm-cuda", "torch", "torch-cuda"]),
               default="auto", show_default=True,
               help="Surrogate engine; auto: the TVM build (this CPU's, or the CUDA one where a GPU is) when it "
@@ -234,8 +258,6 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
         results = LlvmMca(mcpu=mcpu, params=_read_params(params)).run(blocks)
         answers = [(r.cycles, r.error) for r in results]
     else:
-        if params:
-            raise SurrogateOpsError("--params applies to --program llvm-mca")
         from surrogate_ops import registry, tracking
         from surrogate_ops.inference import Predictor
 
@@ -243,7 +265,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
         predictor = Predictor(registry.model_dir(model_uri), engine=engine)
         if predictor.meta.get("mcpu") != mcpu:
             raise SurrogateOpsError(f"{model_uri} imitates -mcpu={predictor.meta.get('mcpu')}, not {mcpu}")
-        answers = [(p.cycles, p.error) for p in predictor.predict(blocks)]
+        answers = [(p.cycles, p.error) for p in predictor.predict(blocks, params=_read_params(params))]
     answers = [(None, unreadable[i]) if i in unreadable else a for i, a in enumerate(answers)]
     out = click.get_text_stream("stdout")
     for i, (cycles, error) in enumerate(answers):
@@ -378,6 +400,61 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
                    f"({', '.join(result.registered.aliases)}); run {result.run_id}")
 
 
+@cli.command()
+@click.option("--model", "model_uri", required=True, metavar="URI",
+              help="A parameter-conditioned surrogate (trained on `collect --sample-params` data): "
+                   "models:/NAME@ALIAS, models:/NAME/VERSION or a model directory.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Measured throughputs: BHive-format CSV (may-alias.csv beside it honoured) or a dataset.")
+@click.option("--budget", required=True, type=click.IntRange(min=1), metavar="K",
+              help="llvm-mca block evaluations per method, the surrogate's training data included.")
+@click.option("--mcpu", help="Microarchitecture of the measurements [default: the model's].")
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["opentuner", "optuna", "none"]),
+              help="Surrogate-free tuners to run with the same budget; repeatable [default: opentuner and optuna].")
+@click.option("--tuner-blocks", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Training blocks each llvm-mca run of the search takes: a tuner's trial (trials = budget / "
+                   "this), the surrogate's anchors and each of its checks.")
+@click.option("--verify", type=click.IntRange(min=0), default=4, show_default=True,
+              help="The surrogate's best candidates to check with llvm-mca (charged to its budget); 0 trusts its choice.")
+@click.option("--no-anchor", is_flag=True,
+              help="Descend on the surrogate's own predictions, not on its change to llvm-mca's default answers.")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Descent steps.")
+@click.option("--restarts", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Random starts beside the expert defaults.")
+@click.option("--lr", type=float, default=0.05, show_default=True, help="Adam step on the relaxed parameters.")
+@click.option("--test-limit", type=click.IntRange(min=2), help="Evaluate on at most this many held-out blocks.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), metavar="JSON",
+              help="Write the surrogate-found parameters here (llvm-mca option names to values).")
+@_tracking_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def optimize(model_uri, data, budget, mcpu, baselines, tuner_blocks, verify, no_anchor, steps, restarts, lr, test_limit,
+             seed, out, tracking_uri, quiet) -> None:
+    """Tune llvm-mca's parameters by gradient descent through a surrogate (surrogate optimization).
+
+    Descends on the relaxed parameters against measured throughput on the training split, rounds
+    to valid values, and runs the real llvm-mca with the expert defaults, the surrogate's setting
+    and each baseline tuner's (same budget, space and objective) on the held-out split. Everything
+    goes to one MLflow run; the found parameters work with `predict --program llvm-mca --params`.
+    """
+    from surrogate_ops import optimize as optimization
+
+    chosen = () if "none" in baselines else tuple(baselines) or optimization.TUNERS
+    config = optimization.OptimizeConfig(model=model_uri, data=data, budget=budget, mcpu=mcpu, baselines=chosen,
+                                         steps=steps, lr=lr, restarts=restarts, tuner_blocks=tuner_blocks,
+                                         verify=verify, anchored=not no_anchor, test_limit=test_limit, seed=seed)
+    result = optimization.optimize(config, out=out, tracking_uri=tracking_uri, progress=not quiet)
+    click.echo(f"held-out llvm-mca error ({result.test_blocks:,} measured blocks, may-alias excluded; "
+               f"budget {budget:,} llvm-mca block evaluations):")
+    for o in result.outcomes.values():
+        changed = {k: v for k, v in o.setting.items() if v != result.outcomes["defaults"].setting.get(k)}
+        click.echo(f"  {o.method:<10} MAPE {100 * o.test_mape:6.2f}%  tau {o.test_tau:.4f}  "
+                   f"evaluations {o.evaluations:>7,}  " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"))
+    if out:
+        click.echo(f"surrogate-found parameters written to {out}")
+    click.echo(f"MLflow run {result.run_id}")
+
+
 @cli.group()
 def experiment() -> None:
     """The seed paper's experiments as single commands."""
@@ -430,8 +507,10 @@ def _bento_dir() -> Path:
               help="models:/NAME@ALIAS, models:/NAME/VERSION or a model directory.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=3000, show_default=True)
+@click.option("--params", type=click.Path(dir_okay=False, exists=True), metavar="JSON",
+              help="llvm-mca parameters for the fallback on the model's mcpu (e.g. from `optimize --out`).")
 @_tracking_option
-def serve(model_uri, host, port, tracking_uri) -> None:
+def serve(model_uri, host, port, params, tracking_uri) -> None:
     """Serve the surrogate over HTTP with BentoML (`bentoml serve bento/service.py`).
 
     POST /predict {"blocks": [...], "mcpu": "haswell", "exact": false} answers one result per block:
@@ -445,6 +524,9 @@ def serve(model_uri, host, port, tracking_uri) -> None:
         registry.resolve_version(model_uri)  # a wrong name fails here, clearly, before the server starts
     env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking.default_uri()
            if tracking_uri is None else tracking_uri}
+    if params:
+        _read_params(params)  # a malformed file fails here, before the server starts
+        env["SURROGATE_OPS_MCA_PARAMS"] = str(Path(params).resolve())
     command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(_bento_dir()),
                "--host", host, "--port", str(port)]
     click.echo(f"serving {model_uri} on http://{host}:{port} (POST /predict, GET /ops/healthz, /docs)")
@@ -454,8 +536,10 @@ def serve(model_uri, host, port, tracking_uri) -> None:
 @cli.command()
 @click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
               help="models:/NAME@ALIAS or models:/NAME/VERSION: the model the bento carries.")
+@click.option("--params", type=click.Path(dir_okay=False, exists=True), metavar="JSON",
+              help="llvm-mca parameters the bento's fallback uses (e.g. from `optimize --out`).")
 @_tracking_option
-def bento(model_uri, tracking_uri) -> None:
+def bento(model_uri, params, tracking_uri) -> None:
     """Build a bento, offline: bento/service.py and bentofile.yaml with the model (and its TVM build
     for this host, if any) and the package wheel, staged in a scratch folder, then `bentoml build`.
     `bentoml containerize surrogate-ops:latest` makes the image where a Docker engine is."""
@@ -473,6 +557,8 @@ def bento(model_uri, tracking_uri) -> None:
         shutil.copytree(root, stage, ignore=shutil.ignore_patterns("model", "wheels", "__pycache__"))
         shutil.copytree(source, stage / "model", ignore=shutil.ignore_patterns("model.pt", "*-tuned.db"))
         (stage / "model" / "VERSION").write_text(f"{name}/{version}\n")
+        if params:
+            (stage / "params.json").write_text(json.dumps(_read_params(params)))
         for command in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                          str(stage / "wheels"), str(root.parent)],
                         [sys.executable, "-m", "bentoml", "build", ".", "--output", "tag"]):

@@ -34,7 +34,9 @@ from surrogate_ops import presets
 from surrogate_ops.errors import SurrogateOpsError
 
 HOST_TARGET = {"x86_64": "x86", "aarch64": "arm64"}.get(platform.machine(), "x86")
-UNSUPPORTED = {"ithemal": "its ONNX LSTM operator has no importer in TVM's Relax ONNX frontend"}
+UNSUPPORTED = {"ithemal": "its ONNX LSTM operator has no importer in TVM's Relax ONNX frontend",
+               "conditioned": "its graph takes llvm-mca's parameters beside the tokens; the builds here serve "
+                              "token-only surrogates"}
 
 
 @dataclass(frozen=True)

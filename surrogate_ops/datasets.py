@@ -12,6 +12,10 @@ distinct block with llvm-mca for each requested `mcpu`, and writes one row per b
     mca_cycles_<mcpu>, mca_uops_<mcpu>, mca_rthroughput_<mcpu>
     split      train / val / test, stable: a hash of the block text
 
+With `sample_params=N` (one mcpu) each distinct block is labeled under one of N random settings of
+llvm-mca's parameters instead of the defaults, and the row also carries `setting` (its index) and
+`param_<name>` for every parameter: the data a parameter-conditioned surrogate learns from.
+
 Labeling writes parts to `<out>.partial/` as it goes; an interrupted run resumes from them, and
 the final file replaces the parts in one rename. Blocks that cannot be disassembled or that
 llvm-mca rejects are kept out of the dataset and listed, with the reason, in
@@ -25,10 +29,13 @@ import hashlib
 import json
 import os
 import shutil
+from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,6 +48,7 @@ from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.programs import LlvmMca
+from surrogate_ops.programs.base import Result, sample_settings
 
 SPLITS = (("train", 80), ("val", 90), ("test", 100))  # cumulative percent of the block hash
 DEFAULT_BINARIES = ("/usr/bin/ls", "/usr/bin/grep", "/usr/bin/tar", "/usr/bin/gzip", "/usr/bin/find", "/usr/bin/sed",
@@ -48,9 +56,10 @@ DEFAULT_BINARIES = ("/usr/bin/ls", "/usr/bin/grep", "/usr/bin/tar", "/usr/bin/gz
 PART_ROWS = 2000
 
 
-def split_of(block: str) -> str:
-    """train/val/test for a block, from a hash of its text: stable across runs and machines."""
-    bucket = int(hashlib.sha1(block.encode()).hexdigest()[:8], 16) % 100
+def split_of(block: str, salt: str = "") -> str:
+    """train/val/test for a block, from a hash of its text: stable across runs and machines. A
+    `salt` draws an independent split (of blocks already kept to one split)."""
+    bucket = int(hashlib.sha1((block + salt).encode()).hexdigest()[:8], 16) % 100
     return next(name for name, upper in SPLITS if bucket < upper)
 
 
@@ -149,12 +158,48 @@ def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = ()
     return records
 
 
-def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[str], bar: tqdm) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Sampling:
+    """Random llvm-mca settings for `collect(sample_params=N)`, and which block gets which."""
+
+    settings: list[dict]
+    seed: int
+
+    def index(self, block: str) -> int:
+        digest = hashlib.sha1(f"{self.seed}\0{block}".encode()).hexdigest()
+        return int(digest[:12], 16) % len(self.settings)
+
+
+def _run_sampled(program: LlvmMca, blocks: list[str], sampling: Sampling, bar: tqdm) -> list[Result]:
+    """Each block under its own setting: one llvm-mca process per setting and chunk, in parallel."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, block in enumerate(blocks):
+        groups[sampling.index(block)].append(i)
+    results: list[Result | None] = [None] * len(blocks)
+
+    def work(item: tuple[int, list[int]]) -> None:
+        setting, members = item
+        runner = LlvmMca(program.mcpu, program.iterations, params=sampling.settings[setting], path=program.path,
+                         workers=1, chunk_size=program.chunk_size, timeout=program.timeout)
+        for i, result in zip(members, runner.run([blocks[i] for i in members]), strict=True):
+            results[i] = result
+        bar.update(len(members))
+
+    with ThreadPoolExecutor(max_workers=program.workers) as pool:
+        list(pool.map(work, groups.items()))
+    return results  # type: ignore[return-value]
+
+
+def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[str], bar: tqdm,
+           sampling: Sampling | None = None, salt: str = "") -> pd.DataFrame:
     blocks = sorted({r.block for r in records if r.error is None and r.block})
     columns: dict[str, dict[str, object]] = {}
     errors: dict[str, str] = {}
     for mcpu, program in programs.items():
-        results = program.run(blocks, progress=bar.update)
+        if sampling is None:
+            results = program.run(blocks, progress=bar.update)
+        else:
+            results = _run_sampled(program, blocks, sampling, bar)
         for block, res in zip(blocks, results, strict=True):
             if not res.ok:
                 errors.setdefault(block, f"llvm-mca -mcpu={mcpu}: {res.error}")
@@ -169,36 +214,78 @@ def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[s
             "measured_mcpu": r.measured_mcpu, "may_alias": bool(r.hex and r.hex in may_alias),
             **{c: None for m in programs for c in (f"mca_cycles_{m}", f"mca_uops_{m}", f"mca_rthroughput_{m}")},
             **(columns.get(r.block, {}) if error is None else {}),
-            "split": split_of(r.block) if r.block else None, "error": error,
+            **(_setting_columns(sampling, r.block) if sampling is not None else {}),
+            "split": split_of(r.block, salt) if r.block else None, "error": error,
         })
     return pd.DataFrame(rows)
+
+
+def _setting_columns(sampling: Sampling, block: str | None) -> dict[str, object]:
+    index = sampling.index(block) if block else 0
+    return {"setting": index, **{f"param_{k}": int(v) for k, v in sampling.settings[index].items()}}
+
+
+def parameter_columns(frame: pd.DataFrame) -> list[str]:
+    """The parameter names a dataset was labeled under, per row (collected with sample_params), else []."""
+    return [c.removeprefix("param_") for c in frame.columns if c.startswith("param_")]
+
+
+def parameter_units(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """(rows, parameters) float32: each row's setting as units (see `Parameter.to_unit`)."""
+    missing = [n for n in names if f"param_{n}" not in frame]
+    if missing:
+        raise SurrogateOpsError(f"the dataset has no parameter columns for {', '.join(missing)} "
+                                "(collect it with --sample-params)")
+    columns = []
+    for name in names:
+        spec = LlvmMca.parameters[name]
+        values = frame[f"param_{name}"].to_numpy()
+        table = {v: spec.to_unit(int(v)) for v in np.unique(values)}
+        columns.append(np.fromiter((table[v] for v in values), dtype=np.float32, count=len(values)))
+    return np.stack(columns, axis=1) if columns else np.zeros((len(frame), 0), dtype=np.float32)
 
 
 def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (),
             asm: Sequence[str | Path] = (), mcpus: Sequence[str] = ("haswell",), limit: int | None = None,
             workers: int | None = None, may_alias: str | Path | None = None, params: dict | None = None,
-            progress: bool = True, part_rows: int = PART_ROWS, measured_mcpu: str | None = None) -> CollectResult:
+            progress: bool = True, part_rows: int = PART_ROWS, measured_mcpu: str | None = None,
+            sample_params: int = 0, seed: int = 0, splits: Sequence[str] | None = None) -> CollectResult:
     """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
-    and `<out stem>.rejected.csv` for blocks that could not be labeled."""
+    and `<out stem>.rejected.csv` for blocks that could not be labeled. `sample_params=N` labels
+    each block under one of N random parameter settings (drawn with `seed`) instead of `params`;
+    `splits` keeps only blocks of those splits (e.g. train: spend no labels on held-out blocks); the
+    kept blocks get a fresh train/val/test split of their own (another hash) for training."""
     out = Path(out)
     if not (bhive or binaries or asm):
         binaries = default_binaries()
     mcpus = list(dict.fromkeys(mcpus))
+    if sample_params and (len(mcpus) != 1 or params):
+        raise SurrogateOpsError("--sample-params labels with one --mcpu and no --params (it draws the parameters itself)")
     programs = {m: LlvmMca(mcpu=m, workers=workers, params=params) for m in mcpus}
+    sampling = None
+    if sample_params:
+        program = programs[mcpus[0]]
+        defaults = program.expert_defaults()
+        space = {k: v for k, v in program.parameters.items() if k in defaults}
+        sampling = Sampling(sample_settings(space, defaults, sample_params, seed=seed), seed)
     alias: set[str] = set()
     alias_file = Path(may_alias) if may_alias else next(
         (Path(b).parent / "may-alias.csv" for b in bhive if (Path(b).parent / "may-alias.csv").is_file()), None)
     if alias_file is not None:
         alias = read_hex_list(alias_file)
 
-    records = gather(bhive, binaries, asm, limit, progress, measured_mcpu)
+    records = gather(bhive, binaries, asm, None if splits else limit, progress, measured_mcpu)
+    if splits:
+        records = [r for r in records if r.block is None or split_of(r.block) in splits][:limit]
     if not records:
         raise SurrogateOpsError("no blocks found in the given sources")
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     program = next(iter(programs.values()))
     settings = {"mcpus": mcpus, "params": program.params, "iterations": program.iterations,
-                "llvm_mca": program.path, "llvm_mca_version": program.version}
+                "llvm_mca": program.path, "llvm_mca_version": program.version,
+                **({"sample_params": sample_params, "seed": seed} if sampling else {}),
+                **({"splits": sorted(splits)} if splits else {})}
     manifest = partial / "settings.json"
     if manifest.is_file() and json.loads(manifest.read_text()) != settings:
         raise SurrogateOpsError(f"{partial} holds an interrupted collection with other settings "
@@ -209,11 +296,15 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     for part in parts:
         done.update(pq.read_table(part, columns=["key"]).column("key").to_pylist())
     todo = [r for r in records if r.key not in done]
+    if sampling is not None:  # blocks of one setting together, so each llvm-mca process gets many
+        todo.sort(key=lambda r: sampling.index(r.block) if r.block else -1)
     resumed = len(records) - len(todo)
     with tqdm(total=len({r.block for r in todo if r.block}) * len(mcpus), unit="block", desc="labeling",
               disable=not progress) as bar:
         for start in range(0, len(todo), part_rows):
-            frame = _label(todo[start:start + part_rows], programs, alias, bar)
+            # blocks kept to some splits are split again, so the data still trains and validates a surrogate
+            frame = _label(todo[start:start + part_rows], programs, alias, bar, sampling,
+                           salt="|".join(sorted(splits)) if splits else "")
             tmp = partial / f".part-{len(parts):05d}.tmp"
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
             final = partial / f"part-{len(parts):05d}.parquet"
@@ -236,6 +327,8 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
         **(table.schema.metadata or {}),
         b"surrogate_ops.program": program.name.encode(), b"surrogate_ops.program_version": program.version.encode(),
         b"surrogate_ops.mcpus": ",".join(mcpus).encode(), b"surrogate_ops.iterations": str(program.iterations).encode(),
+        **({b"surrogate_ops.expert_defaults": json.dumps(program.expert_defaults()).encode(),
+            b"surrogate_ops.sample_params": str(sample_params).encode()} if sampling else {}),
     })
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -279,6 +372,10 @@ def summary(frame: pd.DataFrame) -> str:
         cycles = frame[f"mca_cycles_{mcpu}"] / 100
         lines.append(f"llvm-mca -mcpu={mcpu}: cycles/iteration median {cycles.median():.2f}, "
                      f"p90 {cycles.quantile(0.9):.2f}, max {cycles.max():.2f}")
+    if parameter_columns(frame):  # labels under sampled settings: no llvm-mca-vs-measured figure
+        lines.append(f"labeled under {frame['setting'].nunique():,} random llvm-mca parameter settings "
+                     f"({', '.join(parameter_columns(frame))})")
+        return "\n".join(lines)
     measured = frame[frame["measured"].notna() & ~frame["may_alias"]]
     for mcpu, group in measured.groupby("measured_mcpu"):
         column = f"mca_cycles_{mcpu}"
@@ -289,4 +386,4 @@ def summary(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["collect", "gather", "load", "split_of", "summary"]
+__all__ = ["collect", "gather", "load", "parameter_columns", "parameter_units", "split_of", "summary"]

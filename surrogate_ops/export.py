@@ -55,16 +55,23 @@ def compare(reference: np.ndarray, candidate: np.ndarray, names: tuple[str, str]
 
 
 def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
-    """Export with the torch.export-based exporter; batch, instructions and tokens stay dynamic."""
+    """Export with the torch.export-based exporter; batch, instructions and tokens stay dynamic.
+    A conditioned model gets a second input, `params` (batch, parameters) float32."""
     config = model.config
-    dims = ({0: torch.export.Dim("batch", max=65536), 1: torch.export.Dim("instructions", max=config.max_instructions),
-             2: torch.export.Dim("tokens", max=config.max_tokens)},)
+    batch = torch.export.Dim("batch", max=65536)
+    dims: tuple = ({0: batch, 1: torch.export.Dim("instructions", max=config.max_instructions),
+                    2: torch.export.Dim("tokens", max=config.max_tokens)},)
+    inputs: tuple = (torch.from_numpy(example),)
+    names = ["tokens"]
+    if models.is_conditioned(model):
+        dims, names = (*dims, {0: batch}), [*names, "params"]
+        inputs = (*inputs, torch.full((example.shape[0], len(config.parameters)), 0.5))
     model = model.eval()
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
-        program = torch.onnx.export(model, (torch.from_numpy(example),), dynamo=True, input_names=["tokens"],
+        program = torch.onnx.export(model, inputs, dynamo=True, input_names=names,
                                     output_names=["cycles"], dynamic_shapes=dims, opset_version=OPSET)
         program.save(str(path))
 
@@ -103,9 +110,12 @@ def check_onnx(model_dir: Path, blocks: Sequence[str]) -> Agreement:
     model = models.from_checkpoint(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)).eval()
     tokens = example_batch(Tokenizer.load(model_dir / "vocab.json"), blocks)
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"tokens": tokens}
+    if models.is_conditioned(model):  # settings across the unit cube, a different one per block
+        feed["params"] = np.random.default_rng(0).random((len(tokens), len(model.config.parameters)), dtype=np.float32)
     with torch.inference_mode():
-        reference = model(torch.from_numpy(tokens)).numpy()
-    return compare(reference, session.run(None, {"tokens": tokens})[0], ("torch", "onnxruntime"))
+        reference = model(*(torch.from_numpy(v) for v in feed.values())).numpy()
+    return compare(reference, session.run(None, feed)[0], ("torch", "onnxruntime"))
 
 
 def onnx_opset(model_dir: Path) -> int:

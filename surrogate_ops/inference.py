@@ -49,9 +49,10 @@ def torch_engine(model_dir: Path, threads: int | None = None) -> Engine:
         torch.set_num_threads(threads)
     model = models.from_checkpoint(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)).eval()
 
-    def run(tokens: np.ndarray) -> np.ndarray:
+    def run(tokens: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.from_numpy(tokens)).numpy()
+            extra = () if params is None else (torch.from_numpy(params),)
+            return model(torch.from_numpy(tokens), *extra).numpy()
 
     return run
 
@@ -65,8 +66,8 @@ def onnx_engine(model_dir: Path, threads: int | None = None) -> Engine:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
-    def run(tokens: np.ndarray) -> np.ndarray:
-        return session.run(None, {"tokens": tokens})[0]
+    def run(tokens: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
+        return session.run(None, {"tokens": tokens} if params is None else {"tokens": tokens, "params": params})[0]
 
     return run
 
@@ -144,7 +145,11 @@ def fastest_engine(model_dir: Path) -> str:
 
 
 class Predictor:
-    """Predicts llvm-mca-style cycles (per 100 iterations) for assembly blocks with a trained surrogate."""
+    """Predicts llvm-mca-style cycles (per 100 iterations) for assembly blocks with a trained surrogate.
+
+    A parameter-conditioned surrogate (surrogate.json names its `program_parameters`) predicts
+    llvm-mca under a setting: `params` is one setting (a dict of parameter or option names, the
+    rest at llvm-mca's defaults) or one row of units per block; left out, the expert defaults."""
 
     def __init__(self, model_dir: str | Path, engine: str = "onnxruntime", threads: int | None = None,
                  batch_size: int = 256):
@@ -154,10 +159,15 @@ class Predictor:
             raise SurrogateOpsError(f"{self.model_dir} is not a surrogate model directory (no surrogate.json)")
         self.meta = json.loads(meta_path.read_text())
         self.tokenizer = Tokenizer.load(self.model_dir / "vocab.json")
+        program = self.meta.get("program_parameters")
+        self.parameter_names: list[str] = list(program["names"]) if program else []
+        self.expert_defaults: dict = dict(program["expert_defaults"]) if program else {}
         if engine == "auto":
-            engine = fastest_engine(self.model_dir)
+            engine = "onnxruntime" if self.parameter_names else fastest_engine(self.model_dir)
         if engine not in ENGINES:
             raise SurrogateOpsError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+        if self.parameter_names and engine not in ("onnxruntime", "torch"):
+            raise SurrogateOpsError(f"a parameter-conditioned surrogate runs on onnxruntime or torch, not {engine}")
         self.engine_name = engine
         self.engine = ENGINES[engine](self.model_dir, threads)
         self.batch_size = batch_size
@@ -219,20 +229,47 @@ class Predictor:
         self._lines[raw] = hit
         return hit
 
-    def predict(self, blocks: Sequence[str]) -> list[Prediction]:
+    def units(self, params: object, count: int) -> np.ndarray | None:
+        """(count, parameters) units for a conditioned model: None for a token-only one."""
+        if not self.parameter_names:
+            if params is not None:
+                raise SurrogateOpsError(f"{self.model_dir} is not parameter-conditioned; it predicts llvm-mca's defaults only")
+            return None
+        from surrogate_ops.programs import LlvmMca
+        from surrogate_ops.programs.base import to_units
+
+        space = {name: LlvmMca.parameters[name] for name in self.parameter_names}
+        if isinstance(params, np.ndarray):
+            if params.shape != (count, len(space)):
+                raise SurrogateOpsError(f"params: expected units shaped ({count}, {len(space)}), got {params.shape}")
+            return params.astype(np.float32)
+        by_option = {p.option: name for name, p in space.items()}
+        setting = dict(self.expert_defaults)
+        for key, value in (params or {}).items():
+            name = key if key in space else by_option.get(key.lstrip("-"))
+            if name is None:
+                raise SurrogateOpsError(f"this surrogate takes the parameters {', '.join(space)}; not {key!r}")
+            try:
+                setting[name] = space[name].check(value)
+            except ValueError as exc:
+                raise SurrogateOpsError(str(exc)) from None
+        return np.repeat(to_units(space, [setting]), count, axis=0)
+
+    def predict(self, blocks: Sequence[str], params: object = None) -> list[Prediction]:
         """One Prediction per block, in order; a block that cannot be read gets its reason."""
-        values, errors, unknown_at = self._run(blocks)
+        values, errors, unknown_at = self._run(blocks, params)
         out = [Prediction(error=errors[i]) if i in errors else Prediction(cycles=float(v)) for i, v in enumerate(values)]
         for i in unknown_at:  # name the tokens for the caller (the service's fallback policy)
             out[i] = Prediction(cycles=out[i].cycles, unknown=tuple(self.tokenizer.unknown(normalize_block(blocks[i]))))
         return out
 
-    def cycles(self, blocks: Sequence[str]) -> np.ndarray:
+    def cycles(self, blocks: Sequence[str], params: object = None) -> np.ndarray:
         """Predicted cycles as an array, NaN where a block could not be read."""
-        return self._run(blocks)[0]
+        return self._run(blocks, params)[0]
 
-    def _run(self, blocks: Sequence[str]) -> tuple[np.ndarray, dict[int, str], list[int]]:
+    def _run(self, blocks: Sequence[str], params: object = None) -> tuple[np.ndarray, dict[int, str], list[int]]:
         """Cycles (NaN where unreadable), the reasons by index, and which blocks hold unknown tokens."""
+        units = self.units(params, len(blocks))
         values = np.full(len(blocks), np.nan)
         errors: dict[int, str] = {}
         encoded, where, unknown_at = [], [], []
@@ -247,10 +284,12 @@ class Predictor:
             encoded.append(ids)
             where.append(i)
         if encoded:
-            values[where] = self.predict_encoded(encoded)
+            values[where] = self.predict_encoded(encoded, None if units is None else units[where])
         return values, errors, unknown_at
 
-    def predict_encoded(self, encoded: Sequence[list[tuple[int, ...]]]) -> np.ndarray:
-        """Cycles for already tokenized blocks, in order."""
-        return run_batched(self.engine, encoded, self.batch_size)
+    def predict_encoded(self, encoded: Sequence[list[tuple[int, ...]]], units: np.ndarray | None = None) -> np.ndarray:
+        """Cycles for already tokenized blocks, in order (`units`: a conditioned model's settings, a row each)."""
+        if units is None and self.parameter_names:
+            units = self.units(None, len(encoded))
+        return run_batched(self.engine, encoded, self.batch_size, units)
 

@@ -57,3 +57,33 @@ def adaptation_curve(summary: pd.DataFrame, llvm_mca_mape: float, path: Path, ti
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def optimization(outcomes: dict, path: Path, title: str) -> Path:
+    """Held-out llvm-mca error per method's setting (bars), and each search's best objective as it
+    spent its budget (lines; the surrogate's descent against its step)."""
+    fig, (bars, lines) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(outcomes)
+    values = [100 * outcomes[n].test_mape for n in names]
+    bars.bar(names, values, color=["0.6" if n == "defaults" else "C0" if n == "surrogate" else "C1" for n in names])
+    for i, v in enumerate(values):
+        bars.annotate(f"{v:.2f}%", (i, v), ha="center", va="bottom", fontsize=9)
+    bars.set(ylabel="llvm-mca MAPE vs measured, held-out blocks (%)", title=title, ylim=(0, max(values) * 1.15))
+    for name, outcome in outcomes.items():
+        if outcome.trace and name != "surrogate":
+            x, y = zip(*outcome.trace, strict=True)
+            lines.step(x, [100 * v for v in y], where="post", label=f"{name} (llvm-mca evaluations)")
+    lines.set(xlabel="llvm-mca block evaluations spent", ylabel="best training-sample MAPE (%)",
+              title="search progress")
+    surrogate = outcomes.get("surrogate")
+    if surrogate is not None and surrogate.trace:
+        twin = lines.twiny()
+        x, y = zip(*surrogate.trace, strict=True)
+        twin.plot(x, [100 * v for v in y], color="C0", linestyle="--", label="surrogate descent (steps, top axis)")
+        twin.set_xlabel("descent step (surrogate objective)")
+        twin.legend(loc="upper right", fontsize=8)
+    lines.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -90,7 +90,10 @@ class Server:
     """Answers throughput queries with the surrogate where the policy trusts it, else llvm-mca."""
 
     def __init__(self, model_dir=None, load_error: str | None = None, llvm_mca: str | None = None,
-                 limits: Limits | None = None, policy: Sequence[Rule] = DEFAULT_POLICY, model_uri: str | None = None):
+                 limits: Limits | None = None, policy: Sequence[Rule] = DEFAULT_POLICY, model_uri: str | None = None,
+                 mca_params: dict | None = None):
+        """`mca_params` (llvm-mca option or parameter names to values, e.g. from `optimize --out`) set
+        the fallback's llvm-mca knobs for the model's mcpu; other mcpus keep llvm-mca's defaults."""
         from surrogate_ops.inference import Predictor
 
         self.limits = limits or Limits()
@@ -104,6 +107,12 @@ class Server:
                 self.predictor = Predictor(model_dir, engine="auto")
             except Exception as exc:  # noqa: BLE001 - any failure leaves the service up on llvm-mca alone
                 self.load_error = f"{type(exc).__name__}: {exc}"
+        self.params_mcpu = self.predictor.meta.get("mcpu", "haswell") if self.predictor else "haswell"
+        self.mca_params: dict = {}
+        if mca_params:  # checked now: a wrong file stops the service at start, not every fallback later
+            from surrogate_ops.programs import LlvmMca
+
+            self.mca_params = LlvmMca(self.params_mcpu, params=mca_params, path=llvm_mca).params
         # one pool for every request's llvm-mca calls: at most one process per core, whatever the load
         self.cores = len(os.sched_getaffinity(0))
         self.mca_pool = ThreadPoolExecutor(max_workers=self.cores, thread_name_prefix="llvm-mca")
@@ -141,6 +150,7 @@ class Server:
                 "model_version": self.model_version if self.predictor else None, "arch": meta.get("arch"),
                 "mcpu": meta.get("mcpu"), "engine": self.predictor.engine_name if self.predictor else None,
                 "load_error": self.load_error, "llvm_mca": self._mca_status(),
+                "llvm_mca_params": {"mcpu": self.params_mcpu, **self.mca_params} if self.mca_params else None,
                 "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy]}
 
     def _mca_status(self) -> str:
@@ -233,7 +243,8 @@ class Server:
         from surrogate_ops.programs import LlvmMca
 
         try:
-            program = LlvmMca(mcpu=mcpu, path=self.llvm_mca_path, workers=1, timeout=self.limits.mca_timeout)
+            program = LlvmMca(mcpu=mcpu, path=self.llvm_mca_path, workers=1, timeout=self.limits.mca_timeout,
+                              params=self.mca_params if mcpu == self.params_mcpu else None)
         except Exception as exc:  # noqa: BLE001
             unavailable = [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
             return lambda: unavailable

@@ -105,10 +105,10 @@ def _schedule(warmup: int, total: int):
     return factor
 
 
-def _predict(model: torch.nn.Module, encoded: list, batch_size: int = 512) -> np.ndarray:
+def _predict(model: torch.nn.Module, encoded: list, units: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
     model.eval()
     with torch.inference_mode():
-        return run_batched(lambda tokens: model(torch.from_numpy(tokens)).numpy(), encoded, batch_size)
+        return run_batched(lambda *inputs: model(*map(torch.from_numpy, inputs)).numpy(), encoded, batch_size, units)
 
 
 def _checkpoint_path(run_id: str) -> Path:
@@ -168,6 +168,17 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
         tokenizer = Tokenizer.build(train_rows["block"], max_tokens=base.config.max_tokens)
         model = models.build(config.arch, vocab_size=len(tokenizer), preset=config.preset, **config.sizes)
         model.head.log_scale.fill_(float(np.log(train_rows[column].median())))
+    # a dataset labeled under sampled llvm-mca settings trains a parameter-conditioned surrogate
+    parameter_names = datasets.parameter_columns(frame)
+    if models.is_conditioned(model) and not parameter_names:
+        raise SurrogateOpsError("a parameter-conditioned surrogate trains on data collected with --sample-params")
+    if parameter_names and not models.is_conditioned(model):
+        model = models.Conditioned.wrap(model, tuple(parameter_names))
+    if models.is_conditioned(model) and list(model.config.parameters) != parameter_names:
+        raise SurrogateOpsError(f"the model takes the parameters {', '.join(model.config.parameters)}; "
+                                f"the dataset has {', '.join(parameter_names)}")
+    u_train = datasets.parameter_units(train_rows, parameter_names) if parameter_names else None
+    u_val = datasets.parameter_units(val_rows, parameter_names) if parameter_names else None
 
     enc_train = [tokenizer.encode_block(b) for b in train_rows["block"]]
     enc_val = [tokenizer.encode_block(b) for b in val_rows["block"]]
@@ -219,7 +230,8 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
             epoch_start, total, count = time.time(), 0.0, 0
             for index in tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, unit="batch"):
                 tokens = torch.from_numpy(pad([enc_train[i] for i in index]))
-                loss = mape_loss(model(tokens), y_train[index])
+                extra = () if u_train is None else (torch.from_numpy(u_train[index]),)
+                loss = mape_loss(model(tokens, *extra), y_train[index])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -229,7 +241,7 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
                 count += len(index)
                 if deadline is not None and time.time() > deadline:
                     break
-            val = float(np.mean(np.abs(_predict(model, enc_val) - y_val) / y_val))
+            val = float(np.mean(np.abs(_predict(model, enc_val, u_val) - y_val) / y_val))
             epoch += 1
             if val < best_val:
                 best_val, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
@@ -252,6 +264,14 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
         meta = {"program": "llvm-mca", "program_version": _program_version(frame), "mcpu": config.mcpu,
                 "target": config.target, "dataset_digest": digest, "run_id": run.info.run_id,
                 **({"parent": str(init_from)} if init_from is not None else {})}
+        if parameter_names:
+            # llvm-mca evaluations this surrogate cost: the blocks its sampled dataset labeled (and its
+            # conditioned parent's); `optimize` charges them against the budget
+            inherited = json.loads((init_from / "surrogate.json").read_text()).get("program_parameters", {}) \
+                if init_from is not None else {}
+            meta["program_parameters"] = {"names": parameter_names,
+                                          "expert_defaults": json.loads(frame.attrs["expert_defaults"]),
+                                          "evaluations": int(frame["block"].nunique()) + inherited.get("evaluations", 0)}
         agreement = save_model_dir(model, tokenizer, meta, out_dir, check_blocks=list(val_rows["block"][:64]))
         mlflow.log_metrics({"onnx_max_abs_diff": agreement.max_abs, "onnx_max_rel_diff": agreement.max_rel})
         result = evaluate(Predictor(out_dir, engine="onnxruntime"), frame, config.mcpu, split="test")
@@ -298,10 +318,12 @@ def _save_checkpoint(run_id: str, state: dict) -> None:
 def _grow_vocabulary(model: torch.nn.Module, vocab_size: int) -> torch.nn.Module:
     """The same model with room for `vocab_size` tokens: learned rows kept, new rows fresh."""
     checkpoint = models.to_checkpoint(model)
-    old = checkpoint["state_dict"]["token.weight"]
+    conditioned = models.is_conditioned(model)
+    key = "block.token.weight" if conditioned else "token.weight"
+    old = checkpoint["state_dict"][key]
     if vocab_size == old.shape[0]:
         return model
-    checkpoint["config"]["vocab_size"] = vocab_size
+    (checkpoint["config"]["base_config"] if conditioned else checkpoint["config"])["vocab_size"] = vocab_size
     grown = models.from_checkpoint({**checkpoint, "state_dict": {**checkpoint["state_dict"],
-                                    "token.weight": torch.cat([old, torch.randn(vocab_size - old.shape[0], old.shape[1]) * 0.02])}})
+                                    key: torch.cat([old, torch.randn(vocab_size - old.shape[0], old.shape[1]) * 0.02])}})
     return grown

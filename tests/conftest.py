@@ -82,3 +82,17 @@ def interruptible() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def bhive_csv(path: Path, blocks: list[list[str]], throughputs: list[float]) -> Path:
+    """A BHive-format CSV (hex,throughput) of `blocks` (AT&T instructions), hex from the real llvm-mc."""
+    flat = [ins for block in blocks for ins in block]
+    out = subprocess.run(["llvm-mc", "-triple=x86_64", "--show-encoding"], input="\n".join(flat) + "\n",
+                         capture_output=True, text=True, check=True).stdout
+    codes = [line.split("encoding: [")[1].rstrip("]") for line in out.splitlines() if "encoding: [" in line]
+    assert len(codes) == len(flat)
+    hexes = iter("".join(byte[2:] for byte in code.split(",")) for code in codes)
+    rows = ["hex,throughput"] + [f"{''.join(next(hexes) for _ in block)},{value}"
+                                 for block, value in zip(blocks, throughputs, strict=True)]
+    path.write_text("\n".join(rows) + "\n")
+    return path

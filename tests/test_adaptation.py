@@ -11,19 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import bhive_csv
 from surrogate_ops.registry import BUNDLED
 from surrogate_ops.tokenizer import Tokenizer
 
 CLI = [sys.executable, "-m", "surrogate_ops"]
-
-
-def encode(instructions: list[str]) -> list[str]:
-    """Machine code (hex) of each instruction, from the real llvm-mc."""
-    out = subprocess.run(["llvm-mc", "-triple=x86_64", "--show-encoding"], input="\n".join(instructions) + "\n",
-                         capture_output=True, text=True, check=True).stdout
-    codes = [line.split("encoding: [")[1].rstrip("]") for line in out.splitlines() if "encoding: [" in line]
-    assert len(codes) == len(instructions)
-    return ["".join(byte[2:] for byte in code.split(",")) for code in codes]
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +26,8 @@ def measurements(tmp_path_factory) -> Path:
     for i in range(160):
         body = [f"addq ${i}, %rax", "imulq %rcx, %rdx"] if i % 4 else [f"pclmulqdq ${i % 16}, %xmm1, %xmm2", f"addq ${i}, %rax"]
         blocks.append(body + ([f"movq {8 * i}(%rdi), %rsi"] if i % 3 == 0 else []))
-    flat = [ins for block in blocks for ins in block]
-    codes = iter(encode(flat))
-    rows = ["hex,throughput"]
-    for block in blocks:
-        hexcode = "".join(next(codes) for _ in block)
-        rows.append(f"{hexcode},{100 * (1.5 * len(block) + (6 if 'pclmulqdq' in block[0] else 0))}")
-    path = tmp_path_factory.mktemp("data") / "lab-measurements.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    throughputs = [100 * (1.5 * len(block) + (6 if "pclmulqdq" in block[0] else 0)) for block in blocks]
+    return bhive_csv(tmp_path_factory.mktemp("data") / "lab-measurements.csv", blocks, throughputs)
 
 
 def test_finetune_extends_the_vocabulary_and_registers_with_lineage(measurements, tmp_path):

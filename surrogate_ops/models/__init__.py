@@ -1,7 +1,8 @@
 """Surrogate architectures: one file each, an `nn.Module` beside its frozen config dataclass.
 
 Every design takes token ids shaped (batch, instructions, tokens), 0 for padding, and returns
-cycles per 100 iterations, shaped (batch,). To add one: write `models/<name>.py` with a config
+cycles per 100 iterations, shaped (batch,); `encode` gives the pooled features its head reads.
+`conditioned` wraps any of them with llvm-mca's parameters as a second input. To add one: write `models/<name>.py` with a config
 and a module, add it to ARCHITECTURES, and give it size presets in presets/model_sizes.json.
 """
 
@@ -14,6 +15,7 @@ from torch import nn
 from surrogate_ops import presets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.models.bert import Bert, BertConfig
+from surrogate_ops.models.conditioned import Conditioned, ConditionedConfig
 from surrogate_ops.models.hier import Hier, HierConfig
 from surrogate_ops.models.ithemal import Ithemal, IthemalConfig
 
@@ -21,14 +23,14 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "hier": (HierConfig, Hier),
     "bert": (BertConfig, Bert),
     "ithemal": (IthemalConfig, Ithemal),
+    "conditioned": (ConditionedConfig, Conditioned),
 }
 FAST = "hier"
-TVM_COMPATIBLE = {"hier": True, "bert": True, "ithemal": False}  # ithemal's LSTM has no Relax importer
 
 
 def build(arch: str, vocab_size: int, preset: str = "small", **sizes: int) -> nn.Module:
     """A fresh model of `arch` at a named size preset, with explicit sizes overriding the preset."""
-    if arch not in ARCHITECTURES:
+    if arch not in ARCHITECTURES or arch == "conditioned":
         raise SurrogateOpsError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     table = presets.load("model_sizes")[arch]
     if preset not in table:
@@ -61,4 +63,9 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHITECTURES", "FAST", "build", "from_checkpoint", "parameter_count", "to_checkpoint"]
+def is_conditioned(model: nn.Module) -> bool:
+    return isinstance(model, Conditioned)
+
+
+__all__ = ["ARCHITECTURES", "FAST", "Conditioned", "build", "from_checkpoint", "is_conditioned", "parameter_count",
+           "to_checkpoint"]

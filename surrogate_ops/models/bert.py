@@ -38,6 +38,10 @@ class Bert(nn.Module):
         self.head = CyclesHead(config.dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(tokens))  # (batch,)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The block's pooled features, (batch, dim): what the head reads."""
         # tokens: (batch, instructions, tokens) int64, 0 = padding
         _, n_ins, n_tok = tokens.shape
         x = self.token(tokens) + self.slot[:n_tok] + self.position[:n_ins].unsqueeze(1)  # (b, i, t, d)
@@ -49,4 +53,4 @@ class Bert(nn.Module):
             x = layer(x, mask)
         weights = mask.unsqueeze(-1).to(x.dtype)
         pooled = (self.norm(x) * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # mean over real tokens
-        return self.head(pooled)
+        return pooled

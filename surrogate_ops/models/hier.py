@@ -42,6 +42,10 @@ class Hier(nn.Module):
         self.head = CyclesHead(config.dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(tokens))  # (batch,)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The block's pooled features, (batch, dim): what the head reads."""
         # tokens: (batch, instructions, tokens) int64, 0 = padding
         _, n_ins, n_tok = tokens.shape
         token_mask = (tokens != 0).unsqueeze(-1).to(self.slot.dtype)  # (b, i, t, 1)
@@ -51,4 +55,4 @@ class Hier(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         pooled = (x * mask.unsqueeze(-1).to(x.dtype)).sum(1)  # (b, d)
-        return self.head(pooled)
+        return pooled

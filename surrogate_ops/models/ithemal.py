@@ -34,6 +34,10 @@ class Ithemal(nn.Module):
         self.head = CyclesHead(config.dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(tokens))  # (batch,)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The block's pooled features, (batch, dim): what the head reads."""
         # tokens: (batch, instructions, tokens) int64, 0 = padding at the end of each row
         b, n_ins, n_tok = tokens.shape
         flat = tokens.reshape(b * n_ins, n_tok)
@@ -44,4 +48,4 @@ class Ithemal(nn.Module):
         states, _ = self.instruction_lstm(instructions)  # (b, i, d)
         last_ins = ((tokens[:, :, 0] != 0).sum(1) - 1).clamp(min=0)
         index = last_ins.reshape(-1, 1, 1).expand(-1, 1, states.shape[-1])
-        return self.head(states.gather(1, index).squeeze(1))
+        return states.gather(1, index).squeeze(1)  # (b, d)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,7 @@ class Parameter:
     high: int
     help: str = ""
     since: int = 0  # first major version of the program that has it
+    zero: str = ""  # what 0 means, when it is special ("unbounded": no limit at all)
 
     def check(self, value: object) -> int | bool:
         """The value converted to this parameter's type, or ValueError naming the parameter and range."""
@@ -36,6 +40,51 @@ class Parameter:
         if not self.low <= number <= self.high:
             raise ValueError(f"{self.name}: {number} is outside [{self.low}, {self.high}]")
         return number
+
+    # The search space a surrogate and the tuners share: every parameter as a unit in [0, 1].
+    # Sizes are on a log scale (1, 2, 4 ... apart matter as much as 64, 128 ...); where 0 means
+    # "unbounded" it sits at the top, one step past `high`, so the unit grows with capacity.
+    def to_unit(self, value: int | bool) -> float:
+        if self.type == "bool":
+            return float(bool(value))
+        if self.zero == "unbounded":
+            return 1.0 if value == 0 else math.log(value) / math.log(self.high + 1)
+        low = max(self.low, 1)
+        return math.log(value / low) / math.log(self.high / low) if self.high > low else 0.0
+
+    def from_unit(self, unit: float) -> int | bool:
+        """The valid value nearest to a unit (rounded on the parameter's own scale)."""
+        unit = min(max(float(unit), 0.0), 1.0)
+        if self.type == "bool":
+            return unit >= 0.5
+        if self.zero == "unbounded":
+            value = round((self.high + 1) ** unit)
+            return 0 if value > self.high else max(value, 1)
+        low = max(self.low, 1)
+        return int(min(max(round(low * (self.high / low) ** unit), self.low), self.high))
+
+
+def to_units(parameters: Mapping[str, Parameter], settings: Sequence[Mapping[str, int | bool]]) -> np.ndarray:
+    """(settings, parameters) float32 units, columns in the order of `parameters`."""
+    return np.array([[p.to_unit(s[name]) for name, p in parameters.items()] for s in settings],
+                    dtype=np.float32).reshape(len(settings), len(parameters))
+
+
+def from_units(parameters: Mapping[str, Parameter], units: Sequence[float]) -> dict[str, int | bool]:
+    return {name: p.from_unit(u) for (name, p), u in zip(parameters.items(), units, strict=True)}
+
+
+def sample_settings(parameters: Mapping[str, Parameter], defaults: Mapping[str, int | bool], count: int,
+                    seed: int = 0, keep: float = 0.5) -> list[dict[str, int | bool]]:
+    """`count` random settings: each parameter keeps its default with probability `keep`, else takes a
+    value drawn uniformly on its unit scale. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    settings = []
+    for _ in range(count):
+        draws, units = rng.random(len(parameters)), rng.random(len(parameters))
+        settings.append({name: defaults[name] if draw < keep else p.from_unit(u)
+                         for (name, p), draw, u in zip(parameters.items(), draws, units, strict=True)})
+    return settings
 
 
 @dataclass(frozen=True)
@@ -64,6 +113,10 @@ class Program(abc.ABC):
     @property
     @abc.abstractmethod
     def version(self) -> str: ...
+
+    def expert_defaults(self) -> dict[str, int | bool]:
+        """The value each parameter takes when none is given (the program's own, expert-set values)."""
+        raise NotImplementedError(f"{self.name} does not report its default parameters")
 
     @abc.abstractmethod
     def run(self, blocks: Sequence[str], progress: Progress | None = None) -> list[Result]:

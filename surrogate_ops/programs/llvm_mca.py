@@ -35,6 +35,17 @@ def default_workers() -> int:
 
 
 @functools.cache
+def _dispatch_width(path: str, mcpu: str) -> int:
+    """The scheduling model's dispatch width for `mcpu`, as llvm-mca's own summary states it."""
+    proc = subprocess.run([path, f"-mtriple={TRIPLE}", f"-mcpu={mcpu}", "-iterations=1", "--instruction-info=false",
+                           "--resource-pressure=false"], input="nop\n", capture_output=True, text=True, timeout=30)
+    match = re.search(r"^Dispatch Width:\s+(\d+)", proc.stdout, flags=re.MULTILINE)
+    if not match:
+        raise SurrogateOpsError(f"llvm-mca -mcpu={mcpu} printed no dispatch width: {proc.stderr.strip()[:200]}")
+    return int(match.group(1))
+
+
+@functools.cache
 def _known_cpus(path: str) -> frozenset[str]:
     proc = subprocess.run([path, f"-mtriple={TRIPLE}", "-mcpu=help"], input="", capture_output=True, text=True, timeout=30)
     text = proc.stdout + proc.stderr
@@ -74,6 +85,18 @@ class LlvmMca(Program):
     @property
     def version(self) -> str:
         return tool_version(self.path)
+
+    def expert_defaults(self) -> dict[str, int | bool]:
+        """llvm-mca's own values for this mcpu, for the parameters this llvm-mca has: the scheduling
+        model's dispatch width; 0 (unbounded, or no micro-op queue) for the sizes, which x86 models
+        leave to these defaults; noalias true. Passing them changes nothing (a test holds this)."""
+        values: dict[str, int | bool] = {"dispatch_width": _dispatch_width(self.path, self.mcpu), "noalias": True}
+        return {name: values.get(name, 0) for name, p in self.parameters.items()
+                if p.option in tool_options(self.path)}
+
+    def setting(self) -> dict[str, int | bool]:
+        """Every parameter's value in this instance's runs: the given ones over the expert defaults."""
+        return {**self.expert_defaults(), **self.params}
 
     def _check_params(self, params: Mapping[str, object]) -> dict[str, int | bool]:
         by_option = {p.option: p for p in self.parameters.values()}

@@ -1,0 +1,398 @@
+"""Surrogate optimization: tune llvm-mca's parameters by gradient descent through a surrogate.
+
+The seed paper's third pattern (DiffTune). A parameter-conditioned surrogate (trained on blocks
+labeled under random settings, `collect --sample-params`) stands in for llvm-mca; the setting is
+relaxed to units in [0, 1] (`Parameter.to_unit`) and descended on against measured throughput
+(MAPE) with Adam, from the expert defaults and from random starts; the paths are rounded to valid
+values and ranked by the surrogate. Then the real llvm-mca runs every method's setting (expert
+defaults, the surrogate's, each tuner's) on held-out measured blocks.
+
+Every llvm-mca run of the search takes the same fixed sample of measured training blocks
+(`tuner_blocks`). The surrogate uses it twice: llvm-mca's answers there under the defaults anchor
+it (it predicts how a setting changes them, so its own error on a block cancels), and its `verify`
+best candidates are run there, the best one kept (the defaults if none beats them; `verify=0`
+trusts the surrogate's first choice, as DiffTune does).
+
+The budget counts llvm-mca block evaluations: the surrogate is charged its training data (recorded
+at training time), its anchors and its checks; each surrogate-free tuner (OpenTuner, the seed's
+baseline, and Optuna's TPE) spends the same budget a trial at a time over the same unit space with
+the same rounding, its first trial the expert defaults. The held-out evaluation is charged to no
+one: it is the same for every method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from surrogate_ops import datasets, models, plots, registry, tracking
+from surrogate_ops.batching import buckets, pad
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.inference import Predictor
+from surrogate_ops.metrics import kendall_tau
+from surrogate_ops.programs import LlvmMca
+from surrogate_ops.programs.base import Parameter, from_units, to_units
+
+TUNERS = ("opentuner", "optuna")
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    model: str  # a parameter-conditioned surrogate: URI or model directory
+    data: str  # measured throughputs: BHive-format CSV or a collected dataset
+    budget: int  # llvm-mca block evaluations per method
+    mcpu: str | None = None  # from the model when left out
+    baselines: tuple[str, ...] = TUNERS
+    steps: int = 300  # Adam steps per start
+    lr: float = 0.05
+    restarts: int = 16  # random starts beside the expert defaults
+    batch_blocks: int = 2048  # training blocks per descent step (a fresh draw each step)
+    anchored: bool = True  # descend on the change from llvm-mca's own default answers (see Surrogate)
+    verify: int = 4  # the surrogate's best candidates checked with llvm-mca on the sample (0: trust it)
+    tuner_blocks: int = 1000  # training blocks every llvm-mca run of the search takes (a tuner's trial)
+    test_limit: int | None = None  # held-out blocks to evaluate on (all when None)
+    seed: int = 0
+
+
+@dataclass
+class Outcome:
+    """One method's setting and what it cost and scored."""
+
+    method: str
+    setting: dict
+    evaluations: int  # llvm-mca block evaluations spent finding it
+    objective: float | None = None  # training-block MAPE as the method saw it
+    test_mape: float | None = None
+    test_tau: float | None = None
+    seconds: float = 0.0
+    trace: list = field(default_factory=list)  # (evaluations or step, best objective so far)
+
+
+@dataclass
+class OptimizeResult:
+    run_id: str
+    outcomes: dict[str, Outcome]
+    test_blocks: int
+    train_blocks: int
+
+
+def options(program: LlvmMca, setting: dict) -> dict:
+    """A setting as llvm-mca option names to values (what `--params` files hold)."""
+    return {program.parameters[name].option: value for name, value in setting.items()}
+
+
+def measured_blocks(data: str | Path, mcpu: str) -> pd.DataFrame:
+    """Measured blocks on `mcpu` (block, measured, split), BHive's may-alias blocks left out. A CSV
+    is only disassembled here: no llvm-mca evaluation is spent on it."""
+    path = Path(data)
+    if path.suffix == ".parquet":
+        frame = datasets.load(path)[["block", "measured", "measured_mcpu", "may_alias", "split"]]
+    else:
+        records = datasets.gather(bhive=[path], measured_mcpu=mcpu)
+        alias_file = path.parent / "may-alias.csv"
+        alias = datasets.read_hex_list(alias_file) if alias_file.is_file() else set()
+        frame = pd.DataFrame([{"block": r.block, "measured": r.measured, "measured_mcpu": r.measured_mcpu,
+                               "may_alias": r.hex in alias, "split": datasets.split_of(r.block)}
+                              for r in records if r.error is None and r.block])
+    if frame.empty:
+        raise SurrogateOpsError(f"{data}: no readable blocks")
+    frame = frame[frame["measured"].notna() & (frame["measured"] > 0) & (frame["measured_mcpu"] == mcpu)
+                  & ~frame["may_alias"].astype(bool)]
+    if frame.empty:
+        raise SurrogateOpsError(f"{data}: no measurements on {mcpu} (name the file's microarchitecture with --mcpu)")
+    return frame.drop_duplicates("block").reset_index(drop=True)
+
+
+def llvm_mca_mape(program: LlvmMca, setting: dict, blocks: list[str], measured: np.ndarray) -> tuple[float, np.ndarray]:
+    """The real llvm-mca under `setting`: MAPE against `measured`, and its cycles (NaN where it failed)."""
+    runner = LlvmMca(program.mcpu, program.iterations, params=setting, path=program.path, workers=program.workers)
+    cycles = np.array([r.cycles if r.ok else np.nan for r in runner.run(blocks)])
+    ok = np.isfinite(cycles)
+    if not ok.any():
+        return float("inf"), cycles
+    # a block llvm-mca cannot simulate under this setting counts as a 100% miss
+    return float((np.abs(cycles[ok] - measured[ok]) / measured[ok]).sum() + (~ok).sum()) / len(blocks), cycles
+
+
+class Surrogate:
+    """A conditioned surrogate's objective over fixed blocks: blocks encoded once, settings batched.
+
+    With `anchors` (the real llvm-mca's cycles for these blocks under the expert defaults) the
+    surrogate predicts only the change a setting makes, `anchor * f(setting) / f(defaults)`: its
+    own error on a block cancels, and at the defaults the objective is llvm-mca's true error."""
+
+    def __init__(self, predictor: Predictor, blocks: list[str], measured: np.ndarray,
+                 anchors: np.ndarray | None = None, defaults: np.ndarray | None = None):
+        self.model = models.from_checkpoint(torch.load(predictor.model_dir / "model.pt", map_location="cpu",
+                                                       weights_only=True)).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        encoded = [predictor.encode(b, i)[0] for i, b in enumerate(blocks)]
+        pooled = torch.empty(len(blocks), self.model.config.base_config["dim"])
+        with torch.inference_mode():
+            for index in buckets(encoded, 512):
+                pooled[torch.from_numpy(index)] = self.model.encode(torch.from_numpy(pad([encoded[i] for i in index])))
+        self.pooled = pooled.clone()
+        self.measured = torch.tensor(measured, dtype=torch.float32)
+        self.scale = torch.ones(len(blocks))
+        if anchors is not None:
+            with torch.no_grad():
+                at_defaults = self.model.from_encoding(self.pooled, torch.from_numpy(defaults).expand(len(blocks), -1))
+            self.scale = torch.tensor(anchors, dtype=torch.float32) / at_defaults
+
+    def objective(self, units: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Surrogate MAPE for each of R settings: units (R, parameters) -> (R,), differentiable; over
+        the blocks `index` picks (a minibatch), else all."""
+        pick = slice(None) if index is None else index
+        pooled, measured, scale = self.pooled[pick], self.measured[pick], self.scale[pick]
+        r, n = units.shape[0], pooled.shape[0]
+        predicted = self.model.from_encoding(pooled.repeat(r, 1), units.repeat_interleave(n, dim=0)).reshape(r, n)
+        return (torch.abs(predicted * scale - measured) / measured).mean(dim=1)
+
+
+def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, config: OptimizeConfig,
+            progress: bool = True) -> tuple[list[tuple[dict, float]], list]:
+    """Adam on the relaxed setting from the defaults and `restarts` random starts, a fresh minibatch
+    of blocks each step; every start's path rounded to valid values along the way. Returns those
+    rounded settings ranked by the surrogate's objective over all the blocks (best first), the
+    defaults excluded, and the trace of (step, best minibatch objective)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    start = torch.from_numpy(to_units(space, [defaults])).clamp(0.02, 0.98)
+    starts = torch.cat([start, torch.rand(config.restarts, len(space), generator=generator) * 0.96 + 0.02])
+    logits = torch.logit(starts).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=config.lr)
+    trace, candidates = [], {}
+    blocks = len(surrogate.measured)
+    for step in tqdm(range(config.steps), desc="descending", unit="step", disable=not progress):
+        index = torch.randint(blocks, (min(config.batch_blocks, blocks),), generator=generator)
+        loss = surrogate.objective(torch.sigmoid(logits), index)
+        optimizer.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+        trace.append((step, float(loss.detach().min())))
+        if step % 25 == 24 or step == config.steps - 1:  # the rounded settings along the way
+            for row in torch.sigmoid(logits).detach().numpy():
+                setting = from_units(space, row)
+                candidates[json.dumps(setting, sort_keys=True)] = setting
+    candidates.pop(json.dumps(defaults, sort_keys=True), None)
+    settings = list(candidates.values())
+    with torch.no_grad():
+        scores = torch.cat([surrogate.objective(torch.from_numpy(to_units(space, settings[i:i + 16])))
+                            for i in range(0, len(settings), 16)]).numpy() if settings else np.zeros(0)
+    order = np.argsort(scores)
+    return [(settings[i], float(scores[i])) for i in order], trace
+
+
+class Tuner:
+    """A surrogate-free search: ask for units, run llvm-mca on the sample, until the budget is spent."""
+
+    def __init__(self, name: str, space: dict[str, Parameter], defaults: dict, seed: int):
+        self.name, self.space, self.defaults, self.seed = name, space, defaults, seed
+
+    def run(self, evaluate: Callable[[dict], float], trials: int, progress: bool = True) -> tuple[dict, float, list]:
+        """(best setting, its objective, trace of (trial, best so far)); `evaluate` runs llvm-mca and
+        is called at most `trials` times (a setting seen before costs nothing and is answered from
+        the cache, so a tuner that re-proposes is not charged twice)."""
+        seen: dict[str, float] = {}
+        trace: list = []
+        best: tuple[dict, float] = (self.defaults, float("inf"))
+        bar = tqdm(total=trials, desc=self.name, unit="trial", disable=not progress)
+
+        def score(units: list[float]) -> float:
+            nonlocal best
+            setting = from_units(self.space, units)
+            key = json.dumps(setting, sort_keys=True)
+            if key not in seen:
+                seen[key] = evaluate(setting)
+                bar.update(1)
+                if seen[key] < best[1]:
+                    best = (setting, seen[key])
+                trace.append((len(seen), best[1]))
+            return seen[key]
+
+        asked = 0
+        for units in self._search(score):
+            asked += 1
+            if len(seen) >= trials or asked > 50 * trials:
+                break
+            score(units)
+        bar.close()
+        return best[0], best[1], trace
+
+    def _search(self, score: Callable[[list[float]], float]):
+        """Yields unit vectors to score; the tuner learns from `score`'s answers."""
+        names = list(self.space)
+        first = to_units(self.space, [self.defaults])[0].tolist()
+        if self.name == "optuna":
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=self.seed))
+            study.enqueue_trial(dict(zip(names, first, strict=True)))
+            while True:
+                trial = study.ask()
+                units = [trial.suggest_float(n, 0.0, 1.0) for n in names]
+                yield units
+                study.tell(trial, score(units))
+        elif self.name == "opentuner":
+            yield from self._opentuner(names, first, score)
+        else:
+            raise SurrogateOpsError(f"unknown tuner {self.name!r}; choose from {', '.join(TUNERS)}")
+
+    def _opentuner(self, names: list[str], first: list[float], score: Callable[[list[float]], float]):
+        import opentuner
+        from opentuner import ConfigurationManipulator, FloatParameter
+        from opentuner.api import TuningRunManager
+        from opentuner.measurement.interface import DefaultMeasurementInterface
+        from opentuner.resultsdb.models import Result
+
+        logging.getLogger("opentuner").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", module="opentuner")  # SQLAlchemy 2 warns about its session use
+        with tempfile.TemporaryDirectory() as tmp:
+            args = argparse.ArgumentParser(parents=opentuner.argparsers()).parse_args([])
+            args.database, args.seed = f"sqlite:///{tmp}/opentuner.db", self.seed
+            manipulator = ConfigurationManipulator()
+            for name in names:
+                manipulator.add_parameter(FloatParameter(name, 0.0, 1.0))
+
+            class Interface(DefaultMeasurementInterface):
+                def seed_configurations(self):  # start from the expert defaults, as the other methods do
+                    return [dict(zip(names, first, strict=True))]
+
+            np.random.seed(self.seed)  # OpenTuner's techniques draw from the global generators
+            import random
+            random.seed(self.seed)
+            interface = Interface(args=args, manipulator=manipulator, project_name="surrogate-ops",
+                                  program_name="llvm-mca", program_version="1")
+            api = TuningRunManager(interface, args)
+            try:
+                while True:
+                    desired = api.get_next_desired_result()
+                    if desired is None:
+                        continue
+                    units = [desired.configuration.data[n] for n in names]
+                    yield units
+                    api.report_result(desired, Result(time=score(units)))
+            finally:
+                api.finish()
+
+
+def optimize(config: OptimizeConfig, out: str | Path | None = None, tracking_uri: str | None = None,
+             progress: bool = True) -> OptimizeResult:
+    """Find llvm-mca parameters through the surrogate and with each baseline tuner under the same
+    budget, evaluate every setting with the real llvm-mca on the held-out split, log it all to one
+    MLflow run (metrics per method, the settings as JSON, plots), and write the surrogate's setting
+    to `out` as llvm-mca option names to values."""
+    tracking.configure(tracking_uri)
+    predictor = Predictor(registry.model_dir(config.model), engine="torch")
+    if not predictor.parameter_names:
+        raise SurrogateOpsError(f"{config.model} is not parameter-conditioned: train one on data collected with "
+                                "`surrogate-ops collect --sample-params N`")
+    mcpu = config.mcpu or predictor.meta["mcpu"]
+    program = LlvmMca(mcpu)
+    defaults = program.expert_defaults()
+    space = {name: program.parameters[name] for name in predictor.parameter_names}
+    defaults = {name: defaults[name] for name in space}
+    charged = int(predictor.meta["program_parameters"].get("evaluations", 0))
+    if charged > config.budget:
+        raise SurrogateOpsError(f"the surrogate's training data cost {charged:,} llvm-mca evaluations, over the "
+                                f"budget of {config.budget:,}")
+    unknown = set(config.baselines) - set(TUNERS)
+    if unknown:
+        raise SurrogateOpsError(f"unknown baseline {', '.join(sorted(unknown))}; choose from {', '.join(TUNERS)}")
+
+    frame = measured_blocks(config.data, mcpu)
+    limit = predictor.max_instructions
+    fits = frame["block"].str.count("\n") < limit
+    train_rows = frame[(frame["split"] == "train") & fits]  # the surrogate reads blocks within its length
+    test_rows = frame[frame["split"] == "test"]
+    if config.test_limit is not None:
+        test_rows = test_rows.iloc[: config.test_limit]
+    if len(train_rows) < 2 or len(test_rows) < 2:
+        raise SurrogateOpsError(f"{config.data}: need measured blocks in both train and test splits "
+                                f"(have {len(train_rows)} and {len(test_rows)})")
+    rng = np.random.default_rng(config.seed)
+    sample = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.tuner_blocks])]
+    trials = config.budget // len(sample)
+    if config.baselines and trials < 2:
+        raise SurrogateOpsError(f"a budget of {config.budget:,} buys the tuners {trials} trial(s) of {len(sample)} "
+                                "blocks; raise --budget or lower --tuner-blocks")
+
+    outcomes: dict[str, Outcome] = {"defaults": Outcome("defaults", defaults, 0)}
+    blocks, measured = list(sample["block"]), sample["measured"].to_numpy()
+    cost = charged + (len(blocks) if config.anchored else 0) + config.verify * len(blocks)
+    if cost > config.budget:
+        raise SurrogateOpsError(f"the surrogate needs {cost:,} llvm-mca evaluations ({charged:,} for its training data, "
+                                f"{len(blocks):,} per anchor and checked candidate), over the budget of {config.budget:,}")
+    # every llvm-mca run of the search is on `sample`; the defaults' run there anchors the surrogate
+    # and is every tuner's first trial
+    started = time.time()
+    default_mape, default_cycles = llvm_mca_mape(program, defaults, blocks, measured)
+    outcomes["defaults"].objective = default_mape
+    if config.anchored:
+        keep = np.isfinite(default_cycles)
+        surrogate = Surrogate(predictor, [b for b, k in zip(blocks, keep, strict=True) if k], measured[keep],
+                              default_cycles[keep], to_units(space, [defaults])[0])
+    else:
+        surrogate = Surrogate(predictor, list(train_rows["block"]), train_rows["measured"].to_numpy())
+    ranked, trace = descend(surrogate, space, defaults, config, progress)
+    found = Outcome("surrogate", dict(ranked[0][0]) if ranked else dict(defaults), charged, trace=trace,
+                    objective=ranked[0][1] if ranked else None)
+    if config.verify:  # the surrogate's best few, checked with llvm-mca; the defaults stay if none beats them
+        found.objective = default_mape if config.anchored else float("inf")
+        found.setting = dict(defaults)
+        for setting, _ in ranked[: config.verify]:
+            value = llvm_mca_mape(program, setting, blocks, measured)[0]
+            if value < found.objective:
+                found.setting, found.objective = dict(setting), value
+    found.evaluations = cost
+    found.seconds = time.time() - started
+    outcomes["surrogate"] = found
+    for name in config.baselines:
+        started = time.time()
+        setting, objective, trace = Tuner(name, space, defaults, config.seed).run(
+            lambda s: llvm_mca_mape(program, s, blocks, measured)[0], trials, progress)
+        outcomes[name] = Outcome(name, setting, len(trace) * len(blocks), objective, seconds=time.time() - started,
+                                 trace=[(t * len(blocks), v) for t, v in trace])
+
+    test_blocks, test_measured = list(test_rows["block"]), test_rows["measured"].to_numpy()
+    for outcome in tqdm(outcomes.values(), desc="held-out llvm-mca", unit="setting", disable=not progress):
+        outcome.test_mape, cycles = llvm_mca_mape(program, outcome.setting, test_blocks, test_measured)
+        ok = np.isfinite(cycles)
+        outcome.test_tau = kendall_tau(cycles[ok], test_measured[ok]) if ok.sum() > 1 else float("nan")
+
+    with mlflow.start_run(run_name=f"optimize-{mcpu}") as run:
+        mlflow.set_tags({"program": "llvm-mca", "mcpu": mcpu, "mode": "optimize", "model_uri": config.model,
+                         "surrogate_parent": str(predictor.meta.get("parent", ""))})
+        mlflow.log_params({**{k: v for k, v in asdict(config).items() if k != "baselines"},
+                           "baselines": ",".join(config.baselines), "tuner_trials": trials,
+                           "train_blocks": len(train_rows), "test_blocks": len(test_rows),
+                           "llvm_mca_version": program.version})
+        for o in outcomes.values():
+            mlflow.log_metrics({f"{o.method}_test_mape": o.test_mape, f"{o.method}_test_tau": o.test_tau,
+                                f"{o.method}_evaluations": o.evaluations,
+                                **({f"{o.method}_objective": o.objective} if o.objective is not None else {})})
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            (tmp / "params.json").write_text(json.dumps(options(program, found.setting), indent=1) + "\n")
+            (tmp / "settings.json").write_text(json.dumps(
+                {o.method: {**asdict(o), "trace": None, "options": options(program, o.setting)}
+                 for o in outcomes.values()}, indent=1, default=float) + "\n")
+            plots.optimization(outcomes, tmp / "optimization.png", f"llvm-mca -mcpu={mcpu}: parameters found")
+            mlflow.log_artifacts(str(tmp))
+        if out is not None:
+            Path(out).write_text(json.dumps(options(program, found.setting), indent=1) + "\n")
+    return OptimizeResult(run.info.run_id, outcomes, len(test_rows), len(train_rows))
