@@ -62,6 +62,9 @@ def cli(llvm_mca: str | None) -> None:
               help="Label each block under one of N random llvm-mca parameter settings (for a "
                    "parameter-conditioned surrogate, see `optimize`).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --sample-params.")
+@click.option("--spread", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="With --sample-params: how far from the defaults values are drawn, on each parameter's unit "
+                   "scale (1: its whole range).")
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
               help="Keep only blocks of this split (by block hash); repeatable. --split train spends no "
                    "llvm-mca runs on blocks held out for evaluation.")
@@ -69,8 +72,8 @@ def cli(llvm_mca: str | None) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--part-rows", type=click.IntRange(min=1), default=2000, hidden=True,
               help="Blocks per resumable part file.")
-def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, sample_params, seed, splits, out, quiet,
-            part_rows) -> None:
+def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, sample_params, seed, spread, splits, out,
+            quiet, part_rows) -> None:
     """Build a labeled dataset: blocks from sources, labeled by llvm-mca, as Parquet.
 
     With no source, cuts basic blocks out of binaries found on this machine. An interrupted run
@@ -82,7 +85,8 @@ def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, sample_
     out = Path(out) if out else config.work_dir() / "datasets" / "default.parquet"
     result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit, workers=workers,
                               may_alias=may_alias, params=_read_params(params), progress=not quiet,
-                              part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None)
+                              part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None,
+                              spread=spread)
     click.echo(f"wrote {result.path} ({result.rows:,} blocks"
                + (f", {result.resumed_rows:,} resumed from an earlier run" if result.resumed_rows else "") + ")")
     if result.rejected_path:
@@ -416,20 +420,22 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
                    "this), the surrogate's anchors and each of its checks.")
 @click.option("--verify", type=click.IntRange(min=0), default=4, show_default=True,
               help="The surrogate's best candidates to check with llvm-mca (charged to its budget); 0 trusts its choice.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Spread the checks over this many descents, fine-tuning the surrogate on llvm-mca's answers between.")
 @click.option("--no-anchor", is_flag=True,
               help="Descend on the surrogate's own predictions, not on its change to llvm-mca's default answers.")
-@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Descent steps.")
-@click.option("--restarts", type=click.IntRange(min=0), default=16, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Descent steps per round.")
+@click.option("--restarts", type=click.IntRange(min=0), default=8, show_default=True,
               help="Random starts beside the expert defaults.")
-@click.option("--lr", type=float, default=0.05, show_default=True, help="Adam step on the relaxed parameters.")
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Adam step on the relaxed parameters.")
 @click.option("--test-limit", type=click.IntRange(min=2), help="Evaluate on at most this many held-out blocks.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), metavar="JSON",
               help="Write the surrogate-found parameters here (llvm-mca option names to values).")
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def optimize(model_uri, data, budget, mcpu, baselines, tuner_blocks, verify, no_anchor, steps, restarts, lr, test_limit,
-             seed, out, tracking_uri, quiet) -> None:
+def optimize(model_uri, data, budget, mcpu, baselines, tuner_blocks, verify, rounds, no_anchor, steps, restarts, lr,
+             test_limit, seed, out, tracking_uri, quiet) -> None:
     """Tune llvm-mca's parameters by gradient descent through a surrogate (surrogate optimization).
 
     Descends on the relaxed parameters against measured throughput on the training split, rounds
@@ -442,7 +448,8 @@ def optimize(model_uri, data, budget, mcpu, baselines, tuner_blocks, verify, no_
     chosen = () if "none" in baselines else tuple(baselines) or optimization.TUNERS
     config = optimization.OptimizeConfig(model=model_uri, data=data, budget=budget, mcpu=mcpu, baselines=chosen,
                                          steps=steps, lr=lr, restarts=restarts, tuner_blocks=tuner_blocks,
-                                         verify=verify, anchored=not no_anchor, test_limit=test_limit, seed=seed)
+                                         verify=verify, rounds=rounds, anchored=not no_anchor, test_limit=test_limit,
+                                         seed=seed)
     result = optimization.optimize(config, out=out, tracking_uri=tracking_uri, progress=not quiet)
     click.echo(f"held-out llvm-mca error ({result.test_blocks:,} measured blocks, may-alias excluded; "
                f"budget {budget:,} llvm-mca block evaluations):")
@@ -525,7 +532,9 @@ def serve(model_uri, host, port, params, tracking_uri) -> None:
     env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking.default_uri()
            if tracking_uri is None else tracking_uri}
     if params:
-        _read_params(params)  # a malformed file fails here, before the server starts
+        from surrogate_ops.programs import LlvmMca
+
+        LlvmMca(params=_read_params(params))  # a wrong name or value fails here, before the server starts
         env["SURROGATE_OPS_MCA_PARAMS"] = str(Path(params).resolve())
     command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(_bento_dir()),
                "--host", host, "--port", str(port)]
@@ -558,6 +567,9 @@ def bento(model_uri, params, tracking_uri) -> None:
         shutil.copytree(source, stage / "model", ignore=shutil.ignore_patterns("model.pt", "*-tuned.db"))
         (stage / "model" / "VERSION").write_text(f"{name}/{version}\n")
         if params:
+            from surrogate_ops.programs import LlvmMca
+
+            LlvmMca(params=_read_params(params))  # checked before it is packed
             (stage / "params.json").write_text(json.dumps(_read_params(params)))
         for command in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                          str(stage / "wheels"), str(root.parent)],

@@ -237,9 +237,11 @@ def parameter_units(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
         raise SurrogateOpsError(f"the dataset has no parameter columns for {', '.join(missing)} "
                                 "(collect it with --sample-params)")
     columns = []
-    for name in names:
+    for name in names:  # as `programs.base.to_units`, a column at a time
         spec = LlvmMca.parameters[name]
         values = frame[f"param_{name}"].to_numpy()
+        if spec.only_with in names:  # canonical: no effect without its partner, so 0
+            values = np.where(frame[f"param_{spec.only_with}"].to_numpy() == 0, 0, values)
         table = {v: spec.to_unit(int(v)) for v in np.unique(values)}
         columns.append(np.fromiter((table[v] for v in values), dtype=np.float32, count=len(values)))
     return np.stack(columns, axis=1) if columns else np.zeros((len(frame), 0), dtype=np.float32)
@@ -249,10 +251,12 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
             asm: Sequence[str | Path] = (), mcpus: Sequence[str] = ("haswell",), limit: int | None = None,
             workers: int | None = None, may_alias: str | Path | None = None, params: dict | None = None,
             progress: bool = True, part_rows: int = PART_ROWS, measured_mcpu: str | None = None,
-            sample_params: int = 0, seed: int = 0, splits: Sequence[str] | None = None) -> CollectResult:
+            sample_params: int = 0, seed: int = 0, splits: Sequence[str] | None = None,
+            spread: float = 1.0) -> CollectResult:
     """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
     and `<out stem>.rejected.csv` for blocks that could not be labeled. `sample_params=N` labels
-    each block under one of N random parameter settings (drawn with `seed`) instead of `params`;
+    each block under one of N random parameter settings (drawn with `seed`, within `spread` of the
+    defaults on the unit scale, see `programs.base.sample_settings`) instead of `params`;
     `splits` keeps only blocks of those splits (e.g. train: spend no labels on held-out blocks); the
     kept blocks get a fresh train/val/test split of their own (another hash) for training."""
     out = Path(out)
@@ -267,7 +271,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
         program = programs[mcpus[0]]
         defaults = program.expert_defaults()
         space = {k: v for k, v in program.parameters.items() if k in defaults}
-        sampling = Sampling(sample_settings(space, defaults, sample_params, seed=seed), seed)
+        sampling = Sampling(sample_settings(space, defaults, sample_params, seed=seed, spread=spread), seed)
     alias: set[str] = set()
     alias_file = Path(may_alias) if may_alias else next(
         (Path(b).parent / "may-alias.csv" for b in bhive if (Path(b).parent / "may-alias.csv").is_file()), None)
@@ -284,7 +288,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     program = next(iter(programs.values()))
     settings = {"mcpus": mcpus, "params": program.params, "iterations": program.iterations,
                 "llvm_mca": program.path, "llvm_mca_version": program.version,
-                **({"sample_params": sample_params, "seed": seed} if sampling else {}),
+                **({"sample_params": sample_params, "seed": seed, "spread": spread} if sampling else {}),
                 **({"splits": sorted(splits)} if splits else {})}
     manifest = partial / "settings.json"
     if manifest.is_file() and json.loads(manifest.read_text()) != settings:

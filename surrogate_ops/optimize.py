@@ -11,7 +11,9 @@ Every llvm-mca run of the search takes the same fixed sample of measured trainin
 (`tuner_blocks`). The surrogate uses it twice: llvm-mca's answers there under the defaults anchor
 it (it predicts how a setting changes them, so its own error on a block cancels), and its `verify`
 best candidates are run there, the best one kept (the defaults if none beats them; `verify=0`
-trusts the surrogate's first choice, as DiffTune does).
+trusts the surrogate's first choice, as DiffTune does). The checks are spread over `rounds`
+descents; between two, the surrogate is fine-tuned on llvm-mca's answers so far, which are
+exactly the blocks and the region of settings the search is in.
 
 The budget counts llvm-mca block evaluations: the surrogate is charged its training data (recorded
 at training time), its anchors and its checks; each surrogate-free tuner (OpenTuner, the seed's
@@ -25,11 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import mlflow
@@ -56,12 +59,14 @@ class OptimizeConfig:
     budget: int  # llvm-mca block evaluations per method
     mcpu: str | None = None  # from the model when left out
     baselines: tuple[str, ...] = TUNERS
-    steps: int = 300  # Adam steps per start
-    lr: float = 0.05
-    restarts: int = 16  # random starts beside the expert defaults
-    batch_blocks: int = 2048  # training blocks per descent step (a fresh draw each step)
+    steps: int = 100  # Adam steps per descent (all starts at once)
+    lr: float = 0.1
+    restarts: int = 8  # random starts beside the expert defaults
+    batches_per_step: int = 1  # length-bucketed batches of blocks per descent step (a fresh draw each step)
     anchored: bool = True  # descend on the change from llvm-mca's own default answers (see Surrogate)
     verify: int = 4  # the surrogate's best candidates checked with llvm-mca on the sample (0: trust it)
+    rounds: int = 3  # checks spread over this many descents, the surrogate fine-tuned on the answers between
+    fit_steps: int = 60  # fine-tuning steps between rounds
     tuner_blocks: int = 1000  # training blocks every llvm-mca run of the search takes (a tuner's trial)
     test_limit: int | None = None  # held-out blocks to evaluate on (all when None)
     seed: int = 0
@@ -128,39 +133,89 @@ def llvm_mca_mape(program: LlvmMca, setting: dict, blocks: list[str], measured: 
 
 
 class Surrogate:
-    """A conditioned surrogate's objective over fixed blocks: blocks encoded once, settings batched.
+    """A conditioned surrogate's objective over fixed blocks, R settings at a time.
 
     With `anchors` (the real llvm-mca's cycles for these blocks under the expert defaults) the
     surrogate predicts only the change a setting makes, `anchor * f(setting) / f(defaults)`: its
-    own error on a block cancels, and at the defaults the objective is llvm-mca's true error."""
+    own error on a block cancels, and at the defaults the objective is llvm-mca's true error. A
+    model whose block encoding ignores the setting (`inject="pooled"`) encodes the blocks once."""
 
     def __init__(self, predictor: Predictor, blocks: list[str], measured: np.ndarray,
-                 anchors: np.ndarray | None = None, defaults: np.ndarray | None = None):
+                 anchors: np.ndarray | None = None, defaults: np.ndarray | None = None, batch: int = 256):
         self.model = models.from_checkpoint(torch.load(predictor.model_dir / "model.pt", map_location="cpu",
                                                        weights_only=True)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         encoded = [predictor.encode(b, i)[0] for i, b in enumerate(blocks)]
-        pooled = torch.empty(len(blocks), self.model.config.base_config["dim"])
-        with torch.inference_mode():
-            for index in buckets(encoded, 512):
-                pooled[torch.from_numpy(index)] = self.model.encode(torch.from_numpy(pad([encoded[i] for i in index])))
-        self.pooled = pooled.clone()
+        self.batches = [(torch.from_numpy(index), torch.from_numpy(pad([encoded[i] for i in index])))
+                        for index in buckets(encoded, batch)]
+        self.pooled = torch.empty(len(blocks), self.model.config.base_config["dim"]) if self.model.blind else None
         self.measured = torch.tensor(measured, dtype=torch.float32)
         self.scale = torch.ones(len(blocks))
-        if anchors is not None:
-            with torch.no_grad():
-                at_defaults = self.model.from_encoding(self.pooled, torch.from_numpy(defaults).expand(len(blocks), -1))
-            self.scale = torch.tensor(anchors, dtype=torch.float32) / at_defaults
+        self.anchors, self.defaults = anchors, defaults
+        self._anchor()
 
-    def objective(self, units: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    def _anchor(self) -> None:
+        if self.model.blind:
+            with torch.inference_mode():
+                for index, tokens in self.batches:
+                    self.pooled[index] = self.model.encode(tokens)
+        if self.anchors is not None:
+            with torch.no_grad():
+                at_defaults = self.cycles(torch.from_numpy(self.defaults)[None], range(len(self.batches)))[0]
+            self.scale = torch.tensor(self.anchors, dtype=torch.float32) / at_defaults
+
+    def fit(self, labels: list[tuple[np.ndarray, np.ndarray]], steps: int, lr: float = 3e-4, seed: int = 0) -> float:
+        """Fine-tune on llvm-mca's real answers for these blocks (units of a setting, cycles per block):
+        the search's own evaluations teach the surrogate where the search is. Returns the last loss."""
+        generator = torch.Generator().manual_seed(seed)
+        units = torch.from_numpy(np.stack([u for u, _ in labels]).astype(np.float32))
+        cycles = torch.from_numpy(np.stack([c for _, c in labels]).astype(np.float32))  # (labels, blocks)
+        weights = [p for p in self.model.parameters()]
+        for p in weights:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(weights, lr=lr)
+        self.model.train()
+        loss = torch.zeros(())
+        for _ in range(steps):
+            index, tokens = self.batches[int(torch.randint(len(self.batches), (1,), generator=generator))]
+            r, n = len(units), len(index)
+            predicted = self.model(tokens.repeat(r, 1, 1), units.repeat_interleave(n, dim=0)).reshape(r, n)
+            target = cycles[:, index]
+            ok = torch.isfinite(target)
+            loss = (torch.abs(predicted - target)[ok] / target[ok]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        self.model.eval()
+        for p in weights:
+            p.requires_grad_(False)
+        self._anchor()
+        return float(loss)
+
+    def cycles(self, units: torch.Tensor, batches) -> torch.Tensor:
+        """(R, blocks) predicted cycles under each of R settings, zero for blocks outside `batches`."""
+        r = units.shape[0]
+        out = torch.zeros(r, len(self.measured))
+        for b in batches:
+            index, tokens = self.batches[b]
+            n = len(index)
+            params = units.repeat_interleave(n, dim=0)
+            if self.pooled is not None:
+                predicted = self.model.from_encoding(self.pooled[index].repeat(r, 1), params)
+            else:
+                predicted = self.model(tokens.repeat(r, 1, 1), params)
+            out = out.index_put((torch.arange(r).repeat_interleave(n), index.repeat(r)), predicted)
+        return out
+
+    def objective(self, units: torch.Tensor, batches=None) -> torch.Tensor:
         """Surrogate MAPE for each of R settings: units (R, parameters) -> (R,), differentiable; over
-        the blocks `index` picks (a minibatch), else all."""
-        pick = slice(None) if index is None else index
-        pooled, measured, scale = self.pooled[pick], self.measured[pick], self.scale[pick]
-        r, n = units.shape[0], pooled.shape[0]
-        predicted = self.model.from_encoding(pooled.repeat(r, 1), units.repeat_interleave(n, dim=0)).reshape(r, n)
-        return (torch.abs(predicted * scale - measured) / measured).mean(dim=1)
+        the block batches `batches` (indices into self.batches), else all."""
+        batches = range(len(self.batches)) if batches is None else batches
+        index = torch.cat([self.batches[b][0] for b in batches])
+        predicted = self.cycles(units, batches)[:, index] * self.scale[index]
+        measured = self.measured[index]
+        return (torch.abs(predicted - measured) / measured).mean(dim=1)
 
 
 def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, config: OptimizeConfig,
@@ -175,10 +230,9 @@ def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, c
     logits = torch.logit(starts).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([logits], lr=config.lr)
     trace, candidates = [], {}
-    blocks = len(surrogate.measured)
     for step in tqdm(range(config.steps), desc="descending", unit="step", disable=not progress):
-        index = torch.randint(blocks, (min(config.batch_blocks, blocks),), generator=generator)
-        loss = surrogate.objective(torch.sigmoid(logits), index)
+        batches = torch.randperm(len(surrogate.batches), generator=generator)[: config.batches_per_step].tolist()
+        loss = surrogate.objective(torch.sigmoid(logits), batches)
         optimizer.zero_grad()
         loss.sum().backward()
         optimizer.step()
@@ -190,8 +244,8 @@ def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, c
     candidates.pop(json.dumps(defaults, sort_keys=True), None)
     settings = list(candidates.values())
     with torch.no_grad():
-        scores = torch.cat([surrogate.objective(torch.from_numpy(to_units(space, settings[i:i + 16])))
-                            for i in range(0, len(settings), 16)]).numpy() if settings else np.zeros(0)
+        scores = torch.cat([surrogate.objective(torch.from_numpy(to_units(space, settings[i:i + 32])))
+                            for i in range(0, len(settings), 32)]).numpy() if settings else np.zeros(0)
     order = np.argsort(scores)
     return [(settings[i], float(scores[i])) for i in order], trace
 
@@ -273,7 +327,6 @@ class Tuner:
                     return [dict(zip(names, first, strict=True))]
 
             np.random.seed(self.seed)  # OpenTuner's techniques draw from the global generators
-            import random
             random.seed(self.seed)
             interface = Interface(args=args, manipulator=manipulator, project_name="surrogate-ops",
                                   program_name="llvm-mca", program_version="1")
@@ -348,16 +401,28 @@ def optimize(config: OptimizeConfig, out: str | Path | None = None, tracking_uri
                               default_cycles[keep], to_units(space, [defaults])[0])
     else:
         surrogate = Surrogate(predictor, list(train_rows["block"]), train_rows["measured"].to_numpy())
-    ranked, trace = descend(surrogate, space, defaults, config, progress)
-    found = Outcome("surrogate", dict(ranked[0][0]) if ranked else dict(defaults), charged, trace=trace,
-                    objective=ranked[0][1] if ranked else None)
-    if config.verify:  # the surrogate's best few, checked with llvm-mca; the defaults stay if none beats them
-        found.objective = default_mape if config.anchored else float("inf")
-        found.setting = dict(defaults)
-        for setting, _ in ranked[: config.verify]:
-            value = llvm_mca_mape(program, setting, blocks, measured)[0]
-            if value < found.objective:
+    found = Outcome("surrogate", dict(defaults), charged, objective=default_mape if config.anchored else None)
+    checked = {json.dumps(defaults, sort_keys=True)}
+    labels = [(to_units(space, [defaults])[0], default_cycles[keep])] if config.anchored else []
+    # rounds: descend, check a share of the candidates with llvm-mca, learn from those answers, again
+    rounds = max(1, min(config.rounds, config.verify)) if config.anchored else 1
+    for round_ in range(rounds):
+        ranked, trace = descend(surrogate, space, defaults, replace(config, seed=config.seed + round_), progress)
+        found.trace += [(len(found.trace) + step, value) for step, value in trace]
+        if not config.verify:  # trust the surrogate's first choice, as DiffTune does
+            found.setting, found.objective = dict(ranked[0][0]) if ranked else dict(defaults), ranked[0][1] if ranked else None
+            break
+        share = config.verify * (round_ + 1) // rounds - config.verify * round_ // rounds
+        fresh = [setting for setting, _ in ranked if json.dumps(setting, sort_keys=True) not in checked][:share]
+        for setting in fresh:
+            value, cycles = llvm_mca_mape(program, setting, blocks, measured)
+            checked.add(json.dumps(setting, sort_keys=True))
+            if config.anchored:
+                labels.append((to_units(space, [setting])[0], cycles[keep]))
+            if found.objective is None or value < found.objective:
                 found.setting, found.objective = dict(setting), value
+        if round_ < rounds - 1:
+            surrogate.fit(labels, config.fit_steps, seed=config.seed + round_)
     found.evaluations = cost
     found.seconds = time.time() - started
     outcomes["surrogate"] = found

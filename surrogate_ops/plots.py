@@ -82,7 +82,8 @@ def optimization(outcomes: dict, path: Path, title: str) -> Path:
         twin.plot(x, [100 * v for v in y], color="C0", linestyle="--", label="surrogate descent (steps, top axis)")
         twin.set_xlabel("descent step (surrogate objective)")
         twin.legend(loc="upper right", fontsize=8)
-    lines.legend(loc="lower left", fontsize=8)
+    if lines.get_legend_handles_labels()[0]:
+        lines.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

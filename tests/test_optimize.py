@@ -73,6 +73,22 @@ def test_expert_defaults_are_llvm_mca_own(fixture_blocks):
     assert [r.cycles for r in LlvmMca("haswell", params={"dispatch_width": 1}).run(blocks)] != plain
 
 
+def test_settings_llvm_mca_runs_alike_get_the_same_units(fixture_blocks):
+    """The decoders act only with a micro-op queue: without one llvm-mca ignores them, and so do
+    the units a surrogate sees; with one they matter, in llvm-mca and in the units."""
+    from surrogate_ops.programs.base import to_units
+
+    blocks = [b["block"] for b in fixture_blocks]
+    space = LlvmMca.parameters
+    defaults = LlvmMca("haswell").expert_defaults()
+    settings = [defaults, {**defaults, "decoder_throughput": 1},
+                {**defaults, "micro_op_queue_size": 8}, {**defaults, "micro_op_queue_size": 8, "decoder_throughput": 1}]
+    cycles = [[r.cycles for r in LlvmMca("haswell", params=s).run(blocks)] for s in settings]
+    units = to_units(space, settings)
+    assert cycles[0] == cycles[1] and (units[0] == units[1]).all()
+    assert cycles[2] != cycles[3] and not (units[2] == units[3]).all()
+
+
 def test_params_file_round_trip_into_llvm_mca(tmp_path, fixture_blocks):
     """optimize's params.json format, read by predict --program llvm-mca, gives what the llvm-mca
     binary itself answers when given those options on its command line."""

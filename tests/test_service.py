@@ -167,6 +167,27 @@ def test_without_a_model_the_service_stays_up_on_llvm_mca(home):
         assert answers[0]["reason"].startswith("no surrogate loaded")
 
 
+def test_the_fallback_runs_llvm_mca_with_tuned_parameters(home, tmp_path):
+    """serve --params (an `optimize --out` file): llvm-mca answers with those knobs on the model's
+    mcpu (haswell when there is no model), with its defaults on others."""
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"dispatch": 1, "noalias": False}))
+    with running(home, "--model", str(home / "no-such-model"), "--params", str(params)) as url:
+        status = json.loads(urllib.request.urlopen(f"{url}/ops/healthz").read())
+        assert status["llvm_mca_params"] == {"mcpu": "haswell", "dispatch_width": 1, "noalias": False}
+        code, answers = post(url, {"blocks": GOOD[:3]})
+        tuned = LlvmMca(params={"dispatch": 1, "noalias": False}).run(GOOD[:3])
+        assert code == 200 and [a["cycles"] for a in answers] == [r.cycles for r in tuned]
+        assert tuned != LlvmMca().run(GOOD[:3])
+        code, answers = post(url, {"blocks": GOOD[:3], "mcpu": "skylake"})
+        assert [a["cycles"] for a in answers] == [r.cycles for r in LlvmMca("skylake").run(GOOD[:3])]
+    params.write_text(json.dumps({"dispatch": 0}))
+    out = subprocess.run([*CLI, "serve", "--model", str(home / "no-such-model"), "--params", str(params), "--port",
+                          str(free_port())], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "SURROGATE_OPS_HOME": str(home)})
+    assert out.returncode != 0 and "dispatch_width: 0 is outside [1, 12]" in out.stderr
+
+
 def test_crashing_or_missing_llvm_mca_leaves_the_surrogate_answering(home, tmp_path):
     crash = tmp_path / "llvm-mca"
     crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
@@ -196,8 +217,10 @@ def test_policy_rules_are_small_units(model_dir):
 
 def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
     env = {**os.environ, "SURROGATE_OPS_HOME": str(home), "BENTOML_HOME": str(tmp_path / "bentoml")}
-    out = subprocess.run([*CLI, "bento", "--model", "models:/svc-test@champion"], capture_output=True, text=True,
-                         env=env, timeout=600)
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"dispatch": 3}))
+    out = subprocess.run([*CLI, "bento", "--model", "models:/svc-test@champion", "--params", str(params)],
+                         capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "carrying svc-test v1" in out.stdout and "bentoml containerize surrogate-ops:" in out.stdout
     (bento,) = (tmp_path / "bentoml" / "bentos" / "surrogate-ops").glob("*/bento.yaml")
@@ -206,3 +229,4 @@ def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
     dockerfile = (root / "env" / "docker" / "Dockerfile").read_text()
     assert "llvm" in dockerfile and list((root / "env" / "python" / "wheels").glob("surrogate_ops-*.whl"))
     assert "service:Surrogate" in bento.read_text()
+    assert json.loads((root / "src" / "params.json").read_text()) == {"dispatch": 3}  # the fallback's knobs

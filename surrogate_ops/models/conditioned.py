@@ -1,13 +1,14 @@
 """`conditioned`: a surrogate of llvm-mca under a parameter setting, for surrogate optimization.
 
-Any block encoder (hier, bert, ithemal) reads the block; a small MLP reads the encoder's pooled
-features beside the parameter setting (each parameter as a unit in [0, 1], see
-`programs.base.Parameter.to_unit`) and adds its answer to the encoder's own log-cycles. The MLP's
-last layer starts at zero, so a conditioned model made from a trained surrogate starts out as that
-surrogate, whatever the setting, and learns how the parameters move the answer.
-
-The block part does not depend on the parameters: optimization encodes its blocks once
-(`encode`) and then descends on the setting through the MLP alone (`from_encoding`).
+A block encoder (hier or bert) reads the block with the setting (each parameter as a unit in
+[0, 1], see `programs.base.Parameter.to_unit`) added, through a small MLP, to every instruction's
+vector (`inject="instructions"`: attention sees the setting beside each instruction, so it can
+weigh, say, the load queue against the block's loads); a second MLP reads the pooled features
+beside the setting and adds its answer to the encoder's own log-cycles. Both MLPs' last layers
+start at zero, so a conditioned model made from a trained surrogate starts out as that surrogate,
+whatever the setting, and learns how the parameters move the answer. `inject="pooled"` keeps the
+encoder blind to the setting: then optimization encodes its blocks once and descends through the
+second MLP alone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ConditionedConfig:
     base_config: dict  # its config, as a dict
     parameters: tuple[str, ...]  # parameter names, in the column order of the `params` input
     hidden: int = 128
+    inject: str = "pooled"  # where the setting enters: "pooled" features only, or also "instructions"
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", tuple(self.parameters))
@@ -48,18 +50,36 @@ class Conditioned(nn.Module):
                                  nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.Linear(config.hidden, 1))
         nn.init.zeros_(self.mix[-1].weight)
         nn.init.zeros_(self.mix[-1].bias)
+        if config.inject == "instructions":
+            if config.base not in ("hier", "bert"):
+                raise ValueError(f"{config.base} cannot take the setting per instruction; use inject='pooled'")
+            self.inject = nn.Sequential(nn.Linear(len(config.parameters), dim), nn.GELU(), nn.Linear(dim, dim))
+            nn.init.zeros_(self.inject[-1].weight)
+            nn.init.zeros_(self.inject[-1].bias)
+        elif config.inject != "pooled":
+            raise ValueError(f"inject must be 'pooled' or 'instructions', not {config.inject!r}")
 
     @classmethod
-    def wrap(cls, block: nn.Module, parameters: tuple[str, ...], hidden: int = 128) -> Conditioned:
-        """A conditioned model whose block encoder is `block` (weights kept): it starts as `block`."""
+    def wrap(cls, block: nn.Module, parameters: tuple[str, ...], hidden: int = 128,
+             inject: str | None = None) -> Conditioned:
+        """A conditioned model whose block encoder is `block` (weights kept): it starts as `block`.
+        `inject` defaults to "instructions" where the encoder takes it (hier, bert)."""
         from surrogate_ops.models import arch_of
 
-        model = cls(ConditionedConfig(arch_of(block), dataclasses.asdict(block.config), tuple(parameters), hidden))
+        inject = inject or ("instructions" if arch_of(block) in ("hier", "bert") else "pooled")
+        model = cls(ConditionedConfig(arch_of(block), dataclasses.asdict(block.config), tuple(parameters), hidden,
+                                      inject))
         model.block.load_state_dict(block.state_dict())
         return model
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.block.encode(tokens)  # (batch, dim)
+    @property
+    def blind(self) -> bool:
+        """True when the block encoding does not depend on the setting (it can be computed once)."""
+        return self.config.inject == "pooled"
+
+    def encode(self, tokens: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
+        condition = None if self.blind else self.inject(params)
+        return self.block.encode(tokens, condition)  # (batch, dim)
 
     def from_encoding(self, pooled: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         # pooled: (batch, dim); params: (batch, parameters) units in [0, 1]
@@ -69,4 +89,4 @@ class Conditioned(nn.Module):
         return torch.exp(log_cycles + self.mix(torch.cat([features, params], dim=-1)).squeeze(-1))  # (batch,)
 
     def forward(self, tokens: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return self.from_encoding(self.encode(tokens), params)
+        return self.from_encoding(self.encode(tokens, params), params)

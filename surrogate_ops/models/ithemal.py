@@ -36,9 +36,11 @@ class Ithemal(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(tokens))  # (batch,)
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """The block's pooled features, (batch, dim): what the head reads."""
         # tokens: (batch, instructions, tokens) int64, 0 = padding at the end of each row
+        if condition is not None:
+            raise ValueError("ithemal takes no per-instruction condition")
         b, n_ins, n_tok = tokens.shape
         flat = tokens.reshape(b * n_ins, n_tok)
         states, _ = self.token_lstm(self.token(flat))  # (b*i, t, d)

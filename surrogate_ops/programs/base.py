@@ -22,6 +22,7 @@ class Parameter:
     help: str = ""
     since: int = 0  # first major version of the program that has it
     zero: str = ""  # what 0 means, when it is special ("unbounded": no limit at all)
+    only_with: str = ""  # a parameter that must be nonzero for this one to have any effect
 
     def check(self, value: object) -> int | bool:
         """The value converted to this parameter's type, or ValueError naming the parameter and range."""
@@ -64,24 +65,36 @@ class Parameter:
         return int(min(max(round(low * (self.high / low) ** unit), self.low), self.high))
 
 
+def canonical(parameters: Mapping[str, Parameter], setting: Mapping[str, int | bool]) -> dict[str, int | bool]:
+    """The setting with every parameter that cannot act (its `only_with` is 0) at 0: settings that
+    run the same get the same units, so a surrogate never sees a difference the program ignores."""
+    return {name: 0 if p.only_with and not setting.get(p.only_with, 1) else value
+            for (name, p), value in zip(parameters.items(), (setting[n] for n in parameters), strict=True)}
+
+
 def to_units(parameters: Mapping[str, Parameter], settings: Sequence[Mapping[str, int | bool]]) -> np.ndarray:
-    """(settings, parameters) float32 units, columns in the order of `parameters`."""
-    return np.array([[p.to_unit(s[name]) for name, p in parameters.items()] for s in settings],
-                    dtype=np.float32).reshape(len(settings), len(parameters))
+    """(settings, parameters) float32 units of the canonical settings, columns in the order of `parameters`."""
+    return np.array([[p.to_unit(v) for p, v in zip(parameters.values(), canonical(parameters, s).values(), strict=True)]
+                     for s in settings], dtype=np.float32).reshape(len(settings), len(parameters))
 
 
 def from_units(parameters: Mapping[str, Parameter], units: Sequence[float]) -> dict[str, int | bool]:
-    return {name: p.from_unit(u) for (name, p), u in zip(parameters.items(), units, strict=True)}
+    """The canonical setting nearest to units (each parameter rounded on its own scale)."""
+    return canonical(parameters, {name: p.from_unit(u) for (name, p), u in zip(parameters.items(), units, strict=True)})
 
 
 def sample_settings(parameters: Mapping[str, Parameter], defaults: Mapping[str, int | bool], count: int,
-                    seed: int = 0, keep: float = 0.5) -> list[dict[str, int | bool]]:
+                    seed: int = 0, keep: float = 0.5, spread: float = 1.0) -> list[dict[str, int | bool]]:
     """`count` random settings: each parameter keeps its default with probability `keep`, else takes a
-    value drawn uniformly on its unit scale. Deterministic for a seed."""
+    value drawn uniformly on its unit scale within `spread` of the default's unit (1: anywhere in
+    its range; smaller puts the samples where a search starting from the defaults looks).
+    Deterministic for a seed."""
     rng = np.random.default_rng(seed)
+    centre = np.array([p.to_unit(defaults[name]) for name, p in parameters.items()])
+    low, high = np.clip(centre - spread, 0, 1), np.clip(centre + spread, 0, 1)
     settings = []
     for _ in range(count):
-        draws, units = rng.random(len(parameters)), rng.random(len(parameters))
+        draws, units = rng.random(len(parameters)), low + (high - low) * rng.random(len(parameters))
         settings.append({name: defaults[name] if draw < keep else p.from_unit(u)
                          for (name, p), draw, u in zip(parameters.items(), draws, units, strict=True)})
     return settings
