@@ -191,7 +191,7 @@ class Surrogate:
         for p in weights:
             p.requires_grad_(False)
         self._anchor()
-        return float(loss)
+        return float(loss.detach())
 
     def cycles(self, units: torch.Tensor, batches) -> torch.Tensor:
         """(R, blocks) predicted cycles under each of R settings, zero for blocks outside `batches`."""
