@@ -308,11 +308,14 @@ class Tuner:
 
     def _opentuner(self, names: list[str], first: list[float], score: Callable[[list[float]], float]):
         import opentuner
+        import opentuner.tuningrunmain
         from opentuner import ConfigurationManipulator, FloatParameter
         from opentuner.api import TuningRunManager
         from opentuner.measurement.interface import DefaultMeasurementInterface
         from opentuner.resultsdb.models import Result
 
+        # TuningRunMain would configure the root logger, with an opentuner.log file in the working directory
+        opentuner.tuningrunmain.init_logging = lambda: None
         logging.getLogger("opentuner").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", module="opentuner")  # SQLAlchemy 2 warns about its session use
         with tempfile.TemporaryDirectory() as tmp:
