@@ -48,7 +48,7 @@ from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.programs.base import Result, sample_settings
+from surrogate_ops.programs.base import Result, sample_settings, to_units
 
 SPLITS = (("train", 80), ("val", 90), ("test", 100))  # cumulative percent of the block hash
 DEFAULT_BINARIES = ("/usr/bin/ls", "/usr/bin/grep", "/usr/bin/tar", "/usr/bin/gzip", "/usr/bin/find", "/usr/bin/sed",
@@ -179,8 +179,7 @@ def _run_sampled(program: LlvmMca, blocks: list[str], sampling: Sampling, bar: t
 
     def work(item: tuple[int, list[int]]) -> None:
         setting, members = item
-        runner = LlvmMca(program.mcpu, program.iterations, params=sampling.settings[setting], path=program.path,
-                         workers=1, chunk_size=program.chunk_size, timeout=program.timeout)
+        runner = program.with_params(sampling.settings[setting], workers=1)  # the pool runs settings in parallel
         for i, result in zip(members, runner.run([blocks[i] for i in members]), strict=True):
             results[i] = result
         bar.update(len(members))
@@ -231,20 +230,13 @@ def parameter_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def parameter_units(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
-    """(rows, parameters) float32: each row's setting as units (see `Parameter.to_unit`)."""
+    """(rows, parameters) float32: each row's setting as units (`programs.base.to_units`)."""
     missing = [n for n in names if f"param_{n}" not in frame]
     if missing:
         raise SurrogateOpsError(f"the dataset has no parameter columns for {', '.join(missing)} "
                                 "(collect it with --sample-params)")
-    columns = []
-    for name in names:  # as `programs.base.to_units`, a column at a time
-        spec = LlvmMca.parameters[name]
-        values = frame[f"param_{name}"].to_numpy()
-        if spec.only_with in names:  # canonical: no effect without its partner, so 0
-            values = np.where(frame[f"param_{spec.only_with}"].to_numpy() == 0, 0, values)
-        table = {v: spec.to_unit(int(v)) for v in np.unique(values)}
-        columns.append(np.fromiter((table[v] for v in values), dtype=np.float32, count=len(values)))
-    return np.stack(columns, axis=1) if columns else np.zeros((len(frame), 0), dtype=np.float32)
+    settings = frame[[f"param_{n}" for n in names]].set_axis(list(names), axis=1).to_dict("records")
+    return to_units({name: LlvmMca.parameters[name] for name in names}, settings)
 
 
 def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (),

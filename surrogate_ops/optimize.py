@@ -123,8 +123,7 @@ def measured_blocks(data: str | Path, mcpu: str) -> pd.DataFrame:
 
 def llvm_mca_mape(program: LlvmMca, setting: dict, blocks: list[str], measured: np.ndarray) -> tuple[float, np.ndarray]:
     """The real llvm-mca under `setting`: MAPE against `measured`, and its cycles (NaN where it failed)."""
-    runner = LlvmMca(program.mcpu, program.iterations, params=setting, path=program.path, workers=program.workers)
-    cycles = np.array([r.cycles if r.ok else np.nan for r in runner.run(blocks)])
+    cycles = np.array([r.cycles if r.ok else np.nan for r in program.with_params(setting).run(blocks)])
     ok = np.isfinite(cycles)
     if not ok.any():
         return float("inf"), cycles

@@ -94,9 +94,10 @@ class LlvmMca(Program):
         return {name: values.get(name, 0) for name, p in self.parameters.items()
                 if p.option in tool_options(self.path)}
 
-    def setting(self) -> dict[str, int | bool]:
-        """Every parameter's value in this instance's runs: the given ones over the expert defaults."""
-        return {**self.expert_defaults(), **self.params}
+    def with_params(self, params: Mapping[str, object] | None, workers: int | None = None) -> LlvmMca:
+        """The same llvm-mca (path, mcpu, iterations, chunking, timeout) under other parameters."""
+        return LlvmMca(self.mcpu, self.iterations, params=params, path=self.path, workers=workers or self.workers,
+                       chunk_size=self.chunk_size, timeout=self.timeout)
 
     def _check_params(self, params: Mapping[str, object]) -> dict[str, int | bool]:
         by_option = {p.option: p for p in self.parameters.values()}
