@@ -161,7 +161,9 @@ class Surrogate:
                     self.pooled[index] = self.model.encode(tokens)
         if self.anchors is not None:
             with torch.no_grad():
-                at_defaults = self.cycles(torch.from_numpy(self.defaults)[None], range(len(self.batches)))[0]
+                index, predicted = self.cycles(torch.from_numpy(self.defaults)[None], range(len(self.batches)))
+            at_defaults = torch.empty(len(self.measured))
+            at_defaults[index] = predicted[0]
             self.scale = torch.tensor(self.anchors, dtype=torch.float32) / at_defaults
 
     def fit(self, labels: list[tuple[np.ndarray, np.ndarray]], steps: int, lr: float = 3e-4, seed: int = 0) -> float:
@@ -192,29 +194,33 @@ class Surrogate:
         self._anchor()
         return float(loss.detach())
 
-    def cycles(self, units: torch.Tensor, batches) -> torch.Tensor:
-        """(R, blocks) predicted cycles under each of R settings, zero for blocks outside `batches`."""
+    def cycles(self, units: torch.Tensor, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks of `batches` (indices into self.batches) and their predicted cycles under each
+        of R settings, (R, those blocks)."""
         r = units.shape[0]
-        out = torch.zeros(r, len(self.measured))
+        indices, outputs = [], []
         for b in batches:
             index, tokens = self.batches[b]
-            n = len(index)
-            params = units.repeat_interleave(n, dim=0)
+            params = units.repeat_interleave(len(index), dim=0)
             if self.pooled is not None:
                 predicted = self.model.from_encoding(self.pooled[index].repeat(r, 1), params)
             else:
                 predicted = self.model(tokens.repeat(r, 1, 1), params)
-            out = out.index_put((torch.arange(r).repeat_interleave(n), index.repeat(r)), predicted)
-        return out
+            indices.append(index)
+            outputs.append(predicted.reshape(r, len(index)))
+        return torch.cat(indices), torch.cat(outputs, dim=1)
 
     def objective(self, units: torch.Tensor, batches=None) -> torch.Tensor:
         """Surrogate MAPE for each of R settings: units (R, parameters) -> (R,), differentiable; over
         the block batches `batches` (indices into self.batches), else all."""
-        batches = range(len(self.batches)) if batches is None else batches
-        index = torch.cat([self.batches[b][0] for b in batches])
-        predicted = self.cycles(units, batches)[:, index] * self.scale[index]
+        index, predicted = self.cycles(units, range(len(self.batches)) if batches is None else batches)
         measured = self.measured[index]
-        return (torch.abs(predicted - measured) / measured).mean(dim=1)
+        return (torch.abs(predicted * self.scale[index] - measured) / measured).mean(dim=1)
+
+
+def _key(setting: dict) -> str:
+    """A setting as a dictionary key: settings checked, proposed or cached once each."""
+    return json.dumps(setting, sort_keys=True)
 
 
 def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, config: OptimizeConfig,
@@ -239,8 +245,8 @@ def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, c
         if step % 25 == 24 or step == config.steps - 1:  # the rounded settings along the way
             for row in torch.sigmoid(logits).detach().numpy():
                 setting = from_units(space, row)
-                candidates[json.dumps(setting, sort_keys=True)] = setting
-    candidates.pop(json.dumps(defaults, sort_keys=True), None)
+                candidates[_key(setting)] = setting
+    candidates.pop(_key(defaults), None)
     settings = list(candidates.values())
     with torch.no_grad():
         scores = torch.cat([surrogate.objective(torch.from_numpy(to_units(space, settings[i:i + 32])))
@@ -267,7 +273,7 @@ class Tuner:
         def score(units: list[float]) -> float:
             nonlocal best
             setting = from_units(self.space, units)
-            key = json.dumps(setting, sort_keys=True)
+            key = _key(setting)
             if key not in seen:
                 seen[key] = evaluate(setting)
                 bar.update(1)
@@ -404,7 +410,7 @@ def optimize(config: OptimizeConfig, out: str | Path | None = None, tracking_uri
     else:
         surrogate = Surrogate(predictor, list(train_rows["block"]), train_rows["measured"].to_numpy())
     found = Outcome("surrogate", dict(defaults), charged, objective=default_mape if config.anchored else None)
-    checked = {json.dumps(defaults, sort_keys=True)}
+    checked = {_key(defaults)}
     labels = [(to_units(space, [defaults])[0], default_cycles[keep])] if config.anchored else []
     # rounds: descend, check a share of the candidates with llvm-mca, learn from those answers, again
     rounds = max(1, min(config.rounds, config.verify)) if config.anchored else 1
@@ -415,10 +421,10 @@ def optimize(config: OptimizeConfig, out: str | Path | None = None, tracking_uri
             found.setting, found.objective = dict(ranked[0][0]) if ranked else dict(defaults), ranked[0][1] if ranked else None
             break
         share = config.verify * (round_ + 1) // rounds - config.verify * round_ // rounds
-        fresh = [setting for setting, _ in ranked if json.dumps(setting, sort_keys=True) not in checked][:share]
+        fresh = [setting for setting, _ in ranked if _key(setting) not in checked][:share]
         for setting in fresh:
             value, cycles = llvm_mca_mape(program, setting, blocks, measured)
-            checked.add(json.dumps(setting, sort_keys=True))
+            checked.add(_key(setting))
             if config.anchored:
                 labels.append((to_units(space, [setting])[0], cycles[keep]))
             if found.objective is None or value < found.objective:
@@ -452,14 +458,15 @@ def optimize(config: OptimizeConfig, out: str | Path | None = None, tracking_uri
             mlflow.log_metrics({f"{o.method}_test_mape": o.test_mape, f"{o.method}_test_tau": o.test_tau,
                                 f"{o.method}_evaluations": o.evaluations,
                                 **({f"{o.method}_objective": o.objective} if o.objective is not None else {})})
+        params_text = json.dumps(options(program, found.setting), indent=1) + "\n"
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            (tmp / "params.json").write_text(json.dumps(options(program, found.setting), indent=1) + "\n")
+            (tmp / "params.json").write_text(params_text)
             (tmp / "settings.json").write_text(json.dumps(
                 {o.method: {**asdict(o), "trace": None, "options": options(program, o.setting)}
                  for o in outcomes.values()}, indent=1, default=float) + "\n")
             plots.optimization(outcomes, tmp / "optimization.png", f"llvm-mca -mcpu={mcpu}: parameters found")
             mlflow.log_artifacts(str(tmp))
         if out is not None:
-            Path(out).write_text(json.dumps(options(program, found.setting), indent=1) + "\n")
+            Path(out).write_text(params_text)
     return OptimizeResult(run.info.run_id, outcomes, len(test_rows), len(train_rows))
