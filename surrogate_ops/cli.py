@@ -32,6 +32,15 @@ def _read_params(path: str | None) -> dict | None:
     return data
 
 
+def _checked_params(path: str) -> dict:
+    """A --params file read and checked against llvm-mca (names, ranges) before any work starts."""
+    from surrogate_ops.programs import LlvmMca
+
+    data = _read_params(path)
+    LlvmMca(params=data)
+    return data
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--llvm-mca", "llvm_mca", metavar="PATH", envvar="SURROGATE_OPS_LLVM_MCA",
               help="llvm-mca to run (default: the one on PATH; also SURROGATE_OPS_LLVM_MCA).")
@@ -532,9 +541,7 @@ def serve(model_uri, host, port, params, tracking_uri) -> None:
     env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking.default_uri()
            if tracking_uri is None else tracking_uri}
     if params:
-        from surrogate_ops.programs import LlvmMca
-
-        LlvmMca(params=_read_params(params))  # a wrong name or value fails here, before the server starts
+        _checked_params(params)  # a wrong name or value fails here, before the server starts
         env["SURROGATE_OPS_MCA_PARAMS"] = str(Path(params).resolve())
     command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(_bento_dir()),
                "--host", host, "--port", str(port)]
@@ -559,6 +566,7 @@ def bento(model_uri, params, tracking_uri) -> None:
 
     tracking.configure(tracking_uri)
     root = _bento_dir()
+    mca_params = _checked_params(params) if params else None
     name, version = registry.resolve_version(model_uri)
     source = registry.model_dir(f"models:/{name}/{version}")
     with tempfile.TemporaryDirectory(prefix="bento-") as tmp:
@@ -566,11 +574,8 @@ def bento(model_uri, params, tracking_uri) -> None:
         shutil.copytree(root, stage, ignore=shutil.ignore_patterns("model", "wheels", "__pycache__"))
         shutil.copytree(source, stage / "model", ignore=shutil.ignore_patterns("model.pt", "*-tuned.db"))
         (stage / "model" / "VERSION").write_text(f"{name}/{version}\n")
-        if params:
-            from surrogate_ops.programs import LlvmMca
-
-            LlvmMca(params=_read_params(params))  # checked before it is packed
-            (stage / "params.json").write_text(json.dumps(_read_params(params)))
+        if mca_params:
+            (stage / "params.json").write_text(json.dumps(mca_params))
         for command in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                          str(stage / "wheels"), str(root.parent)],
                         [sys.executable, "-m", "bentoml", "build", ".", "--output", "tag"]):

@@ -30,8 +30,9 @@ FAST = "hier"
 
 def build(arch: str, vocab_size: int, preset: str = "small", **sizes: int) -> nn.Module:
     """A fresh model of `arch` at a named size preset, with explicit sizes overriding the preset."""
-    if arch not in ARCHITECTURES or arch == "conditioned":
-        raise SurrogateOpsError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    buildable = [name for name in ARCHITECTURES if name != "conditioned"]  # conditioned wraps one of these
+    if arch not in buildable:
+        raise SurrogateOpsError(f"unknown architecture {arch!r}; choose from {', '.join(buildable)}")
     table = presets.load("model_sizes")[arch]
     if preset not in table:
         raise SurrogateOpsError(f"unknown preset {preset!r} for {arch}; choose from {', '.join(table)}")
