@@ -236,24 +236,18 @@ class Predictor:
                 raise SurrogateOpsError(f"{self.model_dir} is not parameter-conditioned; it predicts llvm-mca's defaults only")
             return None
         from surrogate_ops.programs import LlvmMca
-        from surrogate_ops.programs.base import to_units
+        from surrogate_ops.programs.base import check_setting, to_units
 
         space = {name: LlvmMca.parameters[name] for name in self.parameter_names}
         if isinstance(params, np.ndarray):
             if params.shape != (count, len(space)):
                 raise SurrogateOpsError(f"params: expected units shaped ({count}, {len(space)}), got {params.shape}")
             return params.astype(np.float32)
-        by_option = {p.option: name for name, p in space.items()}
-        setting = dict(self.expert_defaults)
-        for key, value in (params or {}).items():
-            name = key if key in space else by_option.get(key.lstrip("-"))
-            if name is None:
-                raise SurrogateOpsError(f"this surrogate takes the parameters {', '.join(space)}; not {key!r}")
-            try:
-                setting[name] = space[name].check(value)
-            except ValueError as exc:
-                raise SurrogateOpsError(str(exc)) from None
-        return np.repeat(to_units(space, [setting]), count, axis=0)
+        try:  # checked as llvm-mca checks them, against the parameters this surrogate was trained on
+            given = check_setting(space, params or {}, LlvmMca.name)
+        except ValueError as exc:
+            raise SurrogateOpsError(str(exc)) from None
+        return np.repeat(to_units(space, [{**self.expert_defaults, **given}]), count, axis=0)
 
     def predict(self, blocks: Sequence[str], params: object = None) -> list[Prediction]:
         """One Prediction per block, in order; a block that cannot be read gets its reason."""

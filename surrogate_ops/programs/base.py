@@ -65,6 +65,20 @@ class Parameter:
         return int(min(max(round(low * (self.high / low) ** unit), self.low), self.high))
 
 
+def check_setting(parameters: Mapping[str, Parameter], params: Mapping[str, object],
+                  program: str) -> dict[str, int | bool]:
+    """Values by parameter name from a mapping keyed by parameter names or option names (`dispatch_width`
+    or `dispatch`, `--dispatch`), each checked; ValueError naming the culprit."""
+    by_option = {p.option: p for p in parameters.values()}
+    checked: dict[str, int | bool] = {}
+    for key, value in params.items():
+        spec = parameters.get(key) or by_option.get(key.lstrip("-"))
+        if spec is None:
+            raise ValueError(f"unknown {program} parameter {key!r}; known: {', '.join(parameters)}")
+        checked[spec.name] = spec.check(value)
+    return checked
+
+
 def canonical(parameters: Mapping[str, Parameter], setting: Mapping[str, int | bool]) -> dict[str, int | bool]:
     """The setting with every parameter that cannot act (its `only_with` is 0) at 0: settings that
     run the same get the same units, so a surrogate never sees a difference the program ignores."""

@@ -24,7 +24,7 @@ from surrogate_ops import presets
 from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import find_tool, tool_options, tool_version
-from surrogate_ops.programs.base import Parameter, Program, Progress, Result
+from surrogate_ops.programs.base import Parameter, Program, Progress, Result, check_setting
 
 TRIPLE = "x86_64-unknown-linux-gnu"
 _DIAGNOSTIC = re.compile(r"^<stdin>:(\d+):\d+: error: (.*)$", re.MULTILINE)
@@ -100,22 +100,17 @@ class LlvmMca(Program):
                        chunk_size=self.chunk_size, timeout=self.timeout)
 
     def _check_params(self, params: Mapping[str, object]) -> dict[str, int | bool]:
-        by_option = {p.option: p for p in self.parameters.values()}
-        checked: dict[str, int | bool] = {}
-        for key, value in params.items():
-            spec = self.parameters.get(key) or by_option.get(key.lstrip("-"))
-            if spec is None:
-                raise SurrogateOpsError(f"unknown llvm-mca parameter {key!r}; known: {', '.join(self.parameters)}")
+        try:
+            checked = check_setting(self.parameters, params, self.name)
+        except ValueError as exc:
+            raise SurrogateOpsError(str(exc)) from None
+        for spec in (self.parameters[name] for name in checked):
             if spec.option not in tool_options(self.path):
                 raise SurrogateOpsError(
                     f"parameter {spec.name} needs llvm-mca --{spec.option} (LLVM {spec.since} or newer); "
                     f"{self.path} is LLVM {self.version}: install a newer llvm (e.g. apt-get install llvm-19) "
                     "and point SURROGATE_OPS_LLVM_MCA at it"
                 )
-            try:
-                checked[spec.name] = spec.check(value)
-            except ValueError as exc:
-                raise SurrogateOpsError(str(exc)) from None
         return checked
 
     def command(self) -> list[str]:
