@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from surrogate_ops import compile as compiler
-from surrogate_ops import datasets
+from surrogate_ops import datasets, engines
 from surrogate_ops.export import example_batch
 from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import mape
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops import registry, tracking
+from surrogate_ops import registry
 
 from common import median_time
 
@@ -38,7 +38,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single", type=int, default=1000, help="blocks for the one-thread, batch-1 race")
     args = parser.parse_args()
-    tracking.configure()
 
     frame = datasets.load(args.data)
     test = frame[(frame["split"] == "test") & ~frame["may_alias"].astype(bool)].head(args.blocks)
@@ -59,16 +58,16 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="race-"))
     for uri in args.model:
         directory = scratch / Path(str(uri)).name.replace("@", "-")
-        shutil.copytree(registry.model_dir(uri), directory)  # builds go beside a copy, never into the package
+        shutil.copytree(registry.model_dir(uri).path, directory)  # builds go beside a copy, never into the package
         meta = Predictor(directory).meta
-        engines = ["torch", "onnxruntime"]
+        contenders = ["torch", "onnxruntime"]
         if meta["arch"] not in compiler.UNSUPPORTED:
             build_dir = directory / "builds"
-            if not (build_dir / f"{compiler.HOST_TARGET}.so").is_file():
+            if not (build_dir / f"{engines.HOST_PLATFORM}.so").is_file():
                 tokens = example_batch(Predictor(directory).tokenizer, blocks[:256])
-                compiler.compile_model(directory, compiler.HOST_TARGET, build_dir, check_tokens=tokens)
-            engines.append("tvm")
-        for engine in engines:
+                compiler.compile_model(directory, engines.HOST_PLATFORM, build_dir, check_tokens=tokens)
+            contenders.append("tvm")
+        for engine in contenders:
             predictor = Predictor(directory, engine=engine)
             predictor.predict(blocks[:512])  # warm: engine start-up, first-shape compilation
             seconds, cycles = median_time(lambda: predictor.cycles(blocks), args.repeats)

@@ -1,7 +1,7 @@
 """The surrogate on a GPU: the CUDA TVM build and torch on CUDA against ONNX Runtime on the same machine's CPUs.
 
 For machines with an NVIDIA GPU. The model directory holds a `builds/cuda.so` made anywhere with
-`surrogate-ops compile --target cuda` (its CUDA source is compiled for the card when it is loaded);
+`surrogate-ops compile --platform cuda` (its CUDA source is compiled for the card when it is loaded);
 the blocks come from a Parquet file with `block`, `mca_cycles_haswell` and `measured` columns (the
 BHive Haswell test split, may-alias blocks excluded, as the CPU race uses). Every engine runs the
 same end-to-end path (normalize, tokenize, bucket, pad, run) at several batch sizes, and again

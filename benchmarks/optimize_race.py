@@ -1,7 +1,7 @@
-"""Surrogate optimization vs surrogate-free tuners on measured Haswell throughput, same budget.
+"""Surrogate optimization vs surrogate-free search baselines on measured Haswell throughput, same budget.
 
 For each seed, `surrogate_ops.optimize.optimize` finds a setting of llvm-mca's parameters through
-the conditioned surrogate and with OpenTuner and Optuna (the seed moves the tuners, the descent's
+the conditioned surrogate and with OpenTuner and Optuna (the seed moves the baselines, the descent's
 random starts and the sample of training blocks every llvm-mca run of the search takes), and the
 real llvm-mca scores every setting on the same held-out measured blocks (may-alias excluded).
 Prints a markdown table: held-out MAPE and Kendall's tau per method and seed, the mean, and how
@@ -27,14 +27,14 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_BHIVE / "hsw.csv"))
     parser.add_argument("--budget", type=int, default=40000)
     parser.add_argument("--verify", type=int, default=9)
-    parser.add_argument("--tuner-blocks", type=int, default=1000)
+    parser.add_argument("--search-blocks", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
 
     rows: dict[str, list[tuple[float, float, int]]] = {}
     for seed in args.seeds:
         config = OptimizeConfig(model=args.model, data=args.data, budget=args.budget, verify=args.verify,
-                                tuner_blocks=args.tuner_blocks, seed=seed)
+                                search_blocks=args.search_blocks, seed=seed)
         result = optimize(config, progress=False)
         for name, o in result.outcomes.items():
             rows.setdefault(name, []).append((o.test_mape, o.test_tau, o.evaluations))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import mlflow
 
-from surrogate_ops import datasets, registry, tracking
+from surrogate_ops import datasets, registry
 from surrogate_ops.evaluate import evaluate
 from surrogate_ops.inference import Predictor
 
@@ -35,7 +35,6 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="models:/NAME/VERSION (repeatable)")
     parser.add_argument("--data", type=Path, default=Path("surrogate-ops-work/datasets/hsw.parquet"))
     args = parser.parse_args()
-    tracking.configure()
     frame = datasets.load(args.data)
     header = f"{'model':<22} {'arch':<8} {'params':>8} {'train s':>8} {'epochs':>6} {'MAPE mca':>9} {'tau mca':>8} {'MAPE meas':>10} {'tau meas':>9}"
     print(f"BHive test split of {args.data}: Haswell, may-alias blocks excluded from the measured figures")

@@ -26,6 +26,8 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 
+from surrogate_ops.config import DEFAULT_MODEL_URI
+from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.serving import Limits, Rejected, Server
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "model"
@@ -36,9 +38,9 @@ ops = FastAPI(title="surrogate-ops operations")
 def _model_uri() -> str:
     if os.environ.get("SURROGATE_OPS_MODEL"):
         return os.environ["SURROGATE_OPS_MODEL"]
-    if (BUNDLED_MODEL / "surrogate.json").is_file():
+    if ModelDir.holds_one(BUNDLED_MODEL):
         return str(BUNDLED_MODEL)
-    return "models:/llvm-mca-haswell@champion"
+    return DEFAULT_MODEL_URI
 
 
 def _mca_params() -> dict | None:

@@ -5,7 +5,7 @@ learned ones are kept), trains on a measured target with the training stage's lo
 early stopping on the validation split), links the run to its parent version, and registers the
 result as a challenger of a model named for the downstream task.
 
-`experiment` is the seed paper's adaptation experiment: for each training-set size and seed, a
+`study` is the seed paper's adaptation experiment: for each training-set size and seed, a
 network trained from scratch and one fine-tuned from the surrogate get the same budget (the same
 number of optimizer steps, batch size and validation subset), and both are scored on the same
 held-out test blocks (may-alias excluded) against measured throughput, with llvm-mca's own error on
@@ -14,8 +14,6 @@ those blocks as the reference line. The table and the plot go to MLflow and to f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,28 +23,11 @@ import numpy as np
 import pandas as pd
 
 from surrogate_ops import datasets, registry, tracking
-from surrogate_ops.config import work_dir
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.train import TrainConfig, TrainResult, train, training_rows
 
 FINETUNE_LR = 5e-4  # a quarter of training's default: move the learned weights, don't wash them out
-
-
-def dataset_for(data: str | Path, mcpu: str, progress: bool = True) -> Path:
-    """A Parquet dataset for `data`: a collected dataset as it is, or a BHive-format CSV of measured
-    throughputs (hex,throughput) collected once, with llvm-mca labels for the reference line."""
-    data = Path(data)
-    if not data.is_file():
-        raise SurrogateOpsError(f"--data {data}: no such file")
-    if data.suffix == ".parquet":
-        return data
-    if data.suffix != ".csv":
-        raise SurrogateOpsError(f"--data {data}: expected a collected .parquet dataset or a BHive-format .csv")
-    digest = hashlib.sha1(data.read_bytes()).hexdigest()[:10]  # a changed file is collected anew
-    out = work_dir() / "datasets" / f"{data.stem}-{mcpu}-{digest}.parquet"
-    if not out.is_file():
-        datasets.collect(out, bhive=[data], mcpus=[mcpu], progress=progress, measured_mcpu=mcpu)
-    return out
 
 
 @dataclass(frozen=True)
@@ -55,8 +36,7 @@ class Parent:
 
     name: str
     version: str
-    dir: Path
-    meta: dict
+    model: ModelDir
     mcpu: str
     data: Path
 
@@ -64,14 +44,20 @@ class Parent:
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
+    @property
+    def tags(self) -> dict[str, str]:
+        """What a run (and version) trained from the parent records of it."""
+        return {"parent_model": self.name, "parent_version": self.version,
+                "parent_run_id": registry.run_of(self.name, self.version), "parent_uri": self.uri}
 
-def _parent(parent_uri: str, data: str | Path, mcpu: str | None, tracking_uri: str | None, progress: bool) -> Parent:
-    tracking.configure(tracking_uri)
+
+def parent(parent_uri: str, data: str | Path, mcpu: str | None = None, progress: bool = True) -> Parent:
+    """The registered parent of `parent_uri` and `data` as a labeled dataset (a BHive-format CSV is
+    collected once, see `datasets.measured_dataset`), on the parent's mcpu unless named."""
     name, version = registry.resolve_version(parent_uri)
-    parent_dir = registry.model_dir(f"models:/{name}/{version}")
-    meta = json.loads((parent_dir / "surrogate.json").read_text())
-    mcpu = mcpu or meta["mcpu"]
-    return Parent(name, str(version), parent_dir, meta, mcpu, dataset_for(data, mcpu, progress))
+    model = registry.model_dir(f"models:/{name}/{version}")
+    mcpu = mcpu or model.mcpu
+    return Parent(name, str(version), model, mcpu, datasets.measured_dataset(data, mcpu, progress))
 
 
 def default_name(parent: str, data: Path, target: str) -> str:
@@ -80,31 +66,13 @@ def default_name(parent: str, data: Path, target: str) -> str:
 
 def finetune(parent_uri: str, data: str | Path, target: str = "measured", register: str | None = None,
              mcpu: str | None = None, epochs: int = 30, lr: float = FINETUNE_LR, train_limit: int | None = None,
-             seed: int = 0, max_minutes: float | None = None, tracking_uri: str | None = None,
-             progress: bool = True) -> TrainResult:
+             seed: int = 0, max_minutes: float | None = None, progress: bool = True) -> TrainResult:
     """Fine-tune the registered surrogate `parent_uri` on `data`'s `target`; register as `register`."""
-    parent = _parent(parent_uri, data, mcpu, tracking_uri, progress)
-    config = TrainConfig(data=str(parent.data), **shape_of(parent.meta), target=target, mcpu=parent.mcpu, epochs=epochs,
+    start = parent(parent_uri, data, mcpu, progress)
+    config = TrainConfig(data=str(start.data), **start.model.shape(), target=target, mcpu=start.mcpu, epochs=epochs,
                          lr=lr, seed=seed, max_minutes=max_minutes, train_limit=train_limit)
-    tags = {"parent_model": parent.name, "parent_version": parent.version,
-            "parent_run_id": registry.run_of(parent.name, parent.version), "parent_uri": parent.uri, "mode": "finetune"}
-    return train(config, register=register, tracking_uri=tracking_uri, progress=progress, init_from=parent.dir,
-                 run_tags=tags, version_tags=tags)
-
-
-def shape_of(meta: dict) -> dict:
-    """The parent's architecture as TrainConfig fields: its size preset when one matches, and the
-    exact sizes either way (so a from-scratch network is the same network, freshly initialized).
-    A conditioned parent gives its block encoder's."""
-    from surrogate_ops import presets
-
-    arch, config = meta["arch"], meta["config"]
-    if arch == "conditioned":
-        arch, config = config["base"], config["base_config"]
-    sizes = {k: v for k, v in config.items() if k != "vocab_size"}
-    table = presets.load("model_sizes")[arch]
-    preset = next((p for p, v in table.items() if all(sizes.get(k) == x for k, x in v.items())), "small")
-    return {"arch": arch, "preset": preset, "sizes": sizes}
+    tags = {**start.tags, "mode": "finetune"}
+    return train(config, register=register, progress=progress, init_from=start.model, run_tags=tags, version_tags=tags)
 
 
 @dataclass(frozen=True)
@@ -127,64 +95,71 @@ def log_sizes(smallest: int, largest: int, count: int) -> list[int]:
     return [int(v) for v in values]
 
 
-def experiment(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | None = None,
-               seeds: list[int] = (0, 1, 2), steps: int = 1500, val_limit: int = 1000, points: int = 6,
-               mcpu: str | None = None, tracking_uri: str | None = None, progress: bool = True) -> pd.DataFrame:
+def study(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | None = None,
+          seeds: list[int] = (0, 1, 2), steps: int = 1500, val_limit: int = 1000, points: int = 6,
+          mcpu: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Scratch vs fine-tuned vs llvm-mca on measured throughput, over training-set sizes and seeds."""
-    from surrogate_ops import plots
-
-    parent = _parent(parent_uri, data, mcpu, tracking_uri, progress)
-    mcpu = parent.mcpu
-    frame = datasets.load(parent.data)
-    available = int((training_rows(frame, "measured", mcpu, parent.meta["max_instructions"])["split"] == "train").sum())
+    start = parent(parent_uri, data, mcpu, progress)
+    frame = datasets.load(start.data)
+    available = int((training_rows(frame, "measured", start.mcpu, start.model.max_instructions)["split"] == "train").sum())
     if available < 2:
-        raise SurrogateOpsError(f"{parent.data} has no measured {mcpu} training rows")
+        raise SurrogateOpsError(f"{start.data} has no measured {start.mcpu} training rows")
     sizes = [s for s in (sizes or log_sizes(min(100, available), available, points)) if s <= available] or [available]
     sweep = Sweep(sizes=sizes, seeds=list(seeds), steps=steps, val_limit=val_limit)
-    rows, references = [], []
     out.mkdir(parents=True, exist_ok=True)
-    with mlflow.start_run(run_name=f"adaptation-{Path(data).stem}-{mcpu}"):
-        mlflow.set_tags({"experiment": "adaptation", "parent_uri": parent.uri, "mcpu": mcpu})
+    with tracking.start_run(run_name=f"adaptation-{Path(data).stem}-{start.mcpu}"):
+        mlflow.set_tags({"study": "adaptation", "parent_uri": start.uri, "mcpu": start.mcpu})
         mlflow.log_params({"data": str(Path(data).resolve()), "sizes": sizes, "seeds": sweep.seeds,
                            "steps": sweep.steps, "batch_size": sweep.batch_size, "val_limit": sweep.val_limit,
                            "finetune_lr": FINETUNE_LR})
-        for size in sizes:
-            for seed in sweep.seeds:
-                common = dict(data=str(parent.data), target="measured", mcpu=mcpu, epochs=sweep.epochs(size),
-                              batch_size=sweep.batch_size, seed=seed, train_limit=size, val_limit=sweep.val_limit,
-                              patience=max(4, sweep.epochs(size) // 5))
-                scratch = train(TrainConfig(**shape_of(parent.meta), **common),
-                                progress=False, log_model=False, run_tags={"mode": "scratch", "train_size": str(size)})
-                tuned = train(TrainConfig(**shape_of(parent.meta), lr=FINETUNE_LR, **common),
-                              progress=False, log_model=False, init_from=parent.dir,
-                              run_tags={"mode": "finetune", "train_size": str(size)})
-                for mode, result in (("scratch", scratch), ("finetune", tuned)):
-                    references.append(_llvm_mca_reference(result.metrics))
-                    rows.append({"train_size": size, "seed": seed, "mode": mode, "epochs": result.epochs_run,
-                                 "mape_vs_measured": result.metrics["test_mape_vs_measured"],
-                                 "tau_vs_measured": result.metrics["test_tau_vs_measured"],
-                                 "seconds": result.seconds, "run_id": result.run_id})
-                if progress:
-                    print(f"size {size:>6} seed {seed}: scratch {100 * rows[-2]['mape_vs_measured']:.2f}%  "
-                          f"fine-tuned {100 * rows[-1]['mape_vs_measured']:.2f}%  "
-                          f"(llvm-mca {100 * references[-1]['mape']:.2f}%)", flush=True)
-        if any(r != references[0] for r in references):  # every run was scored on the very same blocks
-            raise SurrogateOpsError(f"the runs were scored on different test blocks: {references}")
-        reference = references[0]
-        mlflow.log_param("test_blocks", reference["blocks"])
-        mlflow.log_metrics({"llvm_mca_mape_vs_measured": reference["mape"], "llvm_mca_tau_vs_measured": reference["tau"]})
-        table = pd.DataFrame(rows)
+        table, reference = _sweep(start, sweep, progress)
         summary = summarize(table, reference)
-        table.to_csv(out / "adaptation_runs.csv", index=False)
-        summary.to_csv(out / "adaptation.csv", index=False)
-        (out / "adaptation.md").write_text(_markdown(summary, reference, mcpu, Path(data).name))
-        plots.adaptation_curve(summary, reference["mape"], out / "adaptation.png",
-                               f"adaptation on {Path(data).name} ({mcpu}): error vs training-set size")
-        for item in ("adaptation_runs.csv", "adaptation.csv", "adaptation.md", "adaptation.png"):
-            mlflow.log_artifact(str(out / item), artifact_path="adaptation")
-        best = summary.iloc[-1]
-        mlflow.log_metrics({"finetune_mape_at_largest": best["finetune_mape"], "scratch_mape_at_largest": best["scratch_mape"]})
+        _report(table, summary, reference, start.mcpu, Path(data).name, out)
     return summary
+
+
+def _sweep(start: Parent, sweep: Sweep, progress: bool) -> tuple[pd.DataFrame, dict]:
+    """Both methods at every size and seed: the runs' table and llvm-mca's error on their test blocks."""
+    rows, references = [], []
+    for size in sweep.sizes:
+        for seed in sweep.seeds:
+            common = dict(data=str(start.data), **start.model.shape(), target="measured", mcpu=start.mcpu,
+                          epochs=sweep.epochs(size), batch_size=sweep.batch_size, seed=seed, train_limit=size,
+                          val_limit=sweep.val_limit, patience=max(4, sweep.epochs(size) // 5))
+            scratch = train(TrainConfig(**common), progress=False, log_model=False,
+                            run_tags={"mode": "scratch", "train_size": str(size)})
+            tuned = train(TrainConfig(lr=FINETUNE_LR, **common), progress=False, log_model=False,
+                          init_from=start.model, run_tags={"mode": "finetune", "train_size": str(size)})
+            for mode, result in (("scratch", scratch), ("finetune", tuned)):
+                references.append(_llvm_mca_reference(result.metrics))
+                rows.append({"train_size": size, "seed": seed, "mode": mode, "epochs": result.epochs_run,
+                             "mape_vs_measured": result.metrics["test_mape_vs_measured"],
+                             "tau_vs_measured": result.metrics["test_tau_vs_measured"],
+                             "seconds": result.seconds, "run_id": result.run_id})
+            if progress:
+                print(f"size {size:>6} seed {seed}: scratch {100 * rows[-2]['mape_vs_measured']:.2f}%  "
+                      f"fine-tuned {100 * rows[-1]['mape_vs_measured']:.2f}%  "
+                      f"(llvm-mca {100 * references[-1]['mape']:.2f}%)", flush=True)
+    if any(r != references[0] for r in references):  # every run was scored on the very same blocks
+        raise SurrogateOpsError(f"the runs were scored on different test blocks: {references}")
+    return pd.DataFrame(rows), references[0]
+
+
+def _report(table: pd.DataFrame, summary: pd.DataFrame, reference: dict, mcpu: str, data: str, out: Path) -> None:
+    """The study's table, summary, markdown and plot, written to `out` and logged to the run."""
+    from surrogate_ops import plots
+
+    mlflow.log_param("test_blocks", reference["blocks"])
+    mlflow.log_metrics({"llvm_mca_mape_vs_measured": reference["mape"], "llvm_mca_tau_vs_measured": reference["tau"]})
+    table.to_csv(out / "adaptation_runs.csv", index=False)
+    summary.to_csv(out / "adaptation.csv", index=False)
+    (out / "adaptation.md").write_text(_markdown(summary, reference, mcpu, data))
+    plots.adaptation_curve(summary, reference["mape"], out / "adaptation.png",
+                           f"adaptation on {data} ({mcpu}): error vs training-set size")
+    for item in ("adaptation_runs.csv", "adaptation.csv", "adaptation.md", "adaptation.png"):
+        mlflow.log_artifact(str(out / item), artifact_path="adaptation")
+    best = summary.iloc[-1]
+    mlflow.log_metrics({"finetune_mape_at_largest": best["finetune_mape"], "scratch_mape_at_largest": best["scratch_mape"]})
 
 
 def _llvm_mca_reference(metrics: dict) -> dict:

@@ -1,4 +1,7 @@
-"""The `surrogate-ops` command line: thin click commands over the library, one per pipeline stage."""
+"""The `surrogate-ops` command line: thin click commands over the library, one per pipeline stage.
+
+Each command parses its options, calls one library function and prints; the MLflow store is
+configured once, from --tracking-uri, before any command body runs."""
 
 from __future__ import annotations
 
@@ -12,12 +15,13 @@ from pathlib import Path
 import click
 
 from surrogate_ops import presets
+from surrogate_ops.config import DEFAULT_MODEL, DEFAULT_MODEL_URI
 from surrogate_ops.errors import SurrogateOpsError
 
 # Choices come from the preset tables (data), read without importing torch or TVM, so --help is quick.
 ARCHITECTURES = [k for k in presets.load("model_sizes") if not k.startswith("_")]
 SIZES = list(dict.fromkeys(s for k, v in presets.load("model_sizes").items() if not k.startswith("_") for s in v))
-TARGETS = [k for k in presets.load("targets") if not k.startswith("_")]
+PLATFORMS = [k for k in presets.load("platforms") if not k.startswith("_")]
 
 
 def _read_params(path: str | None) -> dict | None:
@@ -112,8 +116,15 @@ def summary(dataset: str) -> None:
     click.echo(datasets.summary(datasets.load(dataset)))
 
 
+def _configure_tracking(ctx, param, value: str | None) -> str:
+    from surrogate_ops import tracking
+
+    return tracking.configure(value)
+
+
 def _tracking_option(f):
-    return click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
+    """--tracking-uri, configured as it is parsed (before the command body); the command gets the URI."""
+    return click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI", callback=_configure_tracking,
                         help="MLflow tracking store [default: SQLite in the work directory; also MLFLOW_TRACKING_URI].")(f)
 
 
@@ -136,7 +147,7 @@ def _tracking_option(f):
 @click.option("--train-limit", type=click.IntRange(min=1), help="Use at most this many training blocks.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: cores].")
 @click.option("--init-from", metavar="URI",
-              help="Start from this registered surrogate's weights and architecture (e.g. models:/llvm-mca-haswell@champion); "
+              help=f"Start from this registered surrogate's weights and architecture (e.g. {DEFAULT_MODEL_URI}); "
                    "on data from `collect --sample-params` it becomes a parameter-conditioned surrogate.")
 @click.option("--register", metavar="NAME", help="Register the model as a new version of NAME (alias challenger).")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
@@ -162,20 +173,19 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
         parsed[key] = int(value)
     parent = None
     if init_from:
-        from surrogate_ops import adaptation, registry, tracking
+        from surrogate_ops import registry
 
-        tracking.configure(tracking_uri)
         parent = registry.model_dir(init_from)
-        shape = adaptation.shape_of(json.loads((parent / "surrogate.json").read_text()))
+        shape = parent.shape()
         arch, preset, parsed = shape["arch"], shape["preset"], shape["sizes"]
     config = training.TrainConfig(data=data, arch=arch, preset=preset, sizes=parsed, target=target, mcpu=mcpu,
                                   epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
                                   max_minutes=max_minutes, train_limit=train_limit, threads=threads)
-    result = training.train(config, register=register, tracking_uri=tracking_uri, resume=resume, progress=not quiet,
+    result = training.train(config, register=register, resume=resume, progress=not quiet,
                             init_from=parent, run_tags={"parent_uri": init_from} if init_from else None,
                             on_start=lambda run_id: click.echo(f"run {run_id} (if interrupted: --resume {run_id})"))
     if save_dir:
-        shutil.copytree(result.model_dir, save_dir, dirs_exist_ok=True)
+        shutil.copytree(result.model.path, save_dir, dirs_exist_ok=True)
         click.echo(f"model directory copied to {save_dir}")
     m = result.metrics
     click.echo(f"run {result.run_id}: {result.epochs_run} epochs in {result.seconds:.0f} s, best val MAPE "
@@ -190,7 +200,7 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
 
 
 @cli.command()
-@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+@click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset from `collect`.")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
@@ -199,11 +209,10 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
 @_tracking_option
 def evaluate(model_uri, data, split, mcpu, engine, tracking_uri) -> None:
     """Print MAPE and Kendall's tau of a model against llvm-mca and measured throughput."""
-    from surrogate_ops import datasets, registry, tracking
+    from surrogate_ops import datasets, registry
     from surrogate_ops.evaluate import evaluate as run_evaluation
     from surrogate_ops.inference import Predictor
 
-    tracking.configure(tracking_uri)
     predictor = Predictor(registry.model_dir(model_uri), engine=engine)
     result = run_evaluation(predictor, datasets.load(data), mcpu or predictor.meta["mcpu"], split)
     click.echo(f"{model_uri} on the {split} split of {data}:")
@@ -218,36 +227,13 @@ def evaluate(model_uri, data, split, mcpu, engine, tracking_uri) -> None:
 def promote(name, data, tracking_uri) -> None:
     """Evaluate challenger and champion of NAME on the same held-out blocks; move champion to the
     challenger when it is no worse in error. The decision is recorded on the version."""
-    from surrogate_ops import registry, tracking
+    from surrogate_ops import promotion
 
-    tracking.configure(tracking_uri)
-    click.echo(str(registry.promote(name, data)))
-
-
-def _read_blocks(path: str) -> tuple[list[str], dict[int, str]]:
-    """Blocks from an input file (a CSV with a `block` or `hex` column, else assembly text blocks
-    separated by blank lines), and the reason for each block that could not be read."""
-    import csv
-
-    from surrogate_ops.blocks import read_asm_file
-    from surrogate_ops.blocks.hexcode import disassemble
-
-    if path.endswith(".csv"):
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            columns = reader.fieldnames or []
-        if "block" in columns:
-            return [r["block"] for r in rows], {}
-        if "hex" in columns:
-            result = disassemble([r["hex"].strip().lower() for r in rows])
-            return [b or "" for b in result.blocks], result.errors
-        raise SurrogateOpsError(f"{path}: a CSV needs a 'block' or 'hex' column")
-    return read_asm_file(path), {}
+    click.echo(str(promotion.promote(name, data)))
 
 
 @cli.command()
-@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+@click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory.")
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Assembly blocks separated by blank lines, or a CSV with a block or hex column.")
@@ -264,17 +250,18 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
     """Print `index,cycles` (cycles per 100 iterations) for every block of a file, from the surrogate
     or, with --program llvm-mca, from llvm-mca itself. Unreadable blocks print `index,nan` and the
     reason on stderr."""
-    blocks, unreadable = _read_blocks(input_path)
+    from surrogate_ops.blocks import read_blocks
+
+    blocks, unreadable = read_blocks(input_path)
     if program:
         from surrogate_ops.programs import LlvmMca
 
         results = LlvmMca(mcpu=mcpu, params=_read_params(params)).run(blocks)
         answers = [(r.cycles, r.error) for r in results]
     else:
-        from surrogate_ops import registry, tracking
+        from surrogate_ops import registry
         from surrogate_ops.inference import Predictor
 
-        tracking.configure(tracking_uri)
         predictor = Predictor(registry.model_dir(model_uri), engine=engine)
         if predictor.meta.get("mcpu") != mcpu:
             raise SurrogateOpsError(f"{model_uri} imitates -mcpu={predictor.meta.get('mcpu')}, not {mcpu}")
@@ -296,49 +283,45 @@ def _shape_option(ctx, param, value: str) -> tuple[int, int, int]:
 
 
 @cli.command("compile")
-@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+@click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="models:/NAME@ALIAS or models:/NAME/VERSION.")
-@click.option("--target", type=click.Choice(TARGETS), default="x86", show_default=True,
-              help="x86: this host's CPU; arm64: aarch64 Linux (cross-built); cuda: NVIDIA GPUs.")
-@click.option("--mcpu", "cpu", help="CPU to compile for (x86/arm64) [default: detected for x86].")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory for <target>.so and <target>.json.")
+@click.option("--platform", type=click.Choice(PLATFORMS), default="x86", show_default=True,
+              help="Where the build runs. x86: this host's CPU; arm64: aarch64 Linux (cross-built); cuda: NVIDIA GPUs.")
+@click.option("--tvm-cpu", help="The CPU TVM generates code for (x86/arm64) [default: this host's, detected, for x86].")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Directory for <platform>.so and <platform>.json.")
 @click.option("--tune-minutes", type=click.FloatRange(min=0), default=0, show_default=True,
-              help="Also tune a static-shape build with TVM's meta-schedule for about this long (host target "
+              help="Also tune a static-shape build with TVM's meta-schedule for about this long (host platform "
                    "only); it is used where it beats the untuned build and ONNX Runtime.")
 @click.option("--tune-shape", default="256x16x16", show_default=True, callback=_shape_option,
               help="BATCHxINSTRUCTIONSxTOKENS of the tuned build; longer batches use the untuned build.")
 @click.option("--tune-kernels", type=click.IntRange(min=1), default=4, show_default=True,
               help="How many of the heaviest kernels (by FLOPs) to tune.")
 @_tracking_option
-def compile_command(model_uri, target, cpu, out, tune_minutes, tune_shape, tune_kernels, tracking_uri) -> None:
-    """Compile a registered surrogate with Apache TVM for a target; log the build to the model
+def compile_command(model_uri, platform, tvm_cpu, out, tune_minutes, tune_shape, tune_kernels, tracking_uri) -> None:
+    """Compile a registered surrogate with Apache TVM for a platform; log the build to the model
     version's run and tag the version, so users and the service can pick a build for their hardware.
 
     The build keeps batch, instruction and token axes dynamic. With --tune-minutes, TVM's
     meta-schedule also tunes the heaviest kernels of a static-shape build on this CPU, and the
     record says what was tuned and whether it paid (tuned vs untuned vs ONNX Runtime)."""
     from surrogate_ops import compile as compiler
-    from surrogate_ops import registry, tracking
+    from surrogate_ops import engines, registry
     from surrogate_ops.export import check_onnx, example_batch, onnx_opset
-    from surrogate_ops.inference import Predictor
+    from surrogate_ops.modeldir import Builds
 
-    tracking.configure(tracking_uri)
     name, version = registry.resolve_version(model_uri)
-    directory = registry.model_dir(f"models:/{name}/{version}")
-    predictor = Predictor(directory)
-    tags = registry.version_tags(name, version)
-    blocks = _check_blocks(tags.get("dataset_path"))
-    click.echo(f"ONNX (opset {onnx_opset(directory)}, dynamic batch/instructions/tokens): "
-               f"{check_onnx(directory, blocks)}")
-    build = compiler.compile_model(directory, target, Path(out), cpu, example_batch(predictor.tokenizer, blocks),
+    model = registry.model_dir(f"models:/{name}/{version}")
+    blocks = compiler.check_blocks(registry.version_tags(name, version).get("dataset_path"))
+    click.echo(f"ONNX (opset {onnx_opset(model)}, dynamic batch/instructions/tokens): {check_onnx(model, blocks)}")
+    build = compiler.compile_model(model, platform, Path(out), tvm_cpu, example_batch(model.tokenizer(), blocks),
                                    tune_minutes=tune_minutes, tune_shape=tune_shape, tune_kernels=tune_kernels,
                                    log=click.echo)
-    registry.attach_build(name, version, Path(out), build)
-    if target == compiler.HOST_TARGET:  # the local copy of the version picks its host build up at once
-        (directory / "builds").mkdir(exist_ok=True)
-        for path in compiler.build_files(Path(out), target):
-            shutil.copy2(path, directory / "builds" / path.name)
-    click.echo(f"built {build.library} for {target} ({build.target_spec}) in {build.seconds:.1f} s")
+    folder = Builds(Path(out))
+    registry.attach_build(name, version, platform, folder.files(platform), folder.database(platform), build.tags())
+    if platform == engines.HOST_PLATFORM:  # the local copy of the version picks its host build up at once
+        compiler.install(Path(out), platform, model)
+    click.echo(f"built {build.library} for {platform} ({build.tvm_target}) in {build.seconds:.1f} s")
     if build.tuning:
         click.echo(build.tuned)
     if build.max_rel_diff is not None:
@@ -346,34 +329,12 @@ def compile_command(model_uri, target, cpu, out, tune_minutes, tune_shape, tune_
                    f"max rel diff {build.max_rel_diff:.3g}; {build.blocks_per_s:,.0f} blocks/s (ONNX Runtime "
                    f"{build.onnxruntime_blocks_per_s:,.0f} blocks/s, network only)")
     elif not build.runs_here:
-        click.echo(f"not run here: the {target} build loads only on {compiler.targets()[target]['runs_on']}")
-    click.echo(f"logged to run {registry.run_of(name, version)} under builds/{target}; tagged on {name} v{version}")
-
-
-def _check_blocks(dataset_path: str | None) -> list[str]:
-    """Real blocks to check a build on: the model's validation blocks when its dataset is here,
-    else the bundled fixture-like sample."""
-    from surrogate_ops import datasets
-
-    if dataset_path and Path(dataset_path).is_file():
-        frame = datasets.load(dataset_path)
-        return list(frame[frame["split"] == "val"]["block"][:256])
-    return list(SAMPLE_BLOCKS)
-
-
-SAMPLE_BLOCKS = (
-    "addq %rax, %rbx\nimulq %rcx, %rdx",
-    "movq (%rdi), %rax\naddq $1, %rax\nmovq %rax, 8(%rdi)",
-    "leaq 16(%rsp), %rsi\nleaq 32(%r15), %rdi\nmovl $8, %edx\nmovq %r10, 8(%rsp)",
-    "xorl %eax, %eax\ndivq %rcx",
-    "vmulps %ymm0, %ymm1, %ymm2\nvaddps %ymm2, %ymm3, %ymm3\nvmovaps %ymm3, (%rdi,%rcx,4)",
-    "pushq %rbx\npopq %rbx",
-    "cmpb $23, 16(%rsi)\ncmovbeq %r8, %rsi\ntestq %rsi, %rsi\nsete %r9b",
-)
+        click.echo(f"not run here: the {platform} build loads only on {engines.platforms()[platform]['runs_on']}")
+    click.echo(f"logged to run {registry.run_of(name, version)} under builds/{platform}; tagged on {name} v{version}")
 
 
 @cli.command()
-@click.option("--from", "parent_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+@click.option("--from", "parent_uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="The registered surrogate to start from (models:/NAME@ALIAS or models:/NAME/VERSION).")
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
               help="Measured throughputs: a BHive-format CSV (hex,throughput; collected once, may-alias.csv "
@@ -395,14 +356,12 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
     The vocabulary grows for unseen tokens (learned ones keep their ids and weights); training
     uses MAPE loss with early stopping on the validation split; the run is tagged with its parent
     version, and the result is registered as a challenger of a model named for the task."""
-    from surrogate_ops import adaptation, registry, tracking
+    from surrogate_ops import adaptation, registry
 
-    tracking.configure(tracking_uri)
     name, _ = registry.resolve_version(parent_uri)
     register = register or adaptation.default_name(name, Path(data), target)
     result = adaptation.finetune(parent_uri, data, target=target, register=register, mcpu=mcpu, epochs=epochs, lr=lr,
-                                 train_limit=train_limit, seed=seed, max_minutes=max_minutes,
-                                 tracking_uri=tracking_uri, progress=not quiet)
+                                 train_limit=train_limit, seed=seed, max_minutes=max_minutes, progress=not quiet)
     m = result.metrics
     click.echo(f"fine-tuned {parent_uri} in {result.seconds:.0f} s ({result.epochs_run} epochs): "
                f"{100 * m['test_mape_vs_measured']:.2f}% MAPE vs measured (tau {m['test_tau_vs_measured']:.3f}); "
@@ -423,9 +382,9 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
               help="llvm-mca block evaluations per method, the surrogate's training data included.")
 @click.option("--mcpu", help="Microarchitecture of the measurements [default: the model's].")
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["opentuner", "optuna", "none"]),
-              help="Surrogate-free tuners to run with the same budget; repeatable [default: opentuner and optuna].")
-@click.option("--tuner-blocks", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Training blocks each llvm-mca run of the search takes: a tuner's trial (trials = budget / "
+              help="Surrogate-free search baselines to run with the same budget; repeatable [default: opentuner and optuna].")
+@click.option("--search-blocks", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Training blocks each llvm-mca run of the search takes: a baseline's trial (trials = budget / "
                    "this), the surrogate's anchors and each of its checks.")
 @click.option("--verify", type=click.IntRange(min=0), default=4, show_default=True,
               help="The surrogate's best candidates to check with llvm-mca (charged to its budget); 0 trusts its choice.")
@@ -443,23 +402,23 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
               help="Write the surrogate-found parameters here (llvm-mca option names to values).")
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def optimize(model_uri, data, budget, mcpu, baselines, tuner_blocks, verify, rounds, no_anchor, steps, restarts, lr,
+def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, rounds, no_anchor, steps, restarts, lr,
              test_limit, seed, out, tracking_uri, quiet) -> None:
     """Tune llvm-mca's parameters by gradient descent through a surrogate (surrogate optimization).
 
     Descends on the relaxed parameters against measured throughput on the training split, rounds
     to valid values, and runs the real llvm-mca with the expert defaults, the surrogate's setting
-    and each baseline tuner's (same budget, space and objective) on the held-out split. Everything
+    and each baseline's (same budget, space and objective) on the held-out split. Everything
     goes to one MLflow run; the found parameters work with `predict --program llvm-mca --params`.
     """
     from surrogate_ops import optimize as optimization
 
-    chosen = () if "none" in baselines else tuple(baselines) or optimization.TUNERS
+    chosen = () if "none" in baselines else tuple(baselines) or optimization.BASELINES
     config = optimization.OptimizeConfig(model=model_uri, data=data, budget=budget, mcpu=mcpu, baselines=chosen,
-                                         steps=steps, lr=lr, restarts=restarts, tuner_blocks=tuner_blocks,
+                                         steps=steps, lr=lr, restarts=restarts, search_blocks=search_blocks,
                                          verify=verify, rounds=rounds, anchored=not no_anchor, test_limit=test_limit,
                                          seed=seed)
-    result = optimization.optimize(config, out=out, tracking_uri=tracking_uri, progress=not quiet)
+    result = optimization.optimize(config, out=out, progress=not quiet)
     click.echo(f"held-out llvm-mca error ({result.test_blocks:,} measured blocks, may-alias excluded; "
                f"budget {budget:,} llvm-mca block evaluations):")
     for o in result.outcomes.values():
@@ -472,12 +431,12 @@ def optimize(model_uri, data, budget, mcpu, baselines, tuner_blocks, verify, rou
 
 
 @cli.group()
-def experiment() -> None:
-    """The seed paper's experiments as single commands."""
+def study() -> None:
+    """The seed paper's studies, each as one command (every run logged to MLflow)."""
 
 
-@experiment.command("adaptation")
-@click.option("--from", "parent_uri", default="models:/llvm-mca-haswell@champion", show_default=True)
+@study.command("adaptation")
+@click.option("--from", "parent_uri", default=DEFAULT_MODEL_URI, show_default=True)
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
               help="Measured throughputs (BHive-format CSV or a collected dataset).")
 @click.option("--mcpu", help="Microarchitecture of the measurements [default: the parent's].")
@@ -502,24 +461,13 @@ def adaptation_command(parent_uri, data, mcpu, sizes, seeds, steps, val_limit, o
         raise click.BadParameter("sizes and seeds are comma-separated integers") from None
     if small:
         sizes, seeds, steps, val_limit = sizes or [100, 300], [0], 150, 300
-    adaptation.experiment(parent_uri, data, Path(out), sizes=sizes, seeds=seeds, steps=steps, val_limit=val_limit,
-                          mcpu=mcpu, tracking_uri=tracking_uri)
+    adaptation.study(parent_uri, data, Path(out), sizes=sizes, seeds=seeds, steps=steps, val_limit=val_limit, mcpu=mcpu)
     click.echo((Path(out) / "adaptation.md").read_text())
     click.echo(f"plot: {Path(out) / 'adaptation.png'}; also logged to MLflow")
 
 
-BENTO_DIR = Path(__file__).resolve().parents[1] / "bento"
-
-
-def _bento_dir() -> Path:
-    if not (BENTO_DIR / "service.py").is_file():
-        raise SurrogateOpsError(f"no BentoML service at {BENTO_DIR / 'service.py'}: serve and bento need a "
-                                "checkout of surrogate-ops (pip install -e .)")
-    return BENTO_DIR
-
-
 @cli.command()
-@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+@click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="models:/NAME@ALIAS, models:/NAME/VERSION or a model directory.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=3000, show_default=True)
@@ -533,24 +481,22 @@ def serve(model_uri, host, port, params, tracking_uri) -> None:
     the surrogate's cycles, or llvm-mca's where the surrogate is not trusted (tokens outside its
     vocabulary, longer than its limit, another mcpu) or exact is asked. GET /ops/healthz says which
     model and mode; GET /docs is the OpenAPI page."""
-    from surrogate_ops import registry, tracking
+    from surrogate_ops import bento, registry
 
-    tracking.configure(tracking_uri)
     if model_uri.startswith("models:/"):
         registry.resolve_version(model_uri)  # a wrong name fails here, clearly, before the server starts
-    env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking.default_uri()
-           if tracking_uri is None else tracking_uri}
+    env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking_uri}
     if params:
         _checked_params(params)  # a wrong name or value fails here, before the server starts
         env["SURROGATE_OPS_MCA_PARAMS"] = str(Path(params).resolve())
-    command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(_bento_dir()),
+    command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(bento.service_dir()),
                "--host", host, "--port", str(port)]
     click.echo(f"serving {model_uri} on http://{host}:{port} (POST /predict, GET /ops/healthz, /docs)")
     os.execvpe(command[0], command, env)
 
 
 @cli.command()
-@click.option("--model", "model_uri", default="models:/llvm-mca-haswell@champion", show_default=True,
+@click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="models:/NAME@ALIAS or models:/NAME/VERSION: the model the bento carries.")
 @click.option("--params", type=click.Path(dir_okay=False, exists=True), metavar="JSON",
               help="llvm-mca parameters the bento's fallback uses (e.g. from `optimize --out`).")
@@ -559,30 +505,9 @@ def bento(model_uri, params, tracking_uri) -> None:
     """Build a bento, offline: bento/service.py and bentofile.yaml with the model (and its TVM build
     for this host, if any) and the package wheel, staged in a scratch folder, then `bentoml build`.
     `bentoml containerize surrogate-ops:latest` makes the image where a Docker engine is."""
-    import subprocess
-    import tempfile
+    from surrogate_ops import bento as packing
 
-    from surrogate_ops import registry, tracking
-
-    tracking.configure(tracking_uri)
-    root = _bento_dir()
-    mca_params = _checked_params(params) if params else None
-    name, version = registry.resolve_version(model_uri)
-    source = registry.model_dir(f"models:/{name}/{version}")
-    with tempfile.TemporaryDirectory(prefix="bento-") as tmp:
-        stage = Path(tmp) / "bento"
-        shutil.copytree(root, stage, ignore=shutil.ignore_patterns("model", "wheels", "__pycache__"))
-        shutil.copytree(source, stage / "model", ignore=shutil.ignore_patterns("model.pt", "*-tuned.db"))
-        (stage / "model" / "VERSION").write_text(f"{name}/{version}\n")
-        if mca_params:
-            (stage / "params.json").write_text(json.dumps(mca_params))
-        for command in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                         str(stage / "wheels"), str(root.parent)],
-                        [sys.executable, "-m", "bentoml", "build", ".", "--output", "tag"]):
-            proc = subprocess.run(command, capture_output=True, text=True, check=False, cwd=stage)
-            if proc.returncode:
-                raise SurrogateOpsError(f"{' '.join(command[2:4])} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    tag = proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    tag, name, version = packing.build(model_uri, _checked_params(params) if params else None)
     click.echo(f"built bento {tag} carrying {name} v{version}")
     click.echo(f"container image (needs Docker): bentoml containerize {tag}")
 
@@ -606,7 +531,7 @@ def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str
     train a small surrogate for a few minutes, register it as challenger, evaluate, promote."""
     from surrogate_ops import config, registry, tracking
 
-    uri = tracking.configure(tracking_uri)
+    uri = tracking_uri
     bundled = registry.ensure_default()
     if bundled:
         click.echo(f"registered the bundled surrogate as {bundled.uri} (champion)")
@@ -615,11 +540,11 @@ def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str
     ctx.invoke(collect, limit=limit, out=str(data), quiet=True)
     click.echo(f"== train: hier/small on llvm-mca haswell labels, {minutes:g} minutes at most")
     ctx.invoke(train, data=str(data), arch="hier", preset="small", epochs=30, max_minutes=minutes,
-               register=registry.DEFAULT_NAME, tracking_uri=uri, quiet=True)
+               register=DEFAULT_MODEL, tracking_uri=uri, quiet=True)
     click.echo("== evaluate: the champion on the new data's test split")
-    ctx.invoke(evaluate, model_uri=f"models:/{registry.DEFAULT_NAME}@champion", data=str(data), tracking_uri=uri)
+    ctx.invoke(evaluate, model_uri=DEFAULT_MODEL_URI, data=str(data), tracking_uri=uri)
     click.echo("== promote")
-    ctx.invoke(promote, name=registry.DEFAULT_NAME, tracking_uri=uri)
+    ctx.invoke(promote, name=DEFAULT_MODEL, tracking_uri=uri)
     click.echo(f"see the runs and the registry: {tracking.ui_hint(uri)}")
 
 

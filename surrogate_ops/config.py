@@ -1,4 +1,4 @@
-"""Where surrogate-ops keeps its state (datasets, the MLflow store, builds).
+"""Where surrogate-ops keeps its state (datasets, the MLflow store, builds), and the default model.
 
 `SURROGATE_OPS_HOME` wins; otherwise a source checkout keeps it in `<checkout>/surrogate-ops-work`
 and an installed package in `~/.surrogate-ops`. The location never depends on the current
@@ -20,3 +20,7 @@ def work_dir() -> Path:
         path = checkout / "surrogate-ops-work" if (checkout / "pyproject.toml").is_file() else Path.home() / ".surrogate-ops"
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
+
+
+DEFAULT_MODEL = "llvm-mca-haswell"  # the registered name of the bundled surrogate
+DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL}@champion"  # what every command and the service use by default

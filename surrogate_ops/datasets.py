@@ -42,13 +42,14 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from surrogate_ops import presets
+from surrogate_ops.config import work_dir
 from surrogate_ops.blocks.asm import BlockError, normalize_block, read_asm_file
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.programs.base import Result, sample_settings, to_units
+from surrogate_ops.programs.base import Result, sample_settings, scale_settings
 
 SPLITS = (("train", 80), ("val", 90), ("test", 100))  # cumulative percent of the block hash
 DEFAULT_BINARIES = ("/usr/bin/ls", "/usr/bin/grep", "/usr/bin/tar", "/usr/bin/gzip", "/usr/bin/find", "/usr/bin/sed",
@@ -229,14 +230,14 @@ def parameter_columns(frame: pd.DataFrame) -> list[str]:
     return [c.removeprefix("param_") for c in frame.columns if c.startswith("param_")]
 
 
-def parameter_units(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
-    """(rows, parameters) float32: each row's setting as units (`programs.base.to_units`)."""
+def scaled_parameters(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """(rows, parameters) float32: each row's setting as scaled (`programs.base.scale_settings`)."""
     missing = [n for n in names if f"param_{n}" not in frame]
     if missing:
         raise SurrogateOpsError(f"the dataset has no parameter columns for {', '.join(missing)} "
                                 "(collect it with --sample-params)")
     settings = frame[[f"param_{n}" for n in names]].set_axis(list(names), axis=1).to_dict("records")
-    return to_units({name: LlvmMca.parameters[name] for name in names}, settings)
+    return scale_settings({name: LlvmMca.parameters[name] for name in names}, settings)
 
 
 def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (),
@@ -258,35 +259,58 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     if sample_params and (len(mcpus) != 1 or params):
         raise SurrogateOpsError("--sample-params labels with one --mcpu and no --params (it draws the parameters itself)")
     programs = {m: LlvmMca(mcpu=m, workers=workers, params=params) for m in mcpus}
-    sampling = None
-    if sample_params:
-        program = programs[mcpus[0]]
-        defaults = program.expert_defaults()
-        space = {k: v for k, v in program.parameters.items() if k in defaults}
-        sampling = Sampling(sample_settings(space, defaults, sample_params, seed=seed, spread=spread), seed)
-    alias: set[str] = set()
-    alias_file = Path(may_alias) if may_alias else next(
-        (Path(b).parent / "may-alias.csv" for b in bhive if (Path(b).parent / "may-alias.csv").is_file()), None)
-    if alias_file is not None:
-        alias = read_hex_list(alias_file)
-
+    sampling = _sampling(programs[mcpus[0]], sample_params, seed, spread) if sample_params else None
+    alias = _may_alias(bhive, may_alias)
     records = gather(bhive, binaries, asm, None if splits else limit, progress, measured_mcpu)
     if splits:
         records = [r for r in records if r.block is None or split_of(r.block) in splits][:limit]
     if not records:
         raise SurrogateOpsError("no blocks found in the given sources")
-    partial = out.with_name(out.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    program = next(iter(programs.values()))
+    program = programs[mcpus[0]]
     settings = {"mcpus": mcpus, "params": program.params, "iterations": program.iterations,
                 "llvm_mca": program.path, "llvm_mca_version": program.version,
                 **({"sample_params": sample_params, "seed": seed, "spread": spread} if sampling else {}),
                 **({"splits": sorted(splits)} if splits else {})}
+    partial = _partial(out, settings)
+    parts, resumed = _label_parts(partial, records, programs, alias, sampling, splits, part_rows, progress)
+    metadata = {"program": program.name, "program_version": program.version, "mcpus": ",".join(mcpus),
+                "iterations": str(program.iterations),
+                **({"expert_defaults": json.dumps(program.expert_defaults()), "sample_params": str(sample_params)}
+                   if sampling else {})}
+    good, bad, rejected_path = _finish(out, parts, records, metadata)
+    shutil.rmtree(partial)
+    return CollectResult(out, good, bad, rejected_path, resumed, mcpus)
+
+
+def _sampling(program: LlvmMca, count: int, seed: int, spread: float) -> Sampling:
+    defaults = program.expert_defaults()
+    space = {k: v for k, v in program.parameters.items() if k in defaults}
+    return Sampling(sample_settings(space, defaults, count, seed=seed, spread=spread), seed)
+
+
+def _may_alias(bhive: Sequence[str | Path], explicit: str | Path | None = None) -> set[str]:
+    """BHive's may-alias list: the given file, else may-alias.csv beside a measurement file."""
+    alias_file = Path(explicit) if explicit else next(
+        (Path(b).parent / "may-alias.csv" for b in bhive if (Path(b).parent / "may-alias.csv").is_file()), None)
+    return read_hex_list(alias_file) if alias_file is not None else set()
+
+
+def _partial(out: Path, settings: dict) -> Path:
+    """The folder of an in-progress collection, refused when it holds one under other settings."""
+    partial = out.with_name(out.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
     manifest = partial / "settings.json"
     if manifest.is_file() and json.loads(manifest.read_text()) != settings:
         raise SurrogateOpsError(f"{partial} holds an interrupted collection with other settings "
                                 f"({manifest.read_text().strip()}); rerun with those, or delete it to start over")
     manifest.write_text(json.dumps(settings))
+    return partial
+
+
+def _label_parts(partial: Path, records: list[Record], programs: dict[str, LlvmMca], alias: set[str],
+                 sampling: Sampling | None, splits: Sequence[str] | None, part_rows: int,
+                 progress: bool) -> tuple[list[Path], int]:
+    """Label the records no earlier run labeled, a part file at a time; (all parts, records resumed)."""
     parts = sorted(partial.glob("part-*.parquet"))
     done = set()
     for part in parts:
@@ -294,8 +318,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     todo = [r for r in records if r.key not in done]
     if sampling is not None:  # blocks of one setting together, so each llvm-mca process gets many
         todo.sort(key=lambda r: sampling.index(r.block) if r.block else -1)
-    resumed = len(records) - len(todo)
-    with tqdm(total=len({r.block for r in todo if r.block}) * len(mcpus), unit="block", desc="labeling",
+    with tqdm(total=len({r.block for r in todo if r.block}) * len(programs), unit="block", desc="labeling",
               disable=not progress) as bar:
         for start in range(0, len(todo), part_rows):
             # blocks kept to some splits are split again, so the data still trains and validates a surrogate
@@ -306,7 +329,12 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
             final = partial / f"part-{len(parts):05d}.parquet"
             os.replace(tmp, final)
             parts.append(final)
+    return parts, len(records) - len(todo)
 
+
+def _finish(out: Path, parts: list[Path], records: list[Record], metadata: dict[str, str]) -> tuple[int, int, Path | None]:
+    """The parts as one dataset in source order, written in one rename, rejects beside it:
+    (rows kept, rows rejected, the rejects' file)."""
     order = {r.key: i for i, r in enumerate(records)}
     frame = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
     frame = frame[frame["key"].isin(order)]
@@ -319,19 +347,59 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     elif rejected_path.exists():
         rejected_path.unlink()
     table = pa.Table.from_pandas(good, preserve_index=False)
-    table = table.replace_schema_metadata({
-        **(table.schema.metadata or {}),
-        b"surrogate_ops.program": program.name.encode(), b"surrogate_ops.program_version": program.version.encode(),
-        b"surrogate_ops.mcpus": ",".join(mcpus).encode(), b"surrogate_ops.iterations": str(program.iterations).encode(),
-        **({b"surrogate_ops.expert_defaults": json.dumps(program.expert_defaults()).encode(),
-            b"surrogate_ops.sample_params": str(sample_params).encode()} if sampling else {}),
-    })
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           **{f"surrogate_ops.{k}".encode(): v.encode() for k, v in metadata.items()}})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, out)
-    shutil.rmtree(partial)
-    return CollectResult(out, len(good), len(bad), rejected_path if len(bad) else None, resumed, mcpus)
+    return len(good), len(bad), rejected_path if len(bad) else None
+
+
+def measured_rows(frame: pd.DataFrame, mcpu: str) -> pd.DataFrame:
+    """The rows measured on `mcpu`, BHive's may-alias blocks left out: every error figure against
+    measured throughput is taken on these."""
+    return frame[frame["measured"].notna() & (frame["measured"] > 0) & (frame["measured_mcpu"] == mcpu)
+                 & ~frame["may_alias"].astype(bool)]
+
+
+def _measurement_file(data: str | Path) -> Path:
+    data = Path(data)
+    if not data.is_file():
+        raise SurrogateOpsError(f"--data {data}: no such file")
+    if data.suffix not in (".parquet", ".csv"):
+        raise SurrogateOpsError(f"--data {data}: expected a collected .parquet dataset or a BHive-format .csv")
+    return data
+
+
+def measured_dataset(data: str | Path, mcpu: str, progress: bool = True) -> Path:
+    """A dataset of measurements labeled by llvm-mca: a collected dataset as it is, or a BHive-format
+    CSV (hex,throughput) collected once (cached in the work directory by the file's content)."""
+    data = _measurement_file(data)
+    if data.suffix == ".parquet":
+        return data
+    digest = hashlib.sha1(data.read_bytes()).hexdigest()[:10]  # a changed file is collected anew
+    out = work_dir() / "datasets" / f"{data.stem}-{mcpu}-{digest}.parquet"
+    if not out.is_file():
+        collect(out, bhive=[data], mcpus=[mcpu], progress=progress, measured_mcpu=mcpu)
+    return out
+
+
+def measured_blocks(data: str | Path, mcpu: str) -> pd.DataFrame:
+    """The distinct blocks measured on `mcpu` (block, measured, split, ...), may-alias blocks left
+    out. A CSV is only disassembled: no llvm-mca evaluation is spent on it."""
+    data = _measurement_file(data)
+    if data.suffix == ".parquet":
+        frame = load(data)
+    else:
+        rows = _label(gather(bhive=[data], measured_mcpu=mcpu), {}, _may_alias([data]), bar=None)
+        frame = rows[rows["error"].isna()]
+    if frame.empty:
+        raise SurrogateOpsError(f"{data}: no readable blocks")
+    frame = measured_rows(frame, mcpu)
+    if frame.empty:
+        raise SurrogateOpsError(f"{data}: no measurements on {mcpu} (name the file's microarchitecture with --mcpu)")
+    return frame.drop_duplicates("block").reset_index(drop=True)
 
 
 def load(path: str | Path) -> pd.DataFrame:
@@ -372,14 +440,14 @@ def summary(frame: pd.DataFrame) -> str:
         lines.append(f"labeled under {frame['setting'].nunique():,} random llvm-mca parameter settings "
                      f"({', '.join(parameter_columns(frame))})")
         return "\n".join(lines)
-    measured = frame[frame["measured"].notna() & ~frame["may_alias"]]
-    for mcpu, group in measured.groupby("measured_mcpu"):
-        column = f"mca_cycles_{mcpu}"
-        if column in group:
+    for mcpu in sorted(frame["measured_mcpu"].dropna().unique()):
+        column, group = f"mca_cycles_{mcpu}", measured_rows(frame, mcpu)
+        if column in group and len(group):
             lines.append(f"measured on {mcpu}: {len(group):,} blocks (may-alias excluded); llvm-mca error "
                          f"{100 * mape(group[column].to_numpy(), group['measured'].to_numpy()):.1f}% MAPE, "
                          f"Kendall's tau {kendall_tau(group[column].to_numpy(), group['measured'].to_numpy()):.3f}")
     return "\n".join(lines)
 
 
-__all__ = ["collect", "gather", "load", "parameter_columns", "parameter_units", "split_of", "summary"]
+__all__ = ["collect", "gather", "load", "measured_blocks", "measured_dataset", "measured_rows", "parameter_columns",
+           "scaled_parameters", "split_of", "summary"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from surrogate_ops.datasets import measured_rows, scaled_parameters
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import kendall_tau, mape
@@ -47,13 +48,11 @@ def evaluate(predictor: Predictor, frame: pd.DataFrame, mcpu: str, split: str = 
     """Predict every block of the split and compare with llvm-mca's and measured cycles. A
     conditioned surrogate on data labeled under sampled settings predicts each row's own setting
     (no measured figures then: the labels are not llvm-mca's defaults)."""
-    from surrogate_ops.datasets import parameter_units
-
     rows = select(frame, split)
     sampled = bool(predictor.parameter_names) and any(c.startswith("param_") for c in rows.columns)
-    units = parameter_units(rows, predictor.parameter_names) if sampled else None
+    scaled = scaled_parameters(rows, predictor.parameter_names) if sampled else None
     start = time.perf_counter()
-    predicted = predictor.cycles(list(rows["block"]), units)
+    predicted = predictor.cycles(list(rows["block"]), scaled)
     elapsed = time.perf_counter() - start
     rows = rows.assign(predicted=predicted)
     ok = rows[np.isfinite(rows["predicted"])]
@@ -66,7 +65,7 @@ def evaluate(predictor: Predictor, frame: pd.DataFrame, mcpu: str, split: str = 
         labeled = ok[ok[mca].notna()]
         metrics["mape_vs_mca"] = mape(labeled["predicted"], labeled[mca])
         metrics["tau_vs_mca"] = kendall_tau(labeled["predicted"], labeled[mca])
-    measured = ok[ok["measured"].notna() & (ok["measured_mcpu"] == mcpu) & ~ok["may_alias"].astype(bool)]
+    measured = measured_rows(ok, mcpu)
     if len(measured) > 1 and not sampled:
         metrics["measured_blocks"] = len(measured)
         metrics["mape_vs_measured"] = mape(measured["predicted"], measured["measured"])

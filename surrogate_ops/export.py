@@ -1,6 +1,8 @@
 """Saving a trained surrogate as a model directory, with its ONNX export checked against torch.
 
-The directory is what the registry stores and what every engine loads (see `inference`).
+The directory (`modeldir.ModelDir`) is what the registry stores and what every engine loads.
+`compare` is the one check of a candidate against its reference: torch against ONNX Runtime
+here, ONNX Runtime against TVM in the compile stage.
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from torch import nn
 from surrogate_ops import models
 from surrogate_ops.batching import pad
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.tokenizer import Tokenizer
 
 OPSET = 18
@@ -86,30 +88,26 @@ def example_batch(tokenizer: Tokenizer, blocks: Sequence[str]) -> np.ndarray:
 
 
 def save_model_dir(model: nn.Module, tokenizer: Tokenizer, meta: dict, path: str | Path,
-                   check_blocks: Sequence[str]) -> Agreement:
-    """Write model.pt, vocab.json, surrogate.json and model.onnx; returns ONNX-vs-torch agreement on
-    `check_blocks` (real blocks), raising when the export disagrees with torch."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+                   check_blocks: Sequence[str]) -> tuple[ModelDir, Agreement]:
+    """Write the model directory (checkpoint, vocabulary, metadata, ONNX graph); returns it with the
+    ONNX-vs-torch agreement on `check_blocks` (real blocks), raising when the export disagrees."""
     model = model.eval()
-    torch.save(models.to_checkpoint(model), path / "model.pt")
-    tokenizer.save(path / "vocab.json")
     config = model.config
     full = {**meta, "arch": models.arch_of(model), "config": dataclasses.asdict(config),
             "max_instructions": config.max_instructions, "max_tokens": config.max_tokens, "units": UNITS,
             "parameters": models.parameter_count(model)}
-    (path / "surrogate.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
-    export_onnx(model, path / "model.onnx", example_batch(tokenizer, list(check_blocks)[:4]))
-    return check_onnx(path, list(check_blocks)[:64])
+    directory = ModelDir.write(path, models.to_checkpoint(model), tokenizer, full)
+    export_onnx(model, directory.onnx, example_batch(tokenizer, list(check_blocks)[:4]))
+    return directory, check_onnx(directory, list(check_blocks)[:64])
 
 
-def check_onnx(model_dir: Path, blocks: Sequence[str]) -> Agreement:
+def check_onnx(directory: ModelDir, blocks: Sequence[str]) -> Agreement:
     """A model directory's ONNX graph against its torch checkpoint on real blocks (raises above tolerance)."""
     import onnxruntime as ort
 
-    model = models.from_checkpoint(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)).eval()
-    tokens = example_batch(Tokenizer.load(model_dir / "vocab.json"), blocks)
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    model = directory.module()
+    tokens = example_batch(directory.tokenizer(), blocks)
+    session = ort.InferenceSession(str(directory.onnx), providers=["CPUExecutionProvider"])
     feed = {"tokens": tokens}
     if models.is_conditioned(model):  # settings across the unit cube, a different one per block
         feed["params"] = np.random.default_rng(0).random((len(tokens), len(model.config.parameters)), dtype=np.float32)
@@ -118,8 +116,8 @@ def check_onnx(model_dir: Path, blocks: Sequence[str]) -> Agreement:
     return compare(reference, session.run(None, feed)[0], ("torch", "onnxruntime"))
 
 
-def onnx_opset(model_dir: Path) -> int:
+def onnx_opset(directory: ModelDir) -> int:
     import onnx
 
-    graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    graph = onnx.load(str(directory.onnx), load_external_data=False)
     return max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))

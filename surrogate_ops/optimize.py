@@ -2,13 +2,13 @@
 
 The seed paper's third pattern (DiffTune). A parameter-conditioned surrogate (trained on blocks
 labeled under random settings, `collect --sample-params`) stands in for llvm-mca; the setting is
-relaxed to units in [0, 1] (`Parameter.to_unit`) and descended on against measured throughput
+relaxed to values scaled to [0, 1] (`Parameter.scale`) and descended on against measured throughput
 (MAPE) with Adam, from the expert defaults and from random starts; the paths are rounded to valid
 values and ranked by the surrogate. Then the real llvm-mca runs every method's setting (expert
-defaults, the surrogate's, each tuner's) on held-out measured blocks.
+defaults, the surrogate's, each baseline's) on held-out measured blocks.
 
 Every llvm-mca run of the search takes the same fixed sample of measured training blocks
-(`tuner_blocks`). The surrogate uses it twice: llvm-mca's answers there under the defaults anchor
+(`search_blocks`). The surrogate uses it twice: llvm-mca's answers there under the defaults anchor
 it (it predicts how a setting changes them, so its own error on a block cancels), and its `verify`
 best candidates are run there, the best one kept (the defaults if none beats them; `verify=0`
 trusts the surrogate's first choice, as DiffTune does). The checks are spread over `rounds`
@@ -41,15 +41,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from surrogate_ops import datasets, models, plots, registry, tracking
+from surrogate_ops import datasets, loop, plots, registry, tracking
 from surrogate_ops.batching import buckets, pad
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import kendall_tau
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.programs.base import Parameter, from_units, to_units
+from surrogate_ops.programs.base import Parameter, unscale_setting, scale_settings
 
-TUNERS = ("opentuner", "optuna")
+BASELINES = ("opentuner", "optuna")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class OptimizeConfig:
     data: str  # measured throughputs: BHive-format CSV or a collected dataset
     budget: int  # llvm-mca block evaluations per method
     mcpu: str | None = None  # from the model when left out
-    baselines: tuple[str, ...] = TUNERS
+    baselines: tuple[str, ...] = BASELINES
     steps: int = 100  # Adam steps per descent (all starts at once)
     lr: float = 0.1
     restarts: int = 8  # random starts beside the expert defaults
@@ -67,7 +67,7 @@ class OptimizeConfig:
     verify: int = 4  # the surrogate's best candidates checked with llvm-mca on the sample (0: trust it)
     rounds: int = 3  # checks spread over this many descents, the surrogate fine-tuned on the answers between
     fit_steps: int = 60  # fine-tuning steps between rounds
-    tuner_blocks: int = 1000  # training blocks every llvm-mca run of the search takes (a tuner's trial)
+    search_blocks: int = 1000  # training blocks every llvm-mca run of the search takes (a baseline's trial)
     test_limit: int | None = None  # held-out blocks to evaluate on (all when None)
     seed: int = 0
 
@@ -99,28 +99,6 @@ def options(program: LlvmMca, setting: dict) -> dict:
     return {program.parameters[name].option: value for name, value in setting.items()}
 
 
-def measured_blocks(data: str | Path, mcpu: str) -> pd.DataFrame:
-    """Measured blocks on `mcpu` (block, measured, split), BHive's may-alias blocks left out. A CSV
-    is only disassembled here: no llvm-mca evaluation is spent on it."""
-    path = Path(data)
-    if path.suffix == ".parquet":
-        frame = datasets.load(path)[["block", "measured", "measured_mcpu", "may_alias", "split"]]
-    else:
-        records = datasets.gather(bhive=[path], measured_mcpu=mcpu)
-        alias_file = path.parent / "may-alias.csv"
-        alias = datasets.read_hex_list(alias_file) if alias_file.is_file() else set()
-        frame = pd.DataFrame([{"block": r.block, "measured": r.measured, "measured_mcpu": r.measured_mcpu,
-                               "may_alias": r.hex in alias, "split": datasets.split_of(r.block)}
-                              for r in records if r.error is None and r.block])
-    if frame.empty:
-        raise SurrogateOpsError(f"{data}: no readable blocks")
-    frame = frame[frame["measured"].notna() & (frame["measured"] > 0) & (frame["measured_mcpu"] == mcpu)
-                  & ~frame["may_alias"].astype(bool)]
-    if frame.empty:
-        raise SurrogateOpsError(f"{data}: no measurements on {mcpu} (name the file's microarchitecture with --mcpu)")
-    return frame.drop_duplicates("block").reset_index(drop=True)
-
-
 def llvm_mca_mape(program: LlvmMca, setting: dict, blocks: list[str], measured: np.ndarray) -> tuple[float, np.ndarray]:
     """The real llvm-mca under `setting`: MAPE against `measured`, and its cycles (NaN where it failed)."""
     cycles = np.array([r.cycles if r.ok else np.nan for r in program.with_params(setting).run(blocks)])
@@ -141,8 +119,7 @@ class Surrogate:
 
     def __init__(self, predictor: Predictor, blocks: list[str], measured: np.ndarray,
                  anchors: np.ndarray | None = None, defaults: np.ndarray | None = None, batch: int = 256):
-        self.model = models.from_checkpoint(torch.load(predictor.model_dir / "model.pt", map_location="cpu",
-                                                       weights_only=True)).eval()
+        self.model = predictor.model.module()
         for p in self.model.parameters():
             p.requires_grad_(False)
         encoded = [predictor.encode(b, i)[0] for i, b in enumerate(blocks)]
@@ -167,41 +144,27 @@ class Surrogate:
             self.scale = torch.tensor(self.anchors, dtype=torch.float32) / at_defaults
 
     def fit(self, labels: list[tuple[np.ndarray, np.ndarray]], steps: int, lr: float = 3e-4, seed: int = 0) -> float:
-        """Fine-tune on llvm-mca's real answers for these blocks (units of a setting, cycles per block):
-        the search's own evaluations teach the surrogate where the search is. Returns the last loss."""
-        generator = torch.Generator().manual_seed(seed)
-        units = torch.from_numpy(np.stack([u for u, _ in labels]).astype(np.float32))
-        cycles = torch.from_numpy(np.stack([c for _, c in labels]).astype(np.float32))  # (labels, blocks)
-        weights = [p for p in self.model.parameters()]
-        for p in weights:
+        """Fine-tune on llvm-mca's real answers for these blocks (a setting scaled, cycles per block)
+        with the training loop: the search's own evaluations teach the surrogate where the search
+        is. Returns the mean training error."""
+        for p in self.model.parameters():
             p.requires_grad_(True)
-        optimizer = torch.optim.Adam(weights, lr=lr)
-        self.model.train()
-        loss = torch.zeros(())
-        for _ in range(steps):
-            index, tokens = self.batches[int(torch.randint(len(self.batches), (1,), generator=generator))]
-            r, n = len(units), len(index)
-            predicted = self.model(tokens.repeat(r, 1, 1), units.repeat_interleave(n, dim=0)).reshape(r, n)
-            target = cycles[:, index]
-            ok = torch.isfinite(target)
-            loss = (torch.abs(predicted - target)[ok] / target[ok]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        self.model.eval()
-        for p in weights:
+        config = loop.LoopConfig(epochs=1, lr=lr, weight_decay=0.0, warmup_steps=0, decay=False, clip=None, patience=1)
+        _, history = loop.fit(self.model, _LabelBatches(self.batches, labels, steps, seed), config,
+                              np.random.default_rng(seed))
+        for p in self.model.parameters():
             p.requires_grad_(False)
         self._anchor()
-        return float(loss.detach())
+        return history.epochs[-1]["train_mape"]
 
-    def cycles(self, units: torch.Tensor, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    def cycles(self, scaled: torch.Tensor, batches) -> tuple[torch.Tensor, torch.Tensor]:
         """The blocks of `batches` (indices into self.batches) and their predicted cycles under each
         of R settings, (R, those blocks)."""
-        r = units.shape[0]
+        r = scaled.shape[0]
         indices, outputs = [], []
         for b in batches:
             index, tokens = self.batches[b]
-            params = units.repeat_interleave(len(index), dim=0)
+            params = scaled.repeat_interleave(len(index), dim=0)
             if self.pooled is not None:
                 predicted = self.model.from_encoding(self.pooled[index].repeat(r, 1), params)
             else:
@@ -210,12 +173,32 @@ class Surrogate:
             outputs.append(predicted.reshape(r, len(index)))
         return torch.cat(indices), torch.cat(outputs, dim=1)
 
-    def objective(self, units: torch.Tensor, batches=None) -> torch.Tensor:
-        """Surrogate MAPE for each of R settings: units (R, parameters) -> (R,), differentiable; over
+    def objective(self, scaled: torch.Tensor, batches=None) -> torch.Tensor:
+        """Surrogate MAPE for each of R settings: scaled (R, parameters) -> (R,), differentiable; over
         the block batches `batches` (indices into self.batches), else all."""
-        index, predicted = self.cycles(units, range(len(self.batches)) if batches is None else batches)
+        index, predicted = self.cycles(scaled, range(len(self.batches)) if batches is None else batches)
         measured = self.measured[index]
         return (torch.abs(predicted * self.scale[index] - measured) / measured).mean(dim=1)
+
+
+class _LabelBatches:
+    """`steps` random block batches, each under every labeled setting at once: the refit's data."""
+
+    def __init__(self, batches: list, labels: list[tuple[np.ndarray, np.ndarray]], steps: int, seed: int):
+        self.batches, self.steps, self.seed = batches, steps, seed
+        self.scaled = torch.from_numpy(np.stack([u for u, _ in labels]).astype(np.float32))
+        self.cycles = torch.from_numpy(np.stack([c for _, c in labels]).astype(np.float32))  # (labels, blocks)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, rng: np.random.Generator):
+        generator = torch.Generator().manual_seed(self.seed)
+        r = len(self.scaled)
+        for _ in range(self.steps):
+            index, tokens = self.batches[int(torch.randint(len(self.batches), (1,), generator=generator))]
+            inputs = (tokens.repeat(r, 1, 1), self.scaled.repeat_interleave(len(index), dim=0))
+            yield inputs, self.cycles[:, index].reshape(-1)
 
 
 def _key(setting: dict) -> str:
@@ -230,7 +213,7 @@ def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, c
     rounded settings ranked by the surrogate's objective over all the blocks (best first), the
     defaults excluded, and the trace of (step, best minibatch objective)."""
     generator = torch.Generator().manual_seed(config.seed)
-    start = torch.from_numpy(to_units(space, [defaults])).clamp(0.02, 0.98)
+    start = torch.from_numpy(scale_settings(space, [defaults])).clamp(0.02, 0.98)
     starts = torch.cat([start, torch.rand(config.restarts, len(space), generator=generator) * 0.96 + 0.02])
     logits = torch.logit(starts).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([logits], lr=config.lr)
@@ -244,19 +227,19 @@ def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, c
         trace.append((step, float(loss.detach().min())))
         if step % 25 == 24 or step == config.steps - 1:  # the rounded settings along the way
             for row in torch.sigmoid(logits).detach().numpy():
-                setting = from_units(space, row)
+                setting = unscale_setting(space, row)
                 candidates[_key(setting)] = setting
     candidates.pop(_key(defaults), None)
     settings = list(candidates.values())
     with torch.no_grad():
-        scores = torch.cat([surrogate.objective(torch.from_numpy(to_units(space, settings[i:i + 32])))
+        scores = torch.cat([surrogate.objective(torch.from_numpy(scale_settings(space, settings[i:i + 32])))
                             for i in range(0, len(settings), 32)]).numpy() if settings else np.zeros(0)
     order = np.argsort(scores)
     return [(settings[i], float(scores[i])) for i in order], trace
 
 
-class Tuner:
-    """A surrogate-free search: ask for units, run llvm-mca on the sample, until the budget is spent."""
+class Baseline:
+    """A surrogate-free search: ask for a scaled setting, run llvm-mca on the sample, until the budget is spent."""
 
     def __init__(self, name: str, space: dict[str, Parameter], defaults: dict, seed: int):
         self.name, self.space, self.defaults, self.seed = name, space, defaults, seed
@@ -264,15 +247,15 @@ class Tuner:
     def run(self, evaluate: Callable[[dict], float], trials: int, progress: bool = True) -> tuple[dict, float, list]:
         """(best setting, its objective, trace of (trial, best so far)); `evaluate` runs llvm-mca and
         is called at most `trials` times (a setting seen before costs nothing and is answered from
-        the cache, so a tuner that re-proposes is not charged twice)."""
+        the cache, so a baseline that re-proposes is not charged twice)."""
         seen: dict[str, float] = {}
         trace: list = []
         best: tuple[dict, float] = (self.defaults, float("inf"))
         bar = tqdm(total=trials, desc=self.name, unit="trial", disable=not progress)
 
-        def score(units: list[float]) -> float:
+        def score(scaled: list[float]) -> float:
             nonlocal best
-            setting = from_units(self.space, units)
+            setting = unscale_setting(self.space, scaled)
             key = _key(setting)
             if key not in seen:
                 seen[key] = evaluate(setting)
@@ -283,18 +266,18 @@ class Tuner:
             return seen[key]
 
         asked = 0
-        for units in self._search(score):
+        for scaled in self._search(score):
             asked += 1
             if len(seen) >= trials or asked > 50 * trials:
                 break
-            score(units)
+            score(scaled)
         bar.close()
         return best[0], best[1], trace
 
     def _search(self, score: Callable[[list[float]], float]):
-        """Yields unit vectors to score; the tuner learns from `score`'s answers."""
+        """Yields unit vectors to score; the search learns from `score`'s answers."""
         names = list(self.space)
-        first = to_units(self.space, [self.defaults])[0].tolist()
+        first = scale_settings(self.space, [self.defaults])[0].tolist()
         if self.name == "optuna":
             import optuna
 
@@ -303,13 +286,13 @@ class Tuner:
             study.enqueue_trial(dict(zip(names, first, strict=True)))
             while True:
                 trial = study.ask()
-                units = [trial.suggest_float(n, 0.0, 1.0) for n in names]
-                yield units
-                study.tell(trial, score(units))
+                scaled = [trial.suggest_float(n, 0.0, 1.0) for n in names]
+                yield scaled
+                study.tell(trial, score(scaled))
         elif self.name == "opentuner":
             yield from self._opentuner(names, first, score)
         else:
-            raise SurrogateOpsError(f"unknown tuner {self.name!r}; choose from {', '.join(TUNERS)}")
+            raise SurrogateOpsError(f"unknown baseline {self.name!r}; choose from {', '.join(BASELINES)}")
 
     def _opentuner(self, names: list[str], first: list[float], score: Callable[[list[float]], float]):
         import opentuner
@@ -344,40 +327,48 @@ class Tuner:
                     desired = api.get_next_desired_result()
                     if desired is None:
                         continue
-                    units = [desired.configuration.data[n] for n in names]
-                    yield units
-                    api.report_result(desired, Result(time=score(units)))
+                    scaled = [desired.configuration.data[n] for n in names]
+                    yield scaled
+                    api.report_result(desired, Result(time=score(scaled)))
             finally:
                 api.finish()
 
 
-def optimize(config: OptimizeConfig, out: str | Path | None = None, tracking_uri: str | None = None,
-             progress: bool = True) -> OptimizeResult:
-    """Find llvm-mca parameters through the surrogate and with each baseline tuner under the same
-    budget, evaluate every setting with the real llvm-mca on the held-out split, log it all to one
-    MLflow run (metrics per method, the settings as JSON, plots), and write the surrogate's setting
-    to `out` as llvm-mca option names to values."""
-    tracking.configure(tracking_uri)
+@dataclass
+class Problem:
+    """What every method searches with: the surrogate, llvm-mca, the space, the expert defaults,
+    and the measured blocks (the search's fixed sample of training blocks, and the held-out ones)."""
+
+    predictor: Predictor
+    program: LlvmMca
+    space: dict[str, Parameter]
+    defaults: dict
+    charged: int  # llvm-mca evaluations the surrogate's training data cost
+    train_rows: pd.DataFrame
+    test_rows: pd.DataFrame
+    blocks: list[str]  # the sample every llvm-mca run of the search takes
+    measured: np.ndarray
+    trials: int  # a baseline's llvm-mca runs within the budget
+
+
+def problem(config: OptimizeConfig) -> Problem:
+    """The surrogate, the space and the blocks, each checked against the budget before any work."""
     predictor = Predictor(registry.model_dir(config.model), engine="torch")
     if not predictor.parameter_names:
         raise SurrogateOpsError(f"{config.model} is not parameter-conditioned: train one on data collected with "
                                 "`surrogate-ops collect --sample-params N`")
-    mcpu = config.mcpu or predictor.meta["mcpu"]
-    program = LlvmMca(mcpu)
-    defaults = program.expert_defaults()
+    program = LlvmMca(config.mcpu or predictor.meta["mcpu"])
+    expert = program.expert_defaults()
     space = {name: program.parameters[name] for name in predictor.parameter_names}
-    defaults = {name: defaults[name] for name in space}
-    charged = int(predictor.meta["program_parameters"].get("evaluations", 0))
+    charged = int(predictor.model.program_parameters.get("evaluations", 0))
     if charged > config.budget:
         raise SurrogateOpsError(f"the surrogate's training data cost {charged:,} llvm-mca evaluations, over the "
                                 f"budget of {config.budget:,}")
-    unknown = set(config.baselines) - set(TUNERS)
+    unknown = set(config.baselines) - set(BASELINES)
     if unknown:
-        raise SurrogateOpsError(f"unknown baseline {', '.join(sorted(unknown))}; choose from {', '.join(TUNERS)}")
-
-    frame = measured_blocks(config.data, mcpu)
-    limit = predictor.max_instructions
-    fits = frame["block"].str.count("\n") < limit
+        raise SurrogateOpsError(f"unknown baseline {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")
+    frame = datasets.measured_blocks(config.data, program.mcpu)
+    fits = frame["block"].str.count("\n") < predictor.max_instructions
     train_rows = frame[(frame["split"] == "train") & fits]  # the surrogate reads blocks within its length
     test_rows = frame[frame["split"] == "test"]
     if config.test_limit is not None:
@@ -386,33 +377,64 @@ def optimize(config: OptimizeConfig, out: str | Path | None = None, tracking_uri
         raise SurrogateOpsError(f"{config.data}: need measured blocks in both train and test splits "
                                 f"(have {len(train_rows)} and {len(test_rows)})")
     rng = np.random.default_rng(config.seed)
-    sample = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.tuner_blocks])]
+    sample = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.search_blocks])]
     trials = config.budget // len(sample)
     if config.baselines and trials < 2:
-        raise SurrogateOpsError(f"a budget of {config.budget:,} buys the tuners {trials} trial(s) of {len(sample)} "
-                                "blocks; raise --budget or lower --tuner-blocks")
-
-    outcomes: dict[str, Outcome] = {"defaults": Outcome("defaults", defaults, 0)}
-    blocks, measured = list(sample["block"]), sample["measured"].to_numpy()
-    cost = charged + (len(blocks) if config.anchored else 0) + config.verify * len(blocks)
+        raise SurrogateOpsError(f"a budget of {config.budget:,} buys each baseline {trials} trial(s) of {len(sample)} "
+                                "blocks; raise --budget or lower --search-blocks")
+    cost = charged + (len(sample) if config.anchored else 0) + config.verify * len(sample)
     if cost > config.budget:
         raise SurrogateOpsError(f"the surrogate needs {cost:,} llvm-mca evaluations ({charged:,} for its training data, "
-                                f"{len(blocks):,} per anchor and checked candidate), over the budget of {config.budget:,}")
-    # every llvm-mca run of the search is on `sample`; the defaults' run there anchors the surrogate
-    # and is every tuner's first trial
+                                f"{len(sample):,} per anchor and checked candidate), over the budget of {config.budget:,}")
+    return Problem(predictor, program, space, {name: expert[name] for name in space}, charged, train_rows, test_rows,
+                   list(sample["block"]), sample["measured"].to_numpy(), trials)
+
+
+def optimize(config: OptimizeConfig, out: str | Path | None = None, progress: bool = True) -> OptimizeResult:
+    """Find llvm-mca parameters through the surrogate and with each baseline search under the same
+    budget, evaluate every setting with the real llvm-mca on the held-out split, log it all to one
+    MLflow run (metrics per method, the settings as JSON, plots), and write the surrogate's setting
+    to `out` as llvm-mca option names to values."""
+    task = problem(config)
+    # every llvm-mca run of the search is on the sample; the defaults' run there anchors the surrogate
+    # and is every baseline's first trial
+    outcomes: dict[str, Outcome] = {"defaults": Outcome("defaults", task.defaults, 0)}
     started = time.time()
-    default_mape, default_cycles = llvm_mca_mape(program, defaults, blocks, measured)
+    default_mape, default_cycles = llvm_mca_mape(task.program, task.defaults, task.blocks, task.measured)
     outcomes["defaults"].objective = default_mape
+    outcomes["surrogate"] = search(task, config, default_mape, default_cycles, progress)
+    outcomes["surrogate"].seconds = time.time() - started
+    for name in config.baselines:
+        started = time.time()
+        setting, objective, trace = Baseline(name, task.space, task.defaults, config.seed).run(
+            lambda s: llvm_mca_mape(task.program, s, task.blocks, task.measured)[0], task.trials, progress)
+        outcomes[name] = Outcome(name, setting, len(trace) * len(task.blocks), objective,
+                                 seconds=time.time() - started, trace=[(t * len(task.blocks), v) for t, v in trace])
+    test_blocks, test_measured = list(task.test_rows["block"]), task.test_rows["measured"].to_numpy()
+    for outcome in tqdm(outcomes.values(), desc="held-out llvm-mca", unit="setting", disable=not progress):
+        outcome.test_mape, cycles = llvm_mca_mape(task.program, outcome.setting, test_blocks, test_measured)
+        ok = np.isfinite(cycles)
+        outcome.test_tau = kendall_tau(cycles[ok], test_measured[ok]) if ok.sum() > 1 else float("nan")
+    run_id = _log_run(task, config, outcomes, out)
+    return OptimizeResult(run_id, outcomes, len(task.test_rows), len(task.train_rows))
+
+
+def search(task: Problem, config: OptimizeConfig, default_mape: float, default_cycles: np.ndarray,
+           progress: bool = True) -> Outcome:
+    """The surrogate's search, in rounds: descend, check a share of the candidates with llvm-mca,
+    fine-tune the surrogate on those answers, again. The best checked setting (or, with no checks,
+    the surrogate's first choice) and what it cost."""
+    blocks, measured, space, defaults = task.blocks, task.measured, task.space, task.defaults
+    keep = np.isfinite(default_cycles)
     if config.anchored:
-        keep = np.isfinite(default_cycles)
-        surrogate = Surrogate(predictor, [b for b, k in zip(blocks, keep, strict=True) if k], measured[keep],
-                              default_cycles[keep], to_units(space, [defaults])[0])
+        surrogate = Surrogate(task.predictor, [b for b, k in zip(blocks, keep, strict=True) if k], measured[keep],
+                              default_cycles[keep], scale_settings(space, [defaults])[0])
     else:
-        surrogate = Surrogate(predictor, list(train_rows["block"]), train_rows["measured"].to_numpy())
-    found = Outcome("surrogate", dict(defaults), charged, objective=default_mape if config.anchored else None)
+        surrogate = Surrogate(task.predictor, list(task.train_rows["block"]), task.train_rows["measured"].to_numpy())
+    cost = task.charged + (len(blocks) if config.anchored else 0) + config.verify * len(blocks)
+    found = Outcome("surrogate", dict(defaults), cost, objective=default_mape if config.anchored else None)
     checked = {_key(defaults)}
-    labels = [(to_units(space, [defaults])[0], default_cycles[keep])] if config.anchored else []
-    # rounds: descend, check a share of the candidates with llvm-mca, learn from those answers, again
+    labels = [(scale_settings(space, [defaults])[0], default_cycles[keep])] if config.anchored else []
     rounds = max(1, min(config.rounds, config.verify)) if config.anchored else 1
     for round_ in range(rounds):
         ranked, trace = descend(surrogate, space, defaults, replace(config, seed=config.seed + round_), progress)
@@ -421,52 +443,42 @@ def optimize(config: OptimizeConfig, out: str | Path | None = None, tracking_uri
             found.setting, found.objective = dict(ranked[0][0]) if ranked else dict(defaults), ranked[0][1] if ranked else None
             break
         share = config.verify * (round_ + 1) // rounds - config.verify * round_ // rounds
-        fresh = [setting for setting, _ in ranked if _key(setting) not in checked][:share]
-        for setting in fresh:
-            value, cycles = llvm_mca_mape(program, setting, blocks, measured)
+        for setting in [setting for setting, _ in ranked if _key(setting) not in checked][:share]:
+            value, cycles = llvm_mca_mape(task.program, setting, blocks, measured)
             checked.add(_key(setting))
             if config.anchored:
-                labels.append((to_units(space, [setting])[0], cycles[keep]))
+                labels.append((scale_settings(space, [setting])[0], cycles[keep]))
             if found.objective is None or value < found.objective:
                 found.setting, found.objective = dict(setting), value
         if round_ < rounds - 1:
             surrogate.fit(labels, config.fit_steps, seed=config.seed + round_)
-    found.evaluations = cost
-    found.seconds = time.time() - started
-    outcomes["surrogate"] = found
-    for name in config.baselines:
-        started = time.time()
-        setting, objective, trace = Tuner(name, space, defaults, config.seed).run(
-            lambda s: llvm_mca_mape(program, s, blocks, measured)[0], trials, progress)
-        outcomes[name] = Outcome(name, setting, len(trace) * len(blocks), objective, seconds=time.time() - started,
-                                 trace=[(t * len(blocks), v) for t, v in trace])
+    return found
 
-    test_blocks, test_measured = list(test_rows["block"]), test_rows["measured"].to_numpy()
-    for outcome in tqdm(outcomes.values(), desc="held-out llvm-mca", unit="setting", disable=not progress):
-        outcome.test_mape, cycles = llvm_mca_mape(program, outcome.setting, test_blocks, test_measured)
-        ok = np.isfinite(cycles)
-        outcome.test_tau = kendall_tau(cycles[ok], test_measured[ok]) if ok.sum() > 1 else float("nan")
 
-    with mlflow.start_run(run_name=f"optimize-{mcpu}") as run:
-        mlflow.set_tags({"program": "llvm-mca", "mcpu": mcpu, "mode": "optimize", "model_uri": config.model,
-                         "surrogate_parent": str(predictor.meta.get("parent", ""))})
+def _log_run(task: Problem, config: OptimizeConfig, outcomes: dict[str, Outcome], out: str | Path | None) -> str:
+    """One MLflow run: metrics per method, params.json (the surrogate's setting as llvm-mca options),
+    settings.json and the plot; params.json also to `out`."""
+    program = task.program
+    with tracking.start_run(run_name=f"optimize-{program.mcpu}") as run:
+        mlflow.set_tags({"program": "llvm-mca", "mcpu": program.mcpu, "mode": "optimize", "model_uri": config.model,
+                         "surrogate_parent": str(task.predictor.meta.get("parent", ""))})
         mlflow.log_params({**{k: v for k, v in asdict(config).items() if k != "baselines"},
-                           "baselines": ",".join(config.baselines), "tuner_trials": trials,
-                           "train_blocks": len(train_rows), "test_blocks": len(test_rows),
+                           "baselines": ",".join(config.baselines), "baseline_trials": task.trials,
+                           "train_blocks": len(task.train_rows), "test_blocks": len(task.test_rows),
                            "llvm_mca_version": program.version})
         for o in outcomes.values():
             mlflow.log_metrics({f"{o.method}_test_mape": o.test_mape, f"{o.method}_test_tau": o.test_tau,
                                 f"{o.method}_evaluations": o.evaluations,
                                 **({f"{o.method}_objective": o.objective} if o.objective is not None else {})})
-        params_text = json.dumps(options(program, found.setting), indent=1) + "\n"
+        params_text = json.dumps(options(program, outcomes["surrogate"].setting), indent=1) + "\n"
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             (tmp / "params.json").write_text(params_text)
             (tmp / "settings.json").write_text(json.dumps(
                 {o.method: {**asdict(o), "trace": None, "options": options(program, o.setting)}
                  for o in outcomes.values()}, indent=1, default=float) + "\n")
-            plots.optimization(outcomes, tmp / "optimization.png", f"llvm-mca -mcpu={mcpu}: parameters found")
+            plots.optimization(outcomes, tmp / "optimization.png", f"llvm-mca -mcpu={program.mcpu}: parameters found")
             mlflow.log_artifacts(str(tmp))
         if out is not None:
             Path(out).write_text(params_text)
-    return OptimizeResult(run.info.run_id, outcomes, len(test_rows), len(train_rows))
+    return run.info.run_id

@@ -89,7 +89,7 @@ DEFAULT_POLICY: tuple[Rule, ...] = (other_mcpu, too_long, unknown_tokens)
 class Server:
     """Answers throughput queries with the surrogate where the policy trusts it, else llvm-mca."""
 
-    def __init__(self, model_dir=None, load_error: str | None = None, llvm_mca: str | None = None,
+    def __init__(self, model=None, load_error: str | None = None, llvm_mca: str | None = None,
                  limits: Limits | None = None, policy: Sequence[Rule] = DEFAULT_POLICY, model_uri: str | None = None,
                  mca_params: dict | None = None):
         """`mca_params` (llvm-mca option or parameter names to values, e.g. from `optimize --out`) set
@@ -102,9 +102,9 @@ class Server:
         self.model_uri = model_uri
         self.model_version: str | None = None
         self.predictor, self.load_error = None, load_error
-        if model_dir is not None and load_error is None:
+        if model is not None and load_error is None:
             try:
-                self.predictor = Predictor(model_dir, engine="auto")
+                self.predictor = Predictor(model, engine="auto")
             except Exception as exc:  # noqa: BLE001 - any failure leaves the service up on llvm-mca alone
                 self.load_error = f"{type(exc).__name__}: {exc}"
         self.params_mcpu = self.predictor.meta.get("mcpu", "haswell") if self.predictor else "haswell"
@@ -120,21 +120,18 @@ class Server:
     @classmethod
     def from_uri(cls, model_uri: str, **kwargs) -> Server:
         """Load a registered model (`models:/NAME@ALIAS`) or a model directory; a failure is kept, not raised."""
-        from pathlib import Path
+        from surrogate_ops import registry
+        from surrogate_ops.modeldir import ModelDir
 
         try:
             if model_uri.startswith("models:/"):
-                from surrogate_ops import registry, tracking
-
-                tracking.configure()
                 name, version = registry.resolve_version(model_uri)
-                model_dir = registry.model_dir(f"models:/{name}/{version}")
+                model = registry.model_dir(f"models:/{name}/{version}")
                 version = f"{name}/{version}"
             else:
-                model_dir = Path(model_uri)
-                stamp = model_dir / "VERSION"  # a bento's model says which registered version it is
-                version = stamp.read_text().strip() if stamp.is_file() else model_uri
-            server = cls(model_dir, model_uri=model_uri, **kwargs)
+                model = ModelDir.open(model_uri)
+                version = model.version_stamp or model_uri  # a bento's model says which registered version it is
+            server = cls(model, model_uri=model_uri, **kwargs)
             server.model_version = version
             return server
         except Exception as exc:  # noqa: BLE001

@@ -1,19 +1,19 @@
-"""Training a surrogate of llvm-mca (or of measured throughput), tracked in MLflow.
+"""The training stage: a dataset in, a trained (and registered) surrogate out, tracked in MLflow.
 
-`train(config) -> TrainResult` reads a dataset from `collect`, builds the vocabulary on the train
-split, and fits the chosen architecture with the seed paper's loss, mean absolute percentage error:
-AdamW, linear warm-up then cosine decay, early stopping on the validation split, a checkpoint per
-epoch (resume with `resume=RUN_ID`), deterministic for a seed and thread count. It writes to the
-MLflow run: parameters, per-epoch metrics, the dataset as a run input (with its digest), the
-vocabulary, plots, test-split figures, and the model (pyfunc), registered when `register` names it.
+`train(config) -> TrainResult` prepares the data and the network (`prepare`: rows, vocabulary,
+fresh weights or a parent's), runs the training loop (`loop.fit`: MAPE loss, AdamW, warm-up and
+cosine decay, early stopping on the validation split) with a checkpoint and MLflow metrics after
+every epoch (resume with `resume=RUN_ID`; deterministic for a seed and thread count), then writes
+the model directory (`export`), scores it on the test split (`evaluate`), plots, and logs it as a
+pyfunc model, registered when `register` names it. It writes to the MLflow run: parameters,
+per-epoch metrics, the dataset as a run input (with its digest), the vocabulary, plots and
+test-split figures.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import dataclasses
-import math
+import json
 import os
 import tempfile
 import time
@@ -25,15 +25,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from surrogate_ops import datasets, models, plots, registry, tracking
-from surrogate_ops.batching import buckets, pad, run_batched
+from surrogate_ops import datasets, loop, models, plots, registry, tracking
 from surrogate_ops.config import work_dir
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.evaluate import evaluate
 from surrogate_ops.export import save_model_dir
 from surrogate_ops.inference import Predictor
+from surrogate_ops.metrics import mape
+from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.tokenizer import Tokenizer
 
 
@@ -57,11 +57,16 @@ class TrainConfig:
     val_limit: int | None = None  # validate (early stopping) on at most this many blocks
     threads: int | None = None
 
+    def loop(self, started: float) -> loop.LoopConfig:
+        return loop.LoopConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                               warmup_steps=self.warmup_steps, patience=self.patience,
+                               deadline=started + 60 * self.max_minutes if self.max_minutes else None)
+
 
 @dataclass
 class TrainResult:
     run_id: str
-    model_dir: Path
+    model: ModelDir
     metrics: dict[str, float]
     registered: registry.Registered | None
     epochs_run: int
@@ -84,91 +89,50 @@ def training_rows(frame: pd.DataFrame, target: str, mcpu: str, max_instructions:
         raise SurrogateOpsError(f"the dataset has no {column} column (collect it with --mcpu {mcpu})")
     rows = frame[frame[column].notna() & (frame[column] > 0)]
     if target == "measured":
-        rows = rows[(rows["measured_mcpu"] == mcpu) & ~rows["may_alias"].astype(bool)]
+        rows = datasets.measured_rows(rows, mcpu)
     rows = rows[rows["block"].str.count("\n") < max_instructions]
     if rows.empty:
         raise SurrogateOpsError(f"no rows with a {column} target in the dataset")
     return rows
 
 
-def mape_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (torch.abs(predicted - target) / target).mean()
+@dataclass
+class Prepared:
+    """What the loop trains on: the network, its vocabulary and the rows of each split."""
+
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    train_rows: pd.DataFrame
+    val_rows: pd.DataFrame
+    column: str
+    parameter_names: list[str]
+    added: list[str]
+
+    def examples(self, rows: pd.DataFrame) -> tuple[list, np.ndarray, np.ndarray | None]:
+        """Token ids, targets and (for a conditioned surrogate) settings of `rows`."""
+        scaled = datasets.scaled_parameters(rows, self.parameter_names) if self.parameter_names else None
+        return [self.tokenizer.encode_block(b) for b in rows["block"]], rows[self.column].to_numpy(), scaled
 
 
-def _schedule(warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _predict(model: torch.nn.Module, encoded: list, units: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
-    model.eval()
-    with torch.inference_mode():
-        return run_batched(lambda *inputs: model(*map(torch.from_numpy, inputs)).numpy(), encoded, batch_size, units)
-
-
-def _checkpoint_path(run_id: str) -> Path:
-    return work_dir() / "checkpoints" / run_id / "last.pt"
-
-
-def train(config: TrainConfig, register: str | None = None, tracking_uri: str | None = None,
-          resume: str | None = None, progress: bool = True, init_from: Path | None = None,
-          run_tags: dict | None = None, on_start: Callable[[str], None] | None = None,
-          version_tags: dict | None = None, log_model: bool = True) -> TrainResult:
-    """Train, evaluate on the test split, log everything to MLflow, and register when asked.
-
-    `init_from` (a model directory) starts from a trained surrogate instead of random weights, its
-    vocabulary extended with the new data's unseen tokens (fine-tuning). `version_tags` go on the
-    registered version too; `log_model=False` keeps the model directory but logs no MLflow model
-    (experiments that train many). Inside an active run, the run is a nested child."""
-    started = time.time()
-    state = None
-    if resume:
-        path = _checkpoint_path(resume)
-        if not path.is_file():
-            raise SurrogateOpsError(f"no checkpoint for run {resume} at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        config = TrainConfig(**state["config"])
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-
-    frame = datasets.load(config.data)
-    if init_from is not None:
-        base = models.from_checkpoint(torch.load(init_from / "model.pt", map_location="cpu", weights_only=True))
-        tokenizer = Tokenizer.load(init_from / "vocab.json")
-    else:
-        base = models.build(config.arch, vocab_size=2, preset=config.preset, **config.sizes)  # sizes only
-        tokenizer = None
-    limit = base.config.max_instructions
-    rows = training_rows(frame, config.target, config.mcpu, limit)
-    column = target_column(config.target, config.mcpu)
-    train_rows = rows[rows["split"] == "train"]
-    if config.train_limit is not None and len(train_rows) > config.train_limit:
-        train_rows = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.train_limit])]
-    val_rows = rows[rows["split"] == "val"]
-    if config.val_limit is not None and len(val_rows) > config.val_limit:
-        val_rows = val_rows.iloc[: config.val_limit]
-    if train_rows.empty or val_rows.empty:
-        raise SurrogateOpsError(f"need rows in both train and val splits (have {len(train_rows)} and {len(val_rows)})")
-
+def prepare(config: TrainConfig, frame: pd.DataFrame, parent: ModelDir | None, state: dict | None,
+            rng: np.random.Generator) -> Prepared:
+    """The rows of each split and the network: resumed from a checkpoint, grown from `parent`
+    (its vocabulary extended with the new data's tokens), or fresh; wrapped as a
+    parameter-conditioned surrogate when the dataset was labeled under sampled settings."""
+    base = parent.module() if parent is not None else models.build(config.arch, vocab_size=2, preset=config.preset,
+                                                                   **config.sizes)  # sizes only
+    train_rows, val_rows = _split_rows(config, frame, base.config.max_instructions, rng)
     added: list[str] = []
     if state is not None:
-        tokenizer = Tokenizer.from_dict(state["tokenizer"])
-        model = models.from_checkpoint(state["model"])
-    elif init_from is not None:
+        tokenizer, model = Tokenizer.from_dict(state["tokenizer"]), models.from_checkpoint(state["model"])
+    elif parent is not None:
+        tokenizer = parent.tokenizer()
         added = tokenizer.extend(train_rows["block"])
         model = _grow_vocabulary(base, len(tokenizer))
     else:
         tokenizer = Tokenizer.build(train_rows["block"], max_tokens=base.config.max_tokens)
         model = models.build(config.arch, vocab_size=len(tokenizer), preset=config.preset, **config.sizes)
-        model.head.log_scale.fill_(float(np.log(train_rows[column].median())))
-    # a dataset labeled under sampled llvm-mca settings trains a parameter-conditioned surrogate
+        model.head.log_scale.fill_(float(np.log(train_rows[target_column(config.target, config.mcpu)].median())))
     parameter_names = datasets.parameter_columns(frame)
     if models.is_conditioned(model) and not parameter_names:
         raise SurrogateOpsError("a parameter-conditioned surrogate trains on data collected with --sample-params")
@@ -177,134 +141,154 @@ def train(config: TrainConfig, register: str | None = None, tracking_uri: str | 
     if models.is_conditioned(model) and list(model.config.parameters) != parameter_names:
         raise SurrogateOpsError(f"the model takes the parameters {', '.join(model.config.parameters)}; "
                                 f"the dataset has {', '.join(parameter_names)}")
-    u_train = datasets.parameter_units(train_rows, parameter_names) if parameter_names else None
-    u_val = datasets.parameter_units(val_rows, parameter_names) if parameter_names else None
+    return Prepared(model, tokenizer, train_rows, val_rows, target_column(config.target, config.mcpu),
+                    parameter_names, added)
 
-    enc_train = [tokenizer.encode_block(b) for b in train_rows["block"]]
-    enc_val = [tokenizer.encode_block(b) for b in val_rows["block"]]
-    y_train = torch.tensor(train_rows[column].to_numpy(), dtype=torch.float32)
-    y_val = val_rows[column].to_numpy()
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = len(buckets(enc_train, config.batch_size))
-    total_steps = steps_per_epoch * config.epochs
-    # at most a tenth of the run warms up, so short runs on small data still train at full rate
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(max(1, min(config.warmup_steps, total_steps // 10)), total_steps))
-    epoch, best_val, best_state, stale = 0, float("inf"), copy.deepcopy(model.state_dict()), 0
+def _split_rows(config: TrainConfig, frame: pd.DataFrame, max_instructions: int,
+                rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows = training_rows(frame, config.target, config.mcpu, max_instructions)
+    train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
+    if config.train_limit is not None and len(train_rows) > config.train_limit:
+        train_rows = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.train_limit])]
+    if config.val_limit is not None and len(val_rows) > config.val_limit:
+        val_rows = val_rows.iloc[: config.val_limit]
+    if train_rows.empty or val_rows.empty:
+        raise SurrogateOpsError(f"need rows in both train and val splits (have {len(train_rows)} and {len(val_rows)})")
+    return train_rows, val_rows
+
+
+def train(config: TrainConfig, register: str | None = None, resume: str | None = None, progress: bool = True,
+          init_from: ModelDir | None = None, run_tags: dict | None = None,
+          on_start: Callable[[str], None] | None = None, version_tags: dict | None = None,
+          log_model: bool = True) -> TrainResult:
+    """Train, evaluate on the test split, log everything to MLflow, and register when asked.
+
+    `init_from` (a model directory) starts from a trained surrogate instead of random weights, its
+    vocabulary extended with the new data's unseen tokens (fine-tuning). `version_tags` go on the
+    registered version too; `log_model=False` keeps the model directory but logs no MLflow model
+    (studies that train many). Inside an active run, the run is a nested child."""
+    started = time.time()
+    state = _load_checkpoint(resume) if resume else None
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        epoch, best_val, best_state, stale = state["epoch"], state["best_val"], state["best_state"], state["stale"]
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-
-    tracking.configure(tracking_uri)
-    run_name = f"{config.arch}-{config.preset}-{config.target}-{config.mcpu}"
+        config = TrainConfig(**state["config"])
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    frame = datasets.load(config.data)
+    prepared = prepare(config, frame, init_from, state, rng)
+    encoded, targets, scaled = prepared.examples(prepared.train_rows)
+    val_encoded, val_targets, val_units = prepared.examples(prepared.val_rows)
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_id=resume, run_name=None if resume else run_name, nested=nested) as run:
+    with tracking.start_run(run_id=resume, run_name=None if resume else _run_name(config), nested=nested) as run:
+        run_id = run.info.run_id
         if on_start:
-            on_start(run.info.run_id)
+            on_start(run_id)
         if state is None:
-            mlflow.set_tags({"program": "llvm-mca", "mcpu": config.mcpu, "target": config.target,
-                             "arch": config.arch, **(run_tags or {})})
-            params = {k: v for k, v in dataclasses.asdict(config).items() if k != "sizes"}
-            params.update({f"size_{k}": v for k, v in dataclasses.asdict(model.config).items()})
-            params.update({"parameters": models.parameter_count(model), "vocab_size": len(tokenizer),
-                           "train_blocks": len(train_rows), "val_blocks": len(val_rows),
-                           "vocab_added": len(added), "threads": torch.get_num_threads()})
-            mlflow.log_params(params)
-            dataset = mlflow.data.from_pandas(frame.drop(columns=[c for c in ("hex",) if c in frame]),
-                                              source=str(Path(config.data).resolve()), name=Path(config.data).name,
-                                              targets=column)
-            mlflow.log_input(dataset, context="training")
-            mlflow.set_tag("dataset_digest", dataset.digest)
-        digest = mlflow.get_run(run.info.run_id).data.tags.get("dataset_digest", "")
-
-        bar = tqdm(total=config.epochs, initial=epoch, desc=f"training {config.arch}", unit="epoch", disable=not progress)
-        deadline = started + 60 * config.max_minutes if config.max_minutes else None
-        while epoch < config.epochs and stale < config.patience and (deadline is None or time.time() < deadline):
-            model.train()
-            batches = buckets(enc_train, config.batch_size, order=rng.permutation(len(enc_train)))
-            rng.shuffle(batches)
-            epoch_start, total, count = time.time(), 0.0, 0
-            for index in tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, unit="batch"):
-                tokens = torch.from_numpy(pad([enc_train[i] for i in index]))
-                extra = () if u_train is None else (torch.from_numpy(u_train[index]),)
-                loss = mape_loss(model(tokens, *extra), y_train[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(index)
-                count += len(index)
-                if deadline is not None and time.time() > deadline:
-                    break
-            val = float(np.mean(np.abs(_predict(model, enc_val, u_val) - y_val) / y_val))
-            epoch += 1
-            if val < best_val:
-                best_val, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
-            else:
-                stale += 1
-            mlflow.log_metrics({"train_mape": total / max(count, 1), "val_mape": val, "lr": scheduler.get_last_lr()[0],
-                                "epoch_seconds": time.time() - epoch_start}, step=epoch)
-            bar.set_postfix(train=f"{100 * total / max(count, 1):.1f}%", val=f"{100 * val:.1f}%", best=f"{100 * best_val:.1f}%")
-            bar.update(1)
-            _save_checkpoint(run.info.run_id, {
-                "config": dataclasses.asdict(config), "tokenizer": tokenizer.to_dict(), "model": models.to_checkpoint(model),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                "best_val": best_val, "best_state": best_state, "stale": stale, "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state()})
-        bar.close()
-
-        model.load_state_dict(best_state)
-        seconds = time.time() - started
-        out_dir = work_dir() / "models" / run.info.run_id
-        meta = {"program": "llvm-mca", "program_version": _program_version(frame), "mcpu": config.mcpu,
-                "target": config.target, "dataset_digest": digest, "run_id": run.info.run_id,
-                **({"parent": str(init_from)} if init_from is not None else {})}
-        if parameter_names:
-            # llvm-mca evaluations this surrogate cost: the blocks its sampled dataset labeled (and its
-            # conditioned parent's); `optimize` charges them against the budget
-            inherited = json.loads((init_from / "surrogate.json").read_text()).get("program_parameters", {}) \
-                if init_from is not None else {}
-            meta["program_parameters"] = {"names": parameter_names,
-                                          "expert_defaults": json.loads(frame.attrs["expert_defaults"]),
-                                          "evaluations": int(frame["block"].nunique()) + inherited.get("evaluations", 0)}
-        agreement = save_model_dir(model, tokenizer, meta, out_dir, check_blocks=list(val_rows["block"][:64]))
-        mlflow.log_metrics({"onnx_max_abs_diff": agreement.max_abs, "onnx_max_rel_diff": agreement.max_rel})
-        result = evaluate(Predictor(out_dir, engine="onnxruntime"), frame, config.mcpu, split="test")
-        metrics = {f"test_{k}": v for k, v in result.metrics.items()}
-        metrics.update({"best_val_mape": best_val, "train_seconds": seconds, "epochs_run": epoch})
-        mlflow.log_metrics(metrics)
-        meta_path = out_dir / "surrogate.json"
-        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "metrics": metrics}, indent=1, sort_keys=True))
-        tracked = column if column in result.frame else None
-        with tempfile.TemporaryDirectory() as tmp:
-            for target in [c for c in (f"mca_cycles_{config.mcpu}", "measured") if c in result.frame]:
-                if result.frame[target].notna().sum() > 1:
-                    name = "mca" if target.startswith("mca") else "measured"
-                    plots.predicted_vs_target(result.frame, target, Path(tmp) / f"test_predicted_vs_{name}.png",
-                                              f"{config.arch} on the test split")
-                    plots.error_by_length(result.frame, target, Path(tmp) / f"test_error_by_length_vs_{name}.png",
-                                          f"{config.arch}: error by block length")
-            mlflow.log_artifacts(tmp, artifact_path="plots")
-        mlflow.log_artifact(str(out_dir / "vocab.json"))
-        tags = {"program": "llvm-mca", "program_version": meta["program_version"], "mcpu": config.mcpu,
-                "arch": config.arch, "preset": config.preset, "target": config.target, "dataset_digest": digest,
-                "dataset_path": str(Path(config.data).resolve()), "tracked_target": tracked or "",
-                **{k: f"{v:.6g}" for k, v in metrics.items()}}
-        tags.update(version_tags or {})
+            _log_start(config, prepared, frame, run_tags)
+        model, history = loop.fit(
+            prepared.model, loop.BlockBatches(encoded, targets, scaled, config.batch_size), config.loop(started), rng,
+            validate=lambda m: mape(loop.predict(m, val_encoded, val_units), val_targets),
+            resume=state["loop"] if state is not None else None, progress=progress, desc=f"training {config.arch}",
+            on_epoch=_epoch_logger(run_id, config, prepared.tokenizer, prepared.model))
+        metrics = {"best_val_mape": history.best_val, "train_seconds": time.time() - started,
+                   "epochs_run": history.epochs_run}
+        digest = mlflow.get_run(run_id).data.tags.get("dataset_digest", "")
+        model_dir = _save(model, prepared, config, frame, digest, init_from, run_id)
+        model_dir, metrics = _score(model_dir, frame, config, metrics)
         registered = None
         if log_model:
-            registered = registry.log_model(out_dir, example=list(val_rows["block"][:2]), name=register, tags=tags)
-    return TrainResult(run.info.run_id, out_dir, metrics, registered, epoch, seconds)
+            tags = {"program": "llvm-mca", "program_version": model_dir.meta["program_version"], "mcpu": config.mcpu,
+                    "arch": config.arch, "preset": config.preset, "target": config.target, "dataset_digest": digest,
+                    "dataset_path": str(Path(config.data).resolve()),
+                    "tracked_target": prepared.column if prepared.column in frame else "",
+                    **{k: f"{v:.6g}" for k, v in metrics.items()}, **(version_tags or {})}
+            registered = registry.log_model(model_dir, example=list(prepared.val_rows["block"][:2]), name=register,
+                                            tags=tags)
+    return TrainResult(run_id, model_dir, metrics, registered, history.epochs_run, metrics["train_seconds"])
 
 
-def _program_version(frame: pd.DataFrame) -> str:
-    """The llvm-mca version that labeled the dataset (recorded by `collect`)."""
-    return str(frame.attrs.get("program_version", "unknown"))
+def _run_name(config: TrainConfig) -> str:
+    return f"{config.arch}-{config.preset}-{config.target}-{config.mcpu}"
+
+
+def _log_start(config: TrainConfig, prepared: Prepared, frame: pd.DataFrame, run_tags: dict | None) -> None:
+    """A new run's tags, parameters and dataset input (with its digest)."""
+    model = prepared.model
+    mlflow.set_tags({"program": "llvm-mca", "mcpu": config.mcpu, "target": config.target, "arch": config.arch,
+                     **(run_tags or {})})
+    params = {k: v for k, v in dataclasses.asdict(config).items() if k != "sizes"}
+    params.update({f"size_{k}": v for k, v in dataclasses.asdict(model.config).items()})
+    params.update({"parameters": models.parameter_count(model), "vocab_size": len(prepared.tokenizer),
+                   "train_blocks": len(prepared.train_rows), "val_blocks": len(prepared.val_rows),
+                   "vocab_added": len(prepared.added), "threads": torch.get_num_threads()})
+    mlflow.log_params(params)
+    dataset = mlflow.data.from_pandas(frame.drop(columns=[c for c in ("hex",) if c in frame]),
+                                      source=str(Path(config.data).resolve()), name=Path(config.data).name,
+                                      targets=prepared.column)
+    mlflow.log_input(dataset, context="training")
+    mlflow.set_tag("dataset_digest", dataset.digest)
+
+
+def _epoch_logger(run_id: str, config: TrainConfig, tokenizer: Tokenizer, model: torch.nn.Module):
+    """After each epoch: its metrics to MLflow, and a checkpoint that `resume` continues from."""
+
+    def log(record: dict, state: dict) -> None:
+        mlflow.log_metrics(record, step=len(state["history"]))
+        _save_checkpoint(run_id, {"config": dataclasses.asdict(config), "tokenizer": tokenizer.to_dict(),
+                                  "model": models.to_checkpoint(model), "loop": state})
+
+    return log
+
+
+def _save(model: torch.nn.Module, prepared: Prepared, config: TrainConfig, frame: pd.DataFrame, digest: str,
+          parent: ModelDir | None, run_id: str) -> ModelDir:
+    """The model directory (ONNX checked against torch on validation blocks; agreement logged)."""
+    meta = {"program": "llvm-mca", "program_version": str(frame.attrs.get("program_version", "unknown")),
+            "mcpu": config.mcpu, "target": config.target, "dataset_digest": digest, "run_id": run_id,
+            **({"parent": str(parent)} if parent is not None else {})}
+    if prepared.parameter_names:
+        # llvm-mca evaluations this surrogate cost: the blocks its sampled dataset labeled (and its
+        # conditioned parent's); `optimize` charges them against the budget
+        inherited = parent.program_parameters.get("evaluations", 0) if parent is not None else 0
+        meta["program_parameters"] = {"names": prepared.parameter_names,
+                                      "expert_defaults": json.loads(frame.attrs["expert_defaults"]),
+                                      "evaluations": int(frame["block"].nunique()) + inherited}
+    model_dir, agreement = save_model_dir(model, prepared.tokenizer, meta, work_dir() / "models" / run_id,
+                                          check_blocks=list(prepared.val_rows["block"][:64]))
+    mlflow.log_metrics({"onnx_max_abs_diff": agreement.max_abs, "onnx_max_rel_diff": agreement.max_rel})
+    return model_dir
+
+
+def _score(model_dir: ModelDir, frame: pd.DataFrame, config: TrainConfig, metrics: dict) -> tuple[ModelDir, dict]:
+    """Test-split figures (logged and written into the model's metadata), plots and the vocabulary."""
+    result = evaluate(Predictor(model_dir, engine="onnxruntime"), frame, config.mcpu, split="test")
+    metrics = {**{f"test_{k}": v for k, v in result.metrics.items()}, **metrics}
+    mlflow.log_metrics(metrics)
+    model_dir = model_dir.with_meta(metrics=metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in [c for c in (f"mca_cycles_{config.mcpu}", "measured") if c in result.frame]:
+            if result.frame[target].notna().sum() > 1:
+                name = "mca" if target.startswith("mca") else "measured"
+                plots.predicted_vs_target(result.frame, target, Path(tmp) / f"test_predicted_vs_{name}.png",
+                                          f"{config.arch} on the test split")
+                plots.error_by_length(result.frame, target, Path(tmp) / f"test_error_by_length_vs_{name}.png",
+                                      f"{config.arch}: error by block length")
+        mlflow.log_artifacts(tmp, artifact_path="plots")
+    mlflow.log_artifact(str(model_dir.vocab))
+    return model_dir, metrics
+
+
+def _checkpoint_path(run_id: str) -> Path:
+    return work_dir() / "checkpoints" / run_id / "last.pt"
+
+
+def _load_checkpoint(run_id: str) -> dict:
+    path = _checkpoint_path(run_id)
+    if not path.is_file():
+        raise SurrogateOpsError(f"no checkpoint for run {run_id} at {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _save_checkpoint(run_id: str, state: dict) -> None:
@@ -324,6 +308,5 @@ def _grow_vocabulary(model: torch.nn.Module, vocab_size: int) -> torch.nn.Module
     if vocab_size == old.shape[0]:
         return model
     (checkpoint["config"]["base_config"] if conditioned else checkpoint["config"])["vocab_size"] = vocab_size
-    grown = models.from_checkpoint({**checkpoint, "state_dict": {**checkpoint["state_dict"],
-                                    key: torch.cat([old, torch.randn(vocab_size - old.shape[0], old.shape[1]) * 0.02])}})
-    return grown
+    return models.from_checkpoint({**checkpoint, "state_dict": {**checkpoint["state_dict"],
+                                   key: torch.cat([old, torch.randn(vocab_size - old.shape[0], old.shape[1]) * 0.02])}})

@@ -4,7 +4,7 @@ Tuned TVM builds are static-shape: the ONNX graph is imported at one (batch, ins
 shape, its heaviest kernels (by FLOPs) are tuned with TVM's meta-schedule (XGBoost cost model,
 evolutionary search, measured on this CPU) in rounds until the budget is spent, and the tuning
 database is applied at build time. At run time the static build takes the batches that fit its
-shape (padded up to it) and the dynamic build the rest (`StaticEngine`).
+shape (padded up to it) and the dynamic build the rest (`engines.StaticEngine`).
 
 Whether it pays is measured, not assumed: the tuned build, the untuned build at the same static
 shape and ONNX Runtime are timed side by side on the same real blocks, and the record keeps all
@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from surrogate_ops import engines
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.export import compare
+from surrogate_ops.modeldir import ModelDir
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def _requirements() -> None:
         raise SurrogateOpsError("tuning needs xgboost for meta-schedule's cost model: pip install xgboost-cpu") from exc
 
 
-def fit(tokens: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def fit_shape(tokens: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Real blocks laid into a static shape: rows repeated to the batch, cut or padded to the rest."""
     batch, instructions, width = shape
     rows = np.resize(np.arange(len(tokens)), batch)
@@ -68,10 +71,10 @@ def fit(tokens: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
-def tune(onnx_path: Path, target_spec: dict, shape: tuple[int, int, int], minutes: float, out: Path,
+def tune(model: ModelDir, tvm_target: dict, shape: tuple[int, int, int], minutes: float, out: Path,
          check_tokens: np.ndarray, top_tasks: int = 4, trials_per_round: int = 4, seed: int = 0,
          log=print) -> Tuning:
-    """Tune `onnx_path` for `target_spec` at `shape` for about `minutes`; write `out` (.so) with
+    """Tune `model`'s ONNX graph for `tvm_target` at `shape` for about `minutes`; write `out` (.so) with
     its tuning database beside it (`out`.with_suffix('.db')) and return the record."""
     import onnx
     import tvm
@@ -83,10 +86,10 @@ def tune(onnx_path: Path, target_spec: dict, shape: tuple[int, int, int], minute
     _requirements()
     start = time.time()
     cores = len(os.sched_getaffinity(0))
-    target = tvm.target.Target({**target_spec, "num-cores": cores})  # meta-schedule's workers and threads
+    target = tvm.target.Target({**tvm_target, "num-cores": cores})  # meta-schedule's workers and threads
     work_dir = out.with_suffix(".db")
     work_dir.mkdir(parents=True, exist_ok=True)
-    mod = from_onnx(onnx.load(str(onnx_path)), shape_dict={"tokens": list(shape)}, keep_params_in_input=False)
+    mod = from_onnx(onnx.load(str(model.onnx)), shape_dict={"tokens": list(shape)}, keep_params_in_input=False)
     with target:
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                         relax.transform.CanonicalizeBindings(),
@@ -111,7 +114,7 @@ def tune(onnx_path: Path, target_spec: dict, shape: tuple[int, int, int], minute
         tuned_mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
     tvm.compile(tuned_mod, target=target).export_library(str(out))
     untuned = tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
-    record = _measure(out, untuned, onnx_path, fit(check_tokens, shape))
+    record = _measure(out, untuned, model, fit_shape(check_tokens, shape))
     database = ms.database.JSONDatabase(work_dir=str(work_dir))
     done = []
     for task in tasks:
@@ -135,41 +138,16 @@ def build_candidate(mod, target, _params):
     return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def _measure(library: Path, untuned, onnx_path: Path, tokens: np.ndarray) -> dict:
+def _measure(library: Path, untuned, model: ModelDir, tokens: np.ndarray) -> dict:
     """Agreement of the tuned build with ONNX Runtime, and the three speeds, side by side."""
     import tvm
     from tvm import relax
 
-    from surrogate_ops.compile import load_engine, time_engine
-    from surrogate_ops.export import compare
-    from surrogate_ops.inference import onnx_engine
-
-    tuned, reference = load_engine(library), onnx_engine(onnx_path.parent)
+    time_engine = engines.time_engine
+    tuned, reference = engines.tvm_library(library), engines.onnx_engine(model)
     main = relax.VirtualMachine(untuned, tvm.cpu())["main"]
     agreement = compare(reference(tokens), tuned(tokens), ("onnxruntime", "tvm-tuned"))
     return {"max_rel_diff": agreement.max_rel,
             "blocks_per_s": time_engine(tuned, tokens),
             "untuned_blocks_per_s": time_engine(lambda x: main(tvm.runtime.tensor(x)).numpy(), tokens),
             "onnxruntime_blocks_per_s": time_engine(reference, tokens)}
-
-
-class StaticEngine:
-    """A static-shape (tuned) build for the batches that fit its shape and fill at least half of its
-    batch (padding a small batch up to it would cost more than tuning saved); the dynamic build
-    otherwise."""
-
-    def __init__(self, static, shape: list[int], dynamic):
-        self.static, self.shape, self.dynamic = static, tuple(shape), dynamic
-
-    def __call__(self, tokens: np.ndarray) -> np.ndarray:
-        batch, instructions, width = self.shape
-        if tokens.shape[1] > instructions or tokens.shape[2] > width or len(tokens) < batch // 2:
-            return self.dynamic(tokens)
-        out = np.empty(len(tokens), dtype=np.float32)
-        for start in range(0, len(tokens), batch):
-            part = tokens[start:start + batch]
-            padded = np.zeros(self.shape, dtype=np.int64)
-            padded[:len(part), :part.shape[1], :part.shape[2]] = part
-            padded[len(part):, 0, 0] = 1  # padding rows hold one <UNK> token, never an empty block
-            out[start:start + len(part)] = self.static(padded)[:len(part)]
-        return out

@@ -3,7 +3,6 @@ the test (real llvm-mc, llvm-mca, MLflow store), and the adaptation experiment i
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 
 from conftest import bhive_csv
 from surrogate_ops.registry import BUNDLED
-from surrogate_ops.tokenizer import Tokenizer
+from surrogate_ops.modeldir import ModelDir
 
 CLI = [sys.executable, "-m", "surrogate_ops"]
 
@@ -51,12 +50,11 @@ def test_finetune_extends_the_vocabulary_and_registers_with_lineage(measurements
     assert run.data.tags["parent_uri"] == "models:/llvm-mca-haswell/1" and run.data.tags["mode"] == "finetune"
     assert int(run.data.params["vocab_added"]) >= 1 and run.data.params["target"] == "measured"
 
-    old = Tokenizer.load(BUNDLED / "vocab.json")
-    new = Tokenizer.load(registry.model_dir("models:/llvm-mca-haswell-lab-measured@challenger") / "vocab.json")
+    old = ModelDir.open(BUNDLED).tokenizer()
+    new = registry.model_dir("models:/llvm-mca-haswell-lab-measured@challenger").tokenizer()
     assert "pclmulqdq" not in old.vocab and "pclmulqdq" in new.vocab
     assert all(new.vocab[token] == index for token, index in old.vocab.items())  # learned ids untouched
-    meta = json.loads((registry.model_dir(f"models:/llvm-mca-haswell-lab-measured/{version.version}")
-                       / "surrogate.json").read_text())
+    meta = registry.model_dir(f"models:/llvm-mca-haswell-lab-measured/{version.version}").meta
     assert meta["target"] == "measured" and meta["metrics"]["test_mape_vs_measured"] > 0
 
 
@@ -66,7 +64,7 @@ def test_adaptation_experiment_small_writes_its_table_and_plot(measurements, tmp
     from surrogate_ops import tracking
 
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
-    out = subprocess.run([*CLI, "experiment", "adaptation", "--data", str(measurements), "--small", "--sizes", "40,120",
+    out = subprocess.run([*CLI, "study", "adaptation", "--data", str(measurements), "--small", "--sizes", "40,120",
                           "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = (tmp_path / "out" / "adaptation.csv").read_text().splitlines()
@@ -80,7 +78,7 @@ def test_adaptation_experiment_small_writes_its_table_and_plot(measurements, tmp
     tracking.configure(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     client = MlflowClient()
     (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("surrogate-ops").experiment_id])
-                 if r.data.tags.get("experiment") == "adaptation"]
+                 if r.data.tags.get("study") == "adaptation"]
     listed = {a.path for a in client.list_artifacts(parent.info.run_id, "adaptation")}
     assert {"adaptation/adaptation.png", "adaptation/adaptation.csv", "adaptation/adaptation.md"} <= listed
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")

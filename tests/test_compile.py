@@ -50,7 +50,7 @@ def test_x86_build_agrees_with_onnx_runtime(model):
     agreement = compare(onnx, tvm, ("onnxruntime", "tvm"))
     assert agreement.n == len(BLOCKS)
     recorded = json.loads((model / "builds" / "x86.json").read_text())
-    assert recorded["target_spec"]["mcpu"] == compiler.host_cpu()
+    assert recorded["tvm_target"]["mcpu"] == compiler.host_cpu()
 
 
 def test_arm64_build_is_an_aarch64_library(model, tmp_path):
@@ -61,12 +61,12 @@ def test_arm64_build_is_an_aarch64_library(model, tmp_path):
 
 def test_cuda_build_compiles_without_a_gpu(model, tmp_path):
     build = compiler.compile_model(model, "cuda", tmp_path)
-    assert Path(build.library).stat().st_size > 0 and build.target_spec["kind"] == "cuda"
+    assert Path(build.library).stat().st_size > 0 and build.tvm_target["kind"] == "cuda"
 
 
-def test_unknown_target_and_unsupported_architecture(tmp_path):
-    with pytest.raises(SurrogateOpsError, match="unknown target 'riscv'; choose from x86, arm64, cuda"):
-        compiler.resolve_target("riscv")
+def test_unknown_platform_and_unsupported_architecture(tmp_path):
+    with pytest.raises(SurrogateOpsError, match="unknown platform 'riscv'; choose from x86, arm64, cuda"):
+        compiler.resolve_platform("riscv")
     fake = tmp_path / "lstm"
     fake.mkdir()
     (fake / "surrogate.json").write_text(json.dumps({"arch": "ithemal"}))
@@ -85,7 +85,7 @@ def test_tvm_engine_without_a_build_is_a_clear_error(tmp_path):
 
 def test_compile_command_logs_and_tags_the_build(tmp_path):
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
-    out = subprocess.run([*CLI, "compile", "--target", "x86", "--out", str(tmp_path / "out")], capture_output=True,
+    out = subprocess.run([*CLI, "compile", "--platform", "x86", "--out", str(tmp_path / "out")], capture_output=True,
                          text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "out" / "x86.so").is_file() and "TVM vs ONNX Runtime" in out.stdout
@@ -137,10 +137,10 @@ def test_tuned_build_is_recorded_and_serves_the_batches_that_fit(tmp_path):
     from mlflow import MlflowClient
 
     from surrogate_ops import tracking
-    from surrogate_ops.tuning import StaticEngine
+    from surrogate_ops.engines import StaticEngine, tvm_library
 
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
-    out = subprocess.run([*CLI, "compile", "--target", "x86", "--out", str(tmp_path / "out"), "--tune-minutes", "0.01",
+    out = subprocess.run([*CLI, "compile", "--platform", "x86", "--out", str(tmp_path / "out"), "--tune-minutes", "0.01",
                           "--tune-kernels", "1", "--tune-shape", "32x4x8"], capture_output=True, text=True, env=env,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -156,8 +156,8 @@ def test_tuned_build_is_recorded_and_serves_the_batches_that_fit(tmp_path):
     # the static build answers like ONNX Runtime for batches that fit (padded, in chunks), and
     # hands wider batches to the dynamic build
     tokens = example_batch(Predictor(BUNDLED).tokenizer, BLOCKS)
-    engine = StaticEngine(compiler.load_engine(tmp_path / "out" / "x86-tuned.so"), record["shape"],
-                          compiler.load_engine(tmp_path / "out" / "x86.so"))
+    engine = StaticEngine(tvm_library(tmp_path / "out" / "x86-tuned.so"), record["shape"],
+                          tvm_library(tmp_path / "out" / "x86.so"))
     reference = Predictor(BUNDLED).engine
     narrow = np.concatenate([tokens[:, :4, :8]] * 7)  # 49 rows: two chunks of 32, the second padded
     assert compare(reference(narrow), engine(narrow), ("onnxruntime", "static")).max_rel < 1e-4

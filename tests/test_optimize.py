@@ -56,11 +56,11 @@ def lab(tmp_path_factory):
 def test_parameter_units_round_trip_every_value():
     for spec in LlvmMca.parameters.values():
         values = [False, True] if spec.type == "bool" else range(spec.low, spec.high + 1)
-        units = [spec.to_unit(v) for v in values]
-        assert all(0.0 <= u <= 1.0 for u in units)
-        assert [spec.from_unit(u) for u in units] == list(values), spec.name
+        scaled = [spec.scale(v) for v in values]
+        assert all(0.0 <= u <= 1.0 for u in scaled)
+        assert [spec.unscale(u) for u in scaled] == list(values), spec.name
         if spec.zero == "unbounded":  # 0 (no limit) sits above the largest size
-            assert spec.to_unit(0) > spec.to_unit(spec.high)
+            assert spec.scale(0) > spec.scale(spec.high)
 
 
 def test_expert_defaults_are_llvm_mca_own(fixture_blocks):
@@ -75,8 +75,8 @@ def test_expert_defaults_are_llvm_mca_own(fixture_blocks):
 
 def test_settings_llvm_mca_runs_alike_get_the_same_units(fixture_blocks):
     """The decoders act only with a micro-op queue: without one llvm-mca ignores them, and so do
-    the units a surrogate sees; with one they matter, in llvm-mca and in the units."""
-    from surrogate_ops.programs.base import to_units
+    the scaled values a surrogate sees; with one they matter, in llvm-mca and in the scaled values."""
+    from surrogate_ops.programs.base import scale_settings
 
     blocks = [b["block"] for b in fixture_blocks]
     space = LlvmMca.parameters
@@ -84,9 +84,9 @@ def test_settings_llvm_mca_runs_alike_get_the_same_units(fixture_blocks):
     settings = [defaults, {**defaults, "decoder_throughput": 1},
                 {**defaults, "micro_op_queue_size": 8}, {**defaults, "micro_op_queue_size": 8, "decoder_throughput": 1}]
     cycles = [[r.cycles for r in LlvmMca("haswell", params=s).run(blocks)] for s in settings]
-    units = to_units(space, settings)
-    assert cycles[0] == cycles[1] and (units[0] == units[1]).all()
-    assert cycles[2] != cycles[3] and not (units[2] == units[3]).all()
+    scaled = scale_settings(space, settings)
+    assert cycles[0] == cycles[1] and (scaled[0] == scaled[1]).all()
+    assert cycles[2] != cycles[3] and not (scaled[2] == scaled[3]).all()
 
 
 def test_params_file_round_trip_into_llvm_mca(tmp_path, fixture_blocks):
@@ -130,7 +130,7 @@ def test_conditioned_surrogate_takes_parameters(lab):
 
     with in_home(lab["root"] / "home"):
         model_dir = registry.model_dir("models:/planted-params@champion")
-    meta = json.loads((model_dir / "surrogate.json").read_text())
+    meta = model_dir.meta
     assert meta["arch"] == "conditioned" and meta["config"]["base"] == "hier"
     assert meta["program_parameters"]["evaluations"] == pd.read_parquet(lab["sampled"])["block"].nunique()
     blocks = ["\n".join(b) for b in lab["blocks"][:40]]
@@ -150,7 +150,7 @@ def test_optimize_end_to_end_with_both_tuners(lab):
     out_json = lab["root"] / "params.json"
     budget = 1200
     out = subprocess.run([*CLI, "optimize", "--model", "models:/planted-params@champion", "--data", str(lab["csv"]),
-                          "--budget", str(budget), "--tuner-blocks", "60", "--steps", "50", "--restarts", "4",
+                          "--budget", str(budget), "--search-blocks", "60", "--steps", "50", "--restarts", "4",
                           "--out", str(out_json), "--quiet"], capture_output=True, text=True, env=lab["env"], timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out_json.read_text())

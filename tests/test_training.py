@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from surrogate_ops import datasets, registry, tracking
+from surrogate_ops import datasets, promotion, registry, tracking
 from surrogate_ops.inference import Predictor
 from surrogate_ops.train import TrainConfig, train
 
@@ -110,7 +110,7 @@ def test_promotion_moves_champion_only_when_no_worse(home, dataset):
     first = train(quick(dataset, epochs=4), register="unit", progress=False)
     weak = train(quick(dataset, epochs=1, lr=1e-5, warmup_steps=1), register="unit", progress=False)
     assert weak.registered.aliases == ("challenger",)
-    decision = registry.promote("unit")
+    decision = promotion.promote("unit")
     assert not decision.promoted and decision.challenger_mape > decision.champion_mape
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("unit", "champion").version) == first.registered.version
@@ -118,7 +118,7 @@ def test_promotion_moves_champion_only_when_no_worse(home, dataset):
     assert tags["promotion"] == "rejected" and float(tags["promotion_champion_error"]) == pytest.approx(
         decision.champion_mape, rel=1e-5)
     strong = train(quick(dataset, epochs=8), register="unit", progress=False)
-    decision = registry.promote("unit")
+    decision = promotion.promote("unit")
     assert decision.promoted == (decision.challenger_mape <= decision.champion_mape)
     champion = str(client.get_model_version_by_alias("unit", "champion").version)
     assert champion == (strong.registered.version if decision.promoted else first.registered.version)
@@ -239,9 +239,9 @@ def test_mlflow_run_entry_point(home, dataset):
 @pytest.mark.parametrize("arch", ["bert", "ithemal"])
 def test_every_architecture_trains_and_exports(home, dataset, arch):
     result = train(quick(dataset, arch=arch, epochs=1), progress=False)
-    meta = json.loads((result.model_dir / "surrogate.json").read_text())
+    meta = result.model.meta
     assert meta["arch"] == arch and meta["parameters"] > 1000
     assert mlflow.get_run(result.run_id).data.metrics["onnx_max_rel_diff"] < 1e-3
-    torch_engine = Predictor(result.model_dir, engine="torch").cycles(["addq %rax, %rbx\nimulq %rcx, %rdx"])
-    onnx_engine = Predictor(result.model_dir, engine="onnxruntime").cycles(["addq %rax, %rbx\nimulq %rcx, %rdx"])
+    torch_engine = Predictor(result.model, engine="torch").cycles(["addq %rax, %rbx\nimulq %rcx, %rdx"])
+    onnx_engine = Predictor(result.model, engine="onnxruntime").cycles(["addq %rax, %rbx\nimulq %rcx, %rdx"])
     assert np.allclose(torch_engine, onnx_engine, rtol=1e-4)

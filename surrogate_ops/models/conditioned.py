@@ -1,7 +1,7 @@
 """`conditioned`: a surrogate of llvm-mca under a parameter setting, for surrogate optimization.
 
 A block encoder (hier or bert) reads the block with the setting (each parameter as a unit in
-[0, 1], see `programs.base.Parameter.to_unit`) added, through a small MLP, to every instruction's
+[0, 1], see `programs.base.Parameter.scale`) added, through a small MLP, to every instruction's
 vector (`inject="instructions"`: attention sees the setting beside each instruction, so it can
 weigh, say, the load queue against the block's loads); a second MLP reads the pooled features
 beside the setting and adds its answer to the encoder's own log-cycles. Both MLPs' last layers
@@ -82,7 +82,7 @@ class Conditioned(nn.Module):
         return self.block.encode(tokens, condition)  # (batch, dim)
 
     def from_encoding(self, pooled: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        # pooled: (batch, dim); params: (batch, parameters) units in [0, 1]
+        # pooled: (batch, dim); params: (batch, parameters) scaled in [0, 1]
         head = self.block.head
         features = head.norm(pooled)
         log_cycles = head.proj(features).squeeze(-1) + head.log_scale

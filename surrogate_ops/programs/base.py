@@ -42,10 +42,10 @@ class Parameter:
             raise ValueError(f"{self.name}: {number} is outside [{self.low}, {self.high}]")
         return number
 
-    # The search space a surrogate and the tuners share: every parameter as a unit in [0, 1].
+    # The search space a surrogate and the search baselines share: every parameter as a unit in [0, 1].
     # Sizes are on a log scale (1, 2, 4 ... apart matter as much as 64, 128 ...); where 0 means
     # "unbounded" it sits at the top, one step past `high`, so the unit grows with capacity.
-    def to_unit(self, value: int | bool) -> float:
+    def scale(self, value: int | bool) -> float:
         if self.type == "bool":
             return float(bool(value))
         if self.zero == "unbounded":
@@ -53,7 +53,7 @@ class Parameter:
         low = max(self.low, 1)
         return math.log(value / low) / math.log(self.high / low) if self.high > low else 0.0
 
-    def from_unit(self, unit: float) -> int | bool:
+    def unscale(self, unit: float) -> int | bool:
         """The valid value nearest to a unit (rounded on the parameter's own scale)."""
         unit = min(max(float(unit), 0.0), 1.0)
         if self.type == "bool":
@@ -81,20 +81,20 @@ def check_setting(parameters: Mapping[str, Parameter], params: Mapping[str, obje
 
 def canonical(parameters: Mapping[str, Parameter], setting: Mapping[str, int | bool]) -> dict[str, int | bool]:
     """The setting with every parameter that cannot act (its `only_with` is 0) at 0: settings that
-    run the same get the same units, so a surrogate never sees a difference the program ignores."""
+    run the same get the same scaled values, so a surrogate never sees a difference the program ignores."""
     return {name: 0 if p.only_with and not setting.get(p.only_with, 1) else value
             for (name, p), value in zip(parameters.items(), (setting[n] for n in parameters), strict=True)}
 
 
-def to_units(parameters: Mapping[str, Parameter], settings: Sequence[Mapping[str, int | bool]]) -> np.ndarray:
-    """(settings, parameters) float32 units of the canonical settings, columns in the order of `parameters`."""
-    return np.array([[p.to_unit(v) for p, v in zip(parameters.values(), canonical(parameters, s).values(), strict=True)]
+def scale_settings(parameters: Mapping[str, Parameter], settings: Sequence[Mapping[str, int | bool]]) -> np.ndarray:
+    """(settings, parameters) float32: the canonical settings scaled to [0, 1], columns in the order of `parameters`."""
+    return np.array([[p.scale(v) for p, v in zip(parameters.values(), canonical(parameters, s).values(), strict=True)]
                      for s in settings], dtype=np.float32).reshape(len(settings), len(parameters))
 
 
-def from_units(parameters: Mapping[str, Parameter], units: Sequence[float]) -> dict[str, int | bool]:
-    """The canonical setting nearest to units (each parameter rounded on its own scale)."""
-    return canonical(parameters, {name: p.from_unit(u) for (name, p), u in zip(parameters.items(), units, strict=True)})
+def unscale_setting(parameters: Mapping[str, Parameter], scaled: Sequence[float]) -> dict[str, int | bool]:
+    """The canonical setting nearest to scaled values (each parameter rounded on its own scale)."""
+    return canonical(parameters, {name: p.unscale(u) for (name, p), u in zip(parameters.items(), scaled, strict=True)})
 
 
 def sample_settings(parameters: Mapping[str, Parameter], defaults: Mapping[str, int | bool], count: int,
@@ -104,13 +104,13 @@ def sample_settings(parameters: Mapping[str, Parameter], defaults: Mapping[str, 
     its range; smaller puts the samples where a search starting from the defaults looks).
     Deterministic for a seed."""
     rng = np.random.default_rng(seed)
-    centre = np.array([p.to_unit(defaults[name]) for name, p in parameters.items()])
+    centre = np.array([p.scale(defaults[name]) for name, p in parameters.items()])
     low, high = np.clip(centre - spread, 0, 1), np.clip(centre + spread, 0, 1)
     settings = []
     for _ in range(count):
-        draws, units = rng.random(len(parameters)), low + (high - low) * rng.random(len(parameters))
-        settings.append({name: defaults[name] if draw < keep else p.from_unit(u)
-                         for (name, p), draw, u in zip(parameters.items(), draws, units, strict=True)})
+        draws, scaled = rng.random(len(parameters)), low + (high - low) * rng.random(len(parameters))
+        settings.append({name: defaults[name] if draw < keep else p.unscale(u)
+                         for (name, p), draw, u in zip(parameters.items(), draws, scaled, strict=True)})
     return settings
 
 

@@ -1,0 +1,172 @@
+"""The training loop, and nothing around it: `fit(model, batches, config) -> (model, History)`.
+
+The seed paper's loss (mean absolute percentage error), AdamW, linear warm-up then cosine decay
+(or a constant rate), gradient clipping, early stopping on a validation function, and the best
+epoch's weights returned. It knows nothing of MLflow, files or datasets: the training stage
+(`train`) wraps it with logging, checkpoints, export and registration; fine-tuning and the
+adaptation study go through that stage, and the optimizer's refits call `fit` directly.
+
+A loop's whole state (`on_epoch`'s second argument) can be saved and handed back as `resume`, so
+an interrupted run continues exactly where its last epoch ended.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from surrogate_ops.batching import buckets, pad, run_batched
+
+Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (the model's inputs, target cycles)
+
+
+class Batches(Protocol):
+    def __len__(self) -> int: ...  # batches per epoch
+
+    def epoch(self, rng: np.random.Generator) -> Iterable[Batch]: ...
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int = 20
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 300  # at most a tenth of the run warms up
+    decay: bool = True  # cosine decay to a tenth of the rate after warm-up; False: constant
+    patience: int = 4  # epochs without a better validation error before stopping
+    clip: float | None = 1.0  # gradient norm
+    deadline: float | None = None  # time.time() past which training stops (the best epoch is kept)
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)  # train_mape, val_mape, lr, epoch_seconds per epoch
+    best_val: float = float("inf")
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.epochs)
+
+
+def mape_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute percentage error over the finite targets (a block llvm-mca failed on has none)."""
+    ok = torch.isfinite(target)
+    if not bool(ok.all()):
+        predicted, target = predicted[ok], target[ok]
+    return (torch.abs(predicted - target) / target).mean()
+
+
+def schedule(warmup: int, total: int, decay: bool = True) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not decay:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class BlockBatches:
+    """Tokenized blocks with targets (and a conditioned surrogate's settings), in length buckets
+    shuffled afresh each epoch."""
+
+    def __init__(self, encoded: Sequence, targets: np.ndarray, scaled: np.ndarray | None, batch_size: int):
+        self.encoded, self.scaled, self.batch_size = encoded, scaled, batch_size
+        self.targets = torch.tensor(targets, dtype=torch.float32)
+        self.count = len(buckets(encoded, batch_size))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def epoch(self, rng: np.random.Generator) -> Iterable[Batch]:
+        batches = buckets(self.encoded, self.batch_size, order=rng.permutation(len(self.encoded)))
+        rng.shuffle(batches)
+        for index in batches:
+            tokens = torch.from_numpy(pad([self.encoded[i] for i in index]))
+            extra = () if self.scaled is None else (torch.from_numpy(self.scaled[index]),)
+            yield (tokens, *extra), self.targets[index]
+
+
+def predict(model: nn.Module, encoded: Sequence, scaled: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
+    """The module's cycles for tokenized blocks, in order."""
+    model.eval()
+    with torch.inference_mode():
+        return run_batched(lambda *inputs: model(*map(torch.from_numpy, inputs)).numpy(), encoded, batch_size, scaled)
+
+
+def fit(model: nn.Module, batches: Batches, config: LoopConfig, rng: np.random.Generator,
+        validate: Callable[[nn.Module], float] | None = None, resume: dict | None = None,
+        on_epoch: Callable[[dict, dict], None] | None = None, progress: bool = False,
+        desc: str = "training") -> tuple[nn.Module, History]:
+    """Train `model` in place and return it with the best epoch's weights (by `validate`, else by
+    training error) and the history. `on_epoch(record, state)` follows every epoch; `state` is
+    what `resume` takes to continue."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = len(batches) * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, schedule(max(1, min(config.warmup_steps, total // 10)), total, config.decay))
+    history, best_state, stale = History(), copy.deepcopy(model.state_dict()), 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history = History(resume["history"], resume["best_val"])
+        best_state, stale = resume["best_state"], resume["stale"]
+        rng.bit_generator.state = resume["rng"]
+        torch.set_rng_state(resume["torch_rng"])
+    bar = tqdm(total=config.epochs, initial=history.epochs_run, desc=desc, unit="epoch", disable=not progress)
+    while history.epochs_run < config.epochs and stale < config.patience and not _past(config.deadline):
+        started = time.time()
+        train_mape = _epoch(model, batches, optimizer, scheduler, rng, config, progress, history.epochs_run + 1)
+        val = validate(model) if validate is not None else train_mape
+        if val < history.best_val:
+            history.best_val, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+        record = {"train_mape": train_mape, "val_mape": val, "lr": scheduler.get_last_lr()[0],
+                  "epoch_seconds": time.time() - started}
+        history.epochs.append(record)
+        bar.set_postfix(train=f"{100 * train_mape:.1f}%", val=f"{100 * val:.1f}%", best=f"{100 * history.best_val:.1f}%")
+        bar.update(1)
+        if on_epoch is not None:
+            on_epoch(record, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                              "history": history.epochs, "best_val": history.best_val, "best_state": best_state,
+                              "stale": stale, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+    bar.close()
+    model.load_state_dict(best_state)
+    return model.eval(), history
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() > deadline
+
+
+def _epoch(model: nn.Module, batches: Batches, optimizer, scheduler, rng: np.random.Generator, config: LoopConfig,
+           progress: bool, number: int) -> float:
+    """One pass over the batches; the mean training error per target."""
+    model.train()
+    total, count = 0.0, 0
+    for inputs, target in tqdm(batches.epoch(rng), total=len(batches), desc=f"epoch {number}", leave=False,
+                               disable=not progress, unit="batch"):
+        loss = mape_loss(model(*inputs), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(target)
+        count += len(target)
+        if _past(config.deadline):
+            break
+    return total / max(count, 1)

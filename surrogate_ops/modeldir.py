@@ -1,0 +1,163 @@
+"""A model directory: the one on-disk format of a trained surrogate, read and written here only.
+
+    surrogate.json  architecture, sizes, limits, mcpu, training target, cycle units, metrics
+    vocab.json      the tokenizer's vocabulary
+    model.pt        torch checkpoint (fine-tuning, the torch engines)
+    model.onnx      the ONNX export (ONNX Runtime, TVM); written by `export`
+    builds/         compiled builds, a set of files per platform (see `Builds`)
+    VERSION         in a bento: the registered version the directory was staged from
+
+The registry stores it as the pyfunc model's one artifact, training writes it, and every engine,
+the predictor, the compile stage and the service read it through `ModelDir`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from surrogate_ops.errors import SurrogateOpsError
+
+META, VOCAB, CHECKPOINT, ONNX, STAMP = "surrogate.json", "vocab.json", "model.pt", "model.onnx", "VERSION"
+
+
+@dataclass(frozen=True)
+class Builds:
+    """A folder of compiled builds (a model directory's `builds/`, or `compile --out`): per platform
+    `<platform>.so` and its record `<platform>.json`, and for a tuned build `<platform>-tuned.so`,
+    `-tuned.json` and the tuning database `-tuned.db/`."""
+
+    folder: Path
+
+    def library(self, platform: str, tuned: bool = False) -> Path:
+        return self.folder / f"{platform}{'-tuned' if tuned else ''}.so"
+
+    def record_path(self, platform: str, tuned: bool = False) -> Path:
+        return self.library(platform, tuned).with_suffix(".json")
+
+    def database(self, platform: str) -> Path:
+        return self.folder / f"{platform}-tuned.db"
+
+    def record(self, platform: str, tuned: bool = False) -> dict | None:
+        """A build's record (what was built, checked and timed), None when there is no such build."""
+        path = self.record_path(platform, tuned)
+        if not (path.is_file() and self.library(platform, tuned).is_file()):
+            return None
+        return json.loads(path.read_text())
+
+    def files(self, platform: str) -> list[Path]:
+        """The build's libraries and records that exist (the database is a folder, see `database`)."""
+        paths = (self.library(platform), self.record_path(platform),
+                 self.library(platform, True), self.record_path(platform, True))
+        return [path for path in paths if path.is_file()]
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A trained surrogate on disk, its `surrogate.json` read once."""
+
+    path: Path
+    meta: dict
+
+    @classmethod
+    def open(cls, path: str | Path | ModelDir) -> ModelDir:
+        if isinstance(path, ModelDir):
+            return path
+        path = Path(path)
+        if not (path / META).is_file():
+            raise SurrogateOpsError(f"{path} is not a surrogate model directory (no {META})")
+        return cls(path, json.loads((path / META).read_text()))
+
+    @staticmethod
+    def holds_one(path: str | Path) -> bool:
+        return (Path(path) / META).is_file()
+
+    @classmethod
+    def write(cls, path: str | Path, checkpoint: dict, tokenizer, meta: dict) -> ModelDir:
+        """Write checkpoint, vocabulary and metadata (the ONNX graph is `export`'s to add)."""
+        import torch
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, path / CHECKPOINT)
+        tokenizer.save(path / VOCAB)
+        (path / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        return cls(path, json.loads((path / META).read_text()))
+
+    def with_meta(self, **fields) -> ModelDir:
+        """The same directory with `fields` added to its metadata (on disk too)."""
+        meta = {**self.meta, **fields}
+        (self.path / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        return ModelDir(self.path, meta)
+
+    @property
+    def onnx(self) -> Path:
+        return self.path / ONNX
+
+    @property
+    def vocab(self) -> Path:
+        return self.path / VOCAB
+
+    @property
+    def builds(self) -> Builds:
+        return Builds(self.path / "builds")
+
+    def tokenizer(self):
+        from surrogate_ops.tokenizer import Tokenizer
+
+        return Tokenizer.load(self.vocab)
+
+    def checkpoint(self) -> dict:
+        import torch
+
+        return torch.load(self.path / CHECKPOINT, map_location="cpu", weights_only=True)
+
+    def module(self):
+        """The torch module, in eval mode."""
+        from surrogate_ops import models
+
+        return models.from_checkpoint(self.checkpoint()).eval()
+
+    @property
+    def arch(self) -> str:
+        return self.meta["arch"]
+
+    @property
+    def mcpu(self) -> str | None:
+        return self.meta.get("mcpu")
+
+    @property
+    def max_instructions(self) -> int:
+        return int(self.meta["max_instructions"])
+
+    @property
+    def program_parameters(self) -> dict:
+        """A parameter-conditioned surrogate's parameters: names, expert defaults and the llvm-mca
+        evaluations its training data cost; {} for a surrogate of llvm-mca's defaults."""
+        return self.meta.get("program_parameters") or {}
+
+    @property
+    def version_stamp(self) -> str | None:
+        stamp = self.path / STAMP
+        return stamp.read_text().strip() if stamp.is_file() else None
+
+    def stamp(self, version: str) -> None:
+        (self.path / STAMP).write_text(f"{version}\n")
+
+    def shape(self) -> dict:
+        """The architecture as training's fields (arch, preset, sizes): its size preset when one
+        matches, and the exact sizes either way, so a from-scratch network is the same network.
+        A conditioned surrogate gives its block encoder's."""
+        from surrogate_ops import presets
+
+        arch, config = self.meta["arch"], self.meta["config"]
+        if arch == "conditioned":
+            arch, config = config["base"], config["base_config"]
+        sizes = {k: v for k, v in config.items() if k != "vocab_size"}
+        table = presets.load("model_sizes")[arch]
+        preset = next((p for p, v in table.items() if all(sizes.get(k) == x for k, x in v.items())), "small")
+        return {"arch": arch, "preset": preset, "sizes": sizes}
+
+    def __str__(self) -> str:
+        return str(self.path)
