@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from surrogate_ops import datasets
+from surrogate_ops.config import DEFAULT_MODEL_URI
 from surrogate_ops.metrics import mape
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.serving import wait_ready
@@ -57,7 +58,7 @@ def post(url: str, blocks: list[str]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="models:/llvm-mca-haswell@champion")
+    parser.add_argument("--model", default=DEFAULT_MODEL_URI)
     parser.add_argument("--data", type=Path, default=Path("surrogate-ops-work/datasets/hsw.parquet"))
     parser.add_argument("--blocks", type=int, default=10000)
     parser.add_argument("--request", type=int, default=256)
