@@ -44,9 +44,8 @@ class Parent:
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
 
-    @property
     def tags(self) -> dict[str, str]:
-        """What a run (and version) trained from the parent records of it."""
+        """What a run (and version) trained from the parent records of it (asks the registry for its run)."""
         return {"parent_model": self.name, "parent_version": self.version,
                 "parent_run_id": registry.run_of(self.name, self.version), "parent_uri": self.uri}
 
@@ -71,7 +70,7 @@ def finetune(parent_uri: str, data: str | Path, target: str = "measured", regist
     start = parent(parent_uri, data, mcpu, progress)
     config = TrainConfig(data=str(start.data), **start.model.shape(), target=target, mcpu=start.mcpu, epochs=epochs,
                          lr=lr, seed=seed, max_minutes=max_minutes, train_limit=train_limit)
-    tags = {**start.tags, "mode": "finetune"}
+    tags = {**start.tags(), "mode": "finetune"}
     return train(config, register=register, progress=progress, init_from=start.model, run_tags=tags, version_tags=tags)
 
 
@@ -121,9 +120,10 @@ def study(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | None 
 def _sweep(start: Parent, sweep: Sweep, progress: bool) -> tuple[pd.DataFrame, dict]:
     """Both methods at every size and seed: the runs' table and llvm-mca's error on their test blocks."""
     rows, references = [], []
+    shape = start.model.shape()  # both methods train the parent's network: fresh, or from its weights
     for size in sweep.sizes:
         for seed in sweep.seeds:
-            common = dict(data=str(start.data), **start.model.shape(), target="measured", mcpu=start.mcpu,
+            common = dict(data=str(start.data), **shape, target="measured", mcpu=start.mcpu,
                           epochs=sweep.epochs(size), batch_size=sweep.batch_size, seed=seed, train_limit=size,
                           val_limit=sweep.val_limit, patience=max(4, sweep.epochs(size) // 5))
             scratch = train(TrainConfig(**common), progress=False, log_model=False,

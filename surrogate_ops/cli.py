@@ -531,7 +531,6 @@ def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str
     train a small surrogate for a few minutes, register it as challenger, evaluate, promote."""
     from surrogate_ops import config, registry, tracking
 
-    uri = tracking_uri
     bundled = registry.ensure_default()
     if bundled:
         click.echo(f"registered the bundled surrogate as {bundled.uri} (champion)")
@@ -540,12 +539,12 @@ def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str
     ctx.invoke(collect, limit=limit, out=str(data), quiet=True)
     click.echo(f"== train: hier/small on llvm-mca haswell labels, {minutes:g} minutes at most")
     ctx.invoke(train, data=str(data), arch="hier", preset="small", epochs=30, max_minutes=minutes,
-               register=DEFAULT_MODEL, tracking_uri=uri, quiet=True)
+               register=DEFAULT_MODEL, tracking_uri=tracking_uri, quiet=True)
     click.echo("== evaluate: the champion on the new data's test split")
-    ctx.invoke(evaluate, model_uri=DEFAULT_MODEL_URI, data=str(data), tracking_uri=uri)
+    ctx.invoke(evaluate, model_uri=DEFAULT_MODEL_URI, data=str(data), tracking_uri=tracking_uri)
     click.echo("== promote")
-    ctx.invoke(promote, name=DEFAULT_MODEL, tracking_uri=uri)
-    click.echo(f"see the runs and the registry: {tracking.ui_hint(uri)}")
+    ctx.invoke(promote, name=DEFAULT_MODEL, tracking_uri=tracking_uri)
+    click.echo(f"see the runs and the registry: {tracking.ui_hint(tracking_uri)}")
 
 
 def _terminate(signum, frame) -> None:

@@ -102,18 +102,17 @@ def save_model_dir(model: nn.Module, tokenizer: Tokenizer, meta: dict, path: str
 
 
 def check_onnx(directory: ModelDir, blocks: Sequence[str]) -> Agreement:
-    """A model directory's ONNX graph against its torch checkpoint on real blocks (raises above tolerance)."""
-    import onnxruntime as ort
+    """A model directory's ONNX graph (ONNX Runtime) against its torch checkpoint (torch) on real
+    blocks, both through their engines; raises above tolerance."""
+    from surrogate_ops import engines
 
-    model = directory.module()
     tokens = example_batch(directory.tokenizer(), blocks)
-    session = ort.InferenceSession(str(directory.onnx), providers=["CPUExecutionProvider"])
-    feed = {"tokens": tokens}
-    if models.is_conditioned(model):  # settings across the unit cube, a different one per block
-        feed["params"] = np.random.default_rng(0).random((len(tokens), len(model.config.parameters)), dtype=np.float32)
-    with torch.inference_mode():
-        reference = model(*(torch.from_numpy(v) for v in feed.values())).numpy()
-    return compare(reference, session.run(None, feed)[0], ("torch", "onnxruntime"))
+    params = None
+    if directory.arch == "conditioned":  # settings across the unit cube, a different one per block
+        count = len(directory.meta["config"]["parameters"])
+        params = np.random.default_rng(0).random((len(tokens), count), dtype=np.float32)
+    reference = engines.torch_engine(directory)(tokens, params)
+    return compare(reference, engines.onnx_engine(directory)(tokens, params), ("torch", "onnxruntime"))
 
 
 def onnx_opset(directory: ModelDir) -> int:

@@ -82,14 +82,13 @@ class ModelDir:
         path.mkdir(parents=True, exist_ok=True)
         torch.save(checkpoint, path / CHECKPOINT)
         tokenizer.save(path / VOCAB)
-        (path / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-        return cls(path, json.loads((path / META).read_text()))
+        return cls(path, {}).with_meta(**meta)
 
     def with_meta(self, **fields) -> ModelDir:
         """The same directory with `fields` added to its metadata (on disk too)."""
-        meta = {**self.meta, **fields}
-        (self.path / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-        return ModelDir(self.path, meta)
+        text = json.dumps({**self.meta, **fields}, indent=1, sort_keys=True, default=str)
+        (self.path / META).write_text(text)
+        return ModelDir(self.path, json.loads(text))  # as a reader will see it (non-JSON values as text)
 
     @property
     def onnx(self) -> Path:

@@ -343,7 +343,7 @@ class Problem:
     program: LlvmMca
     space: dict[str, Parameter]
     defaults: dict
-    charged: int  # llvm-mca evaluations the surrogate's training data cost
+    cost: int  # llvm-mca evaluations charged to the surrogate: its training data, anchors and checks
     train_rows: pd.DataFrame
     test_rows: pd.DataFrame
     blocks: list[str]  # the sample every llvm-mca run of the search takes
@@ -386,7 +386,7 @@ def problem(config: OptimizeConfig) -> Problem:
     if cost > config.budget:
         raise SurrogateOpsError(f"the surrogate needs {cost:,} llvm-mca evaluations ({charged:,} for its training data, "
                                 f"{len(sample):,} per anchor and checked candidate), over the budget of {config.budget:,}")
-    return Problem(predictor, program, space, {name: expert[name] for name in space}, charged, train_rows, test_rows,
+    return Problem(predictor, program, space, {name: expert[name] for name in space}, cost, train_rows, test_rows,
                    list(sample["block"]), sample["measured"].to_numpy(), trials)
 
 
@@ -431,8 +431,7 @@ def search(task: Problem, config: OptimizeConfig, default_mape: float, default_c
                               default_cycles[keep], scale_settings(space, [defaults])[0])
     else:
         surrogate = Surrogate(task.predictor, list(task.train_rows["block"]), task.train_rows["measured"].to_numpy())
-    cost = task.charged + (len(blocks) if config.anchored else 0) + config.verify * len(blocks)
-    found = Outcome("surrogate", dict(defaults), cost, objective=default_mape if config.anchored else None)
+    found = Outcome("surrogate", dict(defaults), task.cost, objective=default_mape if config.anchored else None)
     checked = {_key(defaults)}
     labels = [(scale_settings(space, [defaults])[0], default_cycles[keep])] if config.anchored else []
     rounds = max(1, min(config.rounds, config.verify)) if config.anchored else 1

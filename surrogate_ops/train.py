@@ -57,7 +57,7 @@ class TrainConfig:
     val_limit: int | None = None  # validate (early stopping) on at most this many blocks
     threads: int | None = None
 
-    def loop(self, started: float) -> loop.LoopConfig:
+    def loop_config(self, started: float) -> loop.LoopConfig:
         return loop.LoopConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
                                warmup_steps=self.warmup_steps, patience=self.patience,
                                deadline=started + 60 * self.max_minutes if self.max_minutes else None)
@@ -188,7 +188,7 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
         if state is None:
             _log_start(config, prepared, frame, run_tags)
         model, history = loop.fit(
-            prepared.model, loop.BlockBatches(encoded, targets, scaled, config.batch_size), config.loop(started), rng,
+            prepared.model, loop.BlockBatches(encoded, targets, scaled, config.batch_size), config.loop_config(started), rng,
             validate=lambda m: mape(loop.predict(m, val_encoded, val_units), val_targets),
             resume=state["loop"] if state is not None else None, progress=progress, desc=f"training {config.arch}",
             on_epoch=_epoch_logger(run_id, config, prepared.tokenizer, prepared.model))
