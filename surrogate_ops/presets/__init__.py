@@ -9,5 +9,7 @@ from importlib import resources
 
 @functools.cache
 def load(name: str) -> dict:
-    """The preset table `name` (e.g. "microarchitectures"), as a dict."""
-    return json.loads(resources.files(__package__).joinpath(f"{name}.json").read_text())
+    """The preset table `name` (e.g. "microarchitectures"), as a dict; `_doc` keys (the table's
+    description) left out."""
+    table = json.loads(resources.files(__package__).joinpath(f"{name}.json").read_text())
+    return {k: v for k, v in table.items() if not k.startswith("_")}
