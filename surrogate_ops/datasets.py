@@ -25,6 +25,7 @@ llvm-mca rejects are kept out of the dataset and listed, with the reason, in
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 from surrogate_ops import presets
 from surrogate_ops.config import work_dir
 from surrogate_ops.blocks.asm import BlockError, normalize_block, read_asm_file
+from surrogate_ops.blocks import generate
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
@@ -128,11 +130,25 @@ def _read_bhive(path: Path, measured_mcpu: str | None = None) -> list[Record]:
     return records
 
 
+@dataclass(frozen=True)
+class Generated:
+    """Synthetic blocks for `collect`: `count` blocks of `blocks.generate`'s stream for `seed` and `density`."""
+
+    count: int
+    seed: int = 0
+    density: str = "mixed"
+
+    def records(self) -> list[Record]:
+        source = f"generated:{self.density}:{self.seed}"
+        return [Record(block, None, source) for block in generate.iter_blocks(self.count, self.seed, self.density)]
+
+
 def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (), asm: Sequence[str | Path] = (),
-           limit: int | None = None, progress: bool = False, measured_mcpu: str | None = None) -> list[Record]:
+           limit: int | None = None, progress: bool = False, measured_mcpu: str | None = None,
+           generated: Generated | None = None) -> list[Record]:
     """Records from every source, in a stable order, cut to `limit`; hex sources disassembled.
     `measured_mcpu` names the microarchitecture of measurement files whose name does not (hsw.csv does)."""
-    records: list[Record] = []
+    records: list[Record] = generated.records() if generated else []
     for path in map(Path, bhive):
         if not path.is_file():
             raise SurrogateOpsError(f"--bhive {path}: no such file")
@@ -245,15 +261,19 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
             workers: int | None = None, may_alias: str | Path | None = None, params: dict | None = None,
             progress: bool = True, part_rows: int = PART_ROWS, measured_mcpu: str | None = None,
             sample_params: int = 0, seed: int = 0, splits: Sequence[str] | None = None,
-            spread: float = 1.0) -> CollectResult:
+            spread: float = 1.0, generated: Generated | None = None) -> CollectResult:
     """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
     and `<out stem>.rejected.csv` for blocks that could not be labeled. `sample_params=N` labels
     each block under one of N random parameter settings (drawn with `seed`, within `spread` of the
     defaults on the unit scale, see `programs.base.sample_settings`) instead of `params`;
     `splits` keeps only blocks of those splits (e.g. train: spend no labels on held-out blocks); the
-    kept blocks get a fresh train/val/test split of their own (another hash) for training."""
+    kept blocks get a fresh train/val/test split of their own (another hash) for training.
+    `generated` adds synthetic blocks (`blocks.generate`) before the other sources."""
     out = Path(out)
-    if not (bhive or binaries or asm):
+    if generated and generated.seed >= generate.PROBE_SEED:
+        raise SurrogateOpsError(f"generator seeds from {generate.PROBE_SEED} up are kept for held-out probe sets; "
+                                "train on a lower seed")
+    if not (bhive or binaries or asm or generated):
         binaries = default_binaries()
     mcpus = list(dict.fromkeys(mcpus))
     if sample_params and (len(mcpus) != 1 or params):
@@ -261,7 +281,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     programs = {m: LlvmMca(mcpu=m, workers=workers, params=params) for m in mcpus}
     sampling = _sampling(programs[mcpus[0]], sample_params, seed, spread) if sample_params else None
     alias = _may_alias(bhive, may_alias)
-    records = gather(bhive, binaries, asm, None if splits else limit, progress, measured_mcpu)
+    records = gather(bhive, binaries, asm, None if splits else limit, progress, measured_mcpu, generated)
     if splits:
         records = [r for r in records if r.block is None or split_of(r.block) in splits][:limit]
     if not records:
@@ -270,7 +290,8 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     settings = {"mcpus": mcpus, "params": program.params, "iterations": program.iterations,
                 "llvm_mca": program.path, "llvm_mca_version": program.version,
                 **({"sample_params": sample_params, "seed": seed, "spread": spread} if sampling else {}),
-                **({"splits": sorted(splits)} if splits else {})}
+                **({"splits": sorted(splits)} if splits else {}),
+                **({"generated": dataclasses.asdict(generated)} if generated else {})}
     partial = _partial(out, settings)
     parts, resumed = _label_parts(partial, records, programs, alias, sampling, splits, part_rows, progress)
     metadata = {"program": program.name, "program_version": program.version, "mcpus": ",".join(mcpus),
@@ -449,5 +470,5 @@ def summary(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["collect", "gather", "load", "measured_blocks", "measured_dataset", "measured_rows", "parameter_columns",
+__all__ = ["Generated", "collect", "gather", "load", "measured_blocks", "measured_dataset", "measured_rows", "parameter_columns",
            "scaled_parameters", "split_of", "summary"]
