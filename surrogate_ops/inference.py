@@ -56,18 +56,21 @@ class Predictor:
         the block cannot be read. Each distinct raw line is checked, normalized and encoded once."""
         lines = self._lines
         hits = [lines[raw] if raw in lines else self._encode_line(raw) for raw in text.split("\n")]
-        try:  # the common case: every line an instruction, (ids, has unknown); markers are not subscriptable
+        try:  # the common case: every line an instruction, (ids, has unknown, text); markers are not subscriptable
             ids = [hit[0] for hit in hits]
             unknown = any([hit[1] for hit in hits])
         except TypeError:
             return self._encode_general(text, index, hits)
         if len(ids) > self.max_instructions:
             raise BlockError(f"{len(ids)} instructions, more than the limit of {self.max_instructions}", index)
+        if self.tokenizer.max_deps:  # edges span lines: added per block, from each line's cached text
+            ids = self.tokenizer.add_dependencies(ids, [hit[2] for hit in hits])
         return ids, unknown
 
     def _encode_general(self, text: str, index: int, hits: list) -> tuple[list[tuple[int, ...]], bool]:
         """A block with blank lines, a bare prefix line or an unreadable line."""
         ids: list[tuple[int, ...]] = []
+        instructions: list[str] = []
         unknown = False
         for number, hit in enumerate(hits, start=1):
             if hit is _SKIP:
@@ -79,12 +82,13 @@ class Predictor:
             if isinstance(hit, BlockError):
                 raise BlockError(hit.reason, index, number)
             ids.append(hit[0])
+            instructions.append(hit[2])
             unknown = unknown or hit[1]
         if not ids:
             raise BlockError("empty block (no instructions)", index)
         if len(ids) > self.max_instructions:
             raise BlockError(f"{len(ids)} instructions, more than the limit of {self.max_instructions}", index)
-        return ids, unknown
+        return self.tokenizer.add_dependencies(ids, instructions), unknown
 
     def _encode_line(self, raw: str):
         line = raw.strip()
@@ -100,7 +104,7 @@ class Predictor:
                     hit = _SLOW
                 else:
                     encoded = self.tokenizer.encode_instruction(instruction)
-                    hit = (encoded, 1 in encoded)
+                    hit = (encoded, 1 in encoded, instruction)
         if len(self._lines) >= 1 << 20:
             self._lines.clear()
         self._lines[raw] = hit

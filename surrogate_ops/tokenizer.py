@@ -8,6 +8,12 @@ can decide not to trust the surrogate.
 
 Tokenizing sits on the serving hot path, and real blocks repeat instructions a lot, so encoding
 is cached per distinct instruction string.
+
+A tokenizer made with `max_deps` also appends to each instruction's row its def-use edges
+(`blocks.deps`): one token per edge, `<reg:j>`, `<reg-carried:j>`, `<mem:j>` or `<mem-carried:j>`
+naming the producing instruction j. Those tokens hold fixed ids right after the specials
+(`dependency_id`), so a model can turn them back into an edge matrix with tensor arithmetic alone
+(see `models/dep.py`) and still take one input.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from surrogate_ops.blocks import deps
 from surrogate_ops.blocks.asm import PREFIXES, split_operands
 
 PAD, UNK = "<PAD>", "<UNK>"
@@ -79,24 +86,40 @@ def instruction_tokens(instruction: str) -> list[str]:
     return tokens
 
 
-class Tokenizer:
-    """Maps canonical instructions to token ids; built from data, saved and loaded as JSON."""
+def dependency_tokens(positions: int) -> list[str]:
+    """The edge tokens of a tokenizer for blocks of up to `positions` instructions, in id order."""
+    return [f"<{kind}:{j}>" for kind in deps.KINDS for j in range(positions)]
 
-    def __init__(self, vocab: dict[str, int], max_tokens: int = 16):
+
+class Tokenizer:
+    """Maps canonical instructions to token ids; built from data, saved and loaded as JSON.
+
+    `max_tokens` is the width of an instruction's row: with `max_deps`, up to `max_deps` edge tokens
+    follow at most `max_tokens - max_deps` instruction tokens; `positions` is the longest block the
+    edge tokens can name."""
+
+    def __init__(self, vocab: dict[str, int], max_tokens: int = 16, max_deps: int = 0, positions: int = 0):
         if any(vocab.get(s) != i for i, s in enumerate(SPECIALS)):
             raise ValueError(f"vocabulary must start with {SPECIALS}")
+        if max_deps and any(vocab.get(s) != i for i, s in enumerate(dependency_tokens(positions), len(SPECIALS))):
+            raise ValueError("a vocabulary with dependencies must hold the edge tokens right after the specials")
         self.vocab = vocab
         self.max_tokens = max_tokens
+        self.max_deps, self.positions = max_deps, positions
+        self._width = max_tokens - max_deps  # instruction tokens per row
+        self._edge_offsets = {kind: len(SPECIALS) + k * positions for k, kind in enumerate(deps.KINDS)}
         self._cache: dict[str, tuple[int, ...]] = {}
 
     @classmethod
-    def build(cls, blocks: Iterable[str], min_count: int = 1, max_tokens: int = 16) -> Tokenizer:
+    def build(cls, blocks: Iterable[str], min_count: int = 1, max_tokens: int = 16, max_deps: int = 0,
+              positions: int = 0) -> Tokenizer:
         counts: Counter[str] = Counter()
         for block in blocks:
             for line in block.split("\n"):
                 counts.update(instruction_tokens(line))
         tokens = sorted(t for t, c in counts.items() if c >= min_count)
-        return cls({t: i for i, t in enumerate([*SPECIALS, *tokens])}, max_tokens)
+        edges = dependency_tokens(positions) if max_deps else []
+        return cls({t: i for i, t in enumerate([*SPECIALS, *edges, *tokens])}, max_tokens, max_deps, positions)
 
     def extend(self, blocks: Iterable[str], min_count: int = 1) -> list[str]:
         """Add tokens not yet in the vocabulary (new ids after the old ones); returns the added tokens."""
@@ -110,6 +133,9 @@ class Tokenizer:
         self._cache.clear()
         return added
 
+    def dependency_id(self, kind: str, producer: int) -> int:
+        return self._edge_offsets[kind] + producer
+
     def __len__(self) -> int:
         return len(self.vocab)
 
@@ -117,7 +143,7 @@ class Tokenizer:
         ids = self._cache.get(instruction)
         if ids is None:
             unk = self.vocab[UNK]
-            ids = tuple(self.vocab.get(t, unk) for t in instruction_tokens(instruction)[: self.max_tokens])
+            ids = tuple(self.vocab.get(t, unk) for t in instruction_tokens(instruction)[: self._width])
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[instruction] = ids
@@ -125,20 +151,37 @@ class Tokenizer:
 
     def encode_block(self, block: str) -> list[tuple[int, ...]]:
         """Token ids per instruction of a canonical block (see `blocks.normalize_block`)."""
-        return [self.encode_instruction(line) for line in block.split("\n")]
+        lines = block.split("\n")
+        ids = [self.encode_instruction(line) for line in lines]
+        return self.add_dependencies(ids, lines) if self.max_deps else ids
+
+    def add_dependencies(self, ids: list[tuple[int, ...]], instructions: list[str]) -> list[tuple[int, ...]]:
+        """Each row with its edge tokens appended (at most `max_deps`, in-iteration before carried);
+        blocks longer than `positions` get none."""
+        if not self.max_deps or len(instructions) > self.positions:
+            return ids
+        extra: list[list[int]] = [[] for _ in ids]
+        offsets = self._edge_offsets
+        for consumer, producer, kind in deps.edges_of([deps.effects(line) for line in instructions]):
+            row = extra[consumer]
+            if len(row) < self.max_deps:
+                row.append(offsets[kind] + producer)
+        return [row + tuple(more) if more else row for row, more in zip(ids, extra, strict=True)]
 
     def unknown(self, block: str) -> list[str]:
         """Tokens of the block that the vocabulary lacks."""
         return [t for line in block.split("\n") for t in instruction_tokens(line) if t not in self.vocab]
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "max_tokens": self.max_tokens, "vocab": self.vocab}
+        return {"format": FORMAT, "max_tokens": self.max_tokens, "vocab": self.vocab,
+                **({"max_deps": self.max_deps, "positions": self.positions} if self.max_deps else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> Tokenizer:
         if data.get("format") != FORMAT:
             raise ValueError(f"vocabulary format {data.get('format')!r} is not {FORMAT!r}")
-        return cls(dict(data["vocab"]), int(data["max_tokens"]))
+        return cls(dict(data["vocab"]), int(data["max_tokens"]), int(data.get("max_deps", 0)),
+                   int(data.get("positions", 0)))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=0, sort_keys=True))

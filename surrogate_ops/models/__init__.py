@@ -16,16 +16,18 @@ from surrogate_ops import presets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.models.bert import Bert, BertConfig
 from surrogate_ops.models.conditioned import Conditioned, ConditionedConfig
+from surrogate_ops.models.dep import Dep, DepConfig
 from surrogate_ops.models.hier import Hier, HierConfig
 from surrogate_ops.models.ithemal import Ithemal, IthemalConfig
 
 ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "hier": (HierConfig, Hier),
+    "dep": (DepConfig, Dep),
     "bert": (BertConfig, Bert),
     "ithemal": (IthemalConfig, Ithemal),
     "conditioned": (ConditionedConfig, Conditioned),
 }
-FAST = "hier"
+DEFAULT_ARCH = "dep"  # what `train` builds unless told otherwise
 
 
 def build(arch: str, vocab_size: int, preset: str = "small", **sizes: int) -> nn.Module:
@@ -42,6 +44,12 @@ def build(arch: str, vocab_size: int, preset: str = "small", **sizes: int) -> nn
     if unknown:
         raise SurrogateOpsError(f"{arch} has no size option {', '.join(sorted(unknown))}")
     return module_cls(config_cls(vocab_size=vocab_size, **{**table[preset], **sizes}))
+
+
+def tokenizer_options(config) -> dict[str, int]:
+    """The tokenizer a model of this config reads: its row width, and its edge tokens where it takes them."""
+    max_deps = getattr(config, "max_deps", 0)
+    return {"max_tokens": config.max_tokens, "max_deps": max_deps, "positions": config.max_instructions if max_deps else 0}
 
 
 def arch_of(model: nn.Module) -> str:
@@ -68,5 +76,5 @@ def is_conditioned(model: nn.Module) -> bool:
     return isinstance(model, Conditioned)
 
 
-__all__ = ["ARCHITECTURES", "FAST", "Conditioned", "build", "from_checkpoint", "is_conditioned", "parameter_count",
-           "to_checkpoint"]
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "Conditioned", "build", "from_checkpoint", "is_conditioned", "parameter_count",
+           "to_checkpoint", "tokenizer_options"]

@@ -1,6 +1,6 @@
 """`conditioned`: a surrogate of llvm-mca under a parameter setting, for surrogate optimization.
 
-A block encoder (hier or bert) reads the block with the setting (each parameter as a unit in
+A block encoder (hier, dep or bert) reads the block with the setting (each parameter as a unit in
 [0, 1], see `programs.base.Parameter.scale`) added, through a small MLP, to every instruction's
 vector (`inject="instructions"`: attention sees the setting beside each instruction, so it can
 weigh, say, the load queue against the block's loads); a second MLP reads the pooled features
@@ -51,7 +51,7 @@ class Conditioned(nn.Module):
         nn.init.zeros_(self.mix[-1].weight)
         nn.init.zeros_(self.mix[-1].bias)
         if config.inject == "instructions":
-            if config.base not in ("hier", "bert"):
+            if config.base not in ("hier", "dep", "bert"):
                 raise ValueError(f"{config.base} cannot take the setting per instruction; use inject='pooled'")
             self.inject = nn.Sequential(nn.Linear(len(config.parameters), dim), nn.GELU(), nn.Linear(dim, dim))
             nn.init.zeros_(self.inject[-1].weight)
@@ -63,10 +63,10 @@ class Conditioned(nn.Module):
     def wrap(cls, block: nn.Module, parameters: tuple[str, ...], hidden: int = 128,
              inject: str | None = None) -> Conditioned:
         """A conditioned model whose block encoder is `block` (weights kept): it starts as `block`.
-        `inject` defaults to "instructions" where the encoder takes it (hier, bert)."""
+        `inject` defaults to "instructions" where the encoder takes it (hier, dep, bert)."""
         from surrogate_ops.models import arch_of
 
-        inject = inject or ("instructions" if arch_of(block) in ("hier", "bert") else "pooled")
+        inject = inject or ("instructions" if arch_of(block) in ("hier", "dep", "bert") else "pooled")
         model = cls(ConditionedConfig(arch_of(block), dataclasses.asdict(block.config), tuple(parameters), hidden,
                                       inject))
         model.block.load_state_dict(block.state_dict())

@@ -19,8 +19,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: (batch, seq, dim); mask: (batch, seq), True where there is a real element
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (batch, seq, dim); mask: (batch, seq), True where there is a real element;
+        # bias: (batch, heads, seq, seq) added to the attention logits (dependency edges), or None
         # No reshape back to (b, s, d) after attention: when s is a product of dynamic dimensions
         # (instructions x tokens), the exported shape is arithmetic that TVM's ONNX importer refuses.
         # The heads are merged by the output projection itself (an einsum over head and head_dim).
@@ -28,6 +29,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, -1, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (b, h, s, hd)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (b, h, s, s)
         scores = scores + (~mask)[:, None, None, :].to(x.dtype) * -1e4
+        if bias is not None:
+            scores = scores + bias
         y = torch.softmax(scores, dim=-1) @ v  # (b, h, s, hd)
         weight = self.out.weight.t().reshape(self.heads, self.head_dim, -1)  # (h, hd, d)
         return torch.einsum("bhsk,hkd->bsd", y, weight) + self.out.bias
@@ -42,8 +45,8 @@ class TransformerLayer(nn.Module):
         self.attn = Attention(dim, heads)
         self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask, bias)
         return x + self.ff(self.norm2(x))
 
 

@@ -1,0 +1,219 @@
+"""Def-use edges between the instructions of a basic block run in a loop, as llvm-mca runs it.
+
+Throughput is set by dependencies as much as by instruction mix: `imulq %rcx, %rdx` alone is a
+3-cycle loop-carried chain, `movq (%rax), %rax` a pointer chase. `effects(instruction)` says what
+one instruction reads and writes (register families, flags, memory by address expression), from
+AT&T operand order and a few mnemonic classes; `edges(block)` links every read to its producer:
+the latest earlier writer in the same iteration (`reg`, `mem`), else the latest writer in the
+previous iteration (`reg-carried`, `mem-carried`, which includes the instruction itself).
+
+The rules are the common x86 ones, not a full ISA table: the last operand is the destination and
+is read too unless the mnemonic only writes it (moves, loads, lea, set, conversions, VEX three-operand
+forms); compares write only flags; zero idioms (`xorl %eax, %eax`) read nothing; 8- and 16-bit
+writes merge into the old value; one-operand mul/div use rax and rdx. Memory edges pair a store
+and a load of the same address expression (llvm-mca assumes no aliasing by default, so these
+matter to it only under `--noalias=false`; the surrogate learns how much).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from surrogate_ops.blocks.asm import PREFIXES, split_operands
+
+KINDS = ("reg", "reg-carried", "mem", "mem-carried")
+FLAGS = "flags"
+
+_GPR_FAMILIES = {
+    **{r: r for r in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp")},
+    **{f"e{r[1:]}": r for r in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp")},
+    "ax": "rax", "bx": "rbx", "cx": "rcx", "dx": "rdx", "si": "rsi", "di": "rdi", "bp": "rbp", "sp": "rsp",
+    "al": "rax", "bl": "rbx", "cl": "rcx", "dl": "rdx", "ah": "rax", "bh": "rbx", "ch": "rcx", "dh": "rdx",
+    "sil": "rsi", "dil": "rdi", "bpl": "rbp", "spl": "rsp",
+}
+_PARTIAL = {"ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "al", "bl", "cl", "dl", "ah", "bh", "ch", "dh",
+            "sil", "dil", "bpl", "spl"}
+_NUMBERED = re.compile(r"^r(\d+)([dwb]?)$")
+_VECTOR = re.compile(r"^[xyz]mm(\d+)$")
+
+# mnemonic stems whose destination is written, not read (AT&T: the last operand)
+_WRITE_ONLY = ("mov", "lea", "set", "cvt", "pop", "lzcnt", "tzcnt", "popcnt", "pshuf", "sqrtp", "rcpp", "rsqrtp",
+               "pmovzx", "pmovsx", "vbroadcast", "vextract", "vperm", "vpbroadcast", "cqto", "cltq", "cwtl")
+_COMPARES = ("cmp", "test", "ucomis", "comis", "bt", "ptest", "vptest", "vucomis", "vcomis")
+_FLAG_WRITERS = ("add", "sub", "and", "or", "xor", "adc", "sbb", "cmp", "test", "inc", "dec", "neg", "shl", "shr",
+                 "sar", "sal", "rol", "ror", "rcl", "rcr", "imul", "mul", "bsf", "bsr", "popcnt", "lzcnt", "tzcnt",
+                 "bt", "ucomis", "comis", "vucomis", "vcomis", "ptest", "vptest")
+_FLAG_READERS = ("adc", "sbb", "cmov", "set", "rcl", "rcr")
+_ZERO_IDIOMS = ("xor", "sub", "pxor", "xorp", "vxorp", "vpxor", "psub", "vpsub", "pcmpeq", "vpcmpeq", "sbb")
+_VEX_READS_DEST = ("vfmadd", "vfmsub", "vfnmadd", "vfnmsub", "vfmaddsub", "vfmsubadd")
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What one instruction reads and writes: register families (rax for eax/ax/al, v3 for
+    xmm3/ymm3), `flags`, and memory by address expression."""
+
+    reads: frozenset[str]
+    writes: frozenset[str]
+    loads: frozenset[str] = frozenset()
+    stores: frozenset[str] = frozenset()
+    # the same as (memory?, name) keys, in a fixed order: what `edges_of` walks
+    uses: tuple[tuple[bool, str], ...] = field(init=False, repr=False, compare=False)
+    defs: tuple[tuple[bool, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "uses", tuple(sorted([(False, r) for r in self.reads] + [(True, a) for a in self.loads])))
+        object.__setattr__(self, "defs", tuple(sorted([(False, w) for w in self.writes] + [(True, s) for s in self.stores])))
+
+
+class Edge(NamedTuple):
+    consumer: int  # the instruction that reads
+    producer: int  # the instruction whose result it reads (its index in the block)
+    kind: str  # one of KINDS
+
+
+def _register(operand: str) -> tuple[str, bool] | None:
+    """(family, partial write) of a register operand, or None."""
+    name = operand.lstrip("*%").split("{")[0].strip().lower()
+    if name in _GPR_FAMILIES:
+        return _GPR_FAMILIES[name], name in _PARTIAL
+    match = _NUMBERED.match(name)
+    if match:
+        return f"r{match.group(1)}", match.group(2) in ("w", "b")
+    match = _VECTOR.match(name)
+    if match:
+        return f"v{match.group(1)}", False
+    return None
+
+
+def _address(operand: str) -> tuple[str, set[str]] | None:
+    """(address expression, registers it reads) of a memory operand, or None."""
+    operand = operand.lstrip("*").split("{")[0].strip()
+    if "(" not in operand and not (":" in operand and not operand.startswith("%")):
+        return None
+    registers = {r for r in (_register(p) for p in re.findall(r"%\w+", operand.split(":")[-1])) if r}
+    return operand, {family for family, _ in registers if family != "rip"}
+
+
+def _starts(mnemonic: str, stems: Sequence[str]) -> bool:
+    return mnemonic.startswith(tuple(stems))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def effects(instruction: str) -> Effects:
+    """The reads and writes of one canonical AT&T instruction (see the module docstring for the rules)."""
+    words = instruction.split()
+    while len(words) > 1 and words[0] in PREFIXES:
+        words.pop(0)
+    if not words:
+        return Effects(frozenset(), frozenset())
+    mnemonic = words[0].lower()
+    operands = split_operands(" ".join(words[1:])) if len(words) > 1 else []
+    reads: set[str] = set()
+    writes: set[str] = set()
+    loads: set[str] = set()
+    stores: set[str] = set()
+    registers = [_register(op) if op.startswith("%") else None for op in operands]
+    addresses = [_address(op) if not op.startswith(("%", "$")) else None for op in operands]
+    for address in addresses:
+        if address:
+            reads.update(address[1])
+    is_lea = mnemonic.startswith("lea")
+    if mnemonic.startswith(("mul", "div", "idiv")) or (mnemonic.startswith("imul") and len(operands) == 1):
+        reads.update({"rax", "rdx"} if mnemonic.startswith(("div", "idiv")) else {"rax"})
+        writes.update({"rax", "rdx"})
+    elif mnemonic in ("cqto", "cltq", "cwtl", "cltd"):
+        reads.add("rax")
+        writes.add("rdx" if mnemonic in ("cqto", "cltd") else "rax")
+    elif mnemonic.startswith(("push", "pop")):
+        reads.add("rsp")
+        writes.add("rsp")
+        (stores if mnemonic.startswith("push") else loads).add("stack")
+    sources, dest = (operands[:-1], len(operands) - 1) if operands else ([], None)
+    if mnemonic.startswith("xchg") or mnemonic.startswith("xadd"):
+        sources, dest = operands, None  # both operands read and written
+        for k, reg in enumerate(registers):
+            if reg:
+                writes.add(reg[0])
+            elif addresses[k]:
+                stores.add(addresses[k][0])
+    # single-operand forms whose operand is a source only
+    if len(operands) == 1 and (mnemonic.startswith(("mul", "div", "idiv", "push", "jmp", "call"))
+                               or (mnemonic.startswith("imul"))):
+        sources, dest = operands, None
+    for k, operand in enumerate(sources):
+        if registers[k]:
+            reads.add(registers[k][0])
+        elif addresses[k] and not is_lea:
+            loads.add(addresses[k][0])
+    if dest is not None:
+        reg, address = registers[dest], addresses[dest]
+        compare = _starts(mnemonic, _COMPARES)
+        write_only = (_starts(mnemonic, _WRITE_ONLY) or (mnemonic.startswith("v") and len(operands) >= 3
+                                                         and not _starts(mnemonic, _VEX_READS_DEST))
+                      or (mnemonic.startswith("imul") and len(operands) == 3))
+        zero_idiom = (len(operands) == 2 and operands[0] == operands[1] and _starts(mnemonic, _ZERO_IDIOMS)) or (
+            len(operands) == 3 and operands[0] == operands[1] and mnemonic.startswith(("vxorp", "vpxor", "vpsub")))
+        if zero_idiom:
+            reads.difference_update(r[0] for r in registers if r)
+        reads_dest = (not write_only or compare) and not zero_idiom
+        if reg:
+            if reads_dest or reg[1]:  # 8- and 16-bit writes merge with the old value
+                reads.add(reg[0])
+            if not compare:
+                writes.add(reg[0])
+        elif address:
+            if reads_dest:
+                loads.add(address[0])
+            if not compare:
+                stores.add(address[0])
+    if _starts(mnemonic, _FLAG_READERS) or (mnemonic.startswith("j") and mnemonic != "jmp"):
+        reads.add(FLAGS)
+    if _starts(mnemonic, _FLAG_WRITERS) and not mnemonic.startswith(("cmov", "mov")):
+        writes.add(FLAGS)
+    return Effects(frozenset(reads), frozenset(writes), frozenset(loads), frozenset(stores))
+
+
+def edges_of(instructions: Sequence[Effects]) -> list[Edge]:
+    """Every read linked to its producer, within the iteration or from the previous one, ordered
+    by consumer, then kind (as in KINDS), then producer. On the serving path: kept to dict lookups."""
+    last: dict[tuple[bool, str], int] = {}  # the block's last writer of each register or address
+    for j, producer in enumerate(instructions):
+        for key in producer.defs:
+            last[key] = j
+    found: list[Edge] = []
+    current: dict[tuple[bool, str], int] = {}  # writers so far in this iteration
+    for i, consumer in enumerate(instructions):
+        mine: set[Edge] = set()
+        for key in consumer.uses:
+            j = current.get(key)
+            if j is not None:
+                mine.add(Edge(i, j, "mem" if key[0] else "reg"))
+            else:  # no writer yet this iteration: the last one of the previous iteration (j >= i)
+                j = last.get(key)
+                if j is not None:
+                    mine.add(Edge(i, j, "mem-carried" if key[0] else "reg-carried"))
+        if mine:
+            found.extend(sorted(mine, key=_ORDER))
+        for key in consumer.defs:
+            current[key] = i
+    return found
+
+
+def _ORDER(edge: Edge) -> tuple[int, int]:
+    return _KIND_RANK[edge.kind], edge.producer
+
+
+_KIND_RANK = {kind: rank for rank, kind in enumerate(KINDS)}
+
+
+def edges(block: str) -> list[Edge]:
+    """The def-use edges of a canonical block (one instruction a line)."""
+    return edges_of([effects(line) for line in block.split("\n")])
+
+
+__all__ = ["FLAGS", "KINDS", "Edge", "Effects", "edges", "edges_of", "effects"]
