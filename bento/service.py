@@ -1,9 +1,9 @@
 """BentoML service: basic-block throughput from the promoted surrogate, llvm-mca where it is not trusted.
 
 Configuration (environment):
-    SURROGATE_OPS_MODEL     models:/NAME@ALIAS or a model directory
-                            [default: ./model beside this file when a bento carries one,
-                            else models:/llvm-mca-haswell@champion from the MLflow registry]
+    SURROGATE_OPS_MODEL     models:/NAME@ALIAS or model directories, comma-separated, one per mcpu
+                            [default: ./models/<mcpu>/ beside this file when a bento carries them,
+                            else the champion of every bundled CPU's surrogate from the MLflow registry]
     MLFLOW_TRACKING_URI     the registry (default: surrogate-ops's own store, see `surrogate-ops tracking-uri`)
     SURROGATE_OPS_LLVM_MCA  the llvm-mca binary for the fallback (default: llvm-mca on PATH)
     SURROGATE_OPS_MCA_PARAMS  JSON of llvm-mca parameters for the fallback on the model's mcpu (from
@@ -11,7 +11,8 @@ Configuration (environment):
     SURROGATE_OPS_MAX_BLOCKS, _MAX_INSTRUCTIONS, _MAX_BYTES, _MCA_TIMEOUT, _MCA_CHUNK: request limits
 
     POST /predict       {"blocks": ["<asm>", ...], "mcpu": "haswell", "exact": false}
-    GET  /ops/healthz   readiness: model version, engine, mode (surrogate+llvm-mca or llvm-mca-only)
+    GET  /ops/healthz   readiness: the surrogate of each mcpu (version, engine), mode (surrogate+llvm-mca
+                        or llvm-mca-only)
     GET  /docs          the OpenAPI page
 """
 
@@ -26,11 +27,11 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 
-from surrogate_ops.config import DEFAULT_MODEL_URI
 from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.registry import bundled_uris
 from surrogate_ops.serving import Limits, Rejected, Server
 
-BUNDLED_MODEL = Path(__file__).resolve().parent / "model"
+BUNDLED_MODELS = Path(__file__).resolve().parent / "models"  # models/<mcpu>/, one per CPU the bento serves
 BUNDLED_PARAMS = Path(__file__).resolve().parent / "params.json"
 ops = FastAPI(title="surrogate-ops operations")
 
@@ -38,9 +39,10 @@ ops = FastAPI(title="surrogate-ops operations")
 def _model_uri() -> str:
     if os.environ.get("SURROGATE_OPS_MODEL"):
         return os.environ["SURROGATE_OPS_MODEL"]
-    if ModelDir.holds_one(BUNDLED_MODEL):
-        return str(BUNDLED_MODEL)
-    return DEFAULT_MODEL_URI
+    carried = sorted(p for p in BUNDLED_MODELS.glob("*") if ModelDir.holds_one(p)) if BUNDLED_MODELS.is_dir() else []
+    if carried:
+        return ",".join(map(str, carried))
+    return ",".join(bundled_uris())
 
 
 def _mca_params() -> dict | None:

@@ -63,6 +63,13 @@ def cli(llvm_mca: str | None) -> None:
               help="ELF binary or directory of them to cut into basic blocks; repeatable.")
 @click.option("--asm", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="Text file of assembly blocks separated by blank lines; repeatable.")
+@click.option("--generate", type=click.IntRange(min=1), metavar="N",
+              help="Add N synthetic blocks with controlled dependency structure (chains, loop-carried "
+                   "dependencies, pointer chases, long-latency instructions; see blocks/generate.py).")
+@click.option("--generate-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the generated blocks (seeds from 9000 up are kept for held-out probes).")
+@click.option("--density", type=click.Choice(["mixed", "dense", "sparse"]), default="mixed", show_default=True,
+              help="How densely generated blocks reuse registers (dense: dependencies everywhere).")
 @click.option("--mcpu", multiple=True, default=("haswell",), show_default=True,
               help="llvm-mca -mcpu to label with; repeatable.")
 @click.option("--limit", type=click.IntRange(min=1), help="Keep at most this many blocks (in source order).")
@@ -85,11 +92,12 @@ def cli(llvm_mca: str | None) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--part-rows", type=click.IntRange(min=1), default=2000, hidden=True,
               help="Blocks per resumable part file.")
-def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, sample_params, seed, spread, splits, out,
+def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, workers, may_alias, params, sample_params, seed, spread, splits, out,
             quiet, part_rows) -> None:
     """Build a labeled dataset: blocks from sources, labeled by llvm-mca, as Parquet.
 
-    With no source, cuts basic blocks out of binaries found on this machine. An interrupted run
+    With no source, cuts basic blocks out of binaries found on this machine; --generate adds
+    synthetic blocks, alone or beside the other sources. An interrupted run
     resumes where it stopped when run again with the same --out. With --sample-params N, each
     block is labeled under one of N random settings of llvm-mca's parameters (columns param_*).
     """
@@ -99,7 +107,8 @@ def collect(bhive, binary, asm, mcpu, limit, workers, may_alias, params, sample_
     result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit, workers=workers,
                               may_alias=may_alias, params=_read_params(params), progress=not quiet,
                               part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None,
-                              spread=spread)
+                              spread=spread,
+                              generated=datasets.Generated(generate, generate_seed, density) if generate else None)
     click.echo(f"wrote {result.path} ({result.rows:,} blocks"
                + (f", {result.resumed_rows:,} resumed from an earlier run" if result.resumed_rows else "") + ")")
     if result.rejected_path:
@@ -130,8 +139,9 @@ def _tracking_option(f):
 
 @cli.command()
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset from `collect` (Parquet).")
-@click.option("--arch", type=click.Choice(ARCHITECTURES), default="hier", show_default=True,
-              help="hier: fast (token pooling + instruction attention); bert: the seed's; ithemal: hierarchical LSTM.")
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="dep", show_default=True,
+              help="dep: hier plus the block's def-use edges (chains, pointer chases); hier: fast (token pooling + "
+                   "instruction attention); bert: the seed's; ithemal: hierarchical LSTM.")
 @click.option("--preset", type=click.Choice(SIZES), default="small", show_default=True,
               help="Model size.")
 @click.option("--size", "sizes", multiple=True, metavar="NAME=INT", help="Explicit size over the preset (e.g. dim=48).")
@@ -233,8 +243,9 @@ def promote(name, data, tracking_uri) -> None:
 
 
 @cli.command()
-@click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
-              help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory.")
+@click.option("--model", "model_uri",
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory [default: the champion "
+                   "surrogate of --mcpu, models:/llvm-mca-<mcpu>@champion].")
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Assembly blocks separated by blank lines, or a CSV with a block or hex column.")
 @click.option("--mcpu", default="haswell", show_default=True)
@@ -248,8 +259,9 @@ def promote(name, data, tracking_uri) -> None:
 @_tracking_option
 def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) -> None:
     """Print `index,cycles` (cycles per 100 iterations) for every block of a file, from the surrogate
-    or, with --program llvm-mca, from llvm-mca itself. Unreadable blocks print `index,nan` and the
+    of --mcpu (each CPU has its own registered surrogate) or, with --program llvm-mca, from llvm-mca itself. Unreadable blocks print `index,nan` and the
     reason on stderr."""
+    from surrogate_ops import config
     from surrogate_ops.blocks import read_blocks
 
     blocks, unreadable = read_blocks(input_path)
@@ -262,6 +274,13 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
         from surrogate_ops import registry
         from surrogate_ops.inference import Predictor
 
+        if model_uri is None:
+            model_uri = config.model_uri(mcpu)
+            if config.model_name(mcpu) not in registry.bundled_names() and not registry.has_versions(
+                    config.model_name(mcpu)):
+                raise SurrogateOpsError(
+                    f"no surrogate for -mcpu={mcpu}: surrogate-ops bundles {', '.join(registry.bundled_names())}; "
+                    f"answer with --program llvm-mca, or train one and register it as {config.model_name(mcpu)}")
         predictor = Predictor(registry.model_dir(model_uri), engine=engine)
         if predictor.meta.get("mcpu") != mcpu:
             raise SurrogateOpsError(f"{model_uri} imitates -mcpu={predictor.meta.get('mcpu')}, not {mcpu}")
@@ -467,24 +486,28 @@ def adaptation_command(parent_uri, data, mcpu, sizes, seeds, steps, val_limit, o
 
 
 @cli.command()
-@click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
-              help="models:/NAME@ALIAS, models:/NAME/VERSION or a model directory.")
+@click.option("--model", "model_uris", multiple=True,
+              help="models:/NAME@ALIAS, models:/NAME/VERSION or a model directory; repeatable, one per mcpu "
+                   "[default: the champion of every bundled CPU's surrogate].")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=3000, show_default=True)
 @click.option("--params", type=click.Path(dir_okay=False, exists=True), metavar="JSON",
               help="llvm-mca parameters for the fallback on the model's mcpu (e.g. from `optimize --out`).")
 @_tracking_option
-def serve(model_uri, host, port, params, tracking_uri) -> None:
+def serve(model_uris, host, port, params, tracking_uri) -> None:
     """Serve the surrogate over HTTP with BentoML (`bentoml serve bento/service.py`).
 
     POST /predict {"blocks": [...], "mcpu": "haswell", "exact": false} answers one result per block:
-    the surrogate's cycles, or llvm-mca's where the surrogate is not trusted (tokens outside its
-    vocabulary, longer than its limit, another mcpu) or exact is asked. GET /ops/healthz says which
+    the cycles of the surrogate of that mcpu, or llvm-mca's where the surrogate is not trusted (tokens
+    outside its vocabulary, longer than its limit, no surrogate for the mcpu) or exact is asked. GET /ops/healthz says which
     model and mode; GET /docs is the OpenAPI page."""
     from surrogate_ops import bento, registry
 
-    if model_uri.startswith("models:/"):
-        registry.resolve_version(model_uri)  # a wrong name fails here, clearly, before the server starts
+    model_uris = list(model_uris) or registry.bundled_uris()
+    for model_uri in model_uris:
+        if model_uri.startswith("models:/"):
+            registry.resolve_version(model_uri)  # a wrong name fails here, clearly, before the server starts
+    model_uri = ",".join(model_uris)
     env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking_uri}
     if params:
         _checked_params(params)  # a wrong name or value fails here, before the server starts
@@ -496,19 +519,21 @@ def serve(model_uri, host, port, params, tracking_uri) -> None:
 
 
 @cli.command()
-@click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
-              help="models:/NAME@ALIAS or models:/NAME/VERSION: the model the bento carries.")
+@click.option("--model", "model_uris", multiple=True,
+              help="models:/NAME@ALIAS or models:/NAME/VERSION: a model the bento carries; repeatable, one per "
+                   "mcpu [default: the champion of every bundled CPU's surrogate].")
 @click.option("--params", type=click.Path(dir_okay=False, exists=True), metavar="JSON",
               help="llvm-mca parameters the bento's fallback uses (e.g. from `optimize --out`).")
 @_tracking_option
-def bento(model_uri, params, tracking_uri) -> None:
+def bento(model_uris, params, tracking_uri) -> None:
     """Build a bento, offline: bento/service.py and bentofile.yaml with the model (and its TVM build
     for this host, if any) and the package wheel, staged in a scratch folder, then `bentoml build`.
     `bentoml containerize surrogate-ops:latest` makes the image where a Docker engine is."""
     from surrogate_ops import bento as packing
+    from surrogate_ops import registry
 
-    tag, name, version = packing.build(model_uri, _checked_params(params) if params else None)
-    click.echo(f"built bento {tag} carrying {name} v{version}")
+    tag, carried = packing.build(list(model_uris) or registry.bundled_uris(), _checked_params(params) if params else None)
+    click.echo(f"built bento {tag} carrying {', '.join(f'{name} v{version}' for name, version in carried)}")
     click.echo(f"container image (needs Docker): bentoml containerize {tag}")
 
 
@@ -526,19 +551,20 @@ def tracking_uri_command() -> None:
 @_tracking_option
 @click.pass_context
 def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str | None) -> None:
-    """The main job on the embedded default, end to end: register the bundled surrogate if the
-    registry has none, collect blocks from this machine's binaries labeled by llvm-mca for Haswell,
+    """The main job on the embedded default, end to end: register the bundled surrogates (one per
+    CPU: haswell, skylake, ivybridge, znver2, znver3) where the registry has none, collect blocks from this machine's binaries labeled by llvm-mca for Haswell,
     train a small surrogate for a few minutes, register it as challenger, evaluate, promote."""
     from surrogate_ops import config, registry, tracking
 
-    bundled = registry.ensure_default()
-    if bundled:
-        click.echo(f"registered the bundled surrogate as {bundled.uri} (champion)")
+    for name in registry.bundled_names():  # a surrogate per CPU, all offline
+        bundled = registry.ensure_default(name)
+        if bundled:
+            click.echo(f"registered the bundled surrogate as {bundled.uri} (champion)")
     data = config.work_dir() / "datasets" / "default.parquet"
     click.echo(f"== collect: {limit:,} blocks from local binaries")
     ctx.invoke(collect, limit=limit, out=str(data), quiet=True)
-    click.echo(f"== train: hier/small on llvm-mca haswell labels, {minutes:g} minutes at most")
-    ctx.invoke(train, data=str(data), arch="hier", preset="small", epochs=30, max_minutes=minutes,
+    click.echo(f"== train: dep/small on llvm-mca haswell labels, {minutes:g} minutes at most")
+    ctx.invoke(train, data=str(data), arch="dep", preset="small", epochs=30, max_minutes=minutes,
                register=DEFAULT_MODEL, tracking_uri=tracking_uri, quiet=True)
     click.echo("== evaluate: the champion on the new data's test split")
     ctx.invoke(evaluate, model_uri=DEFAULT_MODEL_URI, data=str(data), tracking_uri=tracking_uri)

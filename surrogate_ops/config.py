@@ -22,5 +22,16 @@ def work_dir() -> Path:
     return path.resolve()
 
 
-DEFAULT_MODEL = "llvm-mca-haswell"  # the registered name of the bundled surrogate
-DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL}@champion"  # what every command and the service use by default
+def model_name(mcpu: str) -> str:
+    """The registered name of the surrogate of llvm-mca on `mcpu` (one model per CPU)."""
+    return f"llvm-mca-{mcpu}"
+
+
+def model_uri(mcpu: str) -> str:
+    """The champion of `mcpu`'s surrogate: what `predict --mcpu` and the service use by default."""
+    return f"models:/{model_name(mcpu)}@champion"
+
+
+DEFAULT_MCPU = "haswell"
+DEFAULT_MODEL = model_name(DEFAULT_MCPU)  # the registered name of the bundled Haswell surrogate
+DEFAULT_MODEL_URI = model_uri(DEFAULT_MCPU)  # what single-model commands use by default

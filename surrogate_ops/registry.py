@@ -30,7 +30,18 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 PACKAGE_DIR = Path(__file__).resolve().parent
 PYFUNC_CODE = PACKAGE_DIR / "mlflow_model.py"
 REQUIREMENTS = ["numpy", "onnxruntime"]
-BUNDLED = PACKAGE_DIR / "pretrained" / DEFAULT_MODEL
+PRETRAINED = PACKAGE_DIR / "pretrained"  # a surrogate per CPU, each registered under its folder's name on first use
+BUNDLED = PRETRAINED / DEFAULT_MODEL
+
+
+def bundled_names() -> list[str]:
+    """The registered names the package bundles a surrogate for (llvm-mca-haswell first)."""
+    names = sorted(p.name for p in PRETRAINED.iterdir() if ModelDir.holds_one(p))
+    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+
+
+def bundled_uris() -> list[str]:
+    return [f"models:/{name}@champion" for name in bundled_names()]
 
 
 @dataclass(frozen=True)
@@ -102,8 +113,9 @@ def resolve_version(uri: str) -> tuple[str, str]:
         raise SurrogateOpsError(f"{uri!r} is not a models:/NAME@ALIAS or models:/NAME/VERSION URI")
     rest = uri.removeprefix("models:/")
     client = tracking.client()
-    if rest.split("@")[0].split("/")[0] == DEFAULT_MODEL:
-        ensure_default()  # the bundled surrogate answers for the default name on a fresh registry
+    name = rest.split("@")[0].split("/")[0]
+    if (PRETRAINED / name).is_dir():
+        ensure_default(name)  # a bundled surrogate answers for its name on a fresh registry
     try:
         if "@" in rest:
             name, alias = rest.split("@", 1)
@@ -165,17 +177,24 @@ def fetch_build(name: str, version: str, platform: str, into: Builds) -> None:
                 item.replace(into.folder / item.name)
 
 
-def ensure_default(name: str = DEFAULT_MODEL) -> Registered | None:
-    """Register the bundled pretrained surrogate as version 1 (champion) of `name` when the registry
-    has no version of it; returns what was registered, or None when nothing was needed."""
+def has_versions(name: str) -> bool:
+    """Whether the registry holds any version of `name`."""
     try:
-        if tracking.client().search_model_versions(f"name='{name}'", max_results=1):
-            return None
+        return bool(tracking.client().search_model_versions(f"name='{name}'", max_results=1))
     except MlflowException:
-        pass
-    if not ModelDir.holds_one(BUNDLED):
-        raise SurrogateOpsError(f"the bundled model is missing from {BUNDLED}; reinstall surrogate-ops")
-    bundled = ModelDir.open(BUNDLED)
+        return False
+
+
+def ensure_default(name: str = DEFAULT_MODEL, bundle: str | None = None) -> Registered | None:
+    """Register a bundled pretrained surrogate (`bundle`, default: the one of that name) as version 1
+    (champion) of `name` when the registry has no version of it; returns what was registered, or
+    None when nothing was needed."""
+    if has_versions(name):
+        return None
+    folder = PRETRAINED / (bundle or name)
+    if not ModelDir.holds_one(folder):
+        raise SurrogateOpsError(f"no bundled model at {folder}; the package bundles {', '.join(bundled_names())}")
+    bundled = ModelDir.open(folder)
     meta = bundled.meta
     metrics = {k: float(v) for k, v in meta.get("metrics", {}).items()}
     tags = {"program": meta["program"], "program_version": meta["program_version"], "mcpu": meta["mcpu"],

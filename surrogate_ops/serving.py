@@ -7,6 +7,9 @@ it to llvm-mca, or `{"error"}` when it cannot be answered (unreadable text, llvm
 llvm-mca missing). Whole-request problems (too many blocks, too many bytes, a block over the
 instruction limit, an mcpu llvm-mca does not know) raise `Rejected` with a 4xx status.
 
+A server holds one surrogate per mcpu it serves (`predictors`, keyed by the model's own mcpu) and
+routes each request to the surrogate of its mcpu; an mcpu with none goes to llvm-mca.
+
 The fallback policy is a tuple of small rules, each `rule(block, server) -> reason | None`; the first
 reason sends the block to llvm-mca. New rules (uncertainty, say) are one more function.
 """
@@ -73,13 +76,14 @@ def unknown_tokens(block: Block, server: Server) -> str | None:
 
 
 def too_long(block: Block, server: Server) -> str | None:
-    limit = server.predictor.max_instructions
+    limit = server.predictors[block.mcpu].max_instructions
     return f"{block.instructions} instructions, over the model's limit of {limit}" if block.instructions > limit else None
 
 
 def other_mcpu(block: Block, server: Server) -> str | None:
-    trained = server.predictor.meta.get("mcpu")
-    return f"the model was trained for {trained}, not {block.mcpu}" if block.mcpu != trained else None
+    if block.mcpu in server.predictors:
+        return None
+    return f"no surrogate for {block.mcpu} (this service has {', '.join(server.predictors)})"
 
 
 Rule = Callable[[Block, "Server"], "str | None"]
@@ -92,8 +96,9 @@ class Server:
     def __init__(self, model=None, load_error: str | None = None, llvm_mca: str | None = None,
                  limits: Limits | None = None, policy: Sequence[Rule] = DEFAULT_POLICY, model_uri: str | None = None,
                  mca_params: dict | None = None):
-        """`mca_params` (llvm-mca option or parameter names to values, e.g. from `optimize --out`) set
-        the fallback's llvm-mca knobs for the model's mcpu; other mcpus keep llvm-mca's defaults."""
+        """`model`: a model directory, or a list of them (one per mcpu; the first is the primary).
+        `mca_params` (llvm-mca option or parameter names to values, e.g. from `optimize --out`) set
+        the fallback's llvm-mca knobs for the primary model's mcpu; other mcpus keep llvm-mca's defaults."""
         from surrogate_ops.inference import Predictor
 
         self.limits = limits or Limits()
@@ -101,12 +106,17 @@ class Server:
         self.llvm_mca_path = llvm_mca
         self.model_uri = model_uri
         self.model_version: str | None = None
-        self.predictor, self.load_error = None, load_error
-        if model is not None and load_error is None:
+        self.versions: dict[str, str] = {}  # mcpu -> registered version (or directory) it answers with
+        self.predictors: dict[str, Predictor] = {}
+        errors = [load_error] if load_error else []
+        for one in ([] if model is None or load_error else model if isinstance(model, list | tuple) else [model]):
             try:
-                self.predictor = Predictor(model, engine="auto")
+                predictor = Predictor(one, engine="auto")
             except Exception as exc:  # noqa: BLE001 - any failure leaves the service up on llvm-mca alone
-                self.load_error = f"{type(exc).__name__}: {exc}"
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            self.predictors.setdefault(predictor.meta.get("mcpu", "haswell"), predictor)
+        self.load_error = "; ".join(errors) or None
         self.params_mcpu = self.predictor.meta.get("mcpu", "haswell") if self.predictor else "haswell"
         self.mca_params: dict = {}
         if mca_params:  # checked now: a wrong file stops the service at start, not every fallback later
@@ -117,25 +127,36 @@ class Server:
         self.cores = len(os.sched_getaffinity(0))
         self.mca_pool = ThreadPoolExecutor(max_workers=self.cores, thread_name_prefix="llvm-mca")
 
+    @property
+    def predictor(self):
+        """The primary surrogate (the first loaded), or None."""
+        return next(iter(self.predictors.values()), None)
+
     @classmethod
-    def from_uri(cls, model_uri: str, **kwargs) -> Server:
-        """Load a registered model (`models:/NAME@ALIAS`) or a model directory; a failure is kept, not raised."""
+    def from_uri(cls, model_uri: str | Sequence[str], **kwargs) -> Server:
+        """Load registered models (`models:/NAME@ALIAS`) or model directories, one per mcpu, from a URI,
+        a comma-separated list or a list; a failure is kept in `load_error`, not raised."""
         from surrogate_ops import registry
         from surrogate_ops.modeldir import ModelDir
 
-        try:
-            if model_uri.startswith("models:/"):
-                name, version = registry.resolve_version(model_uri)
-                model = registry.model_dir(f"models:/{name}/{version}")
-                version = f"{name}/{version}"
-            else:
-                model = ModelDir.open(model_uri)
-                version = model.version_stamp or model_uri  # a bento's model says which registered version it is
-            server = cls(model, model_uri=model_uri, **kwargs)
-            server.model_version = version
-            return server
-        except Exception as exc:  # noqa: BLE001
-            return cls(None, load_error=f"{type(exc).__name__}: {exc}", model_uri=model_uri, **kwargs)
+        uris = [u.strip() for u in (model_uri.split(",") if isinstance(model_uri, str) else model_uri) if u.strip()]
+        loaded, versions, errors = [], [], []
+        for uri in uris:
+            try:
+                if uri.startswith("models:/"):
+                    name, version = registry.resolve_version(uri)
+                    loaded.append(registry.model_dir(f"models:/{name}/{version}"))
+                    versions.append(f"{name}/{version}")
+                else:
+                    loaded.append(ModelDir.open(uri))
+                    versions.append(loaded[-1].version_stamp or uri)  # a bento's model says its registered version
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{type(exc).__name__}: {exc}")
+        server = cls(loaded or None, model_uri=",".join(uris), **kwargs)
+        server.load_error = "; ".join(filter(None, [*errors, server.load_error])) or None
+        server.versions = {m.mcpu or "haswell": v for m, v in zip(loaded, versions, strict=True)}
+        server.model_version = versions[0] if server.predictor and versions else None
+        return server
 
     @property
     def mode(self) -> str:
@@ -146,6 +167,8 @@ class Server:
         return {"ready": True, "mode": self.mode, "model": self.model_uri,
                 "model_version": self.model_version if self.predictor else None, "arch": meta.get("arch"),
                 "mcpu": meta.get("mcpu"), "engine": self.predictor.engine_name if self.predictor else None,
+                "surrogates": {mcpu: {"model_version": self.versions.get(mcpu), "arch": p.meta.get("arch"),
+                                      "engine": p.engine_name} for mcpu, p in self.predictors.items()},
                 "load_error": self.load_error, "llvm_mca": self._mca_status(),
                 "llvm_mca_params": {"mcpu": self.params_mcpu, **self.mca_params} if self.mca_params else None,
                 "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy]}
@@ -164,12 +187,13 @@ class Server:
         answers: list[dict | None] = [None] * len(blocks)
         trusted: list[Block] = []
         fallback: list[tuple[Block, str]] = []
-        surrogate = self.predictor is not None and not exact
+        predictor = self.predictors.get(mcpu)  # the surrogate of this request's mcpu, if the service has one
+        surrogate = predictor is not None and not exact
         for i, raw in enumerate(blocks):
             block = Block(index=i, raw=raw, mcpu=mcpu)
             try:
                 if surrogate:
-                    self._encode(block)
+                    self._encode(block, predictor)
                 else:
                     block.instructions = block.text.count("\n") + 1
             except BlockError as exc:
@@ -190,7 +214,7 @@ class Server:
                 fallback.append((block, reason))
         pending = self._llvm_mca([b for b, _ in fallback], mcpu)  # runs while the surrogate answers
         if trusted:
-            cycles = self.predictor.predict_encoded([b.ids for b in trusted])
+            cycles = predictor.predict_encoded([b.ids for b in trusted])
             for block, value in zip(trusted, cycles, strict=True):
                 answers[block.index] = {"cycles": float(value), "source": "surrogate"}
         for (block, reason), answer in zip(fallback, pending(), strict=True):
@@ -219,18 +243,19 @@ class Server:
         except Exception:  # noqa: BLE001 - no llvm-mca: every fallback block will say so
             return frozenset()
 
-    def _encode(self, block: Block) -> None:
+    @staticmethod
+    def _encode(block: Block, predictor) -> None:
         """The surrogate's token ids, each distinct line checked and encoded once (the predictor's
         cache); a block the cache path refuses is read in full, which names why (or its length)."""
         try:
-            block.ids, has_unknown = self.predictor.encode(block.raw, block.index)
+            block.ids, has_unknown = predictor.encode(block.raw, block.index)
         except BlockError:  # unreadable (raised again by .text), or over the model's length limit
             block.ids, has_unknown = [], False
             block.instructions = block.text.count("\n") + 1
             return
         block.instructions = len(block.ids)
         if has_unknown:
-            block.unknown = tuple(self.predictor.tokenizer.unknown(block.text))
+            block.unknown = tuple(predictor.tokenizer.unknown(block.text))
 
     def _llvm_mca(self, blocks: list[Block], mcpu: str) -> Callable[[], list[dict]]:
         """Start llvm-mca on `blocks` in chunks through the shared pool; the returned function waits

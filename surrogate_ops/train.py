@@ -40,7 +40,7 @@ from surrogate_ops.tokenizer import Tokenizer
 @dataclass(frozen=True)
 class TrainConfig:
     data: str
-    arch: str = models.FAST
+    arch: str = models.DEFAULT_ARCH
     preset: str = "small"
     sizes: dict = field(default_factory=dict)  # explicit sizes over the preset, e.g. {"dim": 48}
     target: str = "mca"  # "mca": imitate llvm-mca's Total Cycles for mcpu; "measured": ground truth
@@ -90,6 +90,8 @@ def training_rows(frame: pd.DataFrame, target: str, mcpu: str, max_instructions:
     rows = frame[frame[column].notna() & (frame[column] > 0)]
     if target == "measured":
         rows = datasets.measured_rows(rows, mcpu)
+    elif "setting" not in rows:  # llvm-mca's label is the block's own: a block from several sources counts once
+        rows = rows.drop_duplicates("block")
     rows = rows[rows["block"].str.count("\n") < max_instructions]
     if rows.empty:
         raise SurrogateOpsError(f"no rows with a {column} target in the dataset")
@@ -130,7 +132,7 @@ def prepare(config: TrainConfig, frame: pd.DataFrame, parent: ModelDir | None, s
         added = tokenizer.extend(train_rows["block"])
         model = _grow_vocabulary(base, len(tokenizer))
     else:
-        tokenizer = Tokenizer.build(train_rows["block"], max_tokens=base.config.max_tokens)
+        tokenizer = Tokenizer.build(train_rows["block"], **models.tokenizer_options(base.config))
         model = models.build(config.arch, vocab_size=len(tokenizer), preset=config.preset, **config.sizes)
         model.head.log_scale.fill_(float(np.log(train_rows[target_column(config.target, config.mcpu)].median())))
     parameter_names = datasets.parameter_columns(frame)

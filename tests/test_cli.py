@@ -87,3 +87,36 @@ def test_predict_reads_csv_and_reports_bad_blocks(tmp_path, fixture_blocks):
     assert out.stdout.splitlines() == [f"0,{fixture_blocks[0]['haswell']['cycles']:g}", "1,nan",
                                        f"2,{fixture_blocks[1]['haswell']['cycles']:g}"]
     assert "block 1: " in out.stderr and "invalid instruction encoding" in out.stderr
+
+
+def test_predict_routes_each_mcpu_to_its_own_surrogate(tmp_path):
+    """Every bundled CPU answers through its own registered surrogate; a CPU with none says how to go on."""
+    import numpy as np
+
+    from surrogate_ops.blocks import read_asm_file
+    from surrogate_ops.inference import Predictor
+    from surrogate_ops.registry import PRETRAINED, bundled_names
+
+    env = {"SURROGATE_OPS_HOME": str(tmp_path)}
+    blocks = read_asm_file(FIXTURES / "blocks.s")
+    names = bundled_names()
+    assert {n.removeprefix("llvm-mca-") for n in names} >= {"haswell", "skylake", "ivybridge", "znver2", "znver3"}
+    answers = {}
+    for name in names:
+        mcpu = name.removeprefix("llvm-mca-")
+        proc = run("predict", "--mcpu", mcpu, "--input", str(FIXTURES / "blocks.s"), env=env)
+        assert proc.returncode == 0, proc.stderr
+        answers[mcpu] = [float(line.split(",")[1]) for line in proc.stdout.splitlines()]
+        assert np.allclose(answers[mcpu], Predictor(PRETRAINED / name).cycles(blocks), rtol=1e-5)
+    assert not np.allclose(answers["haswell"], answers["znver3"], rtol=1e-3)
+    proc = run("predict", "--mcpu", "znver1", "--input", str(FIXTURES / "blocks.s"), env=env)
+    assert proc.returncode == 2 and "no surrogate for -mcpu=znver1" in proc.stderr and "--program llvm-mca" in proc.stderr
+
+
+def test_collect_generates_blocks_and_keeps_probe_seeds_out(tmp_path):
+    proc = run("collect", "--generate", "40", "--generate-seed", "2", "--density", "dense", "--mcpu", "znver3",
+               "--quiet", "--out", str(tmp_path / "g.parquet"))
+    assert proc.returncode == 0, proc.stderr
+    assert "blocks: 40" in proc.stdout and "generated:dense:2 40" in proc.stdout and "mcpu=znver3" in proc.stdout
+    proc = run("collect", "--generate", "40", "--generate-seed", "9001", "--out", str(tmp_path / "p.parquet"))
+    assert proc.returncode == 2 and "kept for held-out probe sets" in proc.stderr

@@ -77,18 +77,20 @@ def post(url: str, body: dict | bytes) -> tuple[int, object]:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
-    """A fresh store with a small model registered by the test (the bundled hier model as `svc-test`)."""
+    """A fresh store with models registered by the test: the bundled Haswell surrogate as `svc-test`,
+    the bundled Skylake one as `svc-skylake`."""
     from surrogate_ops import registry
 
     home = tmp_path_factory.mktemp("home")
     with in_home(home):
-        registry.ensure_default("svc-test")
+        registry.ensure_default("svc-test", bundle="llvm-mca-haswell")
+        registry.ensure_default("svc-skylake", bundle="llvm-mca-skylake")
     return home
 
 
 @pytest.fixture(scope="module")
 def service(home):
-    with running(home, "--model", "models:/svc-test@champion") as url:
+    with running(home, "--model", "models:/svc-test@champion", "--model", "models:/svc-skylake@champion") as url:
         yield url
 
 
@@ -100,11 +102,21 @@ def model_dir(home) -> Path:
         return registry.model_dir("models:/svc-test@champion")
 
 
-def test_answers_match_the_model_and_llvm_mca(service, model_dir):
+@pytest.fixture(scope="module")
+def skylake_dir(home) -> Path:
+    from surrogate_ops import registry
+
+    with in_home(home):
+        return registry.model_dir("models:/svc-skylake@champion")
+
+
+def test_answers_match_the_model_and_llvm_mca(service, model_dir, skylake_dir):
     from surrogate_ops.inference import Predictor
 
     status = json.loads(urllib.request.urlopen(f"{service}/ops/healthz").read())
     assert status["mode"] == "surrogate+llvm-mca" and status["model_version"] == "svc-test/1"
+    assert {m: s["model_version"] for m, s in status["surrogates"].items()} == {"haswell": "svc-test/1",
+                                                                               "skylake": "svc-skylake/1"}
     assert status["load_error"] is None and "LLVM" in status["llvm_mca"]
     assert urllib.request.urlopen(f"{service}/docs.json").status == 200
 
@@ -122,9 +134,14 @@ def test_answers_match_the_model_and_llvm_mca(service, model_dir):
     code, exact = post(service, {"blocks": GOOD[:3], "exact": True})
     assert code == 200 and [a["cycles"] for a in exact] == [r.cycles for r in LlvmMca(mcpu="haswell").run(GOOD[:3])]
     assert {a["reason"] for a in exact} == {"exact answer requested"}
-    code, skylake = post(service, {"blocks": GOOD[:2], "mcpu": "skylake"})
-    assert [a["cycles"] for a in skylake] == [r.cycles for r in LlvmMca(mcpu="skylake").run(GOOD[:2])]
-    assert skylake[0]["reason"] == "the model was trained for haswell, not skylake"
+    # routed by mcpu: skylake's surrogate answers skylake; a CPU with no surrogate gets llvm-mca
+    code, skylake = post(service, {"blocks": GOOD, "mcpu": "skylake"})
+    assert code == 200 and {a["source"] for a in skylake} == {"surrogate"}
+    assert np.allclose([a["cycles"] for a in skylake], Predictor(skylake_dir).cycles(GOOD), rtol=1e-5)
+    assert not np.allclose([a["cycles"] for a in skylake], expected, rtol=1e-3)
+    code, zen = post(service, {"blocks": GOOD[:2], "mcpu": "znver1"})
+    assert [a["cycles"] for a in zen] == [r.cycles for r in LlvmMca(mcpu="znver1").run(GOOD[:2])]
+    assert zen[0]["reason"] == "no surrogate for znver1 (this service has haswell, skylake)"
 
 
 def test_bad_input_gets_clear_answers(service):
@@ -203,7 +220,7 @@ def test_policy_rules_are_small_units(model_dir):
     server = Server(model_dir)
     block = Block(index=0, raw="addq %rax, %rbx", mcpu="haswell", instructions=1)
     assert [rule(block, server) for rule in DEFAULT_POLICY] == [None, None, None]
-    assert other_mcpu(Block(0, "nop", "skylake", 1), server) == "the model was trained for haswell, not skylake"
+    assert other_mcpu(Block(0, "nop", "skylake", 1), server) == "no surrogate for skylake (this service has haswell)"
     assert too_long(Block(0, "nop", "haswell", 65), server) == "65 instructions, over the model's limit of 64"
     assert unknown_tokens(Block(0, "fyl2x", "haswell", 1, unknown=("fyl2x",)), server).endswith("fyl2x")
 
@@ -225,7 +242,8 @@ def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
     assert "carrying svc-test v1" in out.stdout and "bentoml containerize surrogate-ops:" in out.stdout
     (bento,) = (tmp_path / "bentoml" / "bentos" / "surrogate-ops").glob("*/bento.yaml")
     root = bento.parent
-    assert (root / "src" / "model" / "model.onnx").is_file() and (root / "src" / "model" / "VERSION").read_text() == "svc-test/1\n"
+    carried = root / "src" / "models" / "haswell"
+    assert (carried / "model.onnx").is_file() and (carried / "VERSION").read_text() == "svc-test/1\n"
     dockerfile = (root / "env" / "docker" / "Dockerfile").read_text()
     assert "llvm" in dockerfile and list((root / "env" / "python" / "wheels").glob("surrogate_ops-*.whl"))
     assert "service:Surrogate" in bento.read_text()
