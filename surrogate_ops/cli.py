@@ -210,8 +210,9 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
 
 
 @cli.command()
-@click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
-              help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory.")
+@click.option("--model", "model_uri",
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory [default: the champion "
+                   "surrogate of --mcpu, else of haswell].")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset from `collect`.")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
 @click.option("--mcpu", help="Microarchitecture to compare on [default: the model's].")
@@ -219,10 +220,11 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
 @_tracking_option
 def evaluate(model_uri, data, split, mcpu, engine, tracking_uri) -> None:
     """Print MAPE and Kendall's tau of a model against llvm-mca and measured throughput."""
-    from surrogate_ops import datasets, registry
+    from surrogate_ops import config, datasets, registry
     from surrogate_ops.evaluate import evaluate as run_evaluation
     from surrogate_ops.inference import Predictor
 
+    model_uri = model_uri or config.model_uri(mcpu or config.DEFAULT_MCPU)
     predictor = Predictor(registry.model_dir(model_uri), engine=engine)
     result = run_evaluation(predictor, datasets.load(data), mcpu or predictor.meta["mcpu"], split)
     click.echo(f"{model_uri} on the {split} split of {data}:")

@@ -2,6 +2,8 @@
 
 Every design takes token ids shaped (batch, instructions, tokens), 0 for padding, and returns
 cycles per 100 iterations, shaped (batch,); `encode` gives the pooled features its head reads.
+`dep` (the default) also reads the def-use edge tokens its tokenizer appends to each row
+(`tokenizer_options` says which tokenizer a config needs).
 `conditioned` wraps any of them with llvm-mca's parameters as a second input. To add one: write `models/<name>.py` with a config
 and a module, add it to ARCHITECTURES, and give it size presets in presets/model_sizes.json.
 """
