@@ -131,7 +131,7 @@ def test_conditioned_surrogate_takes_parameters(lab):
     with in_home(lab["root"] / "home"):
         model_dir = registry.model_dir("models:/planted-params@champion")
     meta = model_dir.meta
-    assert meta["arch"] == "conditioned" and meta["config"]["base"] == "hier"
+    assert meta["arch"] == "conditioned" and meta["config"]["base"] == "dep"  # the bundled surrogate's own
     assert meta["program_parameters"]["evaluations"] == pd.read_parquet(lab["sampled"])["block"].nunique()
     blocks = ["\n".join(b) for b in lab["blocks"][:40]]
     onnx, torch_ = Predictor(model_dir, engine="onnxruntime"), Predictor(model_dir, engine="torch")
