@@ -27,9 +27,13 @@ def model_name(mcpu: str) -> str:
     return f"llvm-mca-{mcpu}"
 
 
+def champion_uri(name: str) -> str:
+    return f"models:/{name}@champion"
+
+
 def model_uri(mcpu: str) -> str:
     """The champion of `mcpu`'s surrogate: what `predict --mcpu` and the service use by default."""
-    return f"models:/{model_name(mcpu)}@champion"
+    return champion_uri(model_name(mcpu))
 
 
 DEFAULT_MCPU = "haswell"

@@ -21,7 +21,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from surrogate_ops import tracking
-from surrogate_ops.config import DEFAULT_MODEL, work_dir
+from surrogate_ops.config import DEFAULT_MODEL, champion_uri, work_dir
 from surrogate_ops.engines import HOST_PLATFORM
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.modeldir import Builds, ModelDir
@@ -36,12 +36,11 @@ BUNDLED = PRETRAINED / DEFAULT_MODEL
 
 def bundled_names() -> list[str]:
     """The registered names the package bundles a surrogate for (llvm-mca-haswell first)."""
-    names = sorted(p.name for p in PRETRAINED.iterdir() if ModelDir.holds_one(p))
-    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
+    return sorted((p.name for p in PRETRAINED.iterdir() if ModelDir.holds_one(p)), key=lambda n: (n != DEFAULT_MODEL, n))
 
 
 def bundled_uris() -> list[str]:
-    return [f"models:/{name}@champion" for name in bundled_names()]
+    return [champion_uri(name) for name in bundled_names()]
 
 
 @dataclass(frozen=True)

@@ -95,8 +95,9 @@ class Server:
 
     def __init__(self, model=None, load_error: str | None = None, llvm_mca: str | None = None,
                  limits: Limits | None = None, policy: Sequence[Rule] = DEFAULT_POLICY, model_uri: str | None = None,
-                 mca_params: dict | None = None):
-        """`model`: a model directory, or a list of them (one per mcpu; the first is the primary).
+                 mca_params: dict | None = None, versions: Sequence[str] = ()):
+        """`model`: a model directory, or a list of them (one per mcpu; the first is the primary);
+        `versions`, beside them, the registered version each one is (what the status reports).
         `mca_params` (llvm-mca option or parameter names to values, e.g. from `optimize --out`) set
         the fallback's llvm-mca knobs for the primary model's mcpu; other mcpus keep llvm-mca's defaults."""
         from surrogate_ops.inference import Predictor
@@ -105,17 +106,21 @@ class Server:
         self.policy = tuple(policy)
         self.llvm_mca_path = llvm_mca
         self.model_uri = model_uri
-        self.model_version: str | None = None
         self.versions: dict[str, str] = {}  # mcpu -> registered version (or directory) it answers with
         self.predictors: dict[str, Predictor] = {}
         errors = [load_error] if load_error else []
-        for one in ([] if model is None or load_error else model if isinstance(model, list | tuple) else [model]):
+        models = [] if model is None or load_error else list(model) if isinstance(model, list | tuple) else [model]
+        for k, one in enumerate(models):
             try:
                 predictor = Predictor(one, engine="auto")
             except Exception as exc:  # noqa: BLE001 - any failure leaves the service up on llvm-mca alone
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
-            self.predictors.setdefault(predictor.meta.get("mcpu", "haswell"), predictor)
+            mcpu = predictor.meta.get("mcpu", "haswell")
+            if mcpu not in self.predictors:  # the first model of an mcpu answers for it
+                self.predictors[mcpu] = predictor
+                if k < len(versions):
+                    self.versions[mcpu] = versions[k]
         self.load_error = "; ".join(errors) or None
         self.params_mcpu = self.predictor.meta.get("mcpu", "haswell") if self.predictor else "haswell"
         self.mca_params: dict = {}
@@ -131,6 +136,11 @@ class Server:
     def predictor(self):
         """The primary surrogate (the first loaded), or None."""
         return next(iter(self.predictors.values()), None)
+
+    @property
+    def model_version(self) -> str | None:
+        """The registered version of the primary surrogate."""
+        return self.versions.get(next(iter(self.predictors), ""))
 
     @classmethod
     def from_uri(cls, model_uri: str | Sequence[str], **kwargs) -> Server:
@@ -152,10 +162,8 @@ class Server:
                     versions.append(loaded[-1].version_stamp or uri)  # a bento's model says its registered version
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"{type(exc).__name__}: {exc}")
-        server = cls(loaded or None, model_uri=",".join(uris), **kwargs)
+        server = cls(loaded or None, model_uri=",".join(uris), versions=versions, **kwargs)
         server.load_error = "; ".join(filter(None, [*errors, server.load_error])) or None
-        server.versions = {m.mcpu or "haswell": v for m, v in zip(loaded, versions, strict=True)}
-        server.model_version = versions[0] if server.predictor and versions else None
         return server
 
     @property
@@ -165,7 +173,7 @@ class Server:
     def status(self) -> dict:
         meta = self.predictor.meta if self.predictor else {}
         return {"ready": True, "mode": self.mode, "model": self.model_uri,
-                "model_version": self.model_version if self.predictor else None, "arch": meta.get("arch"),
+                "model_version": self.model_version, "arch": meta.get("arch"),
                 "mcpu": meta.get("mcpu"), "engine": self.predictor.engine_name if self.predictor else None,
                 "surrogates": {mcpu: {"model_version": self.versions.get(mcpu), "arch": p.meta.get("arch"),
                                       "engine": p.engine_name} for mcpu, p in self.predictors.items()},

@@ -11,9 +11,9 @@ is cached per distinct instruction string.
 
 A tokenizer made with `max_deps` also appends to each instruction's row its def-use edges
 (`blocks.deps`): one token per edge, `<reg:j>`, `<reg-carried:j>`, `<mem:j>` or `<mem-carried:j>`
-naming the producing instruction j. Those tokens hold fixed ids right after the specials
-(`dependency_id`), so a model can turn them back into an edge matrix with tensor arithmetic alone
-(see `models/dep.py`) and still take one input.
+naming the producing instruction j. Those tokens hold fixed ids right after the specials, in
+`dependency_tokens` order (id = 2 + kind * positions + j), so a model can turn them back into an
+edge matrix with tensor arithmetic alone (see `models/dep.py`) and still take one input.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class Tokenizer:
         self.max_tokens = max_tokens
         self.max_deps, self.positions = max_deps, positions
         self._width = max_tokens - max_deps  # instruction tokens per row
-        self._edge_offsets = {kind: len(SPECIALS) + k * positions for k, kind in enumerate(deps.KINDS)}
+        self._edge_offsets = {kind: len(SPECIALS) + k * positions for k, kind in enumerate(deps.KINDS)}  # as dependency_tokens
         self._cache: dict[str, tuple[int, ...]] = {}
 
     @classmethod
@@ -132,9 +132,6 @@ class Tokenizer:
             self.vocab[token] = len(self.vocab)
         self._cache.clear()
         return added
-
-    def dependency_id(self, kind: str, producer: int) -> int:
-        return self._edge_offsets[kind] + producer
 
     def __len__(self) -> int:
         return len(self.vocab)

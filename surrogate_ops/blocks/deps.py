@@ -198,13 +198,13 @@ def edges_of(instructions: Sequence[Effects]) -> list[Edge]:
                 if j is not None:
                     mine.add(Edge(i, j, "mem-carried" if key[0] else "reg-carried"))
         if mine:
-            found.extend(sorted(mine, key=_ORDER))
+            found.extend(sorted(mine, key=_rank))
         for key in consumer.defs:
             current[key] = i
     return found
 
 
-def _ORDER(edge: Edge) -> tuple[int, int]:
+def _rank(edge: Edge) -> tuple[int, int]:
     return _KIND_RANK[edge.kind], edge.producer
 
 

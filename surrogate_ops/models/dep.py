@@ -4,7 +4,7 @@ Throughput under llvm-mca is often set by a chain, not by the mix: one `imulq %r
 3-cycle loop-carried chain, `movq (%rax), %rax` a pointer chase. A plain transformer over
 instructions must guess the def-use structure from register tokens, and on dense chains it
 guesses badly. Here the tokenizer appends each instruction's def-use edges as tokens with fixed ids
-(`tokenizer.dependency_id`: kind and producer), and the model turns them back into an edge matrix
+(`tokenizer.dependency_tokens`: kind and producer), and the model turns them back into an edge matrix
 E (batch, kinds, instructions, instructions) with comparisons alone, so the network still takes one
 input and exports to ONNX and TVM as `hier` does. E enters three ways, as in graph networks for
 basic blocks (Granite):
