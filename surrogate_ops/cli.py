@@ -131,10 +131,13 @@ def _configure_tracking(ctx, param, value: str | None) -> str:
     return tracking.configure(value)
 
 
-def _tracking_option(f):
-    """--tracking-uri, configured as it is parsed (before the command body); the command gets the URI."""
-    return click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI", callback=_configure_tracking,
-                        help="MLflow tracking store [default: SQLite in the work directory; also MLFLOW_TRACKING_URI].")(f)
+def _tracking_option(f=None, *, lazy: bool = False):
+    """--tracking-uri, configured as it is parsed (before the command body); the command gets the URI.
+    lazy: left to the command, which configures MLflow only when it needs the registry."""
+    option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
+                          callback=None if lazy else _configure_tracking,
+                          help="MLflow tracking store [default: SQLite in the work directory; also MLFLOW_TRACKING_URI].")
+    return option(f) if f is not None else option
 
 
 @cli.command()
@@ -258,41 +261,63 @@ def promote(name, data, tracking_uri) -> None:
               default="auto", show_default=True,
               help="Surrogate engine; auto: the TVM build (this CPU's, or the CUDA one where a GPU is) when it "
                    "was measured faster here, else ONNX Runtime.")
-@_tracking_option
+@_tracking_option(lazy=True)
 def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) -> None:
     """Print `index,cycles` (cycles per 100 iterations) for every block of a file, from the surrogate
-    of --mcpu (each CPU has its own registered surrogate) or, with --program llvm-mca, from llvm-mca itself. Unreadable blocks print `index,nan` and the
-    reason on stderr."""
+    of --mcpu (each CPU has its own registered surrogate) or, with --program llvm-mca, from llvm-mca
+    itself. Unreadable blocks print `index,nan` and the reason on stderr. The file is read and
+    answered in chunks, in order, so files of millions of blocks run in bounded memory; a local
+    model directory, or a default already resolved and cached, starts without touching MLflow."""
     from surrogate_ops import config
-    from surrogate_ops.blocks import read_blocks
+    from surrogate_ops.blocks.inputs import chunks
 
-    blocks, unreadable = read_blocks(input_path)
     if program:
         from surrogate_ops.programs import LlvmMca
 
-        results = LlvmMca(mcpu=mcpu, params=_read_params(params)).run(blocks)
-        answers = [(r.cycles, r.error) for r in results]
+        mca = LlvmMca(mcpu=mcpu, params=_read_params(params))
+
+        def answer(blocks: list[str]) -> list:
+            return [(r.cycles, r.error) for r in mca.run(blocks)]
     else:
-        from surrogate_ops import registry
         from surrogate_ops.inference import Predictor
 
-        if model_uri is None:
-            model_uri = config.model_uri(mcpu)
-            if config.model_name(mcpu) not in registry.bundled_names() and not registry.has_versions(
-                    config.model_name(mcpu)):
-                raise SurrogateOpsError(
-                    f"no surrogate for -mcpu={mcpu}: surrogate-ops bundles {', '.join(registry.bundled_names())}; "
-                    f"answer with --program llvm-mca, or train one and register it as {config.model_name(mcpu)}")
-        predictor = Predictor(registry.model_dir(model_uri), engine=engine)
+        predictor = Predictor(_surrogate_dir(model_uri, mcpu, tracking_uri), engine=engine)
         if predictor.meta.get("mcpu") != mcpu:
-            raise SurrogateOpsError(f"{model_uri} imitates -mcpu={predictor.meta.get('mcpu')}, not {mcpu}")
-        answers = [(p.cycles, p.error) for p in predictor.predict(blocks, params=_read_params(params))]
-    answers = [(None, unreadable[i]) if i in unreadable else a for i, a in enumerate(answers)]
+            raise SurrogateOpsError(f"{model_uri or config.model_uri(mcpu)} imitates -mcpu={predictor.meta.get('mcpu')}, "
+                                    f"not {mcpu}")
+        setting = _read_params(params)
+
+        def answer(blocks: list[str]) -> list:
+            return [(p.cycles, p.error) for p in predictor.predict(blocks, params=setting)]
     out = click.get_text_stream("stdout")
-    for i, (cycles, error) in enumerate(answers):
-        out.write(f"{i},{cycles:g}\n" if cycles is not None else f"{i},nan\n")
-        if error:
-            click.echo(f"block {i}: {error}", err=True)
+    for chunk in chunks(input_path):  # a chunk at a time: memory stays bounded on files of millions of blocks
+        answers = answer(chunk.blocks)
+        for i, (cycles, error) in enumerate(answers):
+            error = chunk.unreadable.get(i, error)
+            cycles = None if i in chunk.unreadable else cycles
+            out.write(f"{chunk.start + i},{cycles:g}\n" if cycles is not None else f"{chunk.start + i},nan\n")
+            if error:
+                click.echo(f"block {chunk.start + i}: {error}", err=True)
+
+
+def _surrogate_dir(model_uri: str | None, mcpu: str, tracking_uri: str | None):
+    """The model directory to predict with: a directory, or the registry's (the champion of --mcpu by
+    default). MLflow is imported only when the answer is not already known locally (see `pins`)."""
+    from surrogate_ops import config, pins
+
+    uri = model_uri or config.model_uri(mcpu)
+    local = pins.resolve(uri, tracking_uri)
+    if local is not None:
+        return local
+    from surrogate_ops import registry, tracking
+
+    tracking.configure(tracking_uri)
+    if model_uri is None and config.model_name(mcpu) not in registry.bundled_names() and not registry.has_versions(
+            config.model_name(mcpu)):
+        raise SurrogateOpsError(
+            f"no surrogate for -mcpu={mcpu}: surrogate-ops bundles {', '.join(registry.bundled_names())}; "
+            f"answer with --program llvm-mca, or train one and register it as {config.model_name(mcpu)}")
+    return registry.model_dir(uri)
 
 
 def _shape_option(ctx, param, value: str) -> tuple[int, int, int]:
@@ -542,9 +567,9 @@ def bento(model_uris, params, tracking_uri) -> None:
 @cli.command("tracking-uri")
 def tracking_uri_command() -> None:
     """Print the default MLflow tracking URI (for `export MLFLOW_TRACKING_URI=...` before `mlflow run`)."""
-    from surrogate_ops import tracking
+    from surrogate_ops import config
 
-    click.echo(tracking.default_uri())
+    click.echo(config.default_store_uri())
 
 
 @cli.command()

@@ -22,6 +22,16 @@ def work_dir() -> Path:
     return path.resolve()
 
 
+def default_store_uri() -> str:
+    """The MLflow store every command shares unless told otherwise: SQLite in the work directory."""
+    return f"sqlite:///{work_dir() / 'mlflow.db'}"
+
+
+def store_uri(tracking_uri: str | None = None) -> str:
+    """The store a command uses: `--tracking-uri`, else MLFLOW_TRACKING_URI, else the default."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store_uri()
+
+
 def model_name(mcpu: str) -> str:
     """The registered name of the surrogate of llvm-mca on `mcpu` (one model per CPU)."""
     return f"llvm-mca-{mcpu}"
@@ -36,6 +46,7 @@ def model_uri(mcpu: str) -> str:
     return champion_uri(model_name(mcpu))
 
 
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"  # the bundled surrogates, a folder per registered name
 DEFAULT_MCPU = "haswell"
 DEFAULT_MODEL = model_name(DEFAULT_MCPU)  # the registered name of the bundled Haswell surrogate
 DEFAULT_MODEL_URI = model_uri(DEFAULT_MCPU)  # what single-model commands use by default

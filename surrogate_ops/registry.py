@@ -10,7 +10,6 @@ fetched with the model for the host's platform. This module speaks to MLflow onl
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import time
@@ -20,8 +19,8 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from surrogate_ops import tracking
-from surrogate_ops.config import DEFAULT_MODEL, champion_uri, work_dir
+from surrogate_ops import pins, tracking
+from surrogate_ops.config import DEFAULT_MODEL, PRETRAINED, champion_uri
 from surrogate_ops.engines import HOST_PLATFORM
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.modeldir import Builds, ModelDir
@@ -30,7 +29,6 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 PACKAGE_DIR = Path(__file__).resolve().parent
 PYFUNC_CODE = PACKAGE_DIR / "mlflow_model.py"
 REQUIREMENTS = ["numpy", "onnxruntime"]
-PRETRAINED = PACKAGE_DIR / "pretrained"  # a surrogate per CPU, each registered under its folder's name on first use
 BUNDLED = PRETRAINED / DEFAULT_MODEL
 
 
@@ -131,8 +129,7 @@ def model_dir(uri: str | Path) -> ModelDir:
     if ModelDir.holds_one(uri):
         return ModelDir.open(uri)
     name, version = resolve_version(str(uri))
-    store = hashlib.sha1(mlflow.get_registry_uri().encode()).hexdigest()[:10]  # one cache per registry
-    cache = work_dir() / "cache" / "models" / store / name / version
+    cache = pins.cache_root(mlflow.get_registry_uri()) / name / version
     if not ModelDir.holds_one(cache):
         tmp = cache.with_name(f".{version}.{time.time_ns()}")
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp))
@@ -147,6 +144,8 @@ def model_dir(uri: str | Path) -> ModelDir:
         shutil.rmtree(tmp, ignore_errors=True)
     model = ModelDir.open(cache)
     fetch_build(name, version, HOST_PLATFORM, model.builds)
+    if "@" in str(uri):  # the next resolution of this alias can skip MLflow while the store stays as it is
+        pins.record(mlflow.get_registry_uri(), name, str(uri).split("@", 1)[1], version)
     return model
 
 

@@ -18,7 +18,7 @@ import warnings
 import mlflow
 from mlflow import MlflowClient
 
-from surrogate_ops.config import work_dir
+from surrogate_ops.config import store_uri, work_dir
 
 EXPERIMENT = "surrogate-ops"  # the MLflow experiment every run goes to
 _configured: str | None = None
@@ -34,16 +34,12 @@ def _quiet() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
-def default_uri() -> str:
-    return f"sqlite:///{work_dir() / 'mlflow.db'}"
-
-
 def configure(tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the given store (or MLFLOW_TRACKING_URI, or the work directory's) and select
     the experiment, creating it with its artifacts in the work directory when the store is local."""
     global _configured
     _quiet()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+    uri = store_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     _configured = uri

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from surrogate_ops import datasets, promotion, registry, tracking
+from surrogate_ops import config, datasets, promotion, registry, tracking
 from surrogate_ops.inference import Predictor
 from surrogate_ops.train import TrainConfig, train
 
@@ -95,7 +95,7 @@ def test_pyfunc_model_needs_no_internals(home, dataset):
     code = ("import json, sys, mlflow\n"
             "model = mlflow.pyfunc.load_model('models:/unit@champion')\n"
             "print(json.dumps(model.predict(json.loads(sys.stdin.read()))))\n")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.default_uri()}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.default_store_uri()}
     proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(blocks), capture_output=True, text=True,
                           env=env, cwd="/", timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -224,7 +224,7 @@ def test_mlflow_run_entry_point(home, dataset):
     """`mlflow run . -e train --env-manager local` trains and registers through the CLI."""
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update({"SURROGATE_OPS_HOME": str(home), "MLFLOW_TRACKING_URI": tracking.default_uri()})
+    env.update({"SURROGATE_OPS_HOME": str(home), "MLFLOW_TRACKING_URI": config.default_store_uri()})
     proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(root), "-e", "train", "--env-manager", "local",
                            "-P", f"data={dataset}", "-P", "preset=tiny",
                            "-P", "epochs=1", "-P", "register=from-project"],

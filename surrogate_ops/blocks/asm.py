@@ -128,9 +128,12 @@ def normalize_block(text: str, index: int | None = None, max_instructions: int |
     return "\n".join(out)
 
 
+SEPARATOR = re.compile(r"\n[ \t]*\n")  # blocks in a text file are separated by blank lines
+
+
 def split_asm_text(text: str) -> list[str]:
     """Blocks of a text file: separated by one or more blank lines."""
-    return [b for b in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")) if b.strip()]
+    return [b for b in SEPARATOR.split(text.replace("\r\n", "\n")) if b.strip()]
 
 
 def read_asm_file(path: str | Path) -> list[str]:

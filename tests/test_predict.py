@@ -1,0 +1,90 @@
+"""`predict` as a front end: files read a chunk at a time, in order, and a start that skips MLflow
+only while what it skips could not have changed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from surrogate_ops.blocks.asm import split_asm_text
+from surrogate_ops.blocks.generate import generate
+from surrogate_ops.blocks.inputs import chunks, read_blocks
+
+from conftest import FIXTURES, in_home
+
+CLI = [sys.executable, "-m", "surrogate_ops"]
+
+
+def test_text_files_read_in_chunks_give_the_blocks_of_a_whole_read(tmp_path):
+    blocks = generate(400, seed=11)
+    text = "\r\n\r\n \t\n".join(blocks) + "\n\n\n"  # CRLF, blank lines holding spaces, trailing blanks
+    path = tmp_path / "blocks.s"
+    path.write_bytes(text.encode())
+    whole = split_asm_text(text)
+    assert len(whole) == 400
+    for read_size in (1, 13, 500, 1 << 22):  # separators and blocks cut across reads
+        pieces = list(chunks(str(path), size=64, read_size=read_size))
+        assert [b for c in pieces for b in c.blocks] == whole
+        assert [c.start for c in pieces] == list(np.cumsum([0] + [len(c.blocks) for c in pieces[:-1]]))
+        assert all(0 < len(c.blocks) <= 64 for c in pieces)
+
+
+def test_csv_chunks_keep_indices_of_bad_rows(tmp_path, fixture_blocks):
+    rows = [fixture_blocks[i % 3]["hex"] if i % 5 else "zz" for i in range(23)]
+    path = tmp_path / "blocks.csv"
+    path.write_text("hex\n" + "\n".join(rows) + "\n")
+    pieces = list(chunks(str(path), size=4))
+    assert [c.start for c in pieces] == list(range(0, 23, 4))
+    blocks, unreadable = read_blocks(str(path))
+    assert sorted(unreadable) == [i for i in range(23) if i % 5 == 0]
+    assert all(blocks[i] for i in range(23) if i % 5)
+
+
+def _predict(home, *args) -> list[float]:
+    proc = subprocess.run([*CLI, "predict", "--input", str(FIXTURES / "blocks.s"), *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "SURROGATE_OPS_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr
+    return [float(line.split(",")[1]) for line in proc.stdout.splitlines()]
+
+
+def test_the_default_follows_promotions_past_its_pin(tmp_path):
+    """The first predict of a fresh home answers from the bundle without a store; once the store
+    exists the champion is resolved through MLflow and pinned; a promotion changes the store, so
+    the next predict answers with the new champion."""
+    from surrogate_ops import pins, registry
+    from surrogate_ops.blocks import read_asm_file
+    from surrogate_ops.config import PRETRAINED, store_uri
+    from surrogate_ops.inference import Predictor
+    from surrogate_ops.modeldir import ModelDir
+
+    blocks = read_asm_file(FIXTURES / "blocks.s")
+    haswell = Predictor(PRETRAINED / "llvm-mca-haswell").cycles(blocks)
+    skylake = Predictor(PRETRAINED / "llvm-mca-skylake").cycles(blocks)
+    assert np.allclose(_predict(tmp_path), haswell, rtol=1e-5)
+    assert not (tmp_path / "mlflow.db").exists()  # answered without creating a store
+
+    with in_home(tmp_path):
+        first = registry.ensure_default("llvm-mca-haswell")
+        assert first.version == "1"
+        assert pins.resolve("models:/llvm-mca-haswell@champion") is None  # nothing resolved yet
+        assert np.allclose(_predict(tmp_path), haswell, rtol=1e-5)  # through MLflow, which pins it
+        pinned = pins.resolve("models:/llvm-mca-haswell@champion")
+        assert pinned is not None and pinned.name == "1"
+        assert np.allclose(_predict(tmp_path), haswell, rtol=1e-5)  # from the pin
+
+        # a second version (the skylake weights, relabeled as a haswell model) becomes champion
+        copy = tmp_path / "as-haswell"
+        shutil.copytree(PRETRAINED / "llvm-mca-skylake", copy)
+        other = ModelDir.open(copy).with_meta(mcpu="haswell")
+        from surrogate_ops import tracking
+
+        with tracking.start_run():
+            second = registry.log_model(other, example=blocks[:1], name="llvm-mca-haswell")
+        registry.set_alias("llvm-mca-haswell", "champion", second.version)
+        assert pins.resolve("models:/llvm-mca-haswell@champion") is None, store_uri()
+        assert np.allclose(_predict(tmp_path), skylake, rtol=1e-5)
+        assert pins.resolve("models:/llvm-mca-haswell@champion").name == second.version
