@@ -47,6 +47,18 @@ def _run_llvm_mc(llvm_mc: str, hexes: list[str]) -> tuple[str, str]:
     return proc.stdout, proc.stderr
 
 
+_CANONICAL: dict[str, str] = {}  # llvm-mc output line -> canonical text (the separators alone repeat 17 lines a block)
+
+
+def _canonical(raw: str) -> str:
+    text = _CANONICAL.get(raw)
+    if text is None:
+        if len(_CANONICAL) >= 1 << 18:
+            _CANONICAL.clear()
+        text = _CANONICAL[raw] = normalize_instruction(raw.split("#", 1)[0])  # drop llvm-mc's "# imm = 0x.." notes
+    return text
+
+
 def _pieces(stdout: str) -> list[list[str]]:
     """llvm-mc's output split at ud2 lines, each piece's instructions canonical, prefixes joined."""
     pieces: list[list[str]] = [[]]
@@ -54,7 +66,7 @@ def _pieces(stdout: str) -> list[list[str]]:
     for raw in stdout.splitlines():
         if not raw.startswith("\t") or raw.startswith("\t."):
             continue
-        text = normalize_instruction(raw.split("#", 1)[0])  # drop llvm-mc's "# imm = 0x.." notes
+        text = _canonical(raw)
         if text == "ud2" and not prefix:
             pieces.append([])
         elif text in PREFIXES:
