@@ -94,13 +94,25 @@ class Dep(nn.Module):
         edges = by_kind.transpose(2, 3) @ by_producer  # (b, i, k, t) @ (b, i, t, j) -> (b, i, k, j)
         return edges.transpose(1, 2), is_edge  # (b, k, i, j)
 
+    def mixed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """token_mix(embedding + slot) of every token, (b, i, t, d). In eval mode (inference,
+        export) it is read from a table of every (token id, slot) pair made from the weights: one
+        gather instead of a matrix product and a GELU per token, and a table that ONNX Runtime
+        folds into a constant when it loads the model. Training keeps the direct form, which
+        touches only the tokens in the batch."""
+        if self.training:
+            return self.token_mix(self.token(tokens) + self.slot[: tokens.shape[2]])
+        width = self.config.max_tokens
+        table = self.token_mix(self.token.weight.unsqueeze(1) + self.slot).reshape(-1, self.config.dim)  # (vocab * width, d)
+        return nn.functional.embedding(tokens * width + self.index[: tokens.shape[2]], table)
+
     def encode(self, tokens: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """The block's pooled features, (batch, dim); `condition` (batch, dim) as in `hier`."""
         # tokens: (batch, instructions, tokens) int64, 0 = padding
         _, n_ins, n_tok = tokens.shape
         edges, is_edge = self.edges(tokens)
         token_mask = ((tokens != 0) & ~is_edge).unsqueeze(-1).to(self.slot.dtype)  # instruction tokens only
-        x = (self.token_mix(self.token(tokens) + self.slot[:n_tok]) * token_mask).sum(2)  # (b, i, d)
+        x = (self.mixed_tokens(tokens) * token_mask).sum(2)  # (b, i, d)
         self_loops = (edges * self.eye[:n_ins, :n_ins]).sum(-1)  # (b, k, i)
         degrees = torch.cat([edges.sum(-1), edges.sum(-2), self_loops], dim=1).transpose(1, 2)  # (b, i, 3k)
         x = self.instruction(x) + self.position[:n_ins] + self.degree(degrees)
