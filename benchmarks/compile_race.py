@@ -1,10 +1,13 @@
-"""The race: llvm-mca against its surrogate, end to end from assembly text, on the same blocks and cores.
+"""The race: llvm-mca against its surrogate on the same blocks and the same cores, end to end.
 
-For each model: torch, ONNX Runtime and (where the architecture imports into TVM) a TVM build for
-this host, all through the same `Predictor` path (normalize, tokenize with the per-instruction
-cache, bucket by length, pad, run); llvm-mca through the adapter with one worker per core. Blocks
-are the BHive Haswell test split, may-alias blocks left out. Each figure is the median of
-`--repeats` runs, alternating the contenders. Then the seed paper's setting: one thread, batch 1.
+Blocks: the first `--blocks` distinct BHive Haswell blocks (may-alias blocks left out), as hex (the
+BHive form: disassembled first, by both contenders) and as assembly text. llvm-mca runs through the
+adapter with one worker per core. Each surrogate engine runs in a fresh process, so its first pass
+meets cold caches (every line new to the canonicalizer, the dependency analysis and the tokenizer)
+and its second pass warm ones; both are timed, from text and from hex. Then the CLI as a user meets
+it: `surrogate-ops predict` on a hex CSV against `--program llvm-mca`, marginal time per block
+(the one-block run's start-up subtracted), and the one-block run's wall time and peak memory.
+Last, the seed paper's setting: one thread, batch 1. Every figure is the median of `--repeats`.
 
     python benchmarks/compile_race.py --model surrogate_ops/pretrained/llvm-mca-haswell [--model DIR ...]
 """
@@ -12,47 +15,96 @@ are the BHive Haswell test split, may-alias blocks left out. Each figure is the 
 from __future__ import annotations
 
 import argparse
+import csv
+import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from surrogate_ops import compile as compiler
-from surrogate_ops import datasets, engines
+from surrogate_ops import engines, registry
+from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.export import example_batch
 from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import mape
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops import registry
 
-from common import median_time
+from common import DEFAULT_BHIVE, bhive_hexes, median_time
+
+
+def passes(model: str, engine: str, source: str, hexes: list[str], texts: list[str]) -> tuple[float, float, np.ndarray]:
+    """Seconds of a first and a second pass over the blocks, from `source` (text, or hex
+    disassembled on the way), and the cycles; run it in a fresh process (`fresh`) for a cold first pass."""
+    predictor = Predictor(model, engine=engine)
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        cycles = predictor.cycles(texts if source == "text" else [b or "" for b in disassemble(hexes).blocks])
+        seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[1], cycles
+
+
+def fresh(fn, *args):
+    """`fn(*args)` in a new interpreter: nothing cached from earlier runs."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def cli(args: list[str], repeats: int) -> tuple[float, float | None]:
+    """Median wall seconds and the largest peak RSS (MB, from GNU time where it is installed: a
+    child forked from this large process would report this process's memory as its own) of a
+    `surrogate-ops` command, after one untimed run (which may resolve and pin the default model)."""
+    timer = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").is_file() else None)
+    times, peaks = [], []
+    with tempfile.NamedTemporaryFile("r") as record:
+        for k in range(repeats + 1):
+            command = [sys.executable, "-m", "surrogate_ops", *args]
+            if timer:
+                command = [timer, "-f", "%M", "-o", record.name, *command]
+            start = time.perf_counter()
+            proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode:
+                raise SystemExit(f"surrogate-ops {' '.join(args)} failed: {proc.stderr[-500:]}")
+            if k:
+                times.append(time.perf_counter() - start)
+                if timer:
+                    record.seek(0)
+                    peaks.append(int(record.read().split()[-1]) / 1024)
+    return float(np.median(times)), max(peaks) if peaks else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", required=True, help="model directory or models:/ URI")
-    parser.add_argument("--data", type=Path, default=Path("surrogate-ops-work/datasets/hsw.parquet"))
+    parser.add_argument("--bhive", type=Path, default=DEFAULT_BHIVE / "hsw.csv")
     parser.add_argument("--blocks", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engine", action="append", help="engines to race [default: onnxruntime, torch, tvm]")
     parser.add_argument("--single", type=int, default=1000, help="blocks for the one-thread, batch-1 race")
     args = parser.parse_args()
 
-    frame = datasets.load(args.data)
-    test = frame[(frame["split"] == "test") & ~frame["may_alias"].astype(bool)].head(args.blocks)
-    blocks, mca_truth = list(test["block"]), test["mca_cycles_haswell"].to_numpy()
-    measured = test["measured"].to_numpy()
+    hexes = bhive_hexes(args.bhive, args.blocks)
+    decoded = disassemble(hexes)
+    keep = [i for i, b in enumerate(decoded.blocks) if b]
+    hexes, texts = [hexes[i] for i in keep], [decoded.blocks[i] for i in keep]
     cores = len(os.sched_getaffinity(0))
-    print(f"{len(blocks):,} BHive Haswell test blocks (may-alias excluded), {cores} cores, median of {args.repeats}")
+    print(f"{len(texts):,} distinct BHive Haswell blocks (may-alias excluded), {cores} cores, median of {args.repeats}")
 
     mca = LlvmMca(mcpu="haswell", workers=cores)
-    mca_s, mca_results = median_time(lambda: mca.run(blocks), args.repeats)
-    mca_cycles = np.array([r.cycles for r in mca_results], dtype=float)
-    mca_rate = len(blocks) / mca_s
-    print(f"{'contender':<34} {'blocks/s':>10} {'vs llvm-mca':>11} {'MAPE mca':>9} {'MAPE meas':>10}")
-    print(f"{'llvm-mca (adapter, %d workers)' % cores:<34} {mca_rate:>10,.0f} {1:>10.1f}x {0:>8.2f}% "
-          f"{100 * mape(mca_cycles, measured):>9.2f}%")
+    mca_text, results = median_time(lambda: mca.run(texts), args.repeats)
+    mca_hex, _ = median_time(lambda: mca.run([b or "" for b in disassemble(hexes).blocks]), args.repeats)
+    truth = np.array([r.cycles for r in results], dtype=float)
+    rate = {"text": len(texts) / mca_text, "hex": len(texts) / mca_hex}
+    print(f"\n{'contender':<40} {'pass':<6} {'text b/s':>10} {'vs mca':>7} {'hex b/s':>10} {'vs mca':>7} {'MAPE mca':>9}")
+    print(f"{'llvm-mca (adapter, %d workers)' % cores:<40} {'':<6} {rate['text']:>10,.0f} {1:>6.1f}x "
+          f"{rate['hex']:>10,.0f} {1:>6.1f}x {0:>8.2f}%")
 
     single_rows = []
     scratch = Path(tempfile.mkdtemp(prefix="race-"))
@@ -60,36 +112,57 @@ def main() -> None:
         directory = scratch / Path(str(uri)).name.replace("@", "-")
         shutil.copytree(registry.model_dir(uri).path, directory)  # builds go beside a copy, never into the package
         meta = Predictor(directory).meta
-        contenders = ["torch", "onnxruntime"]
-        if meta["arch"] not in compiler.UNSUPPORTED:
-            build_dir = directory / "builds"
-            if not (build_dir / f"{engines.HOST_PLATFORM}.so").is_file():
-                tokens = example_batch(Predictor(directory).tokenizer, blocks[:256])
-                compiler.compile_model(directory, engines.HOST_PLATFORM, build_dir, check_tokens=tokens)
-            contenders.append("tvm")
+        contenders = args.engine or ["onnxruntime", "torch", "tvm"]
+        if "tvm" in contenders and meta["arch"] in compiler.UNSUPPORTED:
+            contenders = [c for c in contenders if c != "tvm"]
+        if "tvm" in contenders and not (directory / "builds" / f"{engines.HOST_PLATFORM}.so").is_file():
+            tokens = example_batch(Predictor(directory).tokenizer, texts[:256])
+            compiler.compile_model(directory, engines.HOST_PLATFORM, directory / "builds", check_tokens=tokens)
         for engine in contenders:
-            predictor = Predictor(directory, engine=engine)
-            predictor.predict(blocks[:512])  # warm: engine start-up, first-shape compilation
-            seconds, cycles = median_time(lambda: predictor.cycles(blocks), args.repeats)
-            ok = np.isfinite(cycles)
-            rate = len(blocks) / seconds
+            runs = {source: [fresh(passes, str(directory), engine, source, hexes, texts) for _ in range(args.repeats)]
+                    for source in ("text", "hex")}
+            cycles = runs["text"][-1][2]
+            ok = np.isfinite(cycles) & np.isfinite(truth)
             label = f"{meta['arch']} ({Path(str(uri)).name}) {engine}"
-            print(f"{label:<34} {rate:>10,.0f} {rate / mca_rate:>10.1f}x {100 * mape(cycles[ok], mca_truth[ok]):>8.2f}% "
-                  f"{100 * mape(cycles[ok], measured[ok]):>9.2f}%")
+            for k, kind in enumerate(("first", "warm")):
+                text_rate = len(texts) / np.median([r[k] for r in runs["text"]])
+                hex_rate = len(texts) / np.median([r[k] for r in runs["hex"]])
+                print(f"{label:<40} {kind:<6} {text_rate:>10,.0f} {text_rate / rate['text']:>6.1f}x "
+                      f"{hex_rate:>10,.0f} {hex_rate / rate['hex']:>6.1f}x {100 * mape(cycles[ok], truth[ok]):>8.2f}%")
             single = Predictor(directory, engine=engine, threads=1, batch_size=1)
-            subset = blocks[: args.single]
+            subset = texts[: args.single]
             single.predict(subset[:50])
             s_seconds, _ = median_time(lambda: single.cycles(subset), 1)
             single_rows.append((label, len(subset) / s_seconds))
 
-    one = LlvmMca(mcpu="haswell", workers=1)
-    subset = blocks[: args.single]
-    s_seconds, _ = median_time(lambda: one.run(subset), 1)
+    # the CLI, as a user runs it: hex CSV in, cycles out
+    many, one = scratch / "blocks.csv", scratch / "one.csv"
+    for path, rows in ((many, hexes), (one, hexes[:1])):
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle).writerows([["hex"], *[[h] for h in rows]])
+    print(f"\nCLI, `surrogate-ops predict --input HEX.csv`, {len(hexes):,} blocks vs 1 (marginal: start-up subtracted)")
+    print(f"{'command':<52} {'1 block':>8} {'peak MB':>8} {'all':>8} {'marginal b/s':>13} {'vs mca':>7}")
+    commands = [("--program llvm-mca", ["--program", "llvm-mca"])]
+    commands += [(f"--model {Path(str(uri)).name}", ["--model", str(scratch / Path(str(uri)).name.replace("@", "-"))])
+                 for uri in args.model]
+    commands.append(("(default: the champion of --mcpu)", []))
+    base = None
+    for label, extra in commands:
+        t_one, peak = cli(["predict", "--input", str(one), *extra], args.repeats)
+        t_all, _ = cli(["predict", "--input", str(many), *extra], args.repeats)
+        marginal = (len(hexes) - 1) / max(t_all - t_one, 1e-9)
+        base = base or marginal
+        print(f"{label:<52} {t_one:>7.2f}s {peak or float('nan'):>8.0f} {t_all:>7.1f}s {marginal:>13,.0f} {marginal / base:>6.1f}x")
+
+    one_mca = LlvmMca(mcpu="haswell", workers=1)
+    subset = texts[: args.single]
+    s_seconds, _ = median_time(lambda: one_mca.run(subset), 1)
     mca_single = len(subset) / s_seconds
     print(f"\nseed setting: one thread, batch 1, {len(subset):,} blocks (llvm-mca: one process, all blocks batched)")
-    print(f"{'llvm-mca (1 worker)':<34} {mca_single:>10,.0f} {1:>10.1f}x")
-    for label, rate in single_rows:
-        print(f"{label:<34} {rate:>10,.0f} {rate / mca_single:>10.1f}x")
+    print(f"{'llvm-mca (1 worker)':<40} {mca_single:>10,.0f} {1:>6.1f}x")
+    for label, single_rate in single_rows:
+        print(f"{label:<40} {single_rate:>10,.0f} {single_rate / mca_single:>6.1f}x")
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
