@@ -15,10 +15,14 @@ import numpy as np
 
 from surrogate_ops import engines
 from surrogate_ops.batching import run_batched
+from surrogate_ops.blocks import deps
 from surrogate_ops.blocks.asm import PREFIXES, BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.modeldir import ModelDir
 
+# Distinct lines remembered (about 0.5 KB each here, 2 KB with the caches below it: canonical text,
+# token ids, dependency effects, each bounded too). Bounded so that memory does not grow with the input.
+LINE_CACHE = 1 << 17
 _SKIP, _SLOW = object(), object()  # line-cache markers: a blank line; a bare prefix (general path)
 
 
@@ -56,15 +60,15 @@ class Predictor:
         the block cannot be read. Each distinct raw line is checked, normalized and encoded once."""
         lines = self._lines
         hits = [lines[raw] if raw in lines else self._encode_line(raw) for raw in text.split("\n")]
-        try:  # the common case: every line an instruction, (ids, has unknown, text); markers are not subscriptable
+        try:  # the common case: every line an instruction, (ids, has unknown, text, effects); markers are not subscriptable
             ids = [hit[0] for hit in hits]
             unknown = any([hit[1] for hit in hits])
         except TypeError:
             return self._encode_general(text, index, hits)
         if len(ids) > self.max_instructions:
             raise BlockError(f"{len(ids)} instructions, more than the limit of {self.max_instructions}", index)
-        if self.tokenizer.max_deps:  # edges span lines: added per block, from each line's cached text
-            ids = self.tokenizer.add_dependencies(ids, [hit[2] for hit in hits])
+        if self.tokenizer.max_deps:  # edges span lines: added per block, from each line's cached effects
+            ids = self.tokenizer.add_edges(ids, [hit[3] for hit in hits])
         return ids, unknown
 
     def _encode_general(self, text: str, index: int, hits: list) -> tuple[list[tuple[int, ...]], bool]:
@@ -104,8 +108,9 @@ class Predictor:
                     hit = _SLOW
                 else:
                     encoded = self.tokenizer.encode_instruction(instruction)
-                    hit = (encoded, 1 in encoded, instruction)
-        if len(self._lines) >= 1 << 20:
+                    hit = (encoded, 1 in encoded, instruction,
+                           deps.effects(instruction) if self.tokenizer.max_deps else None)
+        if len(self._lines) >= LINE_CACHE:
             self._lines.clear()
         self._lines[raw] = hit
         return hit

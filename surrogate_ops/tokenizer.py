@@ -32,7 +32,7 @@ SPECIALS = (PAD, UNK)
 FORMAT = "surrogate-ops/x86-att-v1"
 _MEMORY = re.compile(r"^(?:(%\w+):)?([^(]*)\((%\w+)?(?:,(%\w+)?(?:,(\d+))?)?\)$")
 _SMALL_IMMEDIATES = range(-1, 17)
-_CACHE_LIMIT = 1 << 20
+_CACHE_LIMIT = 1 << 16  # instructions whose ids are remembered (the predictor's line cache sits above)
 
 
 def _operand_tokens(operand: str) -> list[str]:
@@ -157,9 +157,15 @@ class Tokenizer:
         blocks longer than `positions` get none."""
         if not self.max_deps or len(instructions) > self.positions:
             return ids
+        return self.add_edges(ids, [deps.effects(line) for line in instructions])
+
+    def add_edges(self, ids: list[tuple[int, ...]], effects: list[deps.Effects]) -> list[tuple[int, ...]]:
+        """`add_dependencies` from each instruction's effects, already known (the predictor keeps them per line)."""
+        if not self.max_deps or len(effects) > self.positions:
+            return ids
         extra: list[list[int]] = [[] for _ in ids]
         offsets = self._edge_offsets
-        for consumer, producer, kind in deps.edges_of([deps.effects(line) for line in instructions]):
+        for consumer, producer, kind in deps.edges_of(effects):
             row = extra[consumer]
             if len(row) < self.max_deps:
                 row.append(offsets[kind] + producer)

@@ -88,3 +88,41 @@ def test_the_default_follows_promotions_past_its_pin(tmp_path):
         assert pins.resolve("models:/llvm-mca-haswell@champion") is None, store_uri()
         assert np.allclose(_predict(tmp_path), skylake, rtol=1e-5)
         assert pins.resolve("models:/llvm-mca-haswell@champion").name == second.version
+
+
+def test_the_fast_front_end_gives_the_reference_ids(tiny_binary, fixture_blocks):
+    """The predictor's per-line caches and hex decoding give exactly the ids of the plain path
+    (normalize the block, then tokenize it) on blocks cut from binaries, generated blocks, the
+    fixtures and, where the shared data is here, every BHive block."""
+    import csv
+
+    from conftest import BHIVE
+    from surrogate_ops.blocks import normalize_block
+    from surrogate_ops.blocks.elf import blocks_from_binaries
+    from surrogate_ops.blocks.hexcode import disassemble
+    from surrogate_ops.config import PRETRAINED
+    from surrogate_ops.inference import Predictor
+    from surrogate_ops.modeldir import ModelDir
+
+    texts = generate(2000, seed=12, density="dense") + [b["block"] for b in fixture_blocks]
+    hexes = [h for h, _ in blocks_from_binaries([tiny_binary, "/usr/bin/ls"])] + [b["hex"] for b in fixture_blocks]
+    for name in ("hsw.csv", "skl.csv", "ivb.csv"):
+        if (BHIVE / name).is_file():
+            with open(BHIVE / name, newline="") as handle:
+                hexes += [row["hex"] for row in csv.DictReader(handle)]
+    hexes = list(dict.fromkeys(hexes))
+    decoded = disassemble(hexes)
+    texts += [b for b in decoded.blocks if b]
+    assert len(decoded.errors) < len(hexes) / 100
+
+    reference = ModelDir.open(PRETRAINED / "llvm-mca-haswell").tokenizer()
+    predictor = Predictor(PRETRAINED / "llvm-mca-haswell")
+    checked = 0
+    for i, text in enumerate(texts):
+        try:
+            expected = reference.encode_block(normalize_block(text, max_instructions=predictor.max_instructions))
+        except ValueError:
+            continue
+        assert predictor.encode(text, i)[0] == expected, text
+        checked += 1
+    assert checked > 0.9 * len(texts)

@@ -85,7 +85,7 @@ def normalize_instruction(line: str) -> str:
 
 
 _LINES: dict[str, str | BlockError] = {}  # raw line -> canonical instruction, or why it was refused
-_LINES_LIMIT = 1 << 20
+_LINES_LIMIT = 1 << 16
 
 
 def _canonical_line(line: str) -> str | BlockError:

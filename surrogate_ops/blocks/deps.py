@@ -103,7 +103,7 @@ def _starts(mnemonic: str, stems: Sequence[str]) -> bool:
     return mnemonic.startswith(tuple(stems))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 15)
 def effects(instruction: str) -> Effects:
     """The reads and writes of one canonical AT&T instruction (see the module docstring for the rules)."""
     words = instruction.split()

@@ -53,7 +53,7 @@ _CANONICAL: dict[str, str] = {}  # llvm-mc output line -> canonical text (the se
 def _canonical(raw: str) -> str:
     text = _CANONICAL.get(raw)
     if text is None:
-        if len(_CANONICAL) >= 1 << 18:
+        if len(_CANONICAL) >= 1 << 16:
             _CANONICAL.clear()
         text = _CANONICAL[raw] = normalize_instruction(raw.split("#", 1)[0])  # drop llvm-mc's "# imm = 0x.." notes
     return text
