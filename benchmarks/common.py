@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
+from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.datasets import read_hex_list
+from surrogate_ops.inference import Predictor
 
 DEFAULT_BHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bhive"
 
@@ -36,3 +42,22 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
         result = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def passes(model: str, engine: str, source: str, hexes: list[str], texts: list[str], batch_size: int = 256,
+           ) -> tuple[float, float, np.ndarray]:
+    """Seconds of a first and a second pass over the blocks, from `source` (text, or hex
+    disassembled on the way), and the cycles; run it in a fresh process (`fresh`) for a cold first pass."""
+    predictor = Predictor(model, engine=engine, batch_size=batch_size)
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        cycles = predictor.cycles(texts if source == "text" else [b or "" for b in disassemble(hexes).blocks])
+        seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[1], cycles
+
+
+def fresh(fn, *args):
+    """`fn(*args)` in a new interpreter: nothing cached from earlier runs."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,25 +34,7 @@ from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import mape
 from surrogate_ops.programs import LlvmMca
 
-from common import DEFAULT_BHIVE, bhive_hexes, median_time
-
-
-def passes(model: str, engine: str, source: str, hexes: list[str], texts: list[str]) -> tuple[float, float, np.ndarray]:
-    """Seconds of a first and a second pass over the blocks, from `source` (text, or hex
-    disassembled on the way), and the cycles; run it in a fresh process (`fresh`) for a cold first pass."""
-    predictor = Predictor(model, engine=engine)
-    seconds = []
-    for _ in range(2):
-        start = time.perf_counter()
-        cycles = predictor.cycles(texts if source == "text" else [b or "" for b in disassemble(hexes).blocks])
-        seconds.append(time.perf_counter() - start)
-    return seconds[0], seconds[1], cycles
-
-
-def fresh(fn, *args):
-    """`fn(*args)` in a new interpreter: nothing cached from earlier runs."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+from common import DEFAULT_BHIVE, bhive_hexes, fresh, median_time, passes
 
 
 def cli(args: list[str], repeats: int) -> tuple[float, float | None]:
