@@ -9,6 +9,7 @@ batch. Used by training and by inference alike.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 
 import numpy as np
@@ -56,11 +57,27 @@ def buckets(blocks: Sequence[Encoded], batch_size: int = 256, token_budget: int 
 
 
 def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded], batch_size: int = 256,
-                params: np.ndarray | None = None) -> np.ndarray:
+                params: np.ndarray | None = None, overlap: bool = False) -> np.ndarray:
     """An engine's outputs for tokenized blocks, in input order, computed over length buckets.
-    `params` (one row per block) goes to the engine beside the tokens (conditioned surrogates)."""
+    `params` (one row per block) goes to the engine beside the tokens (conditioned surrogates).
+    `overlap`: pad the next batch on a second thread while the engine runs this one (for a GPU
+    engine, whose host side would otherwise leave the device idle)."""
     result = np.empty(len(blocks), dtype=np.float64)
-    for index in buckets(blocks, batch_size):
-        tokens = pad([blocks[i] for i in index])
+    batches = buckets(blocks, batch_size, token_budget=max(32768, 128 * batch_size))
+
+    def padded(index: np.ndarray) -> np.ndarray:
+        return pad([blocks[i] for i in index])
+
+    if overlap and len(batches) > 1:
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(padded, batches[0])
+            for k, index in enumerate(batches):
+                tokens = ahead.result()
+                if k + 1 < len(batches):
+                    ahead = pool.submit(padded, batches[k + 1])
+                result[index] = engine(tokens) if params is None else engine(tokens, params[index])
+        return result
+    for index in batches:
+        tokens = padded(index)
         result[index] = engine(tokens) if params is None else engine(tokens, params[index])
     return result

@@ -105,7 +105,8 @@ def torch_cuda_engine(model: ModelDir, threads: int | None = None) -> Engine:
     def run(tokens: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
         _token_only("torch-cuda", params)
         with torch.inference_mode():
-            return module(torch.from_numpy(tokens).cuda(non_blocking=True)).float().cpu().numpy()
+            # pinned host memory: the copy to the device runs asynchronously
+            return module(torch.from_numpy(tokens).pin_memory().cuda(non_blocking=True)).float().cpu().numpy()
 
     return run
 
@@ -217,10 +218,17 @@ ENGINES: dict[str, Callable[[ModelDir, int | None], Engine]] = {
 CONDITIONED = ("onnxruntime", "torch")  # the engines that take a parameter-conditioned surrogate
 
 
+def gpu_present() -> bool:
+    """Whether an NVIDIA GPU is visible, asked of the driver's device files (importing torch to
+    ask would cost a CPU-only start a second and a hundred megabytes)."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+
+
 def fastest(model: ModelDir) -> str:
     """The engine to use on this host: among the TVM builds that load here (this CPU's; the CUDA
     one where a GPU is), the one that beat ONNX Runtime by the most, each compared with the ONNX
-    Runtime speed timed beside it on the same batch when it was built; else ONNX Runtime."""
+    Runtime speed timed beside it on the same batch when it was built; else torch on the GPU where
+    there is one; else ONNX Runtime."""
 
     def gain(record: dict) -> float:
         return (record.get("blocks_per_s") or 0) / (record.get("onnxruntime_blocks_per_s") or float("inf"))
@@ -233,6 +241,8 @@ def fastest(model: ModelDir) -> str:
         build_gain = max(gain(build), gain(build.get("tuning") or {}))  # the tuned build was timed at its own shape
         if build_gain > best_gain:
             best, best_gain = engine, build_gain
+    if best == "onnxruntime" and gpu_present():
+        return "torch-cuda"
     return best
 
 
@@ -241,6 +251,11 @@ def load(name: str, model: ModelDir, threads: int | None = None) -> tuple[str, E
     conditioned = bool(model.program_parameters)
     if name == "auto":
         name = "onnxruntime" if conditioned else fastest(model)
+        if name == "torch-cuda":
+            try:
+                return name, torch_cuda_engine(model, threads)
+            except SurrogateOpsError:  # a GPU torch cannot use (a CPU-only torch build): the CPU engine
+                name = "onnxruntime"
     if name not in ENGINES:
         raise SurrogateOpsError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
     if conditioned and name not in CONDITIONED:

@@ -23,6 +23,7 @@ from surrogate_ops.modeldir import ModelDir
 # Distinct lines remembered (about 0.5 KB each here, 2 KB with the caches below it: canonical text,
 # token ids, dependency effects, each bounded too). Bounded so that memory does not grow with the input.
 LINE_CACHE = 1 << 17
+CPU_BATCH, GPU_BATCH = 256, 4096  # blocks per network call: a GPU needs large batches to stay busy
 _SKIP, _SLOW = object(), object()  # line-cache markers: a blank line; a bare prefix (general path)
 
 
@@ -43,7 +44,7 @@ class Predictor:
     rest at llvm-mca's defaults) or one row of scaled parameters per block; left out, the expert defaults."""
 
     def __init__(self, model: str | Path | ModelDir, engine: str = "onnxruntime", threads: int | None = None,
-                 batch_size: int = 256):
+                 batch_size: int | None = None):
         self.model = ModelDir.open(model)
         self.meta = self.model.meta
         self.tokenizer = self.model.tokenizer()
@@ -51,7 +52,7 @@ class Predictor:
         self.parameter_names: list[str] = list(program.get("names", []))
         self.expert_defaults: dict = dict(program.get("expert_defaults", {}))
         self.engine_name, self.engine = engines.load(engine, self.model, threads)
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (GPU_BATCH if self.engine_name.endswith("cuda") else CPU_BATCH)
         self.max_instructions = self.model.max_instructions
         self._lines: dict[str, object] = {}  # raw line -> (ids, has unknown) | BlockError | _SKIP | _SLOW
 
@@ -171,5 +172,5 @@ class Predictor:
         """Cycles for already tokenized blocks, in order (`scaled`: a conditioned model's settings, a row each)."""
         if scaled is None and self.parameter_names:
             scaled = self.scaled(None, len(encoded))
-        return run_batched(self.engine, encoded, self.batch_size, scaled)
+        return run_batched(self.engine, encoded, self.batch_size, scaled, overlap=self.engine_name.endswith("cuda"))
 

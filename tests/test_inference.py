@@ -47,3 +47,23 @@ def test_unknown_tokens_are_named():
     assert prediction.cycles is not None and set(prediction.unknown) == set(predictor.tokenizer.unknown(strange))
     [known] = predictor.predict(["addq %rax, %rbx"])
     assert known.unknown == ()
+
+
+def test_overlapped_batching_gives_the_same_answers_in_order():
+    """Padding the next batch beside the running one (the GPU path) changes nothing but timing."""
+    from surrogate_ops.batching import run_batched
+    from surrogate_ops.blocks.generate import generate
+
+    predictor = Predictor(BUNDLED)
+    encoded = [predictor.encode(text, i)[0] for i, text in enumerate(generate(700, seed=21))]
+    calls = []
+
+    def engine(tokens: np.ndarray) -> np.ndarray:
+        calls.append(len(tokens))
+        return predictor.engine(tokens)
+
+    plain = run_batched(engine, encoded, batch_size=64)
+    overlapped = run_batched(engine, encoded, batch_size=64, overlap=True)
+    assert len(calls) > 2 * 10 and max(calls) <= 64
+    assert np.array_equal(plain, overlapped)
+    assert np.allclose(plain, predictor.predict_encoded(encoded), rtol=1e-5)  # other batch sizes, same answers
