@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -276,8 +277,8 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
 
         mca = LlvmMca(mcpu=mcpu, params=_read_params(params))
 
-        def answer(blocks: list[str]) -> list:
-            return [(r.cycles, r.error) for r in mca.run(blocks)]
+        def answer(chunk) -> list:
+            return [(r.cycles, r.error and _name_block(chunk.start + i, r.error)) for i, r in enumerate(mca.run(chunk.blocks))]
     else:
         from surrogate_ops.inference import Predictor
 
@@ -287,17 +288,28 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
                                     f"not {mcpu}")
         setting = _read_params(params)
 
-        def answer(blocks: list[str]) -> list:
-            return [(p.cycles, p.error) for p in predictor.predict(blocks, params=setting)]
+        def answer(chunk) -> list:  # the predictor's reasons name the block already
+            return [(p.cycles, p.error) for p in predictor.predict(chunk.blocks, params=setting, first=chunk.start)]
     out = click.get_text_stream("stdout")
+    answered = 0
     for chunk in chunks(input_path):  # a chunk at a time: memory stays bounded on files of millions of blocks
-        answers = answer(chunk.blocks)
-        for i, (cycles, error) in enumerate(answers):
-            error = chunk.unreadable.get(i, error)
-            cycles = None if i in chunk.unreadable else cycles
+        answered += len(chunk.blocks)
+        for i, (cycles, error) in enumerate(answer(chunk)) if chunk.blocks else ():
+            if i in chunk.unreadable:
+                cycles, error = None, _name_block(chunk.start + i, chunk.unreadable[i])
             out.write(f"{chunk.start + i},{cycles:g}\n" if cycles is not None else f"{chunk.start + i},nan\n")
             if error:
-                click.echo(f"block {chunk.start + i}: {error}", err=True)
+                click.echo(error, err=True)
+    if not answered:
+        raise SurrogateOpsError(f"{input_path}: no blocks (assembly blocks separated by blank lines, or a CSV "
+                                "with a block or hex column)")
+
+
+def _name_block(index: int, error: str) -> str:
+    """The error named once, by the block's place in the file (a reason may name its place in a chunk)."""
+    named = re.match(r"block \d+(?:, (line \d+))?: ", error)
+    where = f"block {index}" + (f", {named.group(1)}" if named and named.group(1) else "")
+    return f"{where}: {error[named.end():] if named else error}"
 
 
 def _surrogate_dir(model_uri: str | None, mcpu: str, tracking_uri: str | None):

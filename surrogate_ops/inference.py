@@ -136,9 +136,10 @@ class Predictor:
             raise SurrogateOpsError(str(exc)) from None
         return np.repeat(scale_settings(space, [{**self.expert_defaults, **given}]), count, axis=0)
 
-    def predict(self, blocks: Sequence[str], params: object = None) -> list[Prediction]:
-        """One Prediction per block, in order; a block that cannot be read gets its reason."""
-        values, errors, unknown_at = self._run(blocks, params)
+    def predict(self, blocks: Sequence[str], params: object = None, first: int = 0) -> list[Prediction]:
+        """One Prediction per block, in order; a block that cannot be read gets its reason, which
+        names it by its place in `blocks` counted from `first` (a chunk of a larger input)."""
+        values, errors, unknown_at = self._run(blocks, params, first)
         out = [Prediction(error=errors[i]) if i in errors else Prediction(cycles=float(v)) for i, v in enumerate(values)]
         for i in unknown_at:  # name the tokens for the caller (the service's fallback policy)
             out[i] = Prediction(cycles=out[i].cycles, unknown=tuple(self.tokenizer.unknown(normalize_block(blocks[i]))))
@@ -148,7 +149,8 @@ class Predictor:
         """Predicted cycles as an array, NaN where a block could not be read."""
         return self._run(blocks, params)[0]
 
-    def _run(self, blocks: Sequence[str], params: object = None) -> tuple[np.ndarray, dict[int, str], list[int]]:
+    def _run(self, blocks: Sequence[str], params: object = None, first: int = 0,
+             ) -> tuple[np.ndarray, dict[int, str], list[int]]:
         """Cycles (NaN where unreadable), the reasons by index, and which blocks hold unknown tokens."""
         scaled = self.scaled(params, len(blocks))
         values = np.full(len(blocks), np.nan)
@@ -156,7 +158,7 @@ class Predictor:
         encoded, where, unknown_at = [], [], []
         for i, text in enumerate(blocks):
             try:
-                ids, has_unknown = self.encode(text, i)
+                ids, has_unknown = self.encode(text, first + i)
             except BlockError as exc:
                 errors[i] = str(exc)
                 continue

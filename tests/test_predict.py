@@ -4,6 +4,7 @@ only while what it skips could not have changed."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,3 +127,26 @@ def test_the_fast_front_end_gives_the_reference_ids(tiny_binary, fixture_blocks)
         assert predictor.encode(text, i)[0] == expected, text
         checked += 1
     assert checked > 0.9 * len(texts)
+
+
+def test_errors_name_each_block_once_by_its_place_in_the_file(tmp_path):
+    from surrogate_ops.config import PRETRAINED
+    from surrogate_ops.inference import Predictor
+
+    [_, bad] = Predictor(PRETRAINED / "llvm-mca-haswell").predict(["addq %rax, %rbx", ".byte 1"], first=100)
+    assert bad.error.startswith("block 101, line 1: ") and len(re.findall(r"block \d", bad.error)) == 1
+    path = tmp_path / "blocks.s"
+    path.write_text("addq %rax, %rbx\n\n.include \"x\"\n\nfoo %rax\n")
+    for extra in ([], ["--program", "llvm-mca"]):
+        proc = subprocess.run([*CLI, "predict", "--input", str(path), *extra], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[1] == "1,nan"
+        lines = proc.stderr.splitlines()
+        assert lines[0] == "block 1, line 1: assembler directive '.include' is not allowed in a block", lines
+        assert all(len(re.findall(r"block \d", line)) == 1 for line in lines)
+    empty = tmp_path / "empty.s"
+    empty.write_text("\n\n")
+    proc = subprocess.run([*CLI, "predict", "--input", str(empty)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
+    assert proc.returncode == 2 and "no blocks" in proc.stderr
