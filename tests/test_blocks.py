@@ -15,23 +15,50 @@ from surrogate_ops.errors import SurrogateOpsError
 from conftest import FIXTURES
 
 
-def test_hex_round_trip(fixture_blocks):
-    result = disassemble([b["hex"] for b in fixture_blocks])
+@pytest.mark.parametrize("in_process", [True, False], ids=["libLLVM", "llvm-mc"])
+def test_hex_round_trip(fixture_blocks, in_process):
+    result = disassemble([b["hex"] for b in fixture_blocks], in_process=in_process)
     assert result.errors == {}
     assert result.blocks == [b["block"] for b in fixture_blocks]
 
 
-def test_hex_batch_keeps_good_blocks_around_bad_ones(fixture_blocks):
+@pytest.mark.parametrize("in_process", [True, False], ids=["libLLVM", "llvm-mc"])
+def test_hex_batch_keeps_good_blocks_around_bad_ones(fixture_blocks, in_process):
     good = [b["hex"] for b in fixture_blocks]
-    hexes = [good[0], "ffff", good[1], "4801", "xyz", good[2], "0f0b" + good[3], "48"]
-    result = disassemble(hexes)
+    hexes = [good[0], "ffff", good[1], "4801", "xyz", good[2], "0f0b" + good[3], "48", "f0", "f0" + good[0]]
+    result = disassemble(hexes, in_process=in_process)
     assert result.blocks[0] == fixture_blocks[0]["block"]
     assert result.blocks[2] == fixture_blocks[1]["block"]
     assert result.blocks[5] == fixture_blocks[2]["block"]
     assert result.blocks[6] == "ud2\n" + fixture_blocks[3]["block"]  # a block holding ud2 of its own
-    assert set(result.errors) == {1, 3, 4, 7}
+    assert set(result.errors) == {1, 3, 4, 7, 8}
     assert "invalid instruction encoding" in result.errors[1]
     assert "hex" in result.errors[4]
+    assert result.blocks[9].startswith("lock ")  # a prefix joins the instruction it prefixes
+
+
+def test_the_in_process_disassembler_prints_what_llvm_mc_prints(tiny_binary):
+    """libLLVM's C disassembler and llvm-mc give the same canonical text and the same failures, on
+    blocks cut from binaries, on every shared BHive block where the data is here, and on bytes
+    chosen to fail (truncated, invalid, a bare prefix)."""
+    import csv
+
+    from conftest import BHIVE
+    from surrogate_ops.blocks.elf import blocks_from_binaries
+    from surrogate_ops.blocks.hexcode import llvm_disasm
+    from surrogate_ops.llvm_tools import find_tool
+
+    assert llvm_disasm.load(find_tool("llvm-mc")) is not None  # Debian's llvm links libLLVM: the fast path is taken
+    hexes = [h for h, _ in blocks_from_binaries([tiny_binary, "/usr/bin/ls"])]
+    hexes += ["4801", "48", "ffff", "f0", "0f0b", "c5", "c5fc", "62f1"]
+    for name in ("hsw.csv", "skl.csv", "ivb.csv"):
+        if (BHIVE / name).is_file():
+            with open(BHIVE / name, newline="") as handle:
+                hexes += [row["hex"] for row in csv.DictReader(handle)]
+    hexes = list(dict.fromkeys(hexes))
+    fast, reference = disassemble(hexes), disassemble(hexes, in_process=False)
+    assert fast.blocks == reference.blocks
+    assert set(fast.errors) == set(reference.errors)
 
 
 def test_normalize_block_canonical_form():

@@ -1,5 +1,7 @@
-"""Blocks from hex machine code (the BHive format), disassembled by llvm-mc in batches.
+"""Blocks from hex machine code (the BHive format), disassembled by LLVM into canonical text.
 
+In process where the libLLVM that llvm-mc links can be loaded (`llvm_disasm`: LLVM's C
+disassembler, the same printer, no pipe to parse); otherwise by llvm-mc in batches, as follows.
 One llvm-mc process disassembles thousands of blocks: each block is written on its own input
 line followed by a separator of 16 nops and a ud2, and the output is split at the ud2 lines. An
 x86 instruction is at most 15 bytes, so a block whose last instruction is cut short can swallow
@@ -15,6 +17,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from surrogate_ops.blocks import llvm_disasm
 from surrogate_ops.blocks.asm import PREFIXES, normalize_instruction
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import find_tool
@@ -117,14 +120,41 @@ def _batch(tool: str, hexes: list[str], index: list[int], out: Disassembly) -> N
     _batch(tool, hexes, index[mid:], out)
 
 
-def disassemble(hexes: list[str], llvm_mc: str | None = None, batch: int = 20000) -> Disassembly:
-    """Disassemble hex-encoded blocks ("4801c3") into canonical AT&T text, many per llvm-mc call."""
+def _in_process(disassembler: llvm_disasm.Disassembler, hexes: list[str], index: list[int], out: Disassembly) -> None:
+    for i in index:
+        printed = disassembler.instructions(bytes.fromhex(hexes[i]))
+        if isinstance(printed, str):
+            out.errors[i] = printed
+            continue
+        lines: list[str] = []
+        prefix: list[str] = []
+        for raw in printed:
+            text = _canonical(raw)
+            if text in PREFIXES:
+                prefix.append(text)
+            else:
+                lines.append(" ".join([*prefix, text]))
+                prefix = []
+        if prefix:  # a prefix with nothing after it: the block ends inside an instruction
+            out.errors[i] = "truncated instruction at the end of the block"
+        else:
+            out.blocks[i] = "\n".join(lines)
+
+
+def disassemble(hexes: list[str], llvm_mc: str | None = None, batch: int = 20000,
+                in_process: bool = True) -> Disassembly:
+    """Disassemble hex-encoded blocks ("4801c3") into canonical AT&T text: in process through the
+    libLLVM of the llvm-mc in use where it loads (and `in_process`), else many blocks per llvm-mc call."""
     tool = find_tool("llvm-mc", llvm_mc)
     out = Disassembly([None] * len(hexes), {})
     for i, h in enumerate(hexes):
         if not h or len(h) % 2 or not _HEX.fullmatch(h):
             out.errors[i] = "not an even-length hex string"
     valid = [i for i in range(len(hexes)) if i not in out.errors]
+    disassembler = llvm_disasm.load(tool) if in_process else None
+    if disassembler is not None:
+        _in_process(disassembler, hexes, valid, out)
+        return out
     for start in range(0, len(valid), batch):
         _batch(tool, hexes, valid[start:start + batch], out)
     return out
