@@ -79,8 +79,9 @@ class Edge(NamedTuple):
 def _register(operand: str) -> tuple[str, bool] | None:
     """(family, partial write) of a register operand, or None."""
     name = operand.lstrip("*%").split("{")[0].strip().lower()
-    if name in _GPR_FAMILIES:
-        return _GPR_FAMILIES[name], name in _PARTIAL
+    known = _REGISTERS.get(name)
+    if known is not None:
+        return known
     match = _NUMBERED.match(name)
     if match:
         return f"r{match.group(1)}", match.group(2) in ("w", "b")
@@ -88,6 +89,13 @@ def _register(operand: str) -> tuple[str, bool] | None:
     if match:
         return f"v{match.group(1)}", False
     return None
+
+
+_REGISTERS = {  # the common names, looked up; `_register` falls back to the patterns for the rest
+    **{name: (family, name in _PARTIAL) for name, family in _GPR_FAMILIES.items()},
+    **{f"r{n}{suffix}": (f"r{n}", suffix in ("w", "b")) for n in range(32) for suffix in ("", "d", "w", "b")},
+    **{f"{kind}mm{n}": (f"v{n}", False) for kind in "xyz" for n in range(32)},
+}
 
 
 def _address(operand: str) -> tuple[str, set[str]] | None:
@@ -103,6 +111,52 @@ def _starts(mnemonic: str, stems: Sequence[str]) -> bool:
     return mnemonic.startswith(tuple(stems))
 
 
+class _Traits(NamedTuple):
+    """What a mnemonic with so many operands implies, whatever its operands (worked out once)."""
+
+    lea: bool
+    reads: frozenset[str]  # implicit operands: mul/div's rax and rdx, push/pop's stack
+    writes: frozenset[str]
+    loads: frozenset[str]
+    stores: frozenset[str]
+    exchange: bool  # xchg/xadd: every operand read and written
+    sources_only: bool  # one operand, a source (mul, div, push, jmp, call)
+    compare: bool
+    write_only: bool
+    zero_idiom: bool  # a zero idiom when its first two operands are the same register
+    flag_read: bool
+    flag_write: bool
+
+
+@functools.lru_cache(maxsize=4096)
+def _traits(mnemonic: str, count: int) -> _Traits:
+    reads, writes, loads, stores = set(), set(), set(), set()
+    if mnemonic.startswith(("mul", "div", "idiv")) or (mnemonic.startswith("imul") and count == 1):
+        reads.update({"rax", "rdx"} if mnemonic.startswith(("div", "idiv")) else {"rax"})
+        writes.update({"rax", "rdx"})
+    elif mnemonic in ("cqto", "cltq", "cwtl", "cltd"):
+        reads.add("rax")
+        writes.add("rdx" if mnemonic in ("cqto", "cltd") else "rax")
+    elif mnemonic.startswith(("push", "pop")):
+        reads.add("rsp")
+        writes.add("rsp")
+        (stores if mnemonic.startswith("push") else loads).add("stack")
+    return _Traits(
+        lea=mnemonic.startswith("lea"),
+        reads=frozenset(reads), writes=frozenset(writes), loads=frozenset(loads), stores=frozenset(stores),
+        exchange=mnemonic.startswith(("xchg", "xadd")),
+        sources_only=count == 1 and mnemonic.startswith(("mul", "div", "idiv", "push", "jmp", "call", "imul")),
+        compare=_starts(mnemonic, _COMPARES),
+        write_only=(_starts(mnemonic, _WRITE_ONLY) or (mnemonic.startswith("v") and count >= 3
+                                                        and not _starts(mnemonic, _VEX_READS_DEST))
+                    or (mnemonic.startswith("imul") and count == 3)),
+        zero_idiom=(count == 2 and _starts(mnemonic, _ZERO_IDIOMS))
+        or (count == 3 and mnemonic.startswith(("vxorp", "vpxor", "vpsub"))),
+        flag_read=_starts(mnemonic, _FLAG_READERS) or (mnemonic.startswith("j") and mnemonic != "jmp"),
+        flag_write=_starts(mnemonic, _FLAG_WRITERS) and not mnemonic.startswith(("cmov", "mov")),
+    )
+
+
 @functools.lru_cache(maxsize=1 << 15)
 def effects(instruction: str) -> Effects:
     """The reads and writes of one canonical AT&T instruction (see the module docstring for the rules)."""
@@ -113,67 +167,47 @@ def effects(instruction: str) -> Effects:
         return Effects(frozenset(), frozenset())
     mnemonic = words[0].lower()
     operands = split_operands(" ".join(words[1:])) if len(words) > 1 else []
-    reads: set[str] = set()
-    writes: set[str] = set()
-    loads: set[str] = set()
-    stores: set[str] = set()
+    traits = _traits(mnemonic, len(operands))
+    reads, writes, loads, stores = set(traits.reads), set(traits.writes), set(traits.loads), set(traits.stores)
     registers = [_register(op) if op.startswith("%") else None for op in operands]
     addresses = [_address(op) if not op.startswith(("%", "$")) else None for op in operands]
     for address in addresses:
         if address:
             reads.update(address[1])
-    is_lea = mnemonic.startswith("lea")
-    if mnemonic.startswith(("mul", "div", "idiv")) or (mnemonic.startswith("imul") and len(operands) == 1):
-        reads.update({"rax", "rdx"} if mnemonic.startswith(("div", "idiv")) else {"rax"})
-        writes.update({"rax", "rdx"})
-    elif mnemonic in ("cqto", "cltq", "cwtl", "cltd"):
-        reads.add("rax")
-        writes.add("rdx" if mnemonic in ("cqto", "cltd") else "rax")
-    elif mnemonic.startswith(("push", "pop")):
-        reads.add("rsp")
-        writes.add("rsp")
-        (stores if mnemonic.startswith("push") else loads).add("stack")
     sources, dest = (operands[:-1], len(operands) - 1) if operands else ([], None)
-    if mnemonic.startswith("xchg") or mnemonic.startswith("xadd"):
+    if traits.exchange:
         sources, dest = operands, None  # both operands read and written
         for k, reg in enumerate(registers):
             if reg:
                 writes.add(reg[0])
             elif addresses[k]:
                 stores.add(addresses[k][0])
-    # single-operand forms whose operand is a source only
-    if len(operands) == 1 and (mnemonic.startswith(("mul", "div", "idiv", "push", "jmp", "call"))
-                               or (mnemonic.startswith("imul"))):
+    if traits.sources_only:
         sources, dest = operands, None
     for k, operand in enumerate(sources):
         if registers[k]:
             reads.add(registers[k][0])
-        elif addresses[k] and not is_lea:
+        elif addresses[k] and not traits.lea:
             loads.add(addresses[k][0])
     if dest is not None:
         reg, address = registers[dest], addresses[dest]
-        compare = _starts(mnemonic, _COMPARES)
-        write_only = (_starts(mnemonic, _WRITE_ONLY) or (mnemonic.startswith("v") and len(operands) >= 3
-                                                         and not _starts(mnemonic, _VEX_READS_DEST))
-                      or (mnemonic.startswith("imul") and len(operands) == 3))
-        zero_idiom = (len(operands) == 2 and operands[0] == operands[1] and _starts(mnemonic, _ZERO_IDIOMS)) or (
-            len(operands) == 3 and operands[0] == operands[1] and mnemonic.startswith(("vxorp", "vpxor", "vpsub")))
+        zero_idiom = traits.zero_idiom and operands[0] == operands[1]
         if zero_idiom:
             reads.difference_update(r[0] for r in registers if r)
-        reads_dest = (not write_only or compare) and not zero_idiom
+        reads_dest = (not traits.write_only or traits.compare) and not zero_idiom
         if reg:
             if reads_dest or reg[1]:  # 8- and 16-bit writes merge with the old value
                 reads.add(reg[0])
-            if not compare:
+            if not traits.compare:
                 writes.add(reg[0])
         elif address:
             if reads_dest:
                 loads.add(address[0])
-            if not compare:
+            if not traits.compare:
                 stores.add(address[0])
-    if _starts(mnemonic, _FLAG_READERS) or (mnemonic.startswith("j") and mnemonic != "jmp"):
+    if traits.flag_read:
         reads.add(FLAGS)
-    if _starts(mnemonic, _FLAG_WRITERS) and not mnemonic.startswith(("cmov", "mov")):
+    if traits.flag_write:
         writes.add(FLAGS)
     return Effects(frozenset(reads), frozenset(writes), frozenset(loads), frozenset(stores))
 
