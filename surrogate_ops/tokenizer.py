@@ -107,7 +107,7 @@ class Tokenizer:
         self.max_tokens = max_tokens
         self.max_deps, self.positions = max_deps, positions
         self._width = max_tokens - max_deps  # instruction tokens per row
-        self._edge_offsets = {kind: len(SPECIALS) + k * positions for k, kind in enumerate(deps.KINDS)}  # as dependency_tokens
+        self._edge_offsets = [len(SPECIALS) + k * positions for k in range(len(deps.KINDS))]  # as dependency_tokens
         self._cache: dict[str, tuple[int, ...]] = {}
 
     @classmethod
@@ -165,7 +165,7 @@ class Tokenizer:
             return ids
         extra: list[list[int]] = [[] for _ in ids]
         offsets = self._edge_offsets
-        for consumer, producer, kind in deps.edges_of(effects):
+        for consumer, producer, kind in deps.links(effects):
             row = extra[consumer]
             if len(row) < self.max_deps:
                 row.append(offsets[kind] + producer)

@@ -212,37 +212,36 @@ def effects(instruction: str) -> Effects:
     return Effects(frozenset(reads), frozenset(writes), frozenset(loads), frozenset(stores))
 
 
-def edges_of(instructions: Sequence[Effects]) -> list[Edge]:
-    """Every read linked to its producer, within the iteration or from the previous one, ordered
-    by consumer, then kind (as in KINDS), then producer. On the serving path: kept to dict lookups."""
+def links(instructions: Sequence[Effects]) -> list[tuple[int, int, int]]:
+    """Every read linked to its producer, within the iteration or from the previous one, as
+    (consumer, producer, kind's index in KINDS), ordered by consumer, then kind, then producer.
+    On the serving path (the tokenizer's edge tokens): plain tuples and dict lookups."""
     last: dict[tuple[bool, str], int] = {}  # the block's last writer of each register or address
     for j, producer in enumerate(instructions):
         for key in producer.defs:
             last[key] = j
-    found: list[Edge] = []
+    found: list[tuple[int, int, int]] = []
     current: dict[tuple[bool, str], int] = {}  # writers so far in this iteration
     for i, consumer in enumerate(instructions):
-        mine: set[Edge] = set()
+        mine: list[tuple[int, int]] = []  # (kind, producer)
         for key in consumer.uses:
             j = current.get(key)
             if j is not None:
-                mine.add(Edge(i, j, "mem" if key[0] else "reg"))
+                mine.append((2 if key[0] else 0, j))  # mem, reg
             else:  # no writer yet this iteration: the last one of the previous iteration (j >= i)
                 j = last.get(key)
                 if j is not None:
-                    mine.add(Edge(i, j, "mem-carried" if key[0] else "reg-carried"))
+                    mine.append((3 if key[0] else 1, j))  # mem-carried, reg-carried
         if mine:
-            found.extend(sorted(mine, key=_rank))
+            found.extend((i, j, kind) for kind, j in (sorted(set(mine)) if len(mine) > 1 else mine))
         for key in consumer.defs:
             current[key] = i
     return found
 
 
-def _rank(edge: Edge) -> tuple[int, int]:
-    return _KIND_RANK[edge.kind], edge.producer
-
-
-_KIND_RANK = {kind: rank for rank, kind in enumerate(KINDS)}
+def edges_of(instructions: Sequence[Effects]) -> list[Edge]:
+    """`links` as named edges."""
+    return [Edge(i, j, KINDS[kind]) for i, j, kind in links(instructions)]
 
 
 def edges(block: str) -> list[Edge]:
@@ -250,4 +249,4 @@ def edges(block: str) -> list[Edge]:
     return edges_of([effects(line) for line in block.split("\n")])
 
 
-__all__ = ["FLAGS", "KINDS", "Edge", "Effects", "edges", "edges_of", "effects"]
+__all__ = ["FLAGS", "KINDS", "Edge", "Effects", "edges", "edges_of", "effects", "links"]
