@@ -69,8 +69,9 @@ def cli(llvm_mca: str | None) -> None:
                    "dependencies, pointer chases, long-latency instructions; see blocks/generate.py).")
 @click.option("--generate-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the generated blocks (seeds from 9000 up are kept for held-out probes).")
-@click.option("--density", type=click.Choice(["mixed", "dense", "sparse"]), default="mixed", show_default=True,
-              help="How densely generated blocks reuse registers (dense: dependencies everywhere).")
+@click.option("--density", type=click.Choice(["mixed", "dense", "sparse", "unrolled"]), default="mixed",
+              show_default=True, help="How densely generated blocks reuse registers (dense: dependencies everywhere; "
+                                      "unrolled: one to three instruction forms repeated, as in an unrolled loop).")
 @click.option("--mcpu", multiple=True, default=("haswell",), show_default=True,
               help="llvm-mca -mcpu to label with; repeatable.")
 @click.option("--limit", type=click.IntRange(min=1), help="Keep at most this many blocks (in source order).")

@@ -26,7 +26,8 @@ def every_form(copies: int = 2) -> list[str]:
 
 @pytest.mark.parametrize("mcpu", CPUS)
 def test_every_form_and_generated_block_labels_under_llvm_mca(mcpu):
-    blocks = every_form() + generate(150, seed=3) + generate(150, seed=4, density="dense")
+    blocks = (every_form() + generate(150, seed=3) + generate(150, seed=4, density="dense")
+              + generate(100, seed=4, density="unrolled"))
     results = LlvmMca(mcpu).run(blocks)
     failed = [(b, r.error) for b, r in zip(blocks, results, strict=True) if not r.ok]
     assert failed == []
@@ -63,6 +64,13 @@ def test_density_controls_dependencies():
 
     dense, mixed, sparse = chained("dense"), chained("mixed"), chained("sparse")
     assert dense > 0.5 and dense > mixed > sparse and sparse < 0.3
+
+
+def test_unrolled_blocks_repeat_a_short_body():
+    blocks = generate(300, seed=6, density="unrolled", max_instructions=12)
+    mnemonics = [[line.split()[0] for line in b.split("\n")] for b in blocks]
+    assert all(len(set(m)) <= 3 for m in mnemonics)
+    assert sum(len(m) >= 4 and len(set(m)) == 1 for m in mnemonics) > 50  # one form over and over, often
 
 
 def test_unknown_density_is_refused():

@@ -8,7 +8,9 @@ control: a pool of one or two registers makes nearly every instruction read what
 wrote (in-iteration chains, loop-carried chains, pointer chases when a load's destination is its own
 base, store-to-load pairs through the same address); a pool of fifteen makes most instructions
 independent. `DENSITIES` names the mixes; "mixed" is the training default, "dense" the held-out
-probe of issue 13 (chains everywhere), "sparse" nearly none.
+probe of issue 13 (chains everywhere), "sparse" nearly none, and "unrolled" an unrolled loop body:
+one to three forms repeated, so that one kind of instruction fills the block and its ports set
+the throughput (two independent `vaddps` on a CPU with one vector adder).
 
 Blocks are a pure function of (seed, index): `generate(n, seed)` always gives the same blocks, so a
 resumed `collect --generate` finds the blocks it labeled already. Seeds from `PROBE_SEED` up are
@@ -38,12 +40,14 @@ class Density:
     gprs: tuple[int, ...]
     vectors: tuple[int, ...]
     addresses: tuple[int, ...]
+    forms: tuple[int, ...] = ()  # distinct forms a block repeats (an unrolled loop); () draws every instruction
 
 
 DENSITIES = {
     "mixed": Density(gprs=(1, 2, 3, 4, 6, 9, 15), vectors=(1, 2, 3, 4, 8, 16), addresses=(1, 2, 3, 6)),
     "dense": Density(gprs=(1, 2, 3), vectors=(1, 2, 3), addresses=(1, 2)),
     "sparse": Density(gprs=(12, 15), vectors=(12, 16), addresses=(4, 8)),
+    "unrolled": Density(gprs=(2, 4, 8, 15), vectors=(2, 4, 8, 16), addresses=(1, 2, 4), forms=(1, 1, 2, 3)),
 }
 
 
@@ -136,9 +140,15 @@ def iter_blocks(count: int, seed: int = 0, density: str = "mixed", max_instructi
     forms, weights = _forms()
     for index in range(start, start + count):
         rng = random.Random(f"{seed}/{density}/{index}")  # a block is a function of (seed, density, index)
-        block = _Block(rng, DENSITIES[density])
+        mix = DENSITIES[density]
+        block = _Block(rng, mix)
         length = _lengths(rng, max_instructions)
-        yield "\n".join(block.fill(form) for form in rng.choices(forms, weights, k=length))
+        if mix.forms:  # the same few forms over and over, in order, as an unrolled loop repeats its body
+            body = rng.choices(forms, weights, k=rng.choice(mix.forms))
+            chosen = [body[k % len(body)] for k in range(length)]
+        else:
+            chosen = rng.choices(forms, weights, k=length)
+        yield "\n".join(block.fill(form) for form in chosen)
 
 
 __all__ = ["DENSITIES", "PROBE_SEED", "generate", "iter_blocks"]
