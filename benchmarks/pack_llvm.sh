@@ -2,7 +2,7 @@
 # Pack this machine's llvm-mca and llvm-mc with the shared libraries they load, so a machine
 # without LLVM (a rented GPU box) can race llvm-mca against the surrogate on its own cores.
 #
-#   benchmarks/pack_llvm.sh [OUT.tar.xz]          (default: llvm-tools.tar.xz, about 40 MB)
+#   benchmarks/pack_llvm.sh [OUT.tar.xz]          (default: llvm-tools.tar.xz, 37 MB from LLVM 14 on Debian)
 #   # there:
 #   tar xJf llvm-tools.tar.xz && export PATH=$PWD/llvm-tools/bin:$PATH
 #   llvm-mca --version                            # the same LLVM, the same cycles
