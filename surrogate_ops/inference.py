@@ -52,7 +52,8 @@ class Predictor:
         self.parameter_names: list[str] = list(program.get("names", []))
         self.expert_defaults: dict = dict(program.get("expert_defaults", {}))
         self.engine_name, self.engine = engines.load(engine, self.model, threads)
-        self.batch_size = batch_size or (GPU_BATCH if self.engine_name.endswith("cuda") else CPU_BATCH)
+        self.on_gpu = self.engine_name.endswith("cuda")
+        self.batch_size = batch_size or (GPU_BATCH if self.on_gpu else CPU_BATCH)
         self.max_instructions = self.model.max_instructions
         self._lines: dict[str, object] = {}  # raw line -> (ids, has unknown) | BlockError | _SKIP | _SLOW
 
@@ -174,5 +175,5 @@ class Predictor:
         """Cycles for already tokenized blocks, in order (`scaled`: a conditioned model's settings, a row each)."""
         if scaled is None and self.parameter_names:
             scaled = self.scaled(None, len(encoded))
-        return run_batched(self.engine, encoded, self.batch_size, scaled, overlap=self.engine_name.endswith("cuda"))
+        return run_batched(self.engine, encoded, self.batch_size, scaled, overlap=self.on_gpu)
 

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from surrogate_ops.config import PRETRAINED, store_uri, work_dir
+from surrogate_ops.modeldir import ModelDir
 
 
 def cache_root(uri: str) -> Path:
@@ -61,8 +62,6 @@ def record(uri: str, name: str, alias: str, version: str) -> None:
 def resolve(model: str, tracking_uri: str | None = None) -> Path | None:
     """The local model directory `model` (a directory or a models:/NAME@ALIAS URI) stands for, when
     that is known without MLflow; None when MLflow must be asked."""
-    from surrogate_ops.modeldir import ModelDir
-
     if ModelDir.holds_one(model):
         return Path(model)
     if not model.startswith("models:/") or "@" not in model:

@@ -103,10 +103,23 @@ def _canonical_line(line: str) -> str | BlockError:
     return known
 
 
+def join_prefixes(instructions: list[str]) -> tuple[list[str], list[str]]:
+    """Canonical instructions with each bare prefix line (`lock`, `rep`) joined to the instruction
+    it prefixes, and the prefixes left over at the end with nothing to prefix."""
+    out: list[str] = []
+    pending: list[str] = []
+    for instruction in instructions:
+        if instruction in PREFIXES:
+            pending.append(instruction)
+        else:
+            out.append(" ".join([*pending, instruction]))
+            pending = []
+    return out, pending
+
+
 def normalize_block(text: str, index: int | None = None, max_instructions: int | None = None) -> str:
     """Check a block and return its canonical text, or raise BlockError naming block and line."""
-    out: list[str] = []
-    pending_prefix: list[str] = []
+    instructions: list[str] = []
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line:
@@ -114,13 +127,10 @@ def normalize_block(text: str, index: int | None = None, max_instructions: int |
         instruction = _canonical_line(line)
         if isinstance(instruction, BlockError):
             raise BlockError(instruction.reason, index, number)
-        if instruction in PREFIXES:
-            pending_prefix.append(instruction)
-            continue
-        out.append(" ".join([*pending_prefix, instruction]))
-        pending_prefix = []
-    if pending_prefix:
-        out.append(" ".join(pending_prefix))
+        instructions.append(instruction)
+    out, dangling = join_prefixes(instructions)
+    if dangling:
+        out.append(" ".join(dangling))
     if not out:
         raise BlockError("empty block (no instructions)", index)
     if max_instructions is not None and len(out) > max_instructions:

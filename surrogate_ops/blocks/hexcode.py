@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 
 from surrogate_ops.blocks import llvm_disasm
-from surrogate_ops.blocks.asm import PREFIXES, normalize_instruction
+from surrogate_ops.blocks.asm import PREFIXES, join_prefixes, normalize_instruction
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import find_tool
 
@@ -126,16 +126,8 @@ def _in_process(disassembler: llvm_disasm.Disassembler, hexes: list[str], index:
         if isinstance(printed, str):
             out.errors[i] = printed
             continue
-        lines: list[str] = []
-        prefix: list[str] = []
-        for raw in printed:
-            text = _canonical(raw)
-            if text in PREFIXES:
-                prefix.append(text)
-            else:
-                lines.append(" ".join([*prefix, text]))
-                prefix = []
-        if prefix:  # a prefix with nothing after it: the block ends inside an instruction
+        lines, dangling = join_prefixes([_canonical(raw) for raw in printed])
+        if dangling:  # a prefix with nothing after it: the block ends inside an instruction
             out.errors[i] = "truncated instruction at the end of the block"
         else:
             out.blocks[i] = "\n".join(lines)

@@ -62,8 +62,9 @@ def chunks(path: str, size: int = 50_000, read_size: int = 1 << 22) -> Iterator[
             if ends:  # up to the last blank line the blocks are whole; the rest waits for the next read
                 blocks, buffer = split_asm_text(buffer[:ends[-1]]), buffer[ends[-1]:]
                 for offset in range(0, len(blocks), size):
-                    yield Chunk(start, blocks[offset:offset + size])
-                    start += len(blocks[offset:offset + size])
+                    part = blocks[offset:offset + size]
+                    yield Chunk(start, part)
+                    start += len(part)
             if not text:
                 return
 
