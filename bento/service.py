@@ -8,7 +8,9 @@ Configuration (environment):
     SURROGATE_OPS_LLVM_MCA  the llvm-mca binary for the fallback (default: llvm-mca on PATH)
     SURROGATE_OPS_MCA_PARAMS  JSON of llvm-mca parameters for the fallback on the model's mcpu (from
                             `surrogate-ops optimize --out`) [default: ./params.json when a bento carries one]
-    SURROGATE_OPS_MAX_BLOCKS, _MAX_INSTRUCTIONS, _MAX_BYTES, _MCA_TIMEOUT, _MCA_CHUNK: request limits
+    SURROGATE_OPS_MAX_BLOCKS, _MAX_INSTRUCTIONS, _MAX_BYTES, _MCA_TIMEOUT, _MCA_CHUNK, _MCA_RETRY: request
+                            limits, llvm-mca's timeout per call and how long a failed llvm-mca is left alone
+    SURROGATE_OPS_THREADS   requests answered at once [default: 8]
 
     POST /predict       {"blocks": ["<asm>", ...], "mcpu": "haswell", "exact": false}
     GET  /ops/healthz   readiness: the surrogate of each mcpu (version, engine), mode (surrogate+llvm-mca
@@ -18,14 +20,17 @@ Configuration (environment):
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
-from http import HTTPStatus
+import signal
+import sys
 from pathlib import Path
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
+from starlette.responses import JSONResponse
 
 from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.registry import bundled_uris
@@ -50,21 +55,48 @@ def _mca_params() -> dict | None:
     return json.loads(Path(path).read_text()) if path else None
 
 
+def _die_with_parent() -> None:
+    """This worker ends when the process that started it does (`kill -9` of `surrogate-ops serve`
+    would otherwise leave it holding the port)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
+class _ClientErrors(logging.Filter):
+    """A request BentoML itself refuses (malformed JSON, a field of the wrong type) is the client's
+    error: one warning line, not an error with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if type(error).__name__ == "ValidationError" or 400 <= getattr(getattr(error, "error_code", 0), "value", 0) < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args, record.exc_info = f"{record.getMessage()}: {str(error).splitlines()[0]}", (), None
+        return True
+
+
 @bentoml.asgi_app(ops, path="/ops")
-@bentoml.service(name="surrogate-ops", workers=1, traffic={"timeout": 120, "max_concurrency": 256})
+@bentoml.service(name="surrogate-ops", workers=1, threads=int(os.environ.get("SURROGATE_OPS_THREADS") or 8),
+                 traffic={"timeout": 120, "max_concurrency": 256})
 class Surrogate:
     def __init__(self) -> None:
+        _die_with_parent()
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrors())
         self.server = Server.from_uri(_model_uri(), llvm_mca=os.environ.get("SURROGATE_OPS_LLVM_MCA"),
                                       limits=Limits.from_environment(), mca_params=_mca_params())
 
     @bentoml.api
     def predict(self, blocks: list[str], mcpu: str = "haswell", exact: bool = False) -> list[dict]:
         """Cycles per block (llvm-mca's measure: 100 iterations), in order: {"cycles", "source"} (+ "reason"
-        when llvm-mca answered in the surrogate's place) or {"error"}."""
+        when llvm-mca answered in the surrogate's place) or {"error"}. A request refused as a whole
+        gets a 4xx (503 when it needs llvm-mca and llvm-mca is down) with {"error"}."""
         try:
             return self.server.predict(blocks, mcpu, exact)
         except Rejected as exc:
-            raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status)) from None
+            logging.getLogger("surrogate_ops.service").info("refused with %d: %s", exc.status, exc)
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)  # type: ignore[return-value]
 
     @ops.get("/healthz")
     def healthz(self) -> dict:

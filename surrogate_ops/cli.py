@@ -211,7 +211,7 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
         click.echo(f"test vs measured: MAPE {100 * m['test_mape_vs_measured']:.2f}%, tau {m['test_tau_vs_measured']:.4f}")
     if result.registered:
         r = result.registered
-        click.echo(f"registered {r.uri} (aliases: {', '.join(r.aliases)})")
+        click.echo(f"registered {r.uri} ({_aliases(r)})")
 
 
 @cli.command()
@@ -304,6 +304,12 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
     if not answered:
         raise SurrogateOpsError(f"{input_path}: no blocks (assembly blocks separated by blank lines, or a CSV "
                                 "with a block or hex column)")
+
+
+def _aliases(registered) -> str:
+    if registered.aliases:
+        return f"aliases: {', '.join(registered.aliases)}"
+    return "no alias: a newer version, registered beside this one, is challenger"
 
 
 def _name_block(index: int, error: str) -> str:
@@ -428,7 +434,7 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
                "test blocks")
     if result.registered:
         click.echo(f"registered {result.registered.name} v{result.registered.version} "
-                   f"({', '.join(result.registered.aliases)}); run {result.run_id}")
+                   f"({_aliases(result.registered)}); run {result.run_id}")
 
 
 @cli.command()

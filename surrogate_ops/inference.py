@@ -16,12 +16,13 @@ import numpy as np
 from surrogate_ops import engines
 from surrogate_ops.batching import run_batched
 from surrogate_ops.blocks import deps
-from surrogate_ops.blocks.asm import PREFIXES, BlockError, normalize_block
+from surrogate_ops.blocks.asm import MAX_LINE, PREFIXES, BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.modeldir import ModelDir
 
 # Distinct lines remembered (about 0.5 KB each here, 2 KB with the caches below it: canonical text,
-# token ids, dependency effects, each bounded too). Bounded so that memory does not grow with the input.
+# token ids, dependency effects, each bounded too), each at most asm.MAX_LINE characters: bounded in
+# bytes, so that memory does not grow with the input.
 LINE_CACHE = 1 << 17
 CPU_BATCH, GPU_BATCH = 256, 4096  # blocks per network call: a GPU needs large batches to stay busy
 _SKIP, _SLOW = object(), object()  # line-cache markers: a blank line; a bare prefix (general path)
@@ -44,7 +45,9 @@ class Predictor:
     rest at llvm-mca's defaults) or one row of scaled parameters per block; left out, the expert defaults."""
 
     def __init__(self, model: str | Path | ModelDir, engine: str = "onnxruntime", threads: int | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, line_cache: int = LINE_CACHE):
+        """`line_cache`: distinct raw lines remembered (about 1 KB each with what they hold): a
+        service holding its memory to a budget remembers fewer than a batch run over millions."""
         self.model = ModelDir.open(model)
         self.meta = self.model.meta
         self.tokenizer = self.model.tokenizer()
@@ -56,12 +59,13 @@ class Predictor:
         self.batch_size = batch_size or (GPU_BATCH if self.on_gpu else CPU_BATCH)
         self.max_instructions = self.model.max_instructions
         self._lines: dict[str, object] = {}  # raw line -> (ids, has unknown) | BlockError | _SKIP | _SLOW
+        self.line_cache = line_cache
 
     def encode(self, text: str, index: int) -> tuple[list[tuple[int, ...]], bool]:
         """Token ids per instruction of a raw block, and whether any token is unknown; BlockError if
         the block cannot be read. Each distinct raw line is checked, normalized and encoded once."""
-        lines = self._lines
-        hits = [lines[raw] if raw in lines else self._encode_line(raw) for raw in text.split("\n")]
+        lines = self._lines  # read by several threads in the service: get() never races a clear()
+        hits = [lines.get(raw) or self._encode_line(raw) for raw in text.split("\n")]
         try:  # the common case: every line an instruction, (ids, has unknown, text, effects); markers are not subscriptable
             ids = [hit[0] for hit in hits]
             unknown = any([hit[1] for hit in hits])
@@ -112,9 +116,10 @@ class Predictor:
                     encoded = self.tokenizer.encode_instruction(instruction)
                     hit = (encoded, 1 in encoded, instruction,
                            deps.effects(instruction) if self.tokenizer.max_deps else None)
-        if len(self._lines) >= LINE_CACHE:
-            self._lines.clear()
-        self._lines[raw] = hit
+        if len(raw) <= MAX_LINE:  # longer ones (padding, or refused) are not kept
+            if len(self._lines) >= self.line_cache:
+                self._lines.clear()
+            self._lines[raw] = hit
         return hit
 
     def scaled(self, params: object, count: int) -> np.ndarray | None:

@@ -4,6 +4,12 @@ Each tool is looked up in this order: an explicit path, its environment variable
 (`SURROGATE_OPS_LLVM_MCA`, `SURROGATE_OPS_LLVM_MC`, `SURROGATE_OPS_LLVM_OBJDUMP`), then PATH,
 then the versioned names Debian installs (`llvm-mca-19`, ...). A missing tool is a
 `SurrogateOpsError` that says how to install it.
+
+Every call of a tool goes through `run_tool`: in a process group of its own, under a timeout, the
+whole group killed when it runs past it (a wrapper script's children too). What a tool says about
+itself (version, options, CPUs) is asked once through `remembered`: an answer is kept for good, a
+failure only for a while (`SURROGATE_OPS_MCA_RETRY` seconds), so a tool fixed or replaced while a
+service runs is picked up, and a broken one is not asked again on every request.
 """
 
 from __future__ import annotations
@@ -12,9 +18,94 @@ import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from surrogate_ops.errors import SurrogateOpsError
+
+TIMEOUT = float(os.environ.get("SURROGATE_OPS_MCA_TIMEOUT") or 30)  # seconds a call may take unless told otherwise
+RETRY = float(os.environ.get("SURROGATE_OPS_MCA_RETRY") or 10)  # seconds a failed probe is remembered
+T = TypeVar("T")
+
+
+class ToolTimeout(SurrogateOpsError):
+    """A tool ran past its timeout (and was killed, with its process group)."""
+
+
+def run_tool(command: Sequence[str], stdin: str = "", timeout: float | None = None,
+             nice: int = 0) -> subprocess.CompletedProcess:
+    """Run a tool with `stdin` as input, in its own process group; past `timeout` seconds (default
+    `TIMEOUT`) the whole group is killed and ToolTimeout raised. `nice` lowers its CPU priority (the
+    service keeps its own threads ahead of batch simulations). OSError when it cannot start."""
+    timeout = TIMEOUT if timeout is None else timeout
+    proc = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
+        except OSError:  # already gone, or not permitted: it runs at our priority
+            pass
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise ToolTimeout(f"{os.path.basename(command[0])} timed out after {timeout:g} s") from None
+    except BaseException:  # interrupted: no simulation outlives its caller
+        _kill_group(proc)
+        raise
+    return subprocess.CompletedProcess(list(command), proc.returncode, out, err)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        try:
+            pipe.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+
+def remembered(probe: Callable[..., T]) -> Callable[..., T]:
+    """`probe(*key, timeout=)` asked once per key: its answer is kept for good; its failure (a
+    SurrogateOpsError or OSError) is raised again, without running, for `retry` seconds (default
+    `RETRY`), then the probe runs again. Callers of one key at the same time wait on one run."""
+    answers: dict[tuple, T] = {}
+    failures: dict[tuple, tuple[float, str]] = {}  # key -> (monotonic time to try again, message)
+    locks: dict[tuple, threading.Lock] = {}
+    guard = threading.Lock()
+
+    @functools.wraps(probe)
+    def ask(*key, timeout: float | None = None, retry: float | None = None) -> T:
+        if key in answers:
+            return answers[key]
+        with guard:
+            lock = locks.setdefault(key, threading.Lock())
+        with lock:
+            if key in answers:
+                return answers[key]
+            failed = failures.get(key)
+            now = time.monotonic()
+            if failed and now < failed[0]:
+                raise SurrogateOpsError(f"{failed[1]} (asked {failed[0] - now:.0f} s from now again)")
+            try:
+                answer = probe(*key, timeout=TIMEOUT if timeout is None else timeout)
+            except (SurrogateOpsError, OSError) as exc:
+                failures[key] = (time.monotonic() + (RETRY if retry is None else retry), str(exc))
+                raise SurrogateOpsError(str(exc)) from None
+            failures.pop(key, None)
+            answers[key] = answer
+            return answer
+
+    ask.forget = lambda: (answers.clear(), failures.clear())  # type: ignore[attr-defined]
+    return ask
 
 INSTALL_HINT = "install LLVM 14 or newer (Debian/Ubuntu: `apt-get install -y llvm`)"
 _VERSIONED = tuple(range(22, 13, -1))  # llvm-mca-21 ... llvm-mca-14
@@ -38,11 +129,11 @@ def find_tool(name: str, explicit: str | None = None) -> str:
     )
 
 
-@functools.cache
-def tool_version(path: str) -> str:
+@remembered
+def tool_version(path: str, timeout: float) -> str:
     """The LLVM version string of a tool, e.g. "14.0.6"."""
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+        out = run_tool([path, "--version"], timeout=timeout).stdout
     except OSError as exc:
         raise SurrogateOpsError(f"cannot run {path}: {exc}") from exc
     match = re.search(r"LLVM version (\d+\.\d+\.\d+)", out)
@@ -51,8 +142,10 @@ def tool_version(path: str) -> str:
     return match.group(1)
 
 
-@functools.cache
-def tool_options(path: str) -> frozenset[str]:
+@remembered
+def tool_options(path: str, timeout: float) -> frozenset[str]:
     """The long options a tool accepts (from --help-hidden), to detect version-dependent knobs."""
-    out = subprocess.run([path, "--help-hidden"], capture_output=True, text=True, timeout=30).stdout
+    out = run_tool([path, "--help-hidden"], timeout=timeout).stdout
+    if "--" not in out:
+        raise SurrogateOpsError(f"{path} --help-hidden listed no options")
     return frozenset(re.findall(r"^\s+--?([a-z][\w-]*)", out, flags=re.MULTILINE))

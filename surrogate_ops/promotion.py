@@ -54,6 +54,7 @@ def promote(name: str, data: str | None = None, split: str = "test") -> Decision
     champion = registry.alias_version(name, CHAMPION)
     if champion is None or champion == challenger:
         registry.set_alias(name, CHAMPION, challenger)
+        _check_alias(name, CHAMPION, challenger)
         registry.set_version_tags(name, challenger, {"promotion": "first version of the model: champion"})
         return Decision(name, challenger, None, True, float("nan"), None, float("nan"), None, "", 0)
     tags = registry.version_tags(name, challenger)
@@ -75,4 +76,13 @@ def promote(name: str, data: str | None = None, split: str = "test") -> Decision
     registry.set_version_tags(name, challenger, decision.tags(data))
     if decision.promoted:
         registry.set_alias(name, CHAMPION, challenger)
+        _check_alias(name, CHAMPION, challenger)
     return decision
+
+
+def _check_alias(name: str, alias: str, version: str) -> None:
+    """Read an alias back after moving it: another writer may have moved it meanwhile."""
+    now = registry.alias_version(name, alias)
+    if now != version:
+        raise SurrogateOpsError(f"{name}@{alias} is v{now}, not v{version}: another run moved it while this one "
+                                "promoted; run promote again")

@@ -4,7 +4,11 @@ A trained surrogate is logged as a pyfunc model (see `mlflow_model`) whose one a
 model directory, and registered as a new version of a named model, tagged with its program,
 program version, mcpu, architecture, dataset digest and metrics. A new version gets the alias
 `challenger`; the first version of a name also becomes `champion` (moving it later is
-`promotion`'s). Compiled builds are logged to the version's run under `builds/<platform>` and
+`promotion`'s). Registrations may run side by side on one registry: MLflow sets aliases one call at
+a time, so after each write the aliases are read back and settled to what the rule says
+(`challenger` on the newest version, `champion` on the oldest when none is set); whichever writer
+writes last, it reads and corrects after writing, so the registry ends as the rule says and each
+writer reports the aliases its version really holds. Compiled builds are logged to the version's run under `builds/<platform>` and
 fetched with the model for the host's platform. This module speaks to MLflow only.
 """
 
@@ -70,13 +74,32 @@ def log_model(model_dir: ModelDir, example: list[str], name: str | None = None,
         return None
     version = str(info.registered_model_version)
     set_version_tags(name, version, tags or {})
-    aliases = [CHALLENGER]
-    set_alias(name, CHALLENGER, version)
-    if alias_version(name, CHAMPION) is None:
-        set_alias(name, CHAMPION, version)
+    settle_aliases(name)
+    aliases = tuple(alias for alias in (CHALLENGER, CHAMPION) if alias_version(name, alias) == version)
+    if CHAMPION in aliases and versions(name)[0] == int(version):
         set_version_tags(name, version, {"promotion": "first version of the model: champion"})
-        aliases.append(CHAMPION)
-    return Registered(name, version, mlflow.active_run().info.run_id, tuple(aliases))
+    return Registered(name, version, mlflow.active_run().info.run_id, aliases)
+
+
+def versions(name: str) -> list[int]:
+    """The version numbers of a registered model, oldest first."""
+    return sorted(int(v.version) for v in tracking.client().search_model_versions(f"name='{name}'"))
+
+
+def settle_aliases(name: str, attempts: int = 20) -> None:
+    """`challenger` on the newest version; `champion`, when none is set, on the oldest. Written, then
+    read back, until the registry holds that (another writer may have written in between)."""
+    for _ in range(attempts):
+        numbers = versions(name)
+        want = {CHALLENGER: str(numbers[-1])}
+        if alias_version(name, CHAMPION) is None:
+            want[CHAMPION] = str(numbers[0])
+        stale = {alias: v for alias, v in want.items() if alias_version(name, alias) != v}
+        if not stale:
+            return
+        for alias, v in stale.items():
+            set_alias(name, alias, v)
+    raise SurrogateOpsError(f"the aliases of {name} kept changing under other writers; read them with the MLflow UI")
 
 
 def alias_version(name: str, alias: str) -> str | None:

@@ -1,6 +1,13 @@
 """The throughput service's core, kept apart from BentoML (see `bento/service.py`): request limits, the
 fallback policy, and the two answerers, the surrogate and the real llvm-mca.
 
+Requests run side by side (the BentoML service gives them threads). Their llvm-mca work shares one
+`FairPool`, a thread per core: chunks are served round robin across requests, so a small request
+waits for at most the chunks already running, never behind a big request's backlog, and the
+simulations run at a lower CPU priority than the surrogate's own work. Every llvm-mca call, the
+start-up probes included, runs under `Limits.mca_timeout`; a failure of llvm-mca is remembered for
+`Limits.mca_retry` seconds and then tried again (see `programs.llvm_mca`).
+
 A request is a list of assembly blocks, an `mcpu` and `exact`. Every block gets one answer, in order:
 `{"cycles", "source": "surrogate"}`, `{"cycles", "source": "llvm-mca", "reason"}` when the policy sent
 it to llvm-mca, or `{"error"}` when it cannot be answered (unreadable text, llvm-mca's own error,
@@ -16,11 +23,14 @@ reason sends the block to llvm-mca. New rules (uncertainty, say) are one more fu
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from surrogate_ops.blocks.asm import BlockError, normalize_block
@@ -40,8 +50,10 @@ class Limits:
     max_blocks: int = 4096  # blocks per request
     max_instructions: int = 512  # instructions per block (the model's own limit is lower: those go to llvm-mca)
     max_bytes: int = 4 << 20  # bytes of assembly per request
-    mca_timeout: float = 30.0  # seconds per llvm-mca call (one chunk of blocks)
+    mca_timeout: float = 30.0  # seconds per llvm-mca call (one chunk of blocks, or a start-up probe)
     mca_chunk: int = 64  # blocks per llvm-mca call
+    mca_retry: float = 10.0  # seconds a failed or hanging llvm-mca is left alone before it is tried again
+    line_cache: int = 1 << 15  # distinct lines remembered, shared out among the surrogates (about 1 KB each)
 
     @classmethod
     def from_environment(cls) -> Limits:
@@ -86,6 +98,44 @@ def other_mcpu(block: Block, server: Server) -> str | None:
     return f"no surrogate for {block.mcpu} (this service has {', '.join(server.predictors)})"
 
 
+class FairPool:
+    """`workers` threads running jobs from many requests, round robin: a request's k-th job is
+    tagged with the virtual time at its arrival plus k, and the lowest tag runs next (start-time
+    fair queueing), so a request arriving behind a long backlog is served beside it, not after it."""
+
+    def __init__(self, workers: int, name: str = "llvm-mca"):
+        self._heap: list[tuple[int, int, Callable, object, Future]] = []
+        self._ready = threading.Condition()
+        self._order = itertools.count()  # ties: first come, first served
+        self._now = 0  # virtual time: the tag of the job last started
+        for k in range(workers):
+            threading.Thread(target=self._work, name=f"{name}-{k}", daemon=True).start()
+
+    def map(self, fn: Callable, items: Sequence) -> list[Future]:
+        """Queue `fn(item)` for each item, as one request's jobs; their futures, in order."""
+        futures = [Future() for _ in items]
+        with self._ready:
+            start = self._now
+            for k, (item, future) in enumerate(zip(items, futures, strict=True)):
+                heapq.heappush(self._heap, (start + k, next(self._order), fn, item, future))
+            self._ready.notify(len(items))
+        return futures
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._heap:
+                    self._ready.wait()
+                tag, _, fn, item, future = heapq.heappop(self._heap)
+                self._now = max(self._now, tag)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(item))
+            except BaseException as exc:  # noqa: BLE001 - the request that queued it reports it
+                future.set_exception(exc)
+
+
 Rule = Callable[[Block, "Server"], "str | None"]
 DEFAULT_POLICY: tuple[Rule, ...] = (other_mcpu, too_long, unknown_tokens)
 
@@ -112,7 +162,7 @@ class Server:
         models = [] if model is None or load_error else list(model) if isinstance(model, list | tuple) else [model]
         for k, one in enumerate(models):
             try:
-                predictor = Predictor(one, engine="auto")
+                predictor = Predictor(one, engine="auto", line_cache=max(self.limits.line_cache // len(models), 256))
             except Exception as exc:  # noqa: BLE001 - any failure leaves the service up on llvm-mca alone
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
@@ -127,10 +177,14 @@ class Server:
         if mca_params:  # checked now: a wrong file stops the service at start, not every fallback later
             from surrogate_ops.programs import LlvmMca
 
-            self.mca_params = LlvmMca(self.params_mcpu, params=mca_params, path=llvm_mca).params
+            self.mca_params = LlvmMca(self.params_mcpu, params=mca_params, path=llvm_mca, **self._mca_limits).params
         # one pool for every request's llvm-mca calls: at most one process per core, whatever the load
         self.cores = len(os.sched_getaffinity(0))
-        self.mca_pool = ThreadPoolExecutor(max_workers=self.cores, thread_name_prefix="llvm-mca")
+        self.mca_pool = FairPool(self.cores)
+
+    @property
+    def _mca_limits(self) -> dict:
+        return {"timeout": self.limits.mca_timeout, "retry": self.limits.mca_retry}
 
     @property
     def predictor(self):
@@ -179,14 +233,16 @@ class Server:
                                       "engine": p.engine_name} for mcpu, p in self.predictors.items()},
                 "load_error": self.load_error, "llvm_mca": self._mca_status(),
                 "llvm_mca_params": {"mcpu": self.params_mcpu, **self.mca_params} if self.mca_params else None,
-                "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy]}
+                "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy],
+                "memory_mb": resident_mb()}
 
     def _mca_status(self) -> str:
-        from surrogate_ops.programs.llvm_mca import find_tool, tool_version
+        from surrogate_ops.programs.llvm_mca import find_tool, hanging, tool_version
 
         try:
             path = find_tool("llvm-mca", self.llvm_mca_path)
-            return f"{path} (LLVM {tool_version(path)})"
+            why = hanging(path)
+            return f"unavailable: {why}" if why else f"{path} (LLVM {tool_version(path, **self._mca_limits)})"
         except Exception as exc:  # noqa: BLE001
             return f"unavailable: {exc}"
 
@@ -239,17 +295,16 @@ class Server:
             raise Rejected(f"{size} bytes of assembly in one request, over the limit of {self.limits.max_bytes}", 413)
         if not isinstance(mcpu, str) or not re.fullmatch(r"[a-z0-9_-]{1,40}", mcpu):
             raise Rejected(f"mcpu must be a CPU name such as haswell, not {mcpu!r}", 400)
-        known = self._known_cpus()
-        if known and mcpu not in known:
-            raise Rejected(f"llvm-mca does not know -mcpu={mcpu} (try haswell, skylake, ivybridge)", 400)
-
-    def _known_cpus(self) -> frozenset[str]:
+        if mcpu in self.predictors:  # a surrogate serves it: no need to ask llvm-mca
+            return
         from surrogate_ops.programs.llvm_mca import _known_cpus, find_tool
 
         try:
-            return _known_cpus(find_tool("llvm-mca", self.llvm_mca_path))
-        except Exception:  # noqa: BLE001 - no llvm-mca: every fallback block will say so
-            return frozenset()
+            known = _known_cpus(find_tool("llvm-mca", self.llvm_mca_path), **self._mca_limits)
+        except SurrogateOpsError as exc:
+            raise Rejected(f"no surrogate here serves -mcpu={mcpu}, and llvm-mca is unavailable: {exc}", 503) from None
+        if mcpu not in known:
+            raise Rejected(f"llvm-mca does not know -mcpu={mcpu} (try haswell, skylake, ivybridge)", 400)
 
     @staticmethod
     def _encode(block: Block, predictor) -> None:
@@ -273,14 +328,14 @@ class Server:
         from surrogate_ops.programs import LlvmMca
 
         try:
-            program = LlvmMca(mcpu=mcpu, path=self.llvm_mca_path, workers=1, timeout=self.limits.mca_timeout,
+            program = LlvmMca(mcpu=mcpu, path=self.llvm_mca_path, workers=1, nice=5, **self._mca_limits,
                               params=self.mca_params if mcpu == self.params_mcpu else None)
         except Exception as exc:  # noqa: BLE001
             unavailable = [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
             return lambda: unavailable
         step = self.limits.mca_chunk
         chunks = [[b.text for b in blocks[s:s + step]] for s in range(0, len(blocks), step)]
-        futures = [self.mca_pool.submit(program.run, chunk) for chunk in chunks]
+        futures = self.mca_pool.map(program.run, chunks)
 
         def gather() -> list[dict]:
             answers: list[dict] = []
@@ -296,6 +351,15 @@ class Server:
             return answers
 
         return gather
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MB (what the status reports, for floods and soaks)."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 1e6, 1)
 
 
 def wait_ready(url: str, timeout: float = 120.0) -> dict:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
+from service_helpers import script
 
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.programs import LlvmMca, Result
@@ -80,10 +82,29 @@ def test_injected_directives_and_markers_are_rejected(fixture_blocks, block, rea
     assert [results[0], results[2], results[3]] == LlvmMca(workers=1).run(good)
 
 
-def test_timeout_bisects_to_the_slow_block(fixture_blocks):
-    # A chunk timeout of 0 s times out every process: each block ends alone with its own error.
-    results = LlvmMca(workers=1, timeout=0).run([b["block"] for b in fixture_blocks[:3]])
-    assert all("timed out" in r.error for r in results)
+def test_a_timed_out_chunk_is_retried_once_then_fails_per_block(fixture_blocks, tmp_path):
+    """Not bisected into 2n-1 more timeouts: a slow llvm-mca (that still answers --version) gets one
+    retry; a hanging one (that does not) none, and is left alone for `retry` seconds; the whole
+    process group is killed each time."""
+    real, blocks = LlvmMca().path, [b["block"] for b in fixture_blocks[:6]]
+    calls = tmp_path / "calls"
+    path = script(tmp_path, "llvm-mca", f'#!/bin/sh\ncase "$*" in *-iterations=100*) echo run >> {calls};\n'
+                                        f'  [ -e {tmp_path}/slow ] && sleep 987654 ;; esac\n'
+                                        f'[ -e {tmp_path}/hang ] && sleep 987654\nexec {real} "$@"\n')
+    program = LlvmMca(path=path, workers=1, timeout=1, retry=2)
+    (tmp_path / "slow").touch()
+    results = program.run(blocks)
+    assert all(r.error == "llvm-mca timed out after 1 s, twice" for r in results), results
+    assert calls.read_text().count("run") == 2
+    (tmp_path / "slow").unlink()
+    (tmp_path / "hang").touch()
+    assert all("it hangs" in r.error for r in program.run(blocks))
+    assert all("llvm-mca unavailable: llvm-mca hangs" in r.error for r in program.run(blocks))  # at once
+    assert calls.read_text().count("run") == 3
+    (tmp_path / "hang").unlink()
+    time.sleep(2)
+    assert program.run(blocks) == LlvmMca(workers=1).run(blocks)
+    assert not subprocess.run(["pgrep", "-f", "sleep 987654"], capture_output=True).stdout
 
 
 def test_parameters_reach_llvm_mca(fixture_blocks):

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, in_home
+from conftest import in_home
+from service_helpers import CLI, GOOD, LONG, UNKNOWN, free_port, post, running, store_with
 
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.serving import (
@@ -30,67 +26,20 @@ from surrogate_ops.serving import (
     wait_ready,
 )
 
-CLI = [sys.executable, "-m", "surrogate_ops"]
-GOOD = [b["block"] for b in json.loads((FIXTURES / "blocks.json").read_text())["blocks"]]
-UNKNOWN = "pclmulqdq $0, %xmm1, %xmm2\naddq %rax, %rbx"  # pclmulqdq: outside the bundled vocabulary
-LONG = "\n".join(["addq %rax, %rbx", "imulq %rcx, %rdx"] * 40)  # 80 instructions, over the model's 64
 LIMITS = {"SURROGATE_OPS_MAX_BLOCKS": "300", "SURROGATE_OPS_MAX_INSTRUCTIONS": "200", "SURROGATE_OPS_MAX_BYTES": "60000"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(home: Path, *args: str, **env: str):
-    port = free_port()
-    proc = subprocess.Popen([*CLI, "serve", "--port", str(port), *args], start_new_session=True,
-                            env={**os.environ, "SURROGATE_OPS_HOME": str(home), **LIMITS, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_ready(url, timeout=120)
-        except OSError:
-            proc.kill()
-            pytest.fail(f"the service did not come up:\n{proc.communicate()[0][-3000:]}")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def post(url: str, body: dict | bytes) -> tuple[int, object]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/predict", data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     """A fresh store with models registered by the test: the bundled Haswell surrogate as `svc-test`,
     the bundled Skylake one as `svc-skylake`."""
-    from surrogate_ops import registry
-
-    home = tmp_path_factory.mktemp("home")
-    with in_home(home):
-        registry.ensure_default("svc-test", bundle="llvm-mca-haswell")
-        registry.ensure_default("svc-skylake", bundle="llvm-mca-skylake")
-    return home
+    return store_with(tmp_path_factory, svc_test="llvm-mca-haswell", svc_skylake="llvm-mca-skylake")
 
 
 @pytest.fixture(scope="module")
 def service(home):
-    with running(home, "--model", "models:/svc-test@champion", "--model", "models:/svc-skylake@champion") as url:
+    with running(home, "--model", "models:/svc-test@champion", "--model", "models:/svc-skylake@champion",
+                 **LIMITS) as url:
         yield url
 
 
@@ -176,7 +125,7 @@ def test_concurrent_clients_get_their_single_request_answers(service):
 
 
 def test_without_a_model_the_service_stays_up_on_llvm_mca(home):
-    with running(home, "--model", str(home / "no-such-model")) as url:
+    with running(home, "--model", str(home / "no-such-model"), **LIMITS) as url:
         status = json.loads(urllib.request.urlopen(f"{url}/ops/healthz").read())
         assert status["mode"] == "llvm-mca-only" and "not a surrogate model directory" in status["load_error"]
         code, answers = post(url, {"blocks": GOOD[:3]})
@@ -189,7 +138,7 @@ def test_the_fallback_runs_llvm_mca_with_tuned_parameters(home, tmp_path):
     mcpu (haswell when there is no model), with its defaults on others."""
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"dispatch": 1, "noalias": False}))
-    with running(home, "--model", str(home / "no-such-model"), "--params", str(params)) as url:
+    with running(home, "--model", str(home / "no-such-model"), "--params", str(params), **LIMITS) as url:
         status = json.loads(urllib.request.urlopen(f"{url}/ops/healthz").read())
         assert status["llvm_mca_params"] == {"mcpu": "haswell", "dispatch_width": 1, "noalias": False}
         code, answers = post(url, {"blocks": GOOD[:3]})
@@ -210,7 +159,7 @@ def test_crashing_or_missing_llvm_mca_leaves_the_surrogate_answering(home, tmp_p
     crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
     crash.chmod(0o755)
     for path in (str(crash), str(tmp_path / "missing" / "llvm-mca")):
-        with running(home, "--model", "models:/svc-test@champion", SURROGATE_OPS_LLVM_MCA=path) as url:
+        with running(home, "--model", "models:/svc-test@champion", SURROGATE_OPS_LLVM_MCA=path, **LIMITS) as url:
             code, answers = post(url, {"blocks": [GOOD[0], UNKNOWN, GOOD[1]]})
             assert code == 200 and answers[0]["source"] == answers[2]["source"] == "surrogate"
             assert answers[1]["error"].startswith(("llvm-mca unavailable", "llvm-mca failed")), answers[1]

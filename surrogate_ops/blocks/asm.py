@@ -18,6 +18,9 @@ from pathlib import Path
 # Characters AT&T operands are made of: registers (%), immediates ($), memory operands
 # (parentheses, segment ':'), indirect targets ('*'), AVX-512 masks and broadcasts ({%k1}, {1to8}).
 _ALLOWED = re.compile(r"[A-Za-z0-9_%$(),:*+\-. \t{}]*")
+# The longest line read (the longest instruction in BHive is 46 characters): a longer one is refused
+# without being kept or quoted whole, so line caches stay bounded in bytes and no answer echoes it.
+MAX_LINE = 256
 PREFIXES = frozenset(
     {"lock", "rep", "repe", "repz", "repne", "repnz", "data16", "data32", "rex64", "notrack", "xacquire", "xrelease", "bnd"}
 )
@@ -52,6 +55,12 @@ def _check_line(line: str) -> None:
     if bad:
         char = next(c for c in line if not _ALLOWED.fullmatch(c))
         raise BlockError(f"unexpected character {char!r} in instruction {line!r}")
+    for literal in _LONG_LITERAL.findall(line):
+        if int(literal, 16 if literal[:2].lower() == "0x" else 10) >> 64:
+            raise BlockError(f"literal {literal} does not fit in 64 bits")
+
+
+_LONG_LITERAL = re.compile(r"(?<![\w%])(?:0[xX][0-9a-fA-F]{17,}|\d{20,})")  # the only ones that may not fit
 
 
 def split_operands(text: str) -> list[str]:
@@ -90,6 +99,8 @@ _LINES_LIMIT = 1 << 16
 
 def _canonical_line(line: str) -> str | BlockError:
     """Checked and normalized once per distinct line: real inputs repeat instructions a lot."""
+    if len(line) > MAX_LINE:
+        return BlockError(f"a line of {len(line):,} characters, over the limit of {MAX_LINE} ({line[:40]!r}...)")
     known = _LINES.get(line)
     if known is None:
         try:

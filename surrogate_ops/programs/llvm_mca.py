@@ -5,25 +5,31 @@ chunks spread over a pool of workers sized to the cores. Process start-up costs 
 simulating 30 blocks, so there is never one process per block on this path.
 
 One bad block never sinks the others: a block llvm-mca's assembler rejects is dropped from the
-output and named, by line, on stderr; a chunk that llvm-mca aborts or that runs past its timeout
-is bisected until each culprit stands alone and gets llvm-mca's own message.
+output and named, by line, on stderr; a chunk that llvm-mca aborts is bisected until each culprit
+stands alone and gets llvm-mca's own message.
+
+Time is bounded: every call, the start-up probes included, runs under the instance's timeout with
+its process group killed past it. A chunk that times out is not bisected (that would be 2n-1 more
+timeouts): llvm-mca is asked for its version (at most half a second); when it answers, the chunk
+is retried once, then each of its blocks fails with the timeout; when it does not, llvm-mca is
+marked hanging for `retry` seconds and every chunk in that time fails at once.
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import json
 import os
 import re
-import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from surrogate_ops import presets
 from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.llvm_tools import find_tool, tool_options, tool_version
+from surrogate_ops import llvm_tools
+from surrogate_ops.llvm_tools import ToolTimeout, find_tool, remembered, run_tool, tool_options, tool_version
 from surrogate_ops.programs.base import Parameter, Program, Progress, Result, check_setting
 
 TRIPLE = "x86_64-unknown-linux-gnu"
@@ -34,23 +40,36 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-@functools.cache
-def _dispatch_width(path: str, mcpu: str) -> int:
+@remembered
+def _dispatch_width(path: str, mcpu: str, timeout: float) -> int:
     """The scheduling model's dispatch width for `mcpu`, as llvm-mca's own summary states it."""
-    proc = subprocess.run([path, f"-mtriple={TRIPLE}", f"-mcpu={mcpu}", "-iterations=1", "--instruction-info=false",
-                           "--resource-pressure=false"], input="nop\n", capture_output=True, text=True, timeout=30)
+    proc = run_tool([path, f"-mtriple={TRIPLE}", f"-mcpu={mcpu}", "-iterations=1", "--instruction-info=false",
+                     "--resource-pressure=false"], "nop\n", timeout=timeout)
     match = re.search(r"^Dispatch Width:\s+(\d+)", proc.stdout, flags=re.MULTILINE)
     if not match:
         raise SurrogateOpsError(f"llvm-mca -mcpu={mcpu} printed no dispatch width: {proc.stderr.strip()[:200]}")
     return int(match.group(1))
 
 
-@functools.cache
-def _known_cpus(path: str) -> frozenset[str]:
-    proc = subprocess.run([path, f"-mtriple={TRIPLE}", "-mcpu=help"], input="", capture_output=True, text=True, timeout=30)
+@remembered
+def _known_cpus(path: str, timeout: float) -> frozenset[str]:
+    """The CPUs llvm-mca models; a SurrogateOpsError when it lists none (crashed, or not llvm-mca)."""
+    proc = run_tool([path, f"-mtriple={TRIPLE}", "-mcpu=help"], timeout=timeout)
     text = proc.stdout + proc.stderr
     section = text.split("Available CPUs for this target:", 1)[-1].split("Available features", 1)[0]
-    return frozenset(re.findall(r"^\s+([\w.-]+)\s+- Select", section, flags=re.MULTILINE))
+    cpus = frozenset(re.findall(r"^\s+([\w.-]+)\s+- Select", section, flags=re.MULTILINE))
+    if not cpus:
+        raise SurrogateOpsError(f"{path} -mcpu=help listed no CPUs (exit status {proc.returncode})")
+    return cpus
+
+
+_hanging: dict[str, tuple[float, str]] = {}  # llvm-mca path -> (monotonic time to try again, why)
+
+
+def hanging(path: str) -> str | None:
+    """Why llvm-mca at `path` is taken to hang now, or None."""
+    until, why = _hanging.get(path, (0.0, ""))
+    return why if time.monotonic() < until else None
 
 
 def _declared_parameters() -> dict[str, Parameter]:
@@ -70,9 +89,13 @@ class LlvmMca(Program):
 
     def __init__(self, mcpu: str = "haswell", iterations: int = 100, params: Mapping[str, object] | None = None,
                  path: str | None = None, workers: int | None = None, chunk_size: int = 500,
-                 timeout: float | None = None):
+                 timeout: float | None = None, retry: float | None = None, nice: int = 0):
+        """`timeout`: seconds per llvm-mca call (default: 30 plus 0.2 per block of a chunk; probes
+        `llvm_tools.TIMEOUT`); `retry`: seconds a failed probe or a hang is remembered; `nice`: the
+        simulations' CPU priority below the caller's."""
         self.path = find_tool("llvm-mca", path)
-        if mcpu not in _known_cpus(self.path):
+        self.timeout, self.retry, self.nice = timeout, retry, nice
+        if mcpu not in _known_cpus(self.path, **self._probe):
             raise SurrogateOpsError(f"llvm-mca {self.version} does not know -mcpu={mcpu} (try haswell, skylake, ivybridge)")
         if iterations < 1:
             raise SurrogateOpsError("iterations must be at least 1")
@@ -80,24 +103,28 @@ class LlvmMca(Program):
         self.params = self._check_params(params or {})
         self.workers = workers or default_workers()
         self.chunk_size = chunk_size
-        self.timeout = timeout
+
+    @property
+    def _probe(self) -> dict:
+        return {"timeout": self.timeout, "retry": self.retry}
 
     @property
     def version(self) -> str:
-        return tool_version(self.path)
+        return tool_version(self.path, **self._probe)
 
     def expert_defaults(self) -> dict[str, int | bool]:
         """llvm-mca's own values for this mcpu, for the parameters this llvm-mca has: the scheduling
         model's dispatch width; 0 (unbounded, or no micro-op queue) for the sizes, which x86 models
         leave to these defaults; noalias true. Passing them changes nothing (a test holds this)."""
-        values: dict[str, int | bool] = {"dispatch_width": _dispatch_width(self.path, self.mcpu), "noalias": True}
+        values: dict[str, int | bool] = {"dispatch_width": _dispatch_width(self.path, self.mcpu, **self._probe),
+                                              "noalias": True}
         return {name: values.get(name, 0) for name, p in self.parameters.items()
-                if p.option in tool_options(self.path)}
+                if p.option in tool_options(self.path, **self._probe)}
 
     def with_params(self, params: Mapping[str, object] | None, workers: int | None = None) -> LlvmMca:
         """The same llvm-mca (path, mcpu, iterations, chunking, timeout) under other parameters."""
         return LlvmMca(self.mcpu, self.iterations, params=params, path=self.path, workers=workers or self.workers,
-                       chunk_size=self.chunk_size, timeout=self.timeout)
+                       chunk_size=self.chunk_size, timeout=self.timeout, retry=self.retry, nice=self.nice)
 
     def _check_params(self, params: Mapping[str, object]) -> dict[str, int | bool]:
         try:
@@ -105,7 +132,7 @@ class LlvmMca(Program):
         except ValueError as exc:
             raise SurrogateOpsError(str(exc)) from None
         for spec in (self.parameters[name] for name in checked):
-            if spec.option not in tool_options(self.path):
+            if spec.option not in tool_options(self.path, **self._probe):
                 raise SurrogateOpsError(
                     f"parameter {spec.name} needs llvm-mca --{spec.option} (LLVM {spec.since} or newer); "
                     f"{self.path} is LLVM {self.version}: install a newer llvm (e.g. apt-get install llvm-19) "
@@ -149,8 +176,12 @@ class LlvmMca(Program):
                 list(pool.map(work, chunks))
         return results  # type: ignore[return-value]
 
-    def _run_chunk(self, blocks: list[str]) -> list[Result]:
-        """Run canonical blocks in one llvm-mca process; bisect when llvm-mca fails as a whole."""
+    def _run_chunk(self, blocks: list[str], retried: bool = False) -> list[Result]:
+        """Run canonical blocks in one llvm-mca process; bisect when llvm-mca fails as a whole, retry
+        once when it times out (see the module's note)."""
+        why = hanging(self.path)
+        if why:
+            return [Result(error=f"llvm-mca unavailable: {why}")] * len(blocks)
         lines: list[str] = []
         starts: list[int] = []  # 1-based input line of each block's first instruction
         for i, block in enumerate(blocks):
@@ -160,17 +191,26 @@ class LlvmMca(Program):
             lines.append(f"# LLVM-MCA-END b{i}")
         timeout = self.timeout if self.timeout is not None else 30 + 0.2 * len(blocks)
         try:
-            proc = subprocess.run(self.command(), input="\n".join(lines) + "\n", capture_output=True, text=True,
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired:
-            if len(blocks) == 1:
-                return [Result(error=f"llvm-mca timed out after {timeout:.0f} s")]
-            return self._bisect(blocks)
+            proc = run_tool(self.command(), "\n".join(lines) + "\n", timeout=timeout, nice=self.nice)
+        except ToolTimeout:
+            return self._timed_out(blocks, timeout, retried)
         if proc.returncode != 0:
             if len(blocks) == 1:
                 return [Result(error=self._failure_message(proc.stderr, starts[0], proc.returncode))]
             return self._bisect(blocks)
         return self._parse(proc.stdout, proc.stderr, starts, len(blocks))
+
+    def _timed_out(self, blocks: list[str], timeout: float, retried: bool) -> list[Result]:
+        try:
+            run_tool([self.path, "--version"], timeout=0.5)
+        except (ToolTimeout, OSError):
+            retry = llvm_tools.RETRY if self.retry is None else self.retry
+            why = f"llvm-mca hangs (a call ran past {timeout:g} s and --version did not answer); tried again after {retry:g} s"
+            _hanging[self.path] = (time.monotonic() + retry, why)
+            return [Result(error=f"llvm-mca timed out after {timeout:g} s: it hangs")] * len(blocks)
+        if not retried:
+            return self._run_chunk(blocks, retried=True)
+        return [Result(error=f"llvm-mca timed out after {timeout:g} s, twice")] * len(blocks)
 
     def _bisect(self, blocks: list[str]) -> list[Result]:
         mid = len(blocks) // 2
