@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import http.client
+import json
 import multiprocessing
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -61,3 +64,23 @@ def fresh(fn, *args):
     """`fn(*args)` in a new interpreter: nothing cached from earlier runs."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
+
+
+_local = threading.local()
+
+
+def post_json(url: str, path: str, body: dict, timeout: float = 300) -> tuple[int, bytes]:
+    """POST a JSON body on this thread's kept-alive connection, as a real client library would:
+    (status, raw answer)."""
+    data = json.dumps(body)
+    for attempt in (0, 1):
+        if getattr(_local, "url", None) != url or attempt:  # new thread, or the server closed an idle one
+            _local.url, _local.conn = url, http.client.HTTPConnection(url.split("//")[1], timeout=timeout)
+        try:
+            _local.conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+            response = _local.conn.getresponse()
+            return response.status, response.read()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            if attempt:
+                raise
+    raise AssertionError("unreachable")

@@ -12,7 +12,6 @@ adapter, one worker per core) on the same blocks in the same run; each figure is
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import signal
@@ -20,12 +19,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from common import post_json
 
 from surrogate_ops import datasets
 from surrogate_ops.config import DEFAULT_MODEL_URI
@@ -34,25 +33,10 @@ from surrogate_ops.programs import LlvmMca
 from surrogate_ops.serving import wait_ready
 
 
-_local = threading.local()
-
-
 def post(url: str, blocks: list[str]) -> list[dict]:
-    """POST /predict on this thread's kept-alive connection, as a real client library would."""
-    body = json.dumps({"blocks": blocks, "mcpu": "haswell"})
-    for attempt in (0, 1):
-        if getattr(_local, "url", None) != url or attempt:  # new thread, or the server closed an idle one
-            _local.url, _local.conn = url, http.client.HTTPConnection(url.split("//")[1], timeout=300)
-        try:
-            _local.conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
-            response = _local.conn.getresponse()
-            data = response.read()
-            break
-        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
-            if attempt:
-                raise
-    if response.status != 200:
-        raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
+    status, data = post_json(url, "/predict", {"blocks": blocks, "mcpu": "haswell"})
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}: {data[:300]!r}")
     return json.loads(data)
 
 

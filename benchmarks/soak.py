@@ -22,7 +22,6 @@ the bundled surrogates in a scratch store, its llvm-mca a pass-through wrapper t
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
@@ -37,29 +36,18 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import post_json
+
 from surrogate_ops.blocks.generate import PROBE_SEED, generate
 from surrogate_ops.llvm_tools import find_tool
 from surrogate_ops.serving import wait_ready
 
 UNKNOWN = "pclmulqdq $0, %xmm1, %xmm2\naddq %rax, %rbx"  # outside the vocabulary: llvm-mca answers
-_local = threading.local()
 
 
 def post(url: str, body: dict, timeout: float = 300) -> tuple[int, object]:
-    """POST /predict on this thread's kept-alive connection."""
-    data = json.dumps(body)
-    for attempt in (0, 1):
-        if getattr(_local, "url", None) != url or attempt:
-            _local.url, _local.conn = url, http.client.HTTPConnection(url.split("//")[1], timeout=timeout)
-        try:
-            _local.conn.request("POST", "/predict", body=data, headers={"Content-Type": "application/json"})
-            response = _local.conn.getresponse()
-            raw = response.read()
-            break
-        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
-            if attempt:
-                raise
-    return response.status, json.loads(raw) if response.status == 200 else raw.decode()[:300]
+    status, raw = post_json(url, "/predict", body, timeout)
+    return status, json.loads(raw) if status == 200 else raw.decode()[:300]
 
 
 def timed(url: str, body: dict) -> tuple[float, int, object]:
@@ -105,15 +93,17 @@ class Server:
         if kind:
             (self.folder / kind).touch()
 
-    def close(self) -> None:
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=60)
         self.log.close()
 
 
 def stall(folder: Path, args) -> dict:
-    server = Server(folder / "stall")
-    try:
+    with Server(folder / "stall") as server:
         lines = [line for block in generate(14000, seed=PROBE_SEED + 51) for line in block.split("\n")]
         big = {"blocks": ["\n".join(lines[40 * k:40 * k + 40]) for k in range(4096)], "exact": True}  # 40 each
         small = generate(400, seed=PROBE_SEED + 52)
@@ -138,13 +128,10 @@ def stall(folder: Path, args) -> dict:
               f"(quiet: {out['quiet_p50_ms']:.1f} / {out['quiet_p99_ms']:.1f}) over {len(beside)} requests beside a "
               f"4,096-block exact request ({big_seconds:.1f} s); a 1-block llvm-mca request {1e3 * fallback:.0f} ms")
         return out
-    finally:
-        server.close()
 
 
 def hang(folder: Path, args) -> dict:
-    server = Server(folder / "hang", SURROGATE_OPS_MCA_TIMEOUT=str(args.timeout), SURROGATE_OPS_MCA_RETRY="5")
-    try:
+    with Server(folder / "hang", SURROGATE_OPS_MCA_TIMEOUT=str(args.timeout), SURROGATE_OPS_MCA_RETRY="5") as server:
         good = generate(8, seed=PROBE_SEED + 53)
         server.fault("hang")
         kinds = {"surrogate only": {"blocks": good}, "mixed": {"blocks": [*good, UNKNOWN]},
@@ -163,13 +150,10 @@ def hang(folder: Path, args) -> dict:
         print(f"hang (timeout {args.timeout:g} s): worst request {worst:.2f} s; " +
               "; ".join(f"{k}: {', '.join(f'{s:.2f} s/{c}' for s, c in v)}" for k, v in out.items()))
         return {"timeout": args.timeout, "worst_seconds": worst, "requests": out}
-    finally:
-        server.close()
 
 
 def flood(folder: Path, args) -> dict:
-    server = Server(folder / "flood")
-    try:
+    with Server(folder / "flood") as server:
         normal = generate(2000, seed=PROBE_SEED + 54)
         for i in range(0, 2000, 100):
             post(server.url, {"blocks": normal[i:i + 100]})
@@ -185,13 +169,10 @@ def flood(folder: Path, args) -> dict:
         print(f"flood: RSS warm {warm:.0f} MB, after 40 lines of 3.9 MB {after_long:.0f} MB, after 151,552 distinct "
               f"lines {after_unique:.0f} MB ({out['ratio']:.2f}x warm); the answer to a 3.9 MB line: {max(sizes)} bytes")
         return out
-    finally:
-        server.close()
 
 
 def soak(folder: Path, args) -> dict:
-    server = Server(folder / "soak", SURROGATE_OPS_MCA_TIMEOUT=str(args.timeout), SURROGATE_OPS_MCA_RETRY="5")
-    try:
+    with Server(folder / "soak", SURROGATE_OPS_MCA_TIMEOUT=str(args.timeout), SURROGATE_OPS_MCA_RETRY="5") as server:
         pool = generate(3000, seed=PROBE_SEED + 55) + [UNKNOWN]
         reference: dict[str, dict] = {}
         for i in range(0, len(pool), 256):  # the quiet server's answers, one request at a time
@@ -241,8 +222,6 @@ def soak(folder: Path, args) -> dict:
             t.join()
         server.fault(None)
         return _report(records, memory, fault_window, duration, args)
-    finally:
-        server.close()
 
 
 def _check(blocks: list[str], answers, reference: dict) -> str:
