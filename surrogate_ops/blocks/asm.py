@@ -65,6 +65,8 @@ _LONG_LITERAL = re.compile(r"(?<![\w%])(?:0[xX][0-9a-fA-F]{17,}|\d{20,})")  # th
 
 def split_operands(text: str) -> list[str]:
     """Split an operand list at commas outside parentheses and braces."""
+    if "(" not in text and "{" not in text:  # the common case: every comma splits
+        return ["".join(p.split()) for p in text.split(",")]
     parts, depth, current = [], 0, []
     for char in text:
         if char in "({":
