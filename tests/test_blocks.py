@@ -74,6 +74,29 @@ def test_normalize_block_names_block_and_line(text):
     assert str(info.value).startswith(f"block 7, line {info.value.line}:")
 
 
+def test_literals_and_lines_llvm_mca_would_refuse_are_refused(tmp_path):
+    """A literal past 64 bits is refused as llvm-mca refuses it (the surrogate once answered it);
+    one that fits is kept. A line past MAX_LINE is refused without being quoted whole."""
+    from surrogate_ops.blocks.asm import MAX_LINE
+    from surrogate_ops.programs import LlvmMca
+
+    refused = ["movq $0x123456789abcdef01234, %rax", "movq $18446744073709551616, %rax",
+               "movq 0x123456789abcdef01234(%rax), %rbx"]
+    kept = ["movq $0xffffffffffffffff, %rax", "addl $-18446744073709551615, %eax"]
+    for text in refused:
+        with pytest.raises(BlockError, match="does not fit in 64 bits"):
+            normalize_block(text)
+    assert [normalize_block(text) for text in kept] == kept
+    command = LlvmMca(iterations=1).command()
+    for text in refused + kept:  # llvm-mca itself, on the raw text, draws the same line
+        proc = subprocess.run(command, input=text + "\n", capture_output=True, text=True, timeout=60)
+        assert (proc.returncode != 0) == (text in refused), (text, proc.stderr)
+    line = "addq " + "%rax, " * 1000 + "%rbx"
+    with pytest.raises(BlockError) as info:
+        normalize_block(line, index=3)
+    assert f"over the limit of {MAX_LINE}" in str(info.value) and len(str(info.value)) < 200
+
+
 def test_asm_file_blocks_are_separated_by_blank_lines():
     blocks = read_asm_file(FIXTURES / "blocks.s")
     assert len(blocks) == 8
