@@ -263,23 +263,29 @@ def promote(name, data, tracking_uri) -> None:
               default="auto", show_default=True,
               help="Surrogate engine; auto: the TVM build (this CPU's, or the CUDA one where a GPU is) when it "
                    "was measured faster here, else ONNX Runtime.")
+@click.option("--no-fallback", is_flag=True,
+              help="Never run llvm-mca: a block the surrogate is not trusted on gets an error naming why.")
 @_tracking_option(lazy=True)
-def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) -> None:
-    """Print `index,cycles` (cycles per 100 iterations) for every block of a file, from the surrogate
-    of --mcpu (each CPU has its own registered surrogate) or, with --program llvm-mca, from llvm-mca
-    itself. Unreadable blocks print `index,nan` and the reason on stderr. The file is read and
-    answered in chunks, in order, so files of millions of blocks run in bounded memory; a local
-    model directory, or a default already resolved and cached, starts without touching MLflow."""
+def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, tracking_uri) -> None:
+    """Print `index,cycles,source,reason` (cycles per 100 iterations) for every block of a file, under
+    the service's fallback policy: the surrogate of --mcpu answers (each CPU has its own registered
+    surrogate), llvm-mca where the surrogate is not trusted (tokens outside its vocabulary, more
+    instructions than its limit), with the reason; with --program llvm-mca, llvm-mca answers all.
+    An unreadable block gets source `error` and the reason (also on stderr); there is never a `nan`.
+    The file is read and answered in chunks, in order, so files of millions of blocks run in bounded
+    memory; a local model directory, or a default already resolved and cached, starts without
+    touching MLflow."""
+    import csv
+
     from surrogate_ops import config
     from surrogate_ops.blocks.inputs import chunks
+    from surrogate_ops.serving import Limits, Server
 
+    setting = _read_params(params)
+    limits = Limits(max_instructions=1 << 30, mca_chunk=256)  # a file is not a request: no block is refused for its length
     if program:
-        from surrogate_ops.programs import LlvmMca
-
-        mca = LlvmMca(mcpu=mcpu, params=_read_params(params))
-
-        def answer(chunk) -> list:
-            return [(r.cycles, r.error and _name_block(chunk.start + i, r.error)) for i, r in enumerate(mca.run(chunk.blocks))]
+        server = Server(None, limits=limits)
+        exact = True
     else:
         from surrogate_ops.inference import Predictor
 
@@ -287,23 +293,32 @@ def predict(model_uri, input_path, mcpu, program, params, engine, tracking_uri) 
         if predictor.meta.get("mcpu") != mcpu:
             raise SurrogateOpsError(f"{model_uri or config.model_uri(mcpu)} imitates -mcpu={predictor.meta.get('mcpu')}, "
                                     f"not {mcpu}")
-        setting = _read_params(params)
-
-        def answer(chunk) -> list:  # the predictor's reasons name the block already
-            return [(p.cycles, p.error) for p in predictor.predict(chunk.blocks, params=setting, first=chunk.start)]
-    out = click.get_text_stream("stdout")
-    answered = 0
+        server, exact = Server(predictor, limits=limits), False
+    out = csv.writer(click.get_text_stream("stdout"), lineterminator="\n")
+    out.writerow(["index", "cycles", "source", "reason"])
+    answered, sources = 0, {"surrogate": 0, "llvm-mca": 0, "error": 0}
     for chunk in chunks(input_path):  # a chunk at a time: memory stays bounded on files of millions of blocks
-        answered += len(chunk.blocks)
-        for i, (cycles, error) in enumerate(answer(chunk)) if chunk.blocks else ():
+        answers = server.answer(chunk.blocks, mcpu, exact=exact, first=chunk.start, fallback=not no_fallback,
+                                params=setting) if chunk.blocks else []
+        for i, answer in enumerate(answers):
+            index = chunk.start + i
             if i in chunk.unreadable:
-                cycles, error = None, _name_block(chunk.start + i, chunk.unreadable[i])
-            out.write(f"{chunk.start + i},{cycles:g}\n" if cycles is not None else f"{chunk.start + i},nan\n")
-            if error:
+                answer = {"error": chunk.unreadable[i]}
+            if "error" in answer:
+                error = _name_block(index, answer["error"])
+                out.writerow([index, "", "error", error])
                 click.echo(error, err=True)
+                sources["error"] += 1
+            else:
+                out.writerow([index, f"{answer['cycles']:g}", answer["source"],
+                              "" if program else answer.get("reason", "")])
+                sources[answer["source"]] += 1
+        answered += len(answers)
     if not answered:
         raise SurrogateOpsError(f"{input_path}: no blocks (assembly blocks separated by blank lines, or a CSV "
                                 "with a block or hex column)")
+    if sources["llvm-mca"] and not program or sources["error"]:
+        click.echo(f"{answered:,} blocks: " + ", ".join(f"{n:,} {source}" for source, n in sources.items() if n), err=True)
 
 
 def _aliases(registered) -> str:

@@ -146,7 +146,7 @@ class Server:
     def __init__(self, model=None, load_error: str | None = None, llvm_mca: str | None = None,
                  limits: Limits | None = None, policy: Sequence[Rule] = DEFAULT_POLICY, model_uri: str | None = None,
                  mca_params: dict | None = None, versions: Sequence[str] = ()):
-        """`model`: a model directory, or a list of them (one per mcpu; the first is the primary);
+        """`model`: a model directory or a loaded Predictor, or a list of them (one per mcpu; the first is the primary);
         `versions`, beside them, the registered version each one is (what the status reports).
         `mca_params` (llvm-mca option or parameter names to values, e.g. from `optimize --out`) set
         the fallback's llvm-mca knobs for the primary model's mcpu; other mcpus keep llvm-mca's defaults."""
@@ -162,7 +162,8 @@ class Server:
         models = [] if model is None or load_error else list(model) if isinstance(model, list | tuple) else [model]
         for k, one in enumerate(models):
             try:
-                predictor = Predictor(one, engine="auto", line_cache=max(self.limits.line_cache // len(models), 256))
+                predictor = one if isinstance(one, Predictor) else Predictor(
+                    one, engine="auto", line_cache=max(self.limits.line_cache // len(models), 256))
             except Exception as exc:  # noqa: BLE001 - any failure leaves the service up on llvm-mca alone
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
@@ -247,14 +248,23 @@ class Server:
             return f"unavailable: {exc}"
 
     def predict(self, blocks: Sequence[str], mcpu: str = "haswell", exact: bool = False) -> list[dict]:
+        """A request's answers, one per block, in order; Rejected when the request is refused as a whole."""
         self._check_request(blocks, mcpu)
+        return self.answer(blocks, mcpu, exact)
+
+    def answer(self, blocks: Sequence[str], mcpu: str, exact: bool = False, first: int = 0, fallback: bool = True,
+               params: object = None) -> list[dict]:
+        """One answer per block under the fallback policy (the service's and `predict`'s): blocks are
+        named in errors by their place counted from `first`. `fallback=False` answers an untrusted
+        block with an error naming the reason instead of running llvm-mca; `params`, a setting a
+        parameter-conditioned surrogate predicts (and the fallback's llvm-mca runs with)."""
         answers: list[dict | None] = [None] * len(blocks)
         trusted: list[Block] = []
-        fallback: list[tuple[Block, str]] = []
+        untrusted: list[tuple[Block, str]] = []
         predictor = self.predictors.get(mcpu)  # the surrogate of this request's mcpu, if the service has one
         surrogate = predictor is not None and not exact
         for i, raw in enumerate(blocks):
-            block = Block(index=i, raw=raw, mcpu=mcpu)
+            block = Block(index=first + i, raw=raw, mcpu=mcpu)
             try:
                 if surrogate:
                     self._encode(block, predictor)
@@ -264,7 +274,7 @@ class Server:
                 answers[i] = {"error": str(exc)}
                 continue
             if block.instructions > self.limits.max_instructions:
-                raise Rejected(f"block {i} has {block.instructions} instructions, over the limit of "
+                raise Rejected(f"block {block.index} has {block.instructions} instructions, over the limit of "
                                f"{self.limits.max_instructions}", 422)
             if exact:
                 reason = "exact answer requested"
@@ -274,15 +284,18 @@ class Server:
                 reason = next(filter(None, (rule(block, self) for rule in self.policy)), None)
             if reason is None:
                 trusted.append(block)
+            elif fallback:
+                untrusted.append((block, reason))
             else:
-                fallback.append((block, reason))
-        pending = self._llvm_mca([b for b, _ in fallback], mcpu)  # runs while the surrogate answers
+                answers[i] = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
+        pending = self._llvm_mca([b for b, _ in untrusted], mcpu, params)  # runs while the surrogate answers
         if trusted:
-            cycles = predictor.predict_encoded([b.ids for b in trusted])
+            scaled = predictor.scaled(params, len(trusted)) if params is not None else None
+            cycles = predictor.predict_encoded([b.ids for b in trusted], scaled)
             for block, value in zip(trusted, cycles, strict=True):
-                answers[block.index] = {"cycles": float(value), "source": "surrogate"}
-        for (block, reason), answer in zip(fallback, pending(), strict=True):
-            answers[block.index] = {**answer, "reason": reason} if "cycles" in answer else answer
+                answers[block.index - first] = {"cycles": float(value), "source": "surrogate"}
+        for (block, reason), answer in zip(untrusted, pending(), strict=True):
+            answers[block.index - first] = {**answer, "reason": reason} if "cycles" in answer else answer
         return answers  # type: ignore[return-value]
 
     def _check_request(self, blocks: Sequence[str], mcpu: str) -> None:
@@ -320,7 +333,7 @@ class Server:
         if has_unknown:
             block.unknown = tuple(predictor.tokenizer.unknown(block.text))
 
-    def _llvm_mca(self, blocks: list[Block], mcpu: str) -> Callable[[], list[dict]]:
+    def _llvm_mca(self, blocks: list[Block], mcpu: str, params: object = None) -> Callable[[], list[dict]]:
         """Start llvm-mca on `blocks` in chunks through the shared pool; the returned function waits
         for the answers. Its absence or crash becomes a per-block error."""
         if not blocks:
@@ -329,7 +342,8 @@ class Server:
 
         try:
             program = LlvmMca(mcpu=mcpu, path=self.llvm_mca_path, workers=1, nice=5, **self._mca_limits,
-                              params=self.mca_params if mcpu == self.params_mcpu else None)
+                              params=params if params is not None else self.mca_params if mcpu == self.params_mcpu
+                              else None)
         except Exception as exc:  # noqa: BLE001
             unavailable = [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
             return lambda: unavailable

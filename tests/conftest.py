@@ -43,6 +43,14 @@ def tiny_binary(tmp_path_factory) -> Path:
     return out
 
 
+def rows(stdout: str) -> list[dict]:
+    """The rows of `predict`'s CSV output: index, cycles, source, reason."""
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(stdout)))
+
+
 @contextmanager
 def in_home(home: Path):
     """For module-scoped fixtures: work in `home`'s store; neither it nor the MLflow variables that

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import FIXTURES
+from conftest import FIXTURES, rows
 
 CLI = [sys.executable, "-m", "surrogate_ops"]
 
@@ -69,14 +69,15 @@ def test_predict_with_the_surrogate_and_with_llvm_mca(tmp_path):
     assert surrogate.returncode == 0, surrogate.stderr
     program = run("predict", "--input", str(blocks), "--program", "llvm-mca", env=env)
     assert program.returncode == 0, program.stderr
-    s_lines, p_lines = surrogate.stdout.splitlines(), program.stdout.splitlines()
-    assert [line.split(",")[0] for line in s_lines] == [str(i) for i in range(8)] == [l.split(",")[0] for l in p_lines]
+    s_rows, p_rows = rows(surrogate.stdout), rows(program.stdout)
+    assert [r["index"] for r in s_rows] == [str(i) for i in range(8)] == [r["index"] for r in p_rows]
     from surrogate_ops.programs import LlvmMca
     from surrogate_ops.blocks import read_asm_file
 
     expected = LlvmMca().run(read_asm_file(blocks))
-    assert [float(line.split(",")[1]) for line in p_lines] == [r.cycles for r in expected]
-    assert all(float(line.split(",")[1]) > 0 for line in s_lines)
+    assert [float(r["cycles"]) for r in p_rows] == [r.cycles for r in expected]
+    assert {r["source"] for r in p_rows} == {"llvm-mca"} and {r["source"] for r in s_rows} == {"surrogate"}
+    assert all(float(r["cycles"]) > 0 for r in s_rows)
 
 
 def test_predict_reads_csv_and_reports_bad_blocks(tmp_path, fixture_blocks):
@@ -84,8 +85,9 @@ def test_predict_reads_csv_and_reports_bad_blocks(tmp_path, fixture_blocks):
     csv.write_text("hex\n" + "\n".join([fixture_blocks[0]["hex"], "ffff", fixture_blocks[1]["hex"]]) + "\n")
     out = run("predict", "--input", str(csv), "--program", "llvm-mca", env={"SURROGATE_OPS_HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [f"0,{fixture_blocks[0]['haswell']['cycles']:g}", "1,nan",
-                                       f"2,{fixture_blocks[1]['haswell']['cycles']:g}"]
+    assert [(r["index"], r["cycles"], r["source"]) for r in rows(out.stdout)] == [
+        ("0", f"{fixture_blocks[0]['haswell']['cycles']:g}", "llvm-mca"), ("1", "", "error"),
+        ("2", f"{fixture_blocks[1]['haswell']['cycles']:g}", "llvm-mca")]
     assert "block 1: " in out.stderr and "invalid instruction encoding" in out.stderr
 
 
@@ -106,7 +108,7 @@ def test_predict_routes_each_mcpu_to_its_own_surrogate(tmp_path):
         mcpu = name.removeprefix("llvm-mca-")
         proc = run("predict", "--mcpu", mcpu, "--input", str(FIXTURES / "blocks.s"), env=env)
         assert proc.returncode == 0, proc.stderr
-        answers[mcpu] = [float(line.split(",")[1]) for line in proc.stdout.splitlines()]
+        answers[mcpu] = [float(r["cycles"]) for r in rows(proc.stdout)]
         assert np.allclose(answers[mcpu], Predictor(PRETRAINED / name).cycles(blocks), rtol=1e-5)
     assert not np.allclose(answers["haswell"], answers["znver3"], rtol=1e-3)
     proc = run("predict", "--mcpu", "znver1", "--input", str(FIXTURES / "blocks.s"), env=env)

@@ -18,7 +18,7 @@ from surrogate_ops.export import compare, example_batch
 from surrogate_ops.inference import Predictor
 from surrogate_ops.registry import BUNDLED
 
-from conftest import FIXTURES
+from conftest import FIXTURES, rows
 
 CLI = [sys.executable, "-m", "surrogate_ops"]
 BLOCKS = [b["block"] for b in json.loads((FIXTURES / "blocks.json").read_text())["blocks"]]
@@ -107,7 +107,7 @@ def test_compile_command_logs_and_tags_the_build(tmp_path):
     runs = [subprocess.run([*CLI, "predict", "--input", str(FIXTURES / "blocks.s"), "--engine", engine],
                            capture_output=True, text=True, env=env, timeout=300) for engine in ("tvm", "onnxruntime")]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
-    values = [np.array([float(line.split(",")[1]) for line in r.stdout.splitlines()]) for r in runs]
+    values = [np.array([float(row["cycles"]) for row in rows(r.stdout)]) for r in runs]
     assert np.allclose(values[0], values[1], rtol=1e-4)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import bhive_csv, in_home
+from conftest import bhive_csv, in_home, rows
 from surrogate_ops.datasets import split_of
 from surrogate_ops.programs import LlvmMca
 
@@ -102,7 +102,7 @@ def test_params_file_round_trip_into_llvm_mca(tmp_path, fixture_blocks):
     (tmp_path / "blocks.s").write_text(block + "\n")
     out = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--params", str(params), "--input",
                           str(tmp_path / "blocks.s")], capture_output=True, text=True, check=True)
-    ours = float(out.stdout.strip().split(",")[1])
+    ours = float(rows(out.stdout)[0]["cycles"])
     raw = subprocess.run(["llvm-mca", "-mtriple=x86_64-unknown-linux-gnu", "-mcpu=haswell", "-iterations=100",
                           "--dispatch=2", "--lqueue=3", "--noalias=false"], input=block + "\n",
                          capture_output=True, text=True, check=True).stdout

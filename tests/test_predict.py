@@ -15,7 +15,7 @@ from surrogate_ops.blocks.asm import split_asm_text
 from surrogate_ops.blocks.generate import generate
 from surrogate_ops.blocks.inputs import chunks, read_blocks
 
-from conftest import FIXTURES, in_home
+from conftest import FIXTURES, in_home, rows
 
 CLI = [sys.executable, "-m", "surrogate_ops"]
 
@@ -49,7 +49,7 @@ def _predict(home, *args) -> list[float]:
     proc = subprocess.run([*CLI, "predict", "--input", str(FIXTURES / "blocks.s"), *args], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "SURROGATE_OPS_HOME": str(home)})
     assert proc.returncode == 0, proc.stderr
-    return [float(line.split(",")[1]) for line in proc.stdout.splitlines()]
+    return [float(r["cycles"]) for r in rows(proc.stdout)]
 
 
 def test_the_default_follows_promotions_past_its_pin(tmp_path):
@@ -141,10 +141,11 @@ def test_errors_name_each_block_once_by_its_place_in_the_file(tmp_path):
         proc = subprocess.run([*CLI, "predict", "--input", str(path), *extra], capture_output=True, text=True,
                               timeout=300, env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.splitlines()[1] == "1,nan"
+        assert rows(proc.stdout)[1]["source"] == "error" and "nan" not in proc.stdout
         lines = proc.stderr.splitlines()
         assert lines[0] == "block 1, line 1: assembler directive '.include' is not allowed in a block", lines
-        assert all(len(re.findall(r"block \d", line)) == 1 for line in lines)
+        assert all(len(re.findall(r"block \d", line)) == 1 for line in lines[:-1])
+        assert lines[-1].startswith("3 blocks: ") and lines[-1].endswith("2 error")  # the tally
     empty = tmp_path / "empty.s"
     empty.write_text("\n\n")
     proc = subprocess.run([*CLI, "predict", "--input", str(empty)], capture_output=True, text=True, timeout=300,

@@ -23,7 +23,6 @@ from surrogate_ops.serving import (
     other_mcpu,
     too_long,
     unknown_tokens,
-    wait_ready,
 )
 
 LIMITS = {"SURROGATE_OPS_MAX_BLOCKS": "300", "SURROGATE_OPS_MAX_INSTRUCTIONS": "200", "SURROGATE_OPS_MAX_BYTES": "60000"}
