@@ -77,6 +77,36 @@ class _ClientErrors(logging.Filter):
         return True
 
 
+def _metrics(server: Server) -> None:
+    """Prometheus metrics of the service's own (beside BentoML's request metrics, all on /metrics),
+    fed after each request through `Server.observe`."""
+    import threading
+
+    import prometheus_client as prom  # imported in the worker, after BentoML set up multiprocess metrics
+
+    blocks = prom.Counter("surrogate_ops_blocks", "Blocks answered, by mcpu, source (surrogate, llvm-mca, error) "
+                          "and the fallback rule that sent them to llvm-mca", ["mcpu", "source", "rule"])
+    cache = prom.Counter("surrogate_ops_llvm_mca_cache", "Lookups in the cache of llvm-mca's answers", ["result"])
+    waited = prom.Histogram("surrogate_ops_fallback_seconds", "Seconds a request with fallback blocks waited for "
+                            "llvm-mca", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+    queue = prom.Gauge("surrogate_ops_fallback_queue", "llvm-mca chunks waiting for a core", multiprocess_mode="max")
+    seen, lock = [0, 0], threading.Lock()
+
+    def observe(tally, seconds: float) -> None:
+        for (mcpu, source, rule), n in tally.items():
+            blocks.labels(mcpu, source, rule or "none").inc(n)
+        if seconds:
+            waited.observe(seconds)
+        with lock:
+            hits, misses = server.mca_cache.hits, server.mca_cache.misses
+            cache.labels("hit").inc(hits - seen[0])
+            cache.labels("miss").inc(misses - seen[1])
+            seen[:] = hits, misses
+        queue.set(len(server.mca_pool))
+
+    server.observe = observe
+
+
 @bentoml.asgi_app(ops, path="/ops")
 @bentoml.service(name="surrogate-ops", workers=1, threads=int(os.environ.get("SURROGATE_OPS_THREADS") or 8),
                  traffic={"timeout": 120, "max_concurrency": 256})
@@ -86,6 +116,7 @@ class Surrogate:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrors())
         self.server = Server.from_uri(_model_uri(), llvm_mca=os.environ.get("SURROGATE_OPS_LLVM_MCA"),
                                       limits=Limits.from_environment(), mca_params=_mca_params())
+        _metrics(self.server)
 
     @bentoml.api
     def predict(self, blocks: list[str], mcpu: str = "haswell", exact: bool = False) -> list[dict]:

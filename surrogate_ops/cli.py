@@ -570,6 +570,10 @@ def serve(model_uris, host, port, params, tracking_uri) -> None:
             registry.resolve_version(model_uri)  # a wrong name fails here, clearly, before the server starts
     model_uri = ",".join(model_uris)
     env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking_uri}
+    if "BENTOML_HOME" not in env:  # BentoML keeps its Prometheus files there: one home per port, or servers mix them
+        from surrogate_ops import config
+
+        env["BENTOML_HOME"] = str(config.work_dir() / "bentoml" / f"serve-{port}")
     if params:
         _checked_params(params)  # a wrong name or value fails here, before the server starts
         env["SURROGATE_OPS_MCA_PARAMS"] = str(Path(params).resolve())

@@ -29,6 +29,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Limits:
     mca_chunk: int = 64  # blocks per llvm-mca call
     mca_retry: float = 10.0  # seconds a failed or hanging llvm-mca is left alone before it is tried again
     line_cache: int = 1 << 15  # distinct lines remembered, shared out among the surrogates (about 1 KB each)
+    mca_cache_bytes: int = 16 << 20  # llvm-mca's answers remembered, by the bytes of their blocks' text
 
     @classmethod
     def from_environment(cls) -> Limits:
@@ -98,6 +100,43 @@ def other_mcpu(block: Block, server: Server) -> str | None:
     return f"no surrogate for {block.mcpu} (this service has {', '.join(server.predictors)})"
 
 
+class AnswerCache:
+    """llvm-mca's answers by (canonical block, mcpu, parameters): llvm-mca is deterministic, so a block
+    asked again is answered without running it. Bounded by the bytes of the blocks' text, the least
+    recently used out first; only answers with cycles are kept (a timeout may not recur)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._answers: OrderedDict[tuple, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> dict | None:
+        with self._lock:
+            answer = self._answers.get(key)
+            if answer is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._answers.move_to_end(key)
+            return answer
+
+    def put(self, key: tuple, answer: dict) -> None:
+        if "cycles" not in answer or len(key[0]) > self.max_bytes // 16:
+            return
+        with self._lock:
+            if key not in self._answers:
+                self.bytes += len(key[0])
+            self._answers[key] = answer
+            while self.bytes > self.max_bytes:
+                old, _ = self._answers.popitem(last=False)
+                self.bytes -= len(old[0])
+
+    def stats(self) -> dict:
+        asked = self.hits + self.misses
+        return {"entries": len(self._answers), "bytes": self.bytes, "max_bytes": self.max_bytes, "hits": self.hits,
+                "misses": self.misses, "hit_rate": round(self.hits / asked, 4) if asked else None}
+
+
 class FairPool:
     """`workers` threads running jobs from many requests, round robin: a request's k-th job is
     tagged with the virtual time at its arrival plus k, and the lowest tag runs next (start-time
@@ -110,6 +149,10 @@ class FairPool:
         self._now = 0  # virtual time: the tag of the job last started
         for k in range(workers):
             threading.Thread(target=self._work, name=f"{name}-{k}", daemon=True).start()
+
+    def __len__(self) -> int:
+        """Jobs waiting (not yet started)."""
+        return len(self._heap)
 
     def map(self, fn: Callable, items: Sequence) -> list[Future]:
         """Queue `fn(item)` for each item, as one request's jobs; their futures, in order."""
@@ -182,6 +225,11 @@ class Server:
         # one pool for every request's llvm-mca calls: at most one process per core, whatever the load
         self.cores = len(os.sched_getaffinity(0))
         self.mca_pool = FairPool(self.cores)
+        self.mca_cache = AnswerCache(self.limits.mca_cache_bytes)
+        self.tally: Counter[tuple[str, str, str]] = Counter()  # (mcpu, source, rule) -> blocks answered
+        # called after each answer() with (that call's tally, seconds spent waiting for llvm-mca): the
+        # service's Prometheus metrics
+        self.observe: Callable[[Counter, float], None] | None = None
 
     @property
     def _mca_limits(self) -> dict:
@@ -235,7 +283,10 @@ class Server:
                 "load_error": self.load_error, "llvm_mca": self._mca_status(),
                 "llvm_mca_params": {"mcpu": self.params_mcpu, **self.mca_params} if self.mca_params else None,
                 "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy],
-                "memory_mb": resident_mb()}
+                "memory_mb": resident_mb(), "llvm_mca_cache": self.mca_cache.stats(),
+                "fallback_queue": len(self.mca_pool),
+                "answered": [{"mcpu": m, "source": src, "rule": rule, "blocks": n}
+                             for (m, src, rule), n in sorted(self.tally.items())]}
 
     def _mca_status(self) -> str:
         from surrogate_ops.programs.llvm_mca import find_tool, hanging, tool_version
@@ -260,7 +311,8 @@ class Server:
         parameter-conditioned surrogate predicts (and the fallback's llvm-mca runs with)."""
         answers: list[dict | None] = [None] * len(blocks)
         trusted: list[Block] = []
-        untrusted: list[tuple[Block, str]] = []
+        untrusted: list[tuple[Block, str, str]] = []
+        tally: Counter[tuple[str, str, str]] = Counter()  # (mcpu, source, rule) -> blocks
         predictor = self.predictors.get(mcpu)  # the surrogate of this request's mcpu, if the service has one
         surrogate = predictor is not None and not exact
         for i, raw in enumerate(blocks):
@@ -272,30 +324,39 @@ class Server:
                     block.instructions = block.text.count("\n") + 1
             except BlockError as exc:
                 answers[i] = {"error": str(exc)}
+                tally[mcpu, "error", "unreadable"] += 1
                 continue
             if block.instructions > self.limits.max_instructions:
                 raise Rejected(f"block {block.index} has {block.instructions} instructions, over the limit of "
                                f"{self.limits.max_instructions}", 422)
             if exact:
-                reason = "exact answer requested"
+                reason, rule = "exact answer requested", "exact"
             elif self.predictor is None:
-                reason = f"no surrogate loaded ({self.load_error})"
+                reason, rule = f"no surrogate loaded ({self.load_error})", "no_surrogate"
             else:
-                reason = next(filter(None, (rule(block, self) for rule in self.policy)), None)
+                reason, rule = next(((r, f.__name__) for f in self.policy if (r := f(block, self))), (None, ""))
             if reason is None:
                 trusted.append(block)
             elif fallback:
-                untrusted.append((block, reason))
+                untrusted.append((block, reason, rule))
             else:
                 answers[i] = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
-        pending = self._llvm_mca([b for b, _ in untrusted], mcpu, params)  # runs while the surrogate answers
+                tally[mcpu, "error", rule] += 1
+        started = time.perf_counter()
+        pending = self._llvm_mca([b for b, _, _ in untrusted], mcpu, params)  # runs while the surrogate answers
         if trusted:
             scaled = predictor.scaled(params, len(trusted)) if params is not None else None
             cycles = predictor.predict_encoded([b.ids for b in trusted], scaled)
             for block, value in zip(trusted, cycles, strict=True):
                 answers[block.index - first] = {"cycles": float(value), "source": "surrogate"}
-        for (block, reason), answer in zip(untrusted, pending(), strict=True):
+        for (block, reason, rule), answer in zip(untrusted, pending(), strict=True):
             answers[block.index - first] = {**answer, "reason": reason} if "cycles" in answer else answer
+            tally[mcpu, "llvm-mca" if "cycles" in answer else "error", rule] += 1
+        waited = time.perf_counter() - started if untrusted else 0.0
+        tally[mcpu, "surrogate", ""] += len(trusted)
+        self.tally.update(+tally)
+        if self.observe:
+            self.observe(+tally, waited)
         return answers  # type: ignore[return-value]
 
     def _check_request(self, blocks: Sequence[str], mcpu: str) -> None:
@@ -347,21 +408,30 @@ class Server:
         except Exception as exc:  # noqa: BLE001
             unavailable = [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
             return lambda: unavailable
+        setting = (program.path, mcpu, tuple(sorted(program.params.items())))
+        keys = [(b.text, *setting) for b in blocks]
+        known = [self.mca_cache.get(key) for key in keys]
+        missing = [b.text for b, answer in zip(blocks, known, strict=True) if answer is None]
         step = self.limits.mca_chunk
-        chunks = [[b.text for b in blocks[s:s + step]] for s in range(0, len(blocks), step)]
+        chunks = [missing[s:s + step] for s in range(0, len(missing), step)]
         futures = self.mca_pool.map(program.run, chunks)
 
         def gather() -> list[dict]:
-            answers: list[dict] = []
+            ran: list[dict] = []
             for chunk, future in zip(chunks, futures, strict=True):
                 try:
                     results = future.result()
                 except Exception as exc:  # noqa: BLE001 - llvm-mca crashed or vanished mid-request
-                    answers.extend([{"error": f"llvm-mca failed: {exc}"}] * len(chunk))
+                    ran.extend([{"error": f"llvm-mca failed: {exc}"}] * len(chunk))
                     continue
-                answers.extend({"cycles": float(r.cycles), "source": "llvm-mca"} if r.error is None
-                               else {"error": r.error if r.error.startswith("llvm-mca") else f"llvm-mca: {r.error}"}
-                               for r in results)
+                ran.extend({"cycles": float(r.cycles), "source": "llvm-mca"} if r.error is None
+                           else {"error": r.error if r.error.startswith("llvm-mca") else f"llvm-mca: {r.error}"}
+                           for r in results)
+            fresh = iter(ran)
+            answers = [answer if answer is not None else next(fresh) for answer in known]
+            for key, answer, was in zip(keys, answers, known, strict=True):
+                if was is None:
+                    self.mca_cache.put(key, answer)
             return answers
 
         return gather

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import in_home
-from service_helpers import CLI, GOOD, LONG, UNKNOWN, free_port, post, running, store_with
+from service_helpers import CLI, GOOD, LONG, UNKNOWN, free_port, post, running, status, store_with
 
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.serving import (
@@ -196,3 +197,20 @@ def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
     assert "llvm" in dockerfile and list((root / "env" / "python" / "wheels").glob("surrogate_ops-*.whl"))
     assert "service:Surrogate" in bento.read_text()
     assert json.loads((root / "src" / "params.json").read_text()) == {"dispatch": 3}  # the fallback's knobs
+
+
+def test_llvm_mca_answers_are_cached_and_counted(service):
+    """llvm-mca is deterministic: a block asked again is answered from the cache, with llvm-mca's own
+    cycles; /ops/healthz gives the hit rate and the blocks by source and rule, /metrics the same for
+    Prometheus."""
+    block = "\n".join(f"addq ${k}, %rax\nimulq %rbx, %rcx" for k in range(40))  # 80 instructions: llvm-mca's
+    before = status(service)["llvm_mca_cache"]
+    first, again = (post(service, {"blocks": [block, GOOD[0]]})[1] for _ in range(2))
+    after = status(service)["llvm_mca_cache"]
+    assert first == again and first[0]["cycles"] == LlvmMca().run([block])[0].cycles
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (1, 1)
+    answered = {(a["mcpu"], a["source"], a["rule"]): a["blocks"] for a in status(service)["answered"]}
+    assert answered[("haswell", "llvm-mca", "too_long")] >= 2 and answered[("haswell", "surrogate", "")] >= 2
+    metrics = urllib.request.urlopen(f"{service}/metrics").read().decode()
+    assert re.search(r'surrogate_ops_blocks_total\{mcpu="haswell",rule="too_long",source="llvm-mca"\} [1-9]', metrics)
+    assert re.search(r'surrogate_ops_llvm_mca_cache_total\{result="hit"\} [1-9]', metrics)
