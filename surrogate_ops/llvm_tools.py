@@ -104,7 +104,6 @@ def remembered(probe: Callable[..., T]) -> Callable[..., T]:
             answers[key] = answer
             return answer
 
-    ask.forget = lambda: (answers.clear(), failures.clear())  # type: ignore[attr-defined]
     return ask
 
 INSTALL_HINT = "install LLVM 14 or newer (Debian/Ubuntu: `apt-get install -y llvm`)"

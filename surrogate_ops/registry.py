@@ -91,10 +91,9 @@ def settle_aliases(name: str, attempts: int = 20) -> None:
     read back, until the registry holds that (another writer may have written in between)."""
     for _ in range(attempts):
         numbers = versions(name)
-        want = {CHALLENGER: str(numbers[-1])}
-        if alias_version(name, CHAMPION) is None:
-            want[CHAMPION] = str(numbers[0])
-        stale = {alias: v for alias, v in want.items() if alias_version(name, alias) != v}
+        now = {alias: alias_version(name, alias) for alias in (CHALLENGER, CHAMPION)}
+        want = {CHALLENGER: str(numbers[-1]), CHAMPION: now[CHAMPION] or str(numbers[0])}
+        stale = {alias: v for alias, v in want.items() if now[alias] != v}
         if not stale:
             return
         for alias, v in stale.items():

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from surrogate_ops import llvm_tools
 from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
 
@@ -51,9 +52,9 @@ class Limits:
     max_blocks: int = 4096  # blocks per request
     max_instructions: int = 512  # instructions per block (the model's own limit is lower: those go to llvm-mca)
     max_bytes: int = 4 << 20  # bytes of assembly per request
-    mca_timeout: float = 30.0  # seconds per llvm-mca call (one chunk of blocks, or a start-up probe)
+    mca_timeout: float = llvm_tools.TIMEOUT  # seconds per llvm-mca call (one chunk of blocks, or a start-up probe)
     mca_chunk: int = 64  # blocks per llvm-mca call
-    mca_retry: float = 10.0  # seconds a failed or hanging llvm-mca is left alone before it is tried again
+    mca_retry: float = llvm_tools.RETRY  # seconds a failed or hanging llvm-mca is left alone before it is tried again
     line_cache: int = 1 << 15  # distinct lines remembered, shared out among the surrogates (about 1 KB each)
     mca_cache_bytes: int = 16 << 20  # llvm-mca's answers remembered, by the bytes of their blocks' text
 

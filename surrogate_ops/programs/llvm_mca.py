@@ -25,10 +25,9 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from surrogate_ops import presets
+from surrogate_ops import llvm_tools, presets
 from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops import llvm_tools
 from surrogate_ops.llvm_tools import ToolTimeout, find_tool, remembered, run_tool, tool_options, tool_version
 from surrogate_ops.programs.base import Parameter, Program, Progress, Result, check_setting
 
@@ -116,8 +115,8 @@ class LlvmMca(Program):
         """llvm-mca's own values for this mcpu, for the parameters this llvm-mca has: the scheduling
         model's dispatch width; 0 (unbounded, or no micro-op queue) for the sizes, which x86 models
         leave to these defaults; noalias true. Passing them changes nothing (a test holds this)."""
-        values: dict[str, int | bool] = {"dispatch_width": _dispatch_width(self.path, self.mcpu, **self._probe),
-                                              "noalias": True}
+        width = _dispatch_width(self.path, self.mcpu, **self._probe)
+        values: dict[str, int | bool] = {"dispatch_width": width, "noalias": True}
         return {name: values.get(name, 0) for name, p in self.parameters.items()
                 if p.option in tool_options(self.path, **self._probe)}
 
