@@ -27,7 +27,7 @@ def every_form(copies: int = 2) -> list[str]:
 @pytest.mark.parametrize("mcpu", CPUS)
 def test_every_form_and_generated_block_labels_under_llvm_mca(mcpu):
     blocks = (every_form() + generate(150, seed=3) + generate(150, seed=4, density="dense")
-              + generate(100, seed=4, density="unrolled"))
+              + generate(100, seed=4, density="unrolled") + generate(100, seed=4, density="loops"))
     results = LlvmMca(mcpu).run(blocks)
     failed = [(b, r.error) for b, r in zip(blocks, results, strict=True) if not r.ok]
     assert failed == []
@@ -71,6 +71,16 @@ def test_unrolled_blocks_repeat_a_short_body():
     mnemonics = [[line.split()[0] for line in b.split("\n")] for b in blocks]
     assert all(len(set(m)) <= 3 for m in mnemonics)
     assert sum(len(m) >= 4 and len(set(m)) == 1 for m in mnemonics) > 50  # one form over and over, often
+
+
+def test_loops_are_short_and_carry_chains():
+    """The loops people type first: one to four instructions, most of them reading an earlier result
+    (in the iteration or across it), every length present."""
+    blocks = generate(400, seed=6, density="loops")
+    lengths = [len(b.split("\n")) for b in blocks]
+    assert set(lengths) == {1, 2, 3, 4}
+    carried = sum(any(e.kind.endswith("carried") for e in edges(b)) for b in blocks)
+    assert carried > 0.6 * len(blocks)
 
 
 def test_unknown_density_is_refused():

@@ -8,9 +8,11 @@ control: a pool of one or two registers makes nearly every instruction read what
 wrote (in-iteration chains, loop-carried chains, pointer chases when a load's destination is its own
 base, store-to-load pairs through the same address); a pool of fifteen makes most instructions
 independent. `DENSITIES` names the mixes; "mixed" is the training default, "dense" the held-out
-probe of issue 13 (chains everywhere), "sparse" nearly none, and "unrolled" an unrolled loop body:
+probe of issue 13 (chains everywhere), "sparse" nearly none, "unrolled" an unrolled loop body:
 one to three forms repeated, so that one kind of instruction fills the block and its ports set
-the throughput (two independent `vaddps` on a CPU with one vector adder).
+the throughput (two independent `vaddps` on a CPU with one vector adder), and "loops" the loop a
+person types first: one to four instructions over one to four registers, where a single latency,
+port or zero idiom of the CPU decides the answer (`xorl %eax, %eax` / `incl %eax`).
 
 Blocks are a pure function of (seed, index): `generate(n, seed)` always gives the same blocks, so a
 resumed `collect --generate` finds the blocks it labeled already. Seeds from `PROBE_SEED` up are
@@ -41,6 +43,7 @@ class Density:
     vectors: tuple[int, ...]
     addresses: tuple[int, ...]
     forms: tuple[int, ...] = ()  # distinct forms a block repeats (an unrolled loop); () draws every instruction
+    longest: int = 0  # at most this many instructions; 0: the usual lengths, mostly short, a tail to the limit
 
 
 DENSITIES = {
@@ -48,6 +51,7 @@ DENSITIES = {
     "dense": Density(gprs=(1, 2, 3), vectors=(1, 2, 3), addresses=(1, 2)),
     "sparse": Density(gprs=(12, 15), vectors=(12, 16), addresses=(4, 8)),
     "unrolled": Density(gprs=(2, 4, 8, 15), vectors=(2, 4, 8, 16), addresses=(1, 2, 4), forms=(1, 1, 2, 3)),
+    "loops": Density(gprs=(1, 2, 2, 3, 4), vectors=(1, 2, 3, 4), addresses=(1, 1, 2), forms=(1, 2, 3, 4), longest=4),
 }
 
 
@@ -142,7 +146,7 @@ def iter_blocks(count: int, seed: int = 0, density: str = "mixed", max_instructi
         rng = random.Random(f"{seed}/{density}/{index}")  # a block is a function of (seed, density, index)
         mix = DENSITIES[density]
         block = _Block(rng, mix)
-        length = _lengths(rng, max_instructions)
+        length = rng.randint(1, min(mix.longest, max_instructions)) if mix.longest else _lengths(rng, max_instructions)
         if mix.forms:  # the same few forms over and over, in order, as an unrolled loop repeats its body
             body = rng.choices(forms, weights, k=rng.choice(mix.forms))
             chosen = [body[k % len(body)] for k in range(length)]
