@@ -12,7 +12,7 @@ Configuration (environment):
                             limits, llvm-mca's timeout per call and how long a failed llvm-mca is left alone
     SURROGATE_OPS_THREADS   requests answered at once [default: 8]
 
-    POST /predict       {"blocks": ["<asm>", ...], "mcpu": "haswell", "exact": false}
+    POST /predict       {"blocks": ["<asm>", ...], "mcpu": "haswell", "exact": false, "max_error": 0.05}
     GET  /ops/healthz   readiness: the surrogate of each mcpu (version, engine), mode (surrogate+llvm-mca
                         or llvm-mca-only)
     GET  /docs          the OpenAPI page
@@ -119,12 +119,15 @@ class Surrogate:
         _metrics(self.server)
 
     @bentoml.api
-    def predict(self, blocks: list[str], mcpu: str = "haswell", exact: bool = False) -> list[dict]:
+    def predict(self, blocks: list[str], mcpu: str = "haswell", exact: bool = False,
+                max_error: float | None = None) -> list[dict]:
         """Cycles per block (llvm-mca's measure: 100 iterations), in order: {"cycles", "source"} (+ "reason"
-        when llvm-mca answered in the surrogate's place) or {"error"}. A request refused as a whole
-        gets a 4xx (503 when it needs llvm-mca and llvm-mca is down) with {"error"}."""
+        when llvm-mca answered in the surrogate's place, + "estimated_error", the surrogate's estimate of
+        its relative error, where it makes one) or {"error"}. With max_error (0.05: 5%), blocks estimated
+        above it are answered by llvm-mca. A request refused as a whole gets a 4xx (503 when it needs
+        llvm-mca and llvm-mca is down) with {"error"}."""
         try:
-            return self.server.predict(blocks, mcpu, exact)
+            return self.server.predict(blocks, mcpu, exact, max_error)
         except Rejected as exc:
             logging.getLogger("surrogate_ops.service").info("refused with %d: %s", exc.status, exc)
             return JSONResponse({"error": str(exc)}, status_code=exc.status)  # type: ignore[return-value]

@@ -61,9 +61,16 @@ def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded], ba
     """An engine's outputs for tokenized blocks, in input order, computed over length buckets.
     `params` (one row per block) goes to the engine beside the tokens (conditioned surrogates).
     `overlap`: pad the next batch on a second thread while the engine runs this one (for a GPU
-    engine, whose host side would otherwise leave the device idle)."""
-    result = np.empty(len(blocks), dtype=np.float64)
+    engine, whose host side would otherwise leave the device idle). An engine answers a value per
+    block (cycles), or a row (a confident surrogate's cycles and estimated error): so does this."""
+    result: np.ndarray | None = None
     batches = buckets(blocks, batch_size, token_budget=max(32768, 128 * batch_size))
+
+    def put(index: np.ndarray, out: np.ndarray) -> None:
+        nonlocal result
+        if result is None:
+            result = np.empty((len(blocks), *out.shape[1:]), dtype=np.float64)
+        result[index] = out
 
     def padded(index: np.ndarray) -> np.ndarray:
         return pad([blocks[i] for i in index])
@@ -75,9 +82,9 @@ def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded], ba
                 tokens = ahead.result()
                 if k + 1 < len(batches):
                     ahead = pool.submit(padded, batches[k + 1])
-                result[index] = engine(tokens) if params is None else engine(tokens, params[index])
-        return result
+                put(index, engine(tokens) if params is None else engine(tokens, params[index]))
+        return result if result is not None else np.empty(0)
     for index in batches:
         tokens = padded(index)
-        result[index] = engine(tokens) if params is None else engine(tokens, params[index])
-    return result
+        put(index, engine(tokens) if params is None else engine(tokens, params[index]))
+    return result if result is not None else np.empty(0)

@@ -69,9 +69,11 @@ def cli(llvm_mca: str | None) -> None:
                    "dependencies, pointer chases, long-latency instructions; see blocks/generate.py).")
 @click.option("--generate-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the generated blocks (seeds from 9000 up are kept for held-out probes).")
-@click.option("--density", type=click.Choice(["mixed", "dense", "sparse", "unrolled"]), default="mixed",
-              show_default=True, help="How densely generated blocks reuse registers (dense: dependencies everywhere; "
-                                      "unrolled: one to three instruction forms repeated, as in an unrolled loop).")
+@click.option("--density", type=click.Choice(["mixed", "dense", "sparse", "unrolled", "loops"]),
+              default="mixed", show_default=True,
+              help="How densely generated blocks reuse registers (dense: dependencies everywhere; unrolled: one to "
+                   "three instruction forms repeated, as in an unrolled loop; loops: one to four instructions over "
+                   "one to four registers, the loops people type first).")
 @click.option("--mcpu", multiple=True, default=("haswell",), show_default=True,
               help="llvm-mca -mcpu to label with; repeatable.")
 @click.option("--limit", type=click.IntRange(min=1), help="Keep at most this many blocks (in source order).")
@@ -215,6 +217,38 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
 
 
 @cli.command()
+@click.option("--model", "model_uri", required=True,
+              help="The surrogate to fit an error head to: models:/NAME@ALIAS, models:/NAME/VERSION or a directory.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Dataset from `collect` with llvm-mca's labels on the model's CPU.")
+@click.option("--split", type=click.Choice(["val", "test", "train", "all"]), default="val", show_default=True,
+              help="Rows to fit on: blocks the surrogate never trained on (val), so its residuals are honest.")
+@click.option("--mcpu", help="Whose labels [default: the model's].")
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--register", metavar="NAME", help="Register the confident surrogate as a new version of NAME.")
+@click.option("--save-dir", type=click.Path(file_okay=False), help="Also copy the model directory here.")
+@_tracking_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def confidence(model_uri, data, split, mcpu, epochs, register, save_dir, tracking_uri, quiet) -> None:
+    """Teach a surrogate to estimate its own error per block (an error head on its frozen network).
+
+    The head is fit on the surrogate's relative errors against llvm-mca on blocks it never trained
+    on, and scored on a fifth of them it was not fit on: how much of the error routing the least
+    trusted 5/10/20% of blocks to llvm-mca removes. The result answers `estimated_error` in every
+    answer, and honours `max_error` in the service and --max-error in `predict`."""
+    from surrogate_ops import confidence as stage
+
+    result = stage.calibrate(model_uri, data, mcpu=mcpu, split=split, epochs=epochs, register=register,
+                             progress=not quiet)
+    click.echo(f"error head {result.report}")
+    if save_dir:
+        shutil.copytree(result.model.path, save_dir, dirs_exist_ok=True)
+        click.echo(f"model directory copied to {save_dir}")
+    if result.registered:
+        click.echo(f"registered {result.registered.uri} ({_aliases(result.registered)}); run {result.run_id}")
+
+
+@cli.command()
 @click.option("--model", "model_uri",
               help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory [default: the champion "
                    "surrogate of --mcpu, else of haswell].")
@@ -265,12 +299,17 @@ def promote(name, data, tracking_uri) -> None:
                    "was measured faster here, else ONNX Runtime.")
 @click.option("--no-fallback", is_flag=True,
               help="Never run llvm-mca: a block the surrogate is not trusted on gets an error naming why.")
+@click.option("--max-error", type=click.FloatRange(min=0), metavar="FRACTION",
+              help="Send llvm-mca the blocks whose estimated relative error is above this (0.05: 5%); "
+                   "needs a surrogate with an error head (the bundled ones have one; see `confidence`).")
 @_tracking_option(lazy=True)
-def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, tracking_uri) -> None:
-    """Print `index,cycles,source,reason` (cycles per 100 iterations) for every block of a file, under
-    the service's fallback policy: the surrogate of --mcpu answers (each CPU has its own registered
-    surrogate), llvm-mca where the surrogate is not trusted (tokens outside its vocabulary, more
-    instructions than its limit), with the reason; with --program llvm-mca, llvm-mca answers all.
+def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, max_error, tracking_uri) -> None:
+    """Print `index,cycles,source,reason,estimated_error` (cycles per 100 iterations) for every block of
+    a file, under the service's fallback policy: the surrogate of --mcpu answers (each CPU has its own
+    registered surrogate), llvm-mca where the surrogate is not trusted (tokens outside its vocabulary,
+    more instructions than its limit, an estimated error over --max-error), with the reason; with
+    --program llvm-mca, llvm-mca answers all. `estimated_error` is the surrogate's own estimate of its
+    relative error on the block (a median: half the blocks it gives 0.02 are off by less than 2%).
     An unreadable block gets source `error` and the reason (also on stderr); there is never a `nan`.
     The file is read and answered in chunks, in order, so files of millions of blocks run in bounded
     memory; a local model directory, or a default already resolved and cached, starts without
@@ -293,25 +332,28 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, t
         if predictor.meta.get("mcpu") != mcpu:
             raise SurrogateOpsError(f"{model_uri or config.model_uri(mcpu)} imitates -mcpu={predictor.meta.get('mcpu')}, "
                                     f"not {mcpu}")
+        if max_error is not None and not predictor.confident:
+            raise SurrogateOpsError(f"{model_uri or config.model_uri(mcpu)} gives no error estimates, so --max-error "
+                                    "cannot be honoured; fit it a head with `surrogate-ops confidence`")
         server, exact = Server(predictor, limits=limits), False
     out = csv.writer(click.get_text_stream("stdout"), lineterminator="\n")
-    out.writerow(["index", "cycles", "source", "reason"])
+    out.writerow(["index", "cycles", "source", "reason", "estimated_error"])
     answered, sources = 0, {"surrogate": 0, "llvm-mca": 0, "error": 0}
     for chunk in chunks(input_path):  # a chunk at a time: memory stays bounded on files of millions of blocks
         answers = server.answer(chunk.blocks, mcpu, exact=exact, first=chunk.start, fallback=not no_fallback,
-                                params=setting) if chunk.blocks else []
+                                params=setting, max_error=max_error) if chunk.blocks else []
         for i, answer in enumerate(answers):
             index = chunk.start + i
             if i in chunk.unreadable:
                 answer = {"error": chunk.unreadable[i]}
             if "error" in answer:
                 error = _name_block(index, answer["error"])
-                out.writerow([index, "", "error", error])
+                out.writerow([index, "", "error", error, ""])
                 click.echo(error, err=True)
                 sources["error"] += 1
             else:
                 out.writerow([index, f"{answer['cycles']:g}", answer["source"],
-                              "" if program else answer.get("reason", "")])
+                              "" if program else answer.get("reason", ""), answer.get("estimated_error", "")])
                 sources[answer["source"]] += 1
         answered += len(answers)
     if not answered:

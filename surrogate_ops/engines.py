@@ -2,6 +2,7 @@
 
     engine(tokens: int64 (batch, instructions, tokens), params: float32 (batch, parameters) | None)
         -> float32 (batch,)   cycles per 100 iterations
+                   (batch, 2) a confident surrogate's: cycles, then its estimated relative error
 
 `params` is a parameter-conditioned surrogate's setting, one row per block; an engine that serves
 token-only surrogates (the TVM builds, torch on CUDA) refuses it. The engines:
@@ -180,14 +181,14 @@ class StaticEngine:
         batch, instructions, width = self.shape
         if tokens.shape[1] > instructions or tokens.shape[2] > width or len(tokens) < batch // 2:
             return self.dynamic(tokens)
-        out = np.empty(len(tokens), dtype=np.float32)
+        parts = []
         for start in range(0, len(tokens), batch):
             part = tokens[start:start + batch]
             padded = np.zeros(self.shape, dtype=np.int64)
             padded[:len(part), :part.shape[1], :part.shape[2]] = part
             padded[len(part):, 0, 0] = 1  # padding rows hold one <UNK> token, never an empty block
-            out[start:start + len(part)] = self.static(padded)[:len(part)]
-        return out
+            parts.append(self.static(padded)[:len(part)])
+        return np.concatenate(parts)
 
 
 def _tvm_build(model: ModelDir, platform: str, device: str) -> Engine:

@@ -58,7 +58,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, names: tuple[str, str]
 
 def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
     """Export with the torch.export-based exporter; batch, instructions and tokens stay dynamic.
-    A conditioned model gets a second input, `params` (batch, parameters) float32."""
+    A conditioned model gets a second input, `params` (batch, parameters) float32; a confident
+    model's output is (batch, 2), cycles and estimated error."""
     config = model.config
     batch = torch.export.Dim("batch", max=65536)
     dims: tuple = ({0: batch, 1: torch.export.Dim("instructions", max=config.max_instructions),
@@ -74,7 +75,8 @@ def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
         program = torch.onnx.export(model, inputs, dynamo=True, input_names=names,
-                                    output_names=["cycles"], dynamic_shapes=dims, opset_version=OPSET)
+                                    output_names=["cycles_and_error" if isinstance(model, models.Confident) else "cycles"],
+                                    dynamic_shapes=dims, opset_version=OPSET)
         program.save(str(path))
 
 

@@ -2,7 +2,8 @@
 
 `Predictor` does the whole path: check and normalize each block, tokenize (cached per distinct
 instruction), bucket by length, pad, run the engine (`engines`: torch, ONNX Runtime, TVM builds),
-put answers back in input order. It reads the model through `modeldir.ModelDir`.
+put answers back in input order. It reads the model through `modeldir.ModelDir`. A confident
+surrogate (`models.confident`) also estimates each answer's relative error.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ _SKIP, _SLOW = object(), object()  # line-cache markers: a blank line; a bare pr
 
 @dataclass(frozen=True)
 class Prediction:
-    """A block's predicted cycles per 100 iterations, or why there is none; unknown tokens listed."""
+    """A block's predicted cycles per 100 iterations, or why there is none; unknown tokens listed;
+    a confident surrogate's estimate of its relative error (0.05: 5%)."""
 
     cycles: float | None = None
     error: str | None = None
     unknown: tuple[str, ...] = field(default=())
+    estimated_error: float | None = None
 
 
 class Predictor:
@@ -56,6 +59,7 @@ class Predictor:
         self.expert_defaults: dict = dict(program.get("expert_defaults", {}))
         self.engine_name, self.engine = engines.load(engine, self.model, threads)
         self.on_gpu = self.engine_name.endswith("cuda")
+        self.confident = self.model.arch == "confident"  # the network also estimates its error per block
         self.batch_size = batch_size or (GPU_BATCH if self.on_gpu else CPU_BATCH)
         self.max_instructions = self.model.max_instructions
         self._lines: dict[str, object] = {}  # raw line -> (ids, has unknown) | BlockError | _SKIP | _SLOW
@@ -145,21 +149,35 @@ class Predictor:
     def predict(self, blocks: Sequence[str], params: object = None, first: int = 0) -> list[Prediction]:
         """One Prediction per block, in order; a block that cannot be read gets its reason, which
         names it by its place in `blocks` counted from `first` (a chunk of a larger input)."""
-        values, errors, unknown_at = self._run(blocks, params, first)
-        out = [Prediction(error=errors[i]) if i in errors else Prediction(cycles=float(v)) for i, v in enumerate(values)]
+        values, estimates, errors, unknown_at = self._run(blocks, params, first)
+        out = [Prediction(error=errors[i]) if i in errors else
+               Prediction(cycles=float(v), estimated_error=None if estimates is None else float(estimates[i]))
+               for i, v in enumerate(values)]
         for i in unknown_at:  # name the tokens for the caller (the service's fallback policy)
-            out[i] = Prediction(cycles=out[i].cycles, unknown=tuple(self.tokenizer.unknown(normalize_block(blocks[i]))))
+            out[i] = Prediction(cycles=out[i].cycles, unknown=tuple(self.tokenizer.unknown(normalize_block(blocks[i]))),
+                                estimated_error=out[i].estimated_error)
         return out
 
     def cycles(self, blocks: Sequence[str], params: object = None) -> np.ndarray:
         """Predicted cycles as an array, NaN where a block could not be read."""
         return self._run(blocks, params)[0]
 
+    def estimate(self, blocks: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(cycles, estimated relative errors) as arrays, NaN where a block could not be read; a
+        surrogate without an error head has none to give."""
+        if not self.confident:
+            raise SurrogateOpsError(f"{self.model} does not estimate its error; fit it a head with "
+                                    "`surrogate-ops confidence`")
+        values, estimates, _, _ = self._run(blocks)
+        return values, estimates
+
     def _run(self, blocks: Sequence[str], params: object = None, first: int = 0,
-             ) -> tuple[np.ndarray, dict[int, str], list[int]]:
-        """Cycles (NaN where unreadable), the reasons by index, and which blocks hold unknown tokens."""
+             ) -> tuple[np.ndarray, np.ndarray | None, dict[int, str], list[int]]:
+        """Cycles (NaN where unreadable), a confident surrogate's error estimates (else None), the
+        reasons by index, and which blocks hold unknown tokens."""
         scaled = self.scaled(params, len(blocks))
         values = np.full(len(blocks), np.nan)
+        estimates = np.full(len(blocks), np.nan) if self.confident else None
         errors: dict[int, str] = {}
         encoded, where, unknown_at = [], [], []
         for i, text in enumerate(blocks):
@@ -173,12 +191,23 @@ class Predictor:
             encoded.append(ids)
             where.append(i)
         if encoded:
-            values[where] = self.predict_encoded(encoded, None if scaled is None else scaled[where])
-        return values, errors, unknown_at
+            values[where], estimate = self.answer_encoded(encoded, None if scaled is None else scaled[where])
+            if estimates is not None:
+                estimates[where] = estimate
+        return values, estimates, errors, unknown_at
 
     def predict_encoded(self, encoded: Sequence[list[tuple[int, ...]]], scaled: np.ndarray | None = None) -> np.ndarray:
         """Cycles for already tokenized blocks, in order (`scaled`: a conditioned model's settings, a row each)."""
+        return self.answer_encoded(encoded, scaled)[0]
+
+    def answer_encoded(self, encoded: Sequence[list[tuple[int, ...]]], scaled: np.ndarray | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Cycles for already tokenized blocks, and a confident surrogate's estimates of their relative
+        error (None for a surrogate without them), from one run of the network."""
         if scaled is None and self.parameter_names:
             scaled = self.scaled(None, len(encoded))
-        return run_batched(self.engine, encoded, self.batch_size, scaled, overlap=self.on_gpu)
+        out = run_batched(self.engine, encoded, self.batch_size, scaled, overlap=self.on_gpu)
+        if out.ndim == 2:
+            return out[:, 0], out[:, 1]
+        return out, None
 

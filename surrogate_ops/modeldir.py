@@ -147,11 +147,11 @@ class ModelDir:
     def shape(self) -> dict:
         """The architecture as training's fields (arch, preset, sizes): its size preset when one
         matches, and the exact sizes either way, so a from-scratch network is the same network.
-        A conditioned surrogate gives its block encoder's."""
+        A wrapper (conditioned, confident) gives its block encoder's."""
         from surrogate_ops import presets
 
         arch, config = self.meta["arch"], self.meta["config"]
-        if arch == "conditioned":
+        if arch in ("conditioned", "confident"):
             arch, config = config["base"], config["base_config"]
         sizes = {k: v for k, v in config.items() if k != "vocab_size"}
         table = presets.load("model_sizes")[arch]

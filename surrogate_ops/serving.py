@@ -280,7 +280,8 @@ class Server:
                 "model_version": self.model_version, "arch": meta.get("arch"),
                 "mcpu": meta.get("mcpu"), "engine": self.predictor.engine_name if self.predictor else None,
                 "surrogates": {mcpu: {"model_version": self.versions.get(mcpu), "arch": p.meta.get("arch"),
-                                      "engine": p.engine_name} for mcpu, p in self.predictors.items()},
+                                      "engine": p.engine_name, "estimates_error": p.confident}
+                               for mcpu, p in self.predictors.items()},
                 "load_error": self.load_error, "llvm_mca": self._mca_status(),
                 "llvm_mca_params": {"mcpu": self.params_mcpu, **self.mca_params} if self.mca_params else None,
                 "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy],
@@ -299,17 +300,20 @@ class Server:
         except Exception as exc:  # noqa: BLE001
             return f"unavailable: {exc}"
 
-    def predict(self, blocks: Sequence[str], mcpu: str = "haswell", exact: bool = False) -> list[dict]:
+    def predict(self, blocks: Sequence[str], mcpu: str = "haswell", exact: bool = False,
+                max_error: float | None = None) -> list[dict]:
         """A request's answers, one per block, in order; Rejected when the request is refused as a whole."""
-        self._check_request(blocks, mcpu)
-        return self.answer(blocks, mcpu, exact)
+        self._check_request(blocks, mcpu, max_error)
+        return self.answer(blocks, mcpu, exact, max_error=max_error)
 
     def answer(self, blocks: Sequence[str], mcpu: str, exact: bool = False, first: int = 0, fallback: bool = True,
-               params: object = None) -> list[dict]:
+               params: object = None, max_error: float | None = None) -> list[dict]:
         """One answer per block under the fallback policy (the service's and `predict`'s): blocks are
         named in errors by their place counted from `first`. `fallback=False` answers an untrusted
         block with an error naming the reason instead of running llvm-mca; `params`, a setting a
-        parameter-conditioned surrogate predicts (and the fallback's llvm-mca runs with)."""
+        parameter-conditioned surrogate predicts (and the fallback's llvm-mca runs with).
+        A confident surrogate's answers carry `estimated_error`, its estimate of its relative error;
+        with `max_error`, a block estimated above it goes to llvm-mca too (rule `max_error`)."""
         answers: list[dict | None] = [None] * len(blocks)
         trusted: list[Block] = []
         untrusted: list[tuple[Block, str, str]] = []
@@ -345,24 +349,52 @@ class Server:
                 tally[mcpu, "error", rule] += 1
         started = time.perf_counter()
         pending = self._llvm_mca([b for b, _, _ in untrusted], mcpu, params)  # runs while the surrogate answers
+        doubtful: list[tuple[Block, str, str]] = []  # estimated above max_error: llvm-mca's, after the network
+        estimated: dict[int, float] = {}
         if trusted:
             scaled = predictor.scaled(params, len(trusted)) if params is not None else None
-            cycles = predictor.predict_encoded([b.ids for b in trusted], scaled)
-            for block, value in zip(trusted, cycles, strict=True):
-                answers[block.index - first] = {"cycles": float(value), "source": "surrogate"}
-        for (block, reason, rule), answer in zip(untrusted, pending(), strict=True):
-            answers[block.index - first] = {**answer, "reason": reason} if "cycles" in answer else answer
+            cycles, estimates = predictor.answer_encoded([b.ids for b in trusted], scaled)
+            for k, (block, value) in enumerate(zip(trusted, cycles, strict=True)):
+                answer = {"cycles": float(value), "source": "surrogate"}
+                if estimates is not None:
+                    answer["estimated_error"] = estimated[block.index] = round(float(estimates[k]), 4)
+                    if max_error is not None and estimates[k] > max_error:
+                        reason = f"estimated error {estimates[k]:.1%}, over max_error {max_error:.1%}"
+                        if fallback:
+                            doubtful.append((block, reason, "max_error"))
+                            continue
+                        answer = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
+                        tally[mcpu, "error", "max_error"] += 1
+                        answers[block.index - first] = answer
+                        continue
+                answers[block.index - first] = answer
+                tally[mcpu, "surrogate", ""] += 1
+        gathered = pending()
+        if doubtful:
+            gathered += self._llvm_mca([b for b, _, _ in doubtful], mcpu, params)()
+        for (block, reason, rule), answer in zip(untrusted + doubtful, gathered, strict=True):
+            if "cycles" in answer:
+                answer = {**answer, "reason": reason}
+                if block.index in estimated:
+                    answer["estimated_error"] = estimated[block.index]
+            answers[block.index - first] = answer
             tally[mcpu, "llvm-mca" if "cycles" in answer else "error", rule] += 1
-        waited = time.perf_counter() - started if untrusted else 0.0
-        tally[mcpu, "surrogate", ""] += len(trusted)
+        waited = time.perf_counter() - started if untrusted or doubtful else 0.0
         self.tally.update(+tally)
         if self.observe:
             self.observe(+tally, waited)
         return answers  # type: ignore[return-value]
 
-    def _check_request(self, blocks: Sequence[str], mcpu: str) -> None:
+    def _check_request(self, blocks: Sequence[str], mcpu: str, max_error: float | None = None) -> None:
         if not isinstance(blocks, list | tuple) or not all(isinstance(b, str) for b in blocks):
             raise Rejected("blocks must be a list of strings", 400)
+        if max_error is not None:
+            if isinstance(max_error, bool) or not isinstance(max_error, int | float) or not max_error >= 0:
+                raise Rejected(f"max_error must be a relative error of 0 or more (0.05: 5%), not {max_error!r}", 400)
+            predictor = self.predictors.get(mcpu)
+            if predictor is not None and not predictor.confident:
+                raise Rejected(f"the {mcpu} surrogate ({self.versions.get(mcpu) or predictor.model}) gives no error "
+                               "estimates, so max_error cannot be honoured; leave it out, or ask for exact answers", 422)
         if len(blocks) > self.limits.max_blocks:
             raise Rejected(f"{len(blocks)} blocks in one request, over the limit of {self.limits.max_blocks}", 413)
         size = sum(len(b.encode("utf-8", "surrogatepass")) for b in blocks)

@@ -123,6 +123,8 @@ def prepare(config: TrainConfig, frame: pd.DataFrame, parent: ModelDir | None, s
     parameter-conditioned surrogate when the dataset was labeled under sampled settings."""
     base = parent.module() if parent is not None else models.build(config.arch, vocab_size=2, preset=config.preset,
                                                                    **config.sizes)  # sizes only
+    if isinstance(base, models.Confident):  # training moves the network under its error head: fit a new one after
+        base = base.block
     train_rows, val_rows = _split_rows(config, frame, base.config.max_instructions, rng)
     added: list[str] = []
     if state is not None:

@@ -4,7 +4,8 @@ Every design takes token ids shaped (batch, instructions, tokens), 0 for padding
 cycles per 100 iterations, shaped (batch,); `encode` gives the pooled features its head reads.
 `dep` (the default) also reads the def-use edge tokens its tokenizer appends to each row
 (`tokenizer_options` says which tokenizer a config needs).
-`conditioned` wraps any of them with llvm-mca's parameters as a second input. To add one: write `models/<name>.py` with a config
+`conditioned` wraps any of them with llvm-mca's parameters as a second input; `confident` wraps a
+trained one with an estimate of its own error per block (output (batch, 2)). To add one: write `models/<name>.py` with a config
 and a module, add it to ARCHITECTURES, and give it size presets in presets/model_sizes.json.
 """
 
@@ -18,6 +19,7 @@ from surrogate_ops import presets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.models.bert import Bert, BertConfig
 from surrogate_ops.models.conditioned import Conditioned, ConditionedConfig
+from surrogate_ops.models.confident import Confident, ConfidentConfig
 from surrogate_ops.models.dep import Dep, DepConfig
 from surrogate_ops.models.hier import Hier, HierConfig
 from surrogate_ops.models.ithemal import Ithemal, IthemalConfig
@@ -28,13 +30,15 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "bert": (BertConfig, Bert),
     "ithemal": (IthemalConfig, Ithemal),
     "conditioned": (ConditionedConfig, Conditioned),
+    "confident": (ConfidentConfig, Confident),
 }
+WRAPPERS = ("conditioned", "confident")  # architectures made around a trained one, never built from scratch
 DEFAULT_ARCH = "dep"  # what `train` builds unless told otherwise
 
 
 def build(arch: str, vocab_size: int, preset: str = "small", **sizes: int) -> nn.Module:
     """A fresh model of `arch` at a named size preset, with explicit sizes overriding the preset."""
-    buildable = [name for name in ARCHITECTURES if name != "conditioned"]  # conditioned wraps one of these
+    buildable = [name for name in ARCHITECTURES if name not in WRAPPERS]
     if arch not in buildable:
         raise SurrogateOpsError(f"unknown architecture {arch!r}; choose from {', '.join(buildable)}")
     table = presets.load("model_sizes")[arch]
@@ -78,5 +82,5 @@ def is_conditioned(model: nn.Module) -> bool:
     return isinstance(model, Conditioned)
 
 
-__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "Conditioned", "build", "from_checkpoint", "is_conditioned", "parameter_count",
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "WRAPPERS", "Conditioned", "Confident", "build", "from_checkpoint", "is_conditioned", "parameter_count",
            "to_checkpoint", "tokenizer_options"]
