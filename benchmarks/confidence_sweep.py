@@ -47,6 +47,7 @@ def service(model: str) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "SURROGATE_OPS_MCA_CACHE_BYTES": "0"}  # every routed block runs llvm-mca
+    model = str(Path(model).resolve()) if Path(model).exists() else model  # the server runs elsewhere
     proc = subprocess.Popen([sys.executable, "-m", "surrogate_ops", "serve", "--model", model, "--port", str(port)],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return proc, f"http://127.0.0.1:{port}"
@@ -104,7 +105,9 @@ def main() -> None:
 
     proc, url = service(args.model)
     try:
-        wait_ready(url)
+        status = wait_ready(url)
+        if status["mode"] != "surrogate+llvm-mca":
+            raise SystemExit(f"the service did not load {args.model}: {status['load_error']}")
         for name, rows in sets.items():
             blocks, truth = list(rows["block"]), rows["mca"].to_numpy()
             _, estimate = predictor.estimate(blocks)

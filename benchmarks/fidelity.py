@@ -98,7 +98,7 @@ def main() -> None:
         predictor = open_model(uri)
         mcpu = predictor.meta["mcpu"]
         sets = {"dense": probe("dense", mcpu), "mixed": probe("mixed", mcpu), "bhive": bhive_rows(frame, mcpu)}
-        row = {"model": uri, "mcpu": mcpu, "arch": predictor.meta["arch"], "preset": predictor.meta.get("preset", ""),
+        row = {"model": uri, "mcpu": mcpu, "arch": predictor.meta["arch"], "preset": predictor.meta.get("preset") or predictor.model.shape()["preset"],
                "parameters": predictor.meta.get("parameters")}
         for name, rows in sets.items():
             scored = score(predictor, rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
@@ -34,12 +35,70 @@ def pad(blocks: Sequence[Encoded]) -> np.ndarray:
     return out
 
 
-def buckets(blocks: Sequence[Encoded], batch_size: int = 256, token_budget: int = 32768,
+@dataclass(frozen=True)
+class Flat:
+    """Tokenized blocks as three flat arrays instead of lists of tuples: what worker processes send
+    back (arrays cross a process boundary as raw bytes; millions of small tuples would be rebuilt
+    one by one) and what `pad` reads without touching a Python object per token."""
+
+    tokens: np.ndarray  # every token id, block after block, instruction after instruction
+    per_instruction: np.ndarray  # tokens of each instruction
+    per_block: np.ndarray  # instructions of each block
+
+    @classmethod
+    def of(cls, blocks: Sequence[Encoded]) -> Flat:
+        instructions = [ins for block in blocks for ins in block]
+        per_instruction = np.fromiter(map(len, instructions), dtype=np.int64, count=len(instructions))
+        return cls(np.fromiter(chain.from_iterable(instructions), dtype=np.int64, count=int(per_instruction.sum())),
+                   per_instruction, np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks)))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Flat]) -> Flat:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+                     for f in ("tokens", "per_instruction", "per_block")))
+
+    def __len__(self) -> int:
+        return len(self.per_block)
+
+    def widths(self) -> np.ndarray:
+        """The widest instruction of each block, in tokens."""
+        starts = np.cumsum(self.per_block) - self.per_block
+        out = np.zeros(len(self.per_block), dtype=np.int64)
+        filled = self.per_block > 0
+        out[filled] = np.maximum.reduceat(self.per_instruction, starts[filled]) if filled.any() else out[filled]
+        return out
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """The blocks at `index`, padded: (len(index), instructions, tokens) int64, 0 for padding."""
+        index = np.asarray(index)
+        ins_start = (np.cumsum(self.per_block) - self.per_block)[index]
+        counts = self.per_block[index]
+        ins = _ranges(ins_start, counts)  # the instructions of the batch, in order
+        lengths = self.per_instruction[ins]
+        tok_start = (np.cumsum(self.per_instruction) - self.per_instruction)[ins]
+        out = np.zeros((len(index), int(counts.max(initial=1)), int(lengths.max(initial=1))), dtype=np.int64)
+        rows = np.repeat(np.repeat(np.arange(len(index)), counts) * out.shape[1] + _ranges(np.zeros_like(counts), counts),
+                         lengths)
+        within = _ranges(np.zeros_like(lengths), lengths)
+        out.reshape(-1, out.shape[2])[rows, within] = self.tokens[_ranges(tok_start, lengths)]
+        return out
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """concatenate(arange(s, s + c) for s, c in zip(starts, counts)), without a Python loop."""
+    total = int(counts.sum())
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
+
+
+def buckets(blocks: Sequence[Encoded] | Flat, batch_size: int = 256, token_budget: int = 32768,
             order: np.ndarray | None = None) -> list[np.ndarray]:
     """Index arrays of batches: similar-length blocks together, at most `batch_size` blocks and
     about `token_budget` padded tokens each. `order` (a permutation) shuffles ties for training."""
-    n_ins = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks))
-    n_tok = np.fromiter((max(map(len, b), default=0) for b in blocks), dtype=np.int64, count=len(blocks))
+    if isinstance(blocks, Flat):
+        n_ins, n_tok = blocks.per_block, blocks.widths()
+    else:
+        n_ins = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks))
+        n_tok = np.fromiter((max(map(len, b), default=0) for b in blocks), dtype=np.int64, count=len(blocks))
     base = np.arange(len(blocks)) if order is None else np.asarray(order)
     sorted_idx = base[np.lexsort((n_tok[base], n_ins[base]))]  # stable: ties keep `order`
     batches, start = [], 0
@@ -56,7 +115,7 @@ def buckets(blocks: Sequence[Encoded], batch_size: int = 256, token_budget: int 
     return batches
 
 
-def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded], batch_size: int = 256,
+def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded] | Flat, batch_size: int = 256,
                 params: np.ndarray | None = None, overlap: bool = False) -> np.ndarray:
     """An engine's outputs for tokenized blocks, in input order, computed over length buckets.
     `params` (one row per block) goes to the engine beside the tokens (conditioned surrogates).
@@ -73,7 +132,7 @@ def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded], ba
         result[index] = out
 
     def padded(index: np.ndarray) -> np.ndarray:
-        return pad([blocks[i] for i in index])
+        return blocks.take(index) if isinstance(blocks, Flat) else pad([blocks[i] for i in index])
 
     if overlap and len(batches) > 1:
         with ThreadPoolExecutor(1) as pool:

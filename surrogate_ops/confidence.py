@@ -135,13 +135,13 @@ def fit_error_head(model_dir: ModelDir, blocks: list[str], truth: np.ndarray, ep
 
 
 def save(model: models.Confident, parent: ModelDir, report: HeadReport, path: Path,
-         check_blocks: list[str]) -> ModelDir:
+         check_blocks: list[str], parent_uri: str | None = None) -> ModelDir:
     """The confident surrogate as a model directory (ONNX checked against torch), its parent's
-    metadata kept, the head's report added."""
+    metadata kept, the head's report added; `parent_uri` names the parent (default: its path)."""
     from surrogate_ops.export import save_model_dir
 
     meta = {k: v for k, v in parent.meta.items() if k not in ("arch", "config", "parameters")}
-    meta.update(parent=str(parent), error_head=report.metrics())
+    meta.update(parent=parent_uri or str(parent), error_head=report.metrics())
     directory, _ = save_model_dir(model, parent.tokenizer(), meta, path, check_blocks)
     return directory
 
@@ -177,7 +177,8 @@ def calibrate(model_uri: str, data: str | Path, mcpu: str | None = None, split: 
         model, report = fit_error_head(parent, list(rows["block"]), rows[f"mca_cycles_{mcpu}"].to_numpy(),
                                        epochs=epochs, progress=progress)
         mlflow.log_metrics(report.metrics())
-        directory = save(model, parent, report, work_dir() / "models" / run.info.run_id, list(rows["block"][:64]))
+        directory = save(model, parent, report, work_dir() / "models" / run.info.run_id, list(rows["block"][:64]),
+                         parent_uri=model_uri)
         registered = None
         if register:
             tags = {"program": "llvm-mca", "mcpu": mcpu, "arch": "confident", "parent_uri": model_uri,

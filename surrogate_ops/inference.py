@@ -8,6 +8,8 @@ surrogate (`models.confident`) also estimates each answer's relative error.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from surrogate_ops import engines
-from surrogate_ops.batching import run_batched
+from surrogate_ops.batching import Flat, run_batched
 from surrogate_ops.blocks import deps
 from surrogate_ops.blocks.asm import MAX_LINE, PREFIXES, BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
@@ -27,6 +29,8 @@ from surrogate_ops.modeldir import ModelDir
 LINE_CACHE = 1 << 17
 CPU_BATCH, GPU_BATCH = 256, 4096  # blocks per network call: a GPU needs large batches to stay busy
 _SKIP, _SLOW = object(), object()  # line-cache markers: a blank line; a bare prefix (general path)
+PARALLEL_MIN = 16384  # blocks in one call from which worker processes share the encoding
+_FORKING: Predictor | None = None  # what a new encoding worker inherits (set while its pool forks)
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,11 @@ class Predictor:
     rest at llvm-mca's defaults) or one row of scaled parameters per block; left out, the expert defaults."""
 
     def __init__(self, model: str | Path | ModelDir, engine: str = "onnxruntime", threads: int | None = None,
-                 batch_size: int | None = None, line_cache: int = LINE_CACHE):
+                 batch_size: int | None = None, line_cache: int = LINE_CACHE, workers: int | None = None):
         """`line_cache`: distinct raw lines remembered (about 1 KB each with what they hold): a
-        service holding its memory to a budget remembers fewer than a batch run over millions."""
+        service holding its memory to a budget remembers fewer than a batch run over millions.
+        `workers`: processes that encode a large call's blocks side by side [default: the cores];
+        each keeps its own line cache, and sends back flat arrays (`batching.Flat`)."""
         self.model = ModelDir.open(model)
         self.meta = self.model.meta
         self.tokenizer = self.model.tokenizer()
@@ -64,6 +70,8 @@ class Predictor:
         self.max_instructions = self.model.max_instructions
         self._lines: dict[str, object] = {}  # raw line -> (ids, has unknown) | BlockError | _SKIP | _SLOW
         self.line_cache = line_cache
+        self.workers = workers or len(os.sched_getaffinity(0))
+        self._pool = None
 
     def encode(self, text: str, index: int) -> tuple[list[tuple[int, ...]], bool]:
         """Token ids per instruction of a raw block, and whether any token is unknown; BlockError if
@@ -178,9 +186,23 @@ class Predictor:
         scaled = self.scaled(params, len(blocks))
         values = np.full(len(blocks), np.nan)
         estimates = np.full(len(blocks), np.nan) if self.confident else None
+        if self.workers > 1 and len(blocks) >= PARALLEL_MIN and not multiprocessing.current_process().daemon:
+            encoded, where, errors, unknown_at = self._encode_parallel(blocks, first)
+        else:
+            encoded, where, errors, unknown_at = self._encode_part(blocks, first)
+        if len(encoded):
+            values[where], estimate = self.answer_encoded(encoded, None if scaled is None else scaled[where])
+            if estimates is not None:
+                estimates[where] = estimate
+        return values, estimates, errors, unknown_at
+
+    def _encode_part(self, blocks: Sequence[str], first: int, start: int = 0,
+                     ) -> tuple[list, list[int], dict[int, str], list[int]]:
+        """Token ids of the blocks that can be read, their indices, the others' reasons, and which
+        hold unknown tokens; indices count from `start`, blocks are named from `first + start`."""
         errors: dict[int, str] = {}
         encoded, where, unknown_at = [], [], []
-        for i, text in enumerate(blocks):
+        for i, text in enumerate(blocks, start=start):
             try:
                 ids, has_unknown = self.encode(text, first + i)
             except BlockError as exc:
@@ -190,17 +212,34 @@ class Predictor:
                 unknown_at.append(i)
             encoded.append(ids)
             where.append(i)
-        if encoded:
-            values[where], estimate = self.answer_encoded(encoded, None if scaled is None else scaled[where])
-            if estimates is not None:
-                estimates[where] = estimate
-        return values, estimates, errors, unknown_at
+        return encoded, where, errors, unknown_at
+
+    def _encode_parallel(self, blocks: Sequence[str], first: int) -> tuple[Flat, np.ndarray, dict[int, str], list[int]]:
+        """`_encode_part` across the worker processes, a slice each (four per worker, for balance)."""
+        global _FORKING
+        if self._pool is None:
+            _FORKING = self
+            try:  # forked: the workers inherit this predictor, its vocabulary and its line cache as they are
+                self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+            finally:
+                _FORKING = None
+        step = -(-len(blocks) // (4 * self.workers))
+        parts = self._pool.map(_encode_slice, [(list(blocks[s:s + step]), first, s) for s in range(0, len(blocks), step)])
+        errors = {i: why for part in parts for i, why in part[2].items()}
+        return (Flat.concat([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), errors,
+                [i for part in parts for i in part[3]])
+
+    def close(self) -> None:
+        """Stop the encoding workers (they also end with this process)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
 
     def predict_encoded(self, encoded: Sequence[list[tuple[int, ...]]], scaled: np.ndarray | None = None) -> np.ndarray:
         """Cycles for already tokenized blocks, in order (`scaled`: a conditioned model's settings, a row each)."""
         return self.answer_encoded(encoded, scaled)[0]
 
-    def answer_encoded(self, encoded: Sequence[list[tuple[int, ...]]], scaled: np.ndarray | None = None,
+    def answer_encoded(self, encoded: Sequence[list[tuple[int, ...]]] | Flat, scaled: np.ndarray | None = None,
                        ) -> tuple[np.ndarray, np.ndarray | None]:
         """Cycles for already tokenized blocks, and a confident surrogate's estimates of their relative
         error (None for a surrogate without them), from one run of the network."""
@@ -211,3 +250,11 @@ class Predictor:
             return out[:, 0], out[:, 1]
         return out, None
 
+
+
+def _encode_slice(job: tuple[list[str], int, int]) -> tuple[Flat, np.ndarray, dict[int, str], list[int]]:
+    """In an encoding worker: one slice of a call's blocks, as flat arrays."""
+    blocks, first, start = job
+    predictor = _FORKING  # as it was when this worker was forked
+    encoded, where, errors, unknown_at = predictor._encode_part(blocks, first, start)
+    return Flat.of(encoded), np.asarray(where, dtype=np.int64), errors, unknown_at

@@ -93,6 +93,31 @@ def test_answers_match_the_model_and_llvm_mca(service, model_dir, skylake_dir):
     assert zen[0]["reason"] == "no surrogate for znver1 (this service has haswell, skylake)"
 
 
+def test_max_error_routes_exactly_the_blocks_estimated_above_it(service):
+    """Every surrogate answer carries the error head's estimate; with max_error, exactly the blocks
+    estimated above it are llvm-mca's answers, which keep the estimate and say why."""
+    from surrogate_ops.blocks.generate import generate
+
+    blocks = GOOD + generate(30, seed=41, density="loops")
+    code, plain = post(service, {"blocks": blocks, "mcpu": "haswell"})
+    assert code == 200 and {a["source"] for a in plain} == {"surrogate"}
+    estimates = np.array([a["estimated_error"] for a in plain])
+    assert np.all(estimates > 0)
+    threshold = float(np.median(estimates))
+    code, routed = post(service, {"blocks": blocks, "mcpu": "haswell", "max_error": threshold})
+    assert code == 200
+    assert [a["source"] for a in routed] == ["llvm-mca" if e > threshold else "surrogate" for e in estimates]
+    above = [b for b, e in zip(blocks, estimates, strict=True) if e > threshold]
+    assert [a["cycles"] for a in routed if a["source"] == "llvm-mca"] == [r.cycles for r in LlvmMca("haswell").run(above)]
+    assert [a["estimated_error"] for a in routed] == list(estimates)
+    assert all(a["reason"].endswith(f"over max_error {threshold:.1%}") for a in routed if a["source"] == "llvm-mca")
+    assert [a for a in routed if a["source"] == "surrogate"] == [a for a, e in zip(plain, estimates) if e <= threshold]
+    code, text = post(service, {"blocks": blocks[:2], "max_error": -0.1})
+    assert code == 400 and "max_error must be a relative error of 0 or more" in text
+    assert post(service, {"blocks": blocks[:2], "max_error": "small"})[0] == 400
+    assert "estimates_error" in status(service)["surrogates"]["haswell"]
+
+
 def test_bad_input_gets_clear_answers(service):
     assert post(service, {"blocks": GOOD[:1] * 301})[0] == 413
     assert post(service, {"blocks": ["addq %rax, %rbx\n" * 150] * 30})[0] == 413  # 72 kB of text
