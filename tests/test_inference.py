@@ -68,3 +68,32 @@ def test_overlapped_batching_gives_the_same_answers_in_order():
     assert np.array_equal(plain, overlapped)
     assert plain.shape == (700, 2)  # the bundled surrogates are confident: cycles, then estimated error
     assert np.allclose(plain[:, 0], predictor.predict_encoded(encoded), rtol=1e-5)  # other batch sizes, same answers
+
+
+def test_flat_blocks_pad_and_bucket_as_lists_do():
+    from surrogate_ops.batching import Flat, buckets, pad
+    from surrogate_ops.blocks.generate import generate
+
+    tokenizer = Predictor(BUNDLED).tokenizer
+    encoded = [tokenizer.encode_block(b) for b in generate(600, seed=22) + generate(200, seed=22, density="loops")]
+    flat = Flat.concat([Flat.of(encoded[:333]), Flat.of(encoded[333:])])
+    assert [list(b) for b in buckets(flat, 64)] == [list(b) for b in buckets(encoded, 64)]
+    for index in [*buckets(encoded, 64), np.random.default_rng(0).permutation(len(encoded))[:100]]:
+        assert np.array_equal(flat.take(index), pad([encoded[i] for i in index]))
+
+
+def test_worker_processes_encode_a_large_call_as_one_process_does():
+    """Past PARALLEL_MIN blocks the encoding runs in worker processes: the same answers, errors
+    (named by their place) and unknown tokens, in order, and again from the workers' warm caches."""
+    from surrogate_ops.blocks.generate import generate
+    from surrogate_ops.inference import PARALLEL_MIN
+
+    blocks = generate(PARALLEL_MIN, seed=23, max_instructions=16)
+    blocks[5], blocks[-3] = "bogus %rax, %rbx", "\n".join(["addq %rax, %rbx"] * 80)
+    blocks[PARALLEL_MIN // 2] = "pclmulqdq $0, %xmm1, %xmm2"
+    alone = Predictor(BUNDLED, workers=1).predict(blocks)
+    parallel = Predictor(BUNDLED, workers=2)
+    assert parallel.predict(blocks) == alone and parallel.predict(blocks) == alone
+    assert parallel._pool is not None
+    assert alone[-3].error == f"block {PARALLEL_MIN - 3}: 80 instructions, more than the limit of 64"
+    parallel.close()
