@@ -605,14 +605,14 @@ def serve(model_uris, host, port, params, tracking_uri) -> None:
     outside its vocabulary, longer than its limit, no surrogate for the mcpu) or exact is asked. GET /ops/healthz says which
     model and mode; GET /docs is the OpenAPI page."""
     from surrogate_ops import bento, registry
-    from surrogate_ops.modeldir import ModelDir
 
     model_uris = list(model_uris) or registry.bundled_uris()
     for k, model_uri in enumerate(model_uris):
         if model_uri.startswith("models:/"):
             registry.resolve_version(model_uri)  # a wrong name fails here, clearly, before the server starts
-        else:  # a directory, as the server (which runs in its own folder) will find it
-            model_uris[k] = str(ModelDir.open(model_uri).path.resolve())
+        else:  # a directory, as the server (which runs in its own folder) will find it; a missing
+            # one leaves the service up on llvm-mca alone, saying why, as a model that fails to load does
+            model_uris[k] = str(Path(model_uri).resolve())
     model_uri = ",".join(model_uris)
     env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking_uri}
     if "BENTOML_HOME" not in env:  # BentoML keeps its Prometheus files there: one home per port, or servers mix them

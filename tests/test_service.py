@@ -149,6 +149,21 @@ def test_concurrent_clients_get_their_single_request_answers(service):
     assert together == single * 2
 
 
+def test_a_relative_model_directory_is_served(home, tmp_path, monkeypatch):
+    """The server runs in a folder of its own: a directory named relative to where `serve` was
+    typed must still be the model it loads."""
+    import shutil
+
+    from surrogate_ops.config import PRETRAINED
+
+    shutil.copytree(PRETRAINED / "llvm-mca-haswell", tmp_path / "mine")
+    monkeypatch.chdir(tmp_path)
+    with running(home, "--model", "mine", **LIMITS) as url:
+        assert status(url)["mode"] == "surrogate+llvm-mca"
+        code, answers = post(url, {"blocks": GOOD[:2]})
+        assert code == 200 and {a["source"] for a in answers} == {"surrogate"}
+
+
 def test_without_a_model_the_service_stays_up_on_llvm_mca(home):
     with running(home, "--model", str(home / "no-such-model"), **LIMITS) as url:
         status = json.loads(urllib.request.urlopen(f"{url}/ops/healthz").read())
