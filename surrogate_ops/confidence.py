@@ -4,9 +4,10 @@ The error head (`models.confident`) is fit on the surrogate's own residuals agai
 blocks its training never fit (a dataset's validation split): the network stays as it is, its
 pooled features and predicted log-cycles go in, the log of the relative error comes out, fit
 with an L1 loss (so the estimate is a median: half the blocks with that estimate are off by
-less). A fifth of the blocks are held back from the head to report how well it ranks errors:
-the share of the surrogate's absolute error that routing its least-trusted blocks to llvm-mca
-removes, against what routing by the true error (the oracle) and at random would.
+less). A fifth of the blocks are held back from the head's weights (they pick its best epoch) to
+report how well it ranks errors: the share of the surrogate's absolute error that routing its
+least-trusted blocks to llvm-mca removes, against what routing by the true error (the oracle)
+would.
 """
 
 from __future__ import annotations

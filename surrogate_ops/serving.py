@@ -358,17 +358,16 @@ class Server:
                 answer = {"cycles": float(value), "source": "surrogate"}
                 if estimates is not None:
                     answer["estimated_error"] = estimated[block.index] = round(float(estimates[k]), 4)
-                    if max_error is not None and estimates[k] > max_error:
-                        reason = f"estimated error {estimates[k]:.1%}, over max_error {max_error:.1%}"
-                        if fallback:
-                            doubtful.append((block, reason, "max_error"))
-                            continue
-                        answer = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
-                        tally[mcpu, "error", "max_error"] += 1
-                        answers[block.index - first] = answer
-                        continue
-                answers[block.index - first] = answer
-                tally[mcpu, "surrogate", ""] += 1
+                if max_error is None or estimates is None or estimates[k] <= max_error:
+                    answers[block.index - first] = answer
+                    tally[mcpu, "surrogate", ""] += 1
+                    continue
+                reason = f"estimated error {estimates[k]:.1%}, over max_error {max_error:.1%}"
+                if fallback:
+                    doubtful.append((block, reason, "max_error"))
+                else:
+                    answers[block.index - first] = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
+                    tally[mcpu, "error", "max_error"] += 1
         gathered = pending()
         if doubtful:
             gathered += self._llvm_mca([b for b, _, _ in doubtful], mcpu, params)()
