@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 
 import numpy as np
@@ -60,22 +61,31 @@ class Flat:
     def __len__(self) -> int:
         return len(self.per_block)
 
+    @cached_property
+    def first_instruction(self) -> np.ndarray:
+        """Where each block's instructions start in `per_instruction` (worked out once, not per batch)."""
+        return np.cumsum(self.per_block) - self.per_block
+
+    @cached_property
+    def first_token(self) -> np.ndarray:
+        """Where each instruction's tokens start in `tokens`."""
+        return np.cumsum(self.per_instruction) - self.per_instruction
+
     def widths(self) -> np.ndarray:
         """The widest instruction of each block, in tokens."""
-        starts = np.cumsum(self.per_block) - self.per_block
         out = np.zeros(len(self.per_block), dtype=np.int64)
         filled = self.per_block > 0
-        out[filled] = np.maximum.reduceat(self.per_instruction, starts[filled]) if filled.any() else out[filled]
+        if filled.any():
+            out[filled] = np.maximum.reduceat(self.per_instruction, self.first_instruction[filled])
         return out
 
     def take(self, index: np.ndarray) -> np.ndarray:
         """The blocks at `index`, padded: (len(index), instructions, tokens) int64, 0 for padding."""
         index = np.asarray(index)
-        ins_start = (np.cumsum(self.per_block) - self.per_block)[index]
         counts = self.per_block[index]
-        ins = _ranges(ins_start, counts)  # the instructions of the batch, in order
+        ins = _ranges(self.first_instruction[index], counts)  # the instructions of the batch, in order
         lengths = self.per_instruction[ins]
-        tok_start = (np.cumsum(self.per_instruction) - self.per_instruction)[ins]
+        tok_start = self.first_token[ins]
         out = np.zeros((len(index), int(counts.max(initial=1)), int(lengths.max(initial=1))), dtype=np.int64)
         rows = np.repeat(np.repeat(np.arange(len(index)), counts) * out.shape[1] + _ranges(np.zeros_like(counts), counts),
                          lengths)

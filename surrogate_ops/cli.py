@@ -332,10 +332,8 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
         if predictor.meta.get("mcpu") != mcpu:
             raise SurrogateOpsError(f"{model_uri or config.model_uri(mcpu)} imitates -mcpu={predictor.meta.get('mcpu')}, "
                                     f"not {mcpu}")
-        if max_error is not None and not predictor.confident:
-            raise SurrogateOpsError(f"{model_uri or config.model_uri(mcpu)} gives no error estimates, so --max-error "
-                                    "cannot be honoured; fit it a head with `surrogate-ops confidence`")
         server, exact = Server(predictor, limits=limits), False
+        server.check_max_error(mcpu, max_error)
     out = csv.writer(click.get_text_stream("stdout"), lineterminator="\n")
     out.writerow(["index", "cycles", "source", "reason", "estimated_error"])
     answered, sources = 0, {"surrogate": 0, "llvm-mca": 0, "error": 0}

@@ -82,13 +82,10 @@ def fit_error_head(model_dir: ModelDir, blocks: list[str], truth: np.ndarray, ep
     from tqdm import tqdm
 
     torch.manual_seed(seed)
-    network = model_dir.module()
-    if isinstance(network, models.Confident):
-        network = network.block
     if model_dir.program_parameters:
         raise SurrogateOpsError("a parameter-conditioned surrogate's error depends on the setting; "
                                 "fit error heads to surrogates of llvm-mca's defaults")
-    model = models.Confident.wrap(network, hidden).eval()
+    model = models.Confident.wrap(models.network(model_dir.module()), hidden).eval()
     tokenizer = model_dir.tokenizer()
     encoded, kept = [], []
     for i, block in enumerate(blocks):

@@ -149,9 +149,10 @@ class ModelDir:
         matches, and the exact sizes either way, so a from-scratch network is the same network.
         A wrapper (conditioned, confident) gives its block encoder's."""
         from surrogate_ops import presets
+        from surrogate_ops.models import WRAPPERS
 
         arch, config = self.meta["arch"], self.meta["config"]
-        if arch in ("conditioned", "confident"):
+        if arch in WRAPPERS:
             arch, config = config["base"], config["base_config"]
         sizes = {k: v for k, v in config.items() if k != "vocab_size"}
         table = presets.load("model_sizes")[arch]

@@ -384,16 +384,23 @@ class Server:
             self.observe(+tally, waited)
         return answers  # type: ignore[return-value]
 
+    def check_max_error(self, mcpu: str, max_error: object) -> None:
+        """Rejected unless `max_error` is a relative error this service can honour for `mcpu` (the
+        request's check, and `predict --max-error`'s)."""
+        if max_error is None:
+            return
+        if isinstance(max_error, bool) or not isinstance(max_error, int | float) or not max_error >= 0:
+            raise Rejected(f"max_error must be a relative error of 0 or more (0.05: 5%), not {max_error!r}", 400)
+        predictor = self.predictors.get(mcpu)
+        if predictor is not None and not predictor.confident:
+            raise Rejected(f"the {mcpu} surrogate ({self.versions.get(mcpu) or predictor.model}) gives no error "
+                           "estimates, so max_error cannot be honoured; leave it out, ask for exact answers, or fit "
+                           "it an error head (`surrogate-ops confidence`)", 422)
+
     def _check_request(self, blocks: Sequence[str], mcpu: str, max_error: float | None = None) -> None:
         if not isinstance(blocks, list | tuple) or not all(isinstance(b, str) for b in blocks):
             raise Rejected("blocks must be a list of strings", 400)
-        if max_error is not None:
-            if isinstance(max_error, bool) or not isinstance(max_error, int | float) or not max_error >= 0:
-                raise Rejected(f"max_error must be a relative error of 0 or more (0.05: 5%), not {max_error!r}", 400)
-            predictor = self.predictors.get(mcpu)
-            if predictor is not None and not predictor.confident:
-                raise Rejected(f"the {mcpu} surrogate ({self.versions.get(mcpu) or predictor.model}) gives no error "
-                               "estimates, so max_error cannot be honoured; leave it out, or ask for exact answers", 422)
+        self.check_max_error(mcpu, max_error)
         if len(blocks) > self.limits.max_blocks:
             raise Rejected(f"{len(blocks)} blocks in one request, over the limit of {self.limits.max_blocks}", 413)
         size = sum(len(b.encode("utf-8", "surrogatepass")) for b in blocks)

@@ -121,10 +121,9 @@ def prepare(config: TrainConfig, frame: pd.DataFrame, parent: ModelDir | None, s
     """The rows of each split and the network: resumed from a checkpoint, grown from `parent`
     (its vocabulary extended with the new data's tokens), or fresh; wrapped as a
     parameter-conditioned surrogate when the dataset was labeled under sampled settings."""
-    base = parent.module() if parent is not None else models.build(config.arch, vocab_size=2, preset=config.preset,
-                                                                   **config.sizes)  # sizes only
-    if isinstance(base, models.Confident):  # training moves the network under its error head: fit a new one after
-        base = base.block
+    # a confident parent's error head is left behind: fit a new one after training moved the network
+    base = models.network(parent.module()) if parent is not None else models.build(
+        config.arch, vocab_size=2, preset=config.preset, **config.sizes)  # sizes only
     train_rows, val_rows = _split_rows(config, frame, base.config.max_instructions, rng)
     added: list[str] = []
     if state is not None:

@@ -36,8 +36,7 @@ def labeled(count: int, seed: int) -> tuple[list[str], np.ndarray]:
 def plain(tmp_path_factory) -> ModelDir:
     """The bundled Haswell surrogate without an error head."""
     bundle = ModelDir.open(BUNDLE)
-    network = bundle.module()
-    network = network.block if isinstance(network, models.Confident) else network
+    network = models.network(bundle.module())
     meta = {k: v for k, v in bundle.meta.items() if k not in ("arch", "config", "parameters", "error_head")}
     directory, _ = save_model_dir(network, bundle.tokenizer(), meta, tmp_path_factory.mktemp("plain"), generate(8, seed=1))
     return directory

@@ -82,5 +82,11 @@ def is_conditioned(model: nn.Module) -> bool:
     return isinstance(model, Conditioned)
 
 
-__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "WRAPPERS", "Conditioned", "Confident", "build", "from_checkpoint", "is_conditioned", "parameter_count",
+def network(model: nn.Module) -> nn.Module:
+    """The network that predicts cycles: a confident model's without its error head (which training
+    the network would leave stale), any other model as it is."""
+    return model.block if isinstance(model, Confident) else model
+
+
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "WRAPPERS", "Conditioned", "Confident", "build", "from_checkpoint", "is_conditioned", "network", "parameter_count",
            "to_checkpoint", "tokenizer_options"]

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from surrogate_ops.models.layers import WrappedLimits
+
 
 @dataclass(frozen=True)
-class ConditionedConfig:
+class ConditionedConfig(WrappedLimits):
     base: str  # architecture of the block encoder
     base_config: dict  # its config, as a dict
     parameters: tuple[str, ...]  # parameter names, in the column order of the `params` input
@@ -30,11 +32,6 @@ class ConditionedConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", tuple(self.parameters))
-
-    # the limits every caller reads from a model's config
-    vocab_size = property(lambda self: self.base_config["vocab_size"])
-    max_instructions = property(lambda self: self.base_config["max_instructions"])
-    max_tokens = property(lambda self: self.base_config["max_tokens"])
 
 
 class Conditioned(nn.Module):

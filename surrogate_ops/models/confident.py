@@ -18,18 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from surrogate_ops.models.layers import WrappedLimits
+
 
 @dataclass(frozen=True)
-class ConfidentConfig:
+class ConfidentConfig(WrappedLimits):
     base: str  # architecture of the surrogate whose error is estimated
     base_config: dict  # its config, as a dict
     hidden: int = 64
-
-    # the limits every caller reads from a model's config
-    vocab_size = property(lambda self: self.base_config["vocab_size"])
-    max_instructions = property(lambda self: self.base_config["max_instructions"])
-    max_tokens = property(lambda self: self.base_config["max_tokens"])
-    max_deps = property(lambda self: self.base_config.get("max_deps", 0))
 
 
 class Confident(nn.Module):

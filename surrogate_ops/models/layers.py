@@ -9,6 +9,15 @@ import torch
 from torch import nn
 
 
+class WrappedLimits:
+    """For the config of a model made around another (conditioned, confident): the limits every
+    caller reads from a model's config are the wrapped model's (`base_config`)."""
+
+    vocab_size = property(lambda self: self.base_config["vocab_size"])
+    max_instructions = property(lambda self: self.base_config["max_instructions"])
+    max_tokens = property(lambda self: self.base_config["max_tokens"])
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a key padding mask."""
 
