@@ -178,7 +178,8 @@ print(r.version, ",".join(r.aliases))
 def test_writers_side_by_side_leave_the_aliases_as_the_rule_says(home, tmp_path):
     """Four registrations of one name at once (the later ones with fewer tags to write, so that an
     earlier version's alias write tends to land last): challenger ends on the newest version,
-    champion on the oldest, and each writer reports the aliases its version really holds."""
+    champion on the oldest. Each writer reports the aliases its version held when it settled them:
+    a middle version may have been the newest then (challenger, since moved on), never champion."""
     env = {**os.environ, "SURROGATE_OPS_HOME": str(home)}
     start = time.time() + 8
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tags), str(start)], env=env, text=True,
@@ -196,7 +197,7 @@ def test_writers_side_by_side_leave_the_aliases_as_the_rule_says(home, tmp_path)
         assert registry.alias_version("raced", "challenger") == newest
         assert registry.alias_version("raced", "champion") == oldest
     assert said[newest] >= {"challenger"} and said[oldest] >= {"champion"}
-    assert all(not aliases for version, aliases in said.items() if version not in (newest, oldest)), said
+    assert all(aliases <= {"challenger"} for version, aliases in said.items() if version not in (newest, oldest)), said
 
 
 def test_client_errors_are_one_line_in_the_log(home):
