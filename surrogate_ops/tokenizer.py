@@ -18,6 +18,7 @@ edge matrix with tensor arithmetic alone (see `models/dep.py`) and still take on
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -25,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from surrogate_ops.blocks import deps
-from surrogate_ops.blocks.asm import PREFIXES, split_operands
+from surrogate_ops.blocks.asm import PREFIXES, canonical_operands
 
 PAD, UNK = "<PAD>", "<UNK>"
 SPECIALS = (PAD, UNK)
@@ -35,13 +36,15 @@ _SMALL_IMMEDIATES = range(-1, 17)
 _CACHE_LIMIT = 1 << 16  # instructions whose ids are remembered (the predictor's line cache sits above)
 
 
-def _operand_tokens(operand: str) -> list[str]:
+@functools.lru_cache(maxsize=1 << 14)
+def _operand_tokens(operand: str) -> tuple[str, ...]:
+    """The tokens of one operand; operands repeat far more than instructions do."""
     tokens: list[str] = []
     if operand.startswith("*"):
         tokens.append("*")
         operand = operand[1:]
-    masks = re.findall(r"\{[^}]*\}", operand)
-    operand = re.sub(r"\{[^}]*\}", "", operand).strip()
+    masks = re.findall(r"\{[^}]*\}", operand) if "{" in operand else []
+    operand = re.sub(r"\{[^}]*\}", "", operand).strip() if masks else operand.strip()
     if operand.startswith("%") and ":" not in operand:
         tokens.append(operand)
     elif operand.startswith("$"):
@@ -67,7 +70,7 @@ def _operand_tokens(operand: str) -> list[str]:
         elif operand:
             tokens.append("ADDR")
     tokens.extend(masks)
-    return tokens
+    return tuple(tokens)
 
 
 def instruction_tokens(instruction: str) -> list[str]:
@@ -79,7 +82,7 @@ def instruction_tokens(instruction: str) -> list[str]:
     if words:
         tokens.append(words.pop(0))
     if words:
-        for k, operand in enumerate(split_operands(" ".join(words))):
+        for k, operand in enumerate(canonical_operands(" ".join(words))):
             if k:
                 tokens.append(",")
             tokens.extend(_operand_tokens(operand))

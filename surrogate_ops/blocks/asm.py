@@ -40,19 +40,20 @@ class BlockError(ValueError):
 
 
 def _check_line(line: str) -> None:
-    if "\x00" in line or any(ord(c) < 32 and c != "\t" for c in line):
-        raise BlockError("control character (NUL or similar) in assembly text")
-    if "#" in line or "//" in line or "/*" in line:
-        raise BlockError("comments are not allowed in a block (they could carry LLVM-MCA region markers)")
-    if ";" in line:
-        raise BlockError("one instruction per line: ';' is not allowed")
+    allowed = _ALLOWED.fullmatch(line) is not None  # the common case: no character to look at one by one
+    if not allowed:
+        if "\x00" in line or any(ord(c) < 32 and c != "\t" for c in line):
+            raise BlockError("control character (NUL or similar) in assembly text")
+        if "#" in line or "//" in line or "/*" in line:
+            raise BlockError("comments are not allowed in a block (they could carry LLVM-MCA region markers)")
+        if ";" in line:
+            raise BlockError("one instruction per line: ';' is not allowed")
     first = line.split(None, 1)[0]
     if first.startswith("."):
         raise BlockError(f"assembler directive {first!r} is not allowed in a block")
     if first.endswith(":"):
         raise BlockError(f"label {first!r} is not allowed in a block")
-    bad = _ALLOWED.fullmatch(line) is None
-    if bad:
+    if not allowed:
         char = next(c for c in line if not _ALLOWED.fullmatch(c))
         raise BlockError(f"unexpected character {char!r} in instruction {line!r}")
     for literal in _LONG_LITERAL.findall(line):
@@ -80,6 +81,12 @@ def split_operands(text: str) -> list[str]:
             current.append(char)
     parts.append("".join(current))
     return ["".join(p.split()) for p in parts]
+
+
+def canonical_operands(text: str) -> list[str]:
+    """The operands of a canonical instruction (what follows its mnemonic): `normalize_instruction`
+    joins them with ", " and leaves no whitespace inside one, so one split undoes it exactly."""
+    return text.split(", ")
 
 
 def normalize_instruction(line: str) -> str:

@@ -20,10 +20,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from surrogate_ops.blocks.asm import PREFIXES, split_operands
+from surrogate_ops.blocks.asm import PREFIXES, canonical_operands
 
 KINDS = ("reg", "reg-carried", "mem", "mem-carried")
 FLAGS = "flags"
@@ -52,22 +51,27 @@ _ZERO_IDIOMS = ("xor", "sub", "pxor", "xorp", "vxorp", "vpxor", "psub", "vpsub",
 _VEX_READS_DEST = ("vfmadd", "vfmsub", "vfnmadd", "vfnmsub", "vfmaddsub", "vfmsubadd")
 
 
-@dataclass(frozen=True)
-class Effects:
+MEMORY = "@"  # what memory keys start with (an address expression never names a register family)
+
+
+class Effects(NamedTuple):
     """What one instruction reads and writes: register families (rax for eax/ax/al, v3 for
-    xmm3/ymm3), `flags`, and memory by address expression."""
+    xmm3/ymm3), `flags`, and memory by address expression (keys that start with `MEMORY`).
 
-    reads: frozenset[str]
-    writes: frozenset[str]
-    loads: frozenset[str] = frozenset()
-    stores: frozenset[str] = frozenset()
-    # the same as (memory?, name) keys, in a fixed order: what `edges_of` walks
-    uses: tuple[tuple[bool, str], ...] = field(init=False, repr=False, compare=False)
-    defs: tuple[tuple[bool, str], ...] = field(init=False, repr=False, compare=False)
+    Two tuples of string keys, which is what `links` walks: every distinct line of every block
+    makes one, and tuples of strings are cheap to make and drop out of the garbage collector's sight."""
 
-    def __post_init__(self):
-        object.__setattr__(self, "uses", tuple(sorted([(False, r) for r in self.reads] + [(True, a) for a in self.loads])))
-        object.__setattr__(self, "defs", tuple(sorted([(False, w) for w in self.writes] + [(True, s) for s in self.stores])))
+    uses: tuple[str, ...]
+    defs: tuple[str, ...]
+
+    @classmethod
+    def of(cls, reads=(), writes=(), loads=(), stores=()) -> Effects:
+        return cls((*reads, *[MEMORY + a for a in loads]), (*writes, *[MEMORY + a for a in stores]))
+
+    reads = property(lambda self: frozenset(k for k in self.uses if k[0] != MEMORY))
+    writes = property(lambda self: frozenset(k for k in self.defs if k[0] != MEMORY))
+    loads = property(lambda self: frozenset(k[1:] for k in self.uses if k[0] == MEMORY))
+    stores = property(lambda self: frozenset(k[1:] for k in self.defs if k[0] == MEMORY))
 
 
 class Edge(NamedTuple):
@@ -105,6 +109,13 @@ def _address(operand: str) -> tuple[str, set[str]] | None:
         return None
     registers = {r for r in (_register(p) for p in re.findall(r"%\w+", operand.split(":")[-1])) if r}
     return operand, {family for family, _ in registers if family != "rip"}
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _operand(operand: str) -> tuple[tuple[str, bool] | None, tuple[str, set[str]] | None]:
+    """(register, address) of one operand, either None; operands repeat far more than lines do."""
+    return (_register(operand) if operand.startswith("%") else None,
+            _address(operand) if not operand.startswith(("%", "$")) else None)
 
 
 def _starts(mnemonic: str, stems: Sequence[str]) -> bool:
@@ -164,13 +175,12 @@ def effects(instruction: str) -> Effects:
     while len(words) > 1 and words[0] in PREFIXES:
         words.pop(0)
     if not words:
-        return Effects(frozenset(), frozenset())
+        return Effects((), ())
     mnemonic = words[0].lower()
-    operands = split_operands(" ".join(words[1:])) if len(words) > 1 else []
+    operands = canonical_operands(" ".join(words[1:])) if len(words) > 1 else []
     traits = _traits(mnemonic, len(operands))
     reads, writes, loads, stores = set(traits.reads), set(traits.writes), set(traits.loads), set(traits.stores)
-    registers = [_register(op) if op.startswith("%") else None for op in operands]
-    addresses = [_address(op) if not op.startswith(("%", "$")) else None for op in operands]
+    registers, addresses = zip(*map(_operand, operands)) if operands else ((), ())
     for address in addresses:
         if address:
             reads.update(address[1])
@@ -209,29 +219,26 @@ def effects(instruction: str) -> Effects:
         reads.add(FLAGS)
     if traits.flag_write:
         writes.add(FLAGS)
-    return Effects(frozenset(reads), frozenset(writes), frozenset(loads), frozenset(stores))
+    return Effects.of(reads, writes, loads, stores)
 
 
 def links(instructions: Sequence[Effects]) -> list[tuple[int, int, int]]:
     """Every read linked to its producer, within the iteration or from the previous one, as
     (consumer, producer, kind's index in KINDS), ordered by consumer, then kind, then producer.
     On the serving path (the tokenizer's edge tokens): plain tuples and dict lookups."""
-    last: dict[tuple[bool, str], int] = {}  # the block's last writer of each register or address
-    for j, producer in enumerate(instructions):
-        for key in producer.defs:
-            last[key] = j
+    last = {key: j for j, producer in enumerate(instructions) for key in producer.defs}  # the block's last writers
     found: list[tuple[int, int, int]] = []
-    current: dict[tuple[bool, str], int] = {}  # writers so far in this iteration
+    current: dict[str, int] = {}  # writers so far in this iteration
     for i, consumer in enumerate(instructions):
         mine: list[tuple[int, int]] = []  # (kind, producer)
         for key in consumer.uses:
             j = current.get(key)
             if j is not None:
-                mine.append((2 if key[0] else 0, j))  # mem, reg
+                mine.append((2 if key[0] == MEMORY else 0, j))  # mem, reg
             else:  # no writer yet this iteration: the last one of the previous iteration (j >= i)
                 j = last.get(key)
                 if j is not None:
-                    mine.append((3 if key[0] else 1, j))  # mem-carried, reg-carried
+                    mine.append((3 if key[0] == MEMORY else 1, j))  # mem-carried, reg-carried
         if mine:
             found.extend((i, j, kind) for kind, j in (sorted(set(mine)) if len(mine) > 1 else mine))
         for key in consumer.defs:
