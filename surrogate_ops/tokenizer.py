@@ -166,13 +166,9 @@ class Tokenizer:
         """`add_dependencies` from each instruction's effects, already known (the predictor keeps them per line)."""
         if not self.max_deps or len(effects) > self.positions:
             return ids
-        extra: list[list[int]] = [[] for _ in ids]
-        offsets = self._edge_offsets
-        for consumer, producer, kind in deps.links(effects):
-            row = extra[consumer]
-            if len(row) < self.max_deps:
-                row.append(offsets[kind] + producer)
-        return [row + tuple(more) if more else row for row, more in zip(ids, extra, strict=True)]
+        offsets, most = self._edge_offsets, self.max_deps
+        return [row + tuple([offsets[kind] + j for kind, j in mine[:most]]) if mine else row
+                for row, mine in zip(ids, deps.links(effects), strict=True)]
 
     def unknown(self, block: str) -> list[str]:
         """Tokens of the block that the vocabulary lacks."""

@@ -222,15 +222,15 @@ def effects(instruction: str) -> Effects:
     return Effects.of(reads, writes, loads, stores)
 
 
-def links(instructions: Sequence[Effects]) -> list[tuple[int, int, int]]:
-    """Every read linked to its producer, within the iteration or from the previous one, as
-    (consumer, producer, kind's index in KINDS), ordered by consumer, then kind, then producer.
+def links(instructions: Sequence[Effects]) -> list[list[tuple[int, int]]]:
+    """Every read linked to its producer, within the iteration or from the previous one: per
+    consumer, its (kind's index in KINDS, producer) pairs, ordered by kind, then producer.
     On the serving path (the tokenizer's edge tokens): plain tuples and dict lookups."""
     last = {key: j for j, producer in enumerate(instructions) for key in producer.defs}  # the block's last writers
-    found: list[tuple[int, int, int]] = []
+    found: list[list[tuple[int, int]]] = []
     current: dict[str, int] = {}  # writers so far in this iteration
     for i, consumer in enumerate(instructions):
-        mine: list[tuple[int, int]] = []  # (kind, producer)
+        mine: list[tuple[int, int]] = []
         for key in consumer.uses:
             j = current.get(key)
             if j is not None:
@@ -239,8 +239,7 @@ def links(instructions: Sequence[Effects]) -> list[tuple[int, int, int]]:
                 j = last.get(key)
                 if j is not None:
                     mine.append((3 if key[0] == MEMORY else 1, j))  # mem-carried, reg-carried
-        if mine:
-            found.extend((i, j, kind) for kind, j in (sorted(set(mine)) if len(mine) > 1 else mine))
+        found.append(sorted(set(mine)) if len(mine) > 1 else mine)
         for key in consumer.defs:
             current[key] = i
     return found
@@ -248,7 +247,7 @@ def links(instructions: Sequence[Effects]) -> list[tuple[int, int, int]]:
 
 def edges_of(instructions: Sequence[Effects]) -> list[Edge]:
     """`links` as named edges."""
-    return [Edge(i, j, KINDS[kind]) for i, j, kind in links(instructions)]
+    return [Edge(i, j, KINDS[kind]) for i, mine in enumerate(links(instructions)) for kind, j in mine]
 
 
 def edges(block: str) -> list[Edge]:
