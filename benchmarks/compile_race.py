@@ -9,17 +9,25 @@ it: `surrogate-ops predict` on a hex CSV against `--program llvm-mca`, marginal 
 (the one-block run's start-up subtracted), and the one-block run's wall time and peak memory.
 Last, the seed paper's setting: one thread, batch 1. Every figure is the median of `--repeats`.
 
-    python benchmarks/compile_race.py --model surrogate_ops/pretrained/llvm-mca-haswell [--model DIR ...]
+`--baseline REV` races the product as it was at a git revision beside today's: that revision's
+code and its bundled Haswell surrogate, run from an extracted copy of its package (first and warm
+passes, the CLI), each surrogate's figures also given as a ratio to it. Issue 13 asks the new
+default to stay within 1.5x of the one it replaced (`--baseline 1463139`, the `hier` default).
+
+    python benchmarks/compile_race.py --model surrogate_ops/pretrained/llvm-mca-haswell [--model DIR ...] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -34,10 +42,52 @@ from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import mape
 from surrogate_ops.programs import LlvmMca
 
-from common import DEFAULT_BHIVE, bhive_hexes, fresh, median_time, passes
+from common import DEFAULT_BHIVE, bhive_hexes, median_time
 
 
-def cli(args: list[str], repeats: int) -> tuple[float, float | None]:
+PASSES = """
+import json, sys
+from common import passes  # the Predictor of whichever package PYTHONPATH puts first
+job = json.load(open(sys.argv[1]))
+first, warm, cycles = passes(job["model"], job["engine"], job["source"], job["hexes"], job["texts"])
+print(json.dumps([first, warm, [float(c) for c in cycles]]))
+"""
+
+
+def extract(revision: str, into: Path) -> Path:
+    """The `surrogate_ops` package as it was at a git revision (code and bundled surrogates), under `into`."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", revision, "surrogate_ops"],
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def lean_passes(tree: Path | None, model: Path, engine: str, source: str, hexes: list[str], texts: list[str],
+                ) -> tuple[float, float, np.ndarray]:
+    """`passes` in a fresh interpreter that imports only what a predictor needs (this script's
+    imports hold ten times the objects, and every full garbage collection of the first pass walks
+    them all), from the baseline's package `tree` or today's (None)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as job:
+        json.dump({"model": str(model), "engine": engine, "source": source, "hexes": hexes, "texts": texts}, job)
+        job.flush()
+        proc = subprocess.run([sys.executable, "-c", PASSES, job.name], capture_output=True, text=True,
+                              env=package_env(tree))
+    if proc.returncode:
+        raise SystemExit(f"the passes over {model} failed: {proc.stderr[-1500:]}")
+    first, warm, cycles = json.loads(proc.stdout.splitlines()[-1])
+    return first, warm, np.array(cycles)
+
+
+def package_env(tree: Path | None) -> dict[str, str]:
+    """An environment that imports the benchmarks' helpers and, with `tree`, the baseline's
+    `surrogate_ops` (PYTHONPATH comes before the installed package)."""
+    here = str(Path(__file__).resolve().parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), here] if tree else [here])}
+
+
+def cli(args: list[str], repeats: int, env: dict[str, str] | None = None) -> tuple[float, float | None]:
     """Median wall seconds and the largest peak RSS (MB, from GNU time where it is installed: a
     child forked from this large process would report this process's memory as its own) of a
     `surrogate-ops` command, after one untimed run (which may resolve and pin the default model)."""
@@ -49,7 +99,7 @@ def cli(args: list[str], repeats: int) -> tuple[float, float | None]:
             if timer:
                 command = [timer, "-f", "%M", "-o", record.name, *command]
             start = time.perf_counter()
-            proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
             if proc.returncode:
                 raise SystemExit(f"surrogate-ops {' '.join(args)} failed: {proc.stderr[-500:]}")
             if k:
@@ -60,6 +110,24 @@ def cli(args: list[str], repeats: int) -> tuple[float, float | None]:
     return float(np.median(times)), max(peaks) if peaks else None
 
 
+def race_rows(label: str, runs: dict[str, list], texts: list[str], truth: np.ndarray, rate: dict[str, float],
+              base_rates: dict[str, tuple[float, float]], is_baseline: bool = False) -> None:
+    """Print a contender's first and warm pass, from text and from hex, against llvm-mca and the
+    baseline's (whose own rows fill `base_rates`)."""
+    cycles = runs["text"][-1][2]
+    ok = np.isfinite(cycles) & np.isfinite(truth)
+    for k, kind in enumerate(("first", "warm")):
+        text_rate = len(texts) / np.median([r[k] for r in runs["text"]])
+        hex_rate = len(texts) / np.median([r[k] for r in runs["hex"]])
+        against = ""
+        if is_baseline:
+            base_rates[kind] = (text_rate, hex_rate)
+        elif kind in base_rates:
+            against = f" {base_rates[kind][0] / text_rate:>6.2f}x {base_rates[kind][1] / hex_rate:>6.2f}x"
+        print(f"{label:<40} {kind:<6} {text_rate:>10,.0f} {text_rate / rate['text']:>6.1f}x "
+              f"{hex_rate:>10,.0f} {hex_rate / rate['hex']:>6.1f}x {100 * mape(cycles[ok], truth[ok]):>8.2f}%{against}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", action="append", required=True, help="model directory or models:/ URI")
@@ -68,6 +136,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engine", action="append", help="engines to race [default: onnxruntime, torch, tvm]")
     parser.add_argument("--single", type=int, default=1000, help="blocks for the one-thread, batch-1 race")
+    parser.add_argument("--baseline", metavar="REV", help="git revision whose package (code and bundled Haswell "
+                        "surrogate) is raced beside today's, every figure also as a ratio to it")
     args = parser.parse_args()
 
     hexes = bhive_hexes(args.bhive, args.blocks)
@@ -88,6 +158,15 @@ def main() -> None:
 
     single_rows = []
     scratch = Path(tempfile.mkdtemp(prefix="race-"))
+    tree = extract(args.baseline, scratch / "baseline") if args.baseline else None
+    base_rates: dict[str, tuple[float, float]] = {}  # pass -> the baseline's (text, hex) blocks/s
+    if tree is not None:
+        print(f"{'':<40} {'':<6} {'':>10} {'':>7} {'':>10} {'':>7} {'':>9} slower than the baseline (text, hex)")
+        label = f"baseline {args.baseline} onnxruntime"
+        model = tree / "surrogate_ops" / "pretrained" / "llvm-mca-haswell"
+        runs = {source: [lean_passes(tree, model, "onnxruntime", source, hexes, texts) for _ in range(args.repeats)]
+                for source in ("text", "hex")}
+        race_rows(label, runs, texts, truth, rate, base_rates, is_baseline=True)
     for uri in args.model:
         directory = scratch / Path(str(uri)).name.replace("@", "-")
         shutil.copytree(registry.model_dir(uri).path, directory)  # builds go beside a copy, never into the package
@@ -99,16 +178,10 @@ def main() -> None:
             tokens = example_batch(Predictor(directory).tokenizer, texts[:256])
             compiler.compile_model(directory, engines.HOST_PLATFORM, directory / "builds", check_tokens=tokens)
         for engine in contenders:
-            runs = {source: [fresh(passes, str(directory), engine, source, hexes, texts) for _ in range(args.repeats)]
+            runs = {source: [lean_passes(None, directory, engine, source, hexes, texts) for _ in range(args.repeats)]
                     for source in ("text", "hex")}
-            cycles = runs["text"][-1][2]
-            ok = np.isfinite(cycles) & np.isfinite(truth)
             label = f"{meta['arch']} ({Path(str(uri)).name}) {engine}"
-            for k, kind in enumerate(("first", "warm")):
-                text_rate = len(texts) / np.median([r[k] for r in runs["text"]])
-                hex_rate = len(texts) / np.median([r[k] for r in runs["hex"]])
-                print(f"{label:<40} {kind:<6} {text_rate:>10,.0f} {text_rate / rate['text']:>6.1f}x "
-                      f"{hex_rate:>10,.0f} {hex_rate / rate['hex']:>6.1f}x {100 * mape(cycles[ok], truth[ok]):>8.2f}%")
+            race_rows(label, runs, texts, truth, rate, base_rates)
             single = Predictor(directory, engine=engine, threads=1, batch_size=1)
             subset = texts[: args.single]
             single.predict(subset[:50])
@@ -121,18 +194,25 @@ def main() -> None:
         with open(path, "w", newline="") as handle:
             csv.writer(handle).writerows([["hex"], *[[h] for h in rows]])
     print(f"\nCLI, `surrogate-ops predict --input HEX.csv`, {len(hexes):,} blocks vs 1 (marginal: start-up subtracted)")
-    print(f"{'command':<52} {'1 block':>8} {'peak MB':>8} {'all':>8} {'marginal b/s':>13} {'vs mca':>7}")
-    commands = [("--program llvm-mca", ["--program", "llvm-mca"])]
-    commands += [(f"--model {Path(str(uri)).name}", ["--model", str(scratch / Path(str(uri)).name.replace("@", "-"))])
-                 for uri in args.model]
-    commands.append(("(default: the champion of --mcpu)", []))
-    base = None
-    for label, extra in commands:
-        t_one, peak = cli(["predict", "--input", str(one), *extra], args.repeats)
-        t_all, _ = cli(["predict", "--input", str(many), *extra], args.repeats)
+    print(f"{'command':<52} {'1 block':>8} {'peak MB':>8} {'all':>8} {'marginal b/s':>13} {'vs mca':>7}"
+          + (" slower than the baseline" if tree else ""))
+    commands = [("--program llvm-mca", ["--program", "llvm-mca"], None)]
+    if tree is not None:
+        commands.append((f"baseline {args.baseline}: --model its haswell", ["--model", str(model)], package_env(tree)))
+    commands += [(f"--model {Path(str(uri)).name}", ["--model", str(scratch / Path(str(uri)).name.replace("@", "-"))],
+                  None) for uri in args.model]
+    commands.append(("(default: the champion of --mcpu)", [], None))
+    base = baseline = None
+    for label, extra, env in commands:
+        t_one, peak = cli(["predict", "--input", str(one), *extra], args.repeats, env)
+        t_all, _ = cli(["predict", "--input", str(many), *extra], args.repeats, env)
         marginal = (len(hexes) - 1) / max(t_all - t_one, 1e-9)
         base = base or marginal
-        print(f"{label:<52} {t_one:>7.2f}s {peak or float('nan'):>8.0f} {t_all:>7.1f}s {marginal:>13,.0f} {marginal / base:>6.1f}x")
+        if env is not None:
+            baseline = marginal
+        slower = f" {baseline / marginal:>6.2f}x" if baseline and env is None and extra[:1] != ["--program"] else ""
+        print(f"{label:<52} {t_one:>7.2f}s {peak or float('nan'):>8.0f} {t_all:>7.1f}s {marginal:>13,.0f} "
+              f"{marginal / base:>6.1f}x{slower}")
 
     one_mca = LlvmMca(mcpu="haswell", workers=1)
     subset = texts[: args.single]
