@@ -87,14 +87,16 @@ def package_env(tree: Path | None) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), here] if tree else [here])}
 
 
-def cli(args: list[str], repeats: int, env: dict[str, str] | None = None) -> tuple[float, float | None]:
+def cli(args: list[str], repeats: int, env: dict[str, str] | None = None, warm: bool = True,
+        ) -> tuple[float, float | None]:
     """Median wall seconds and the largest peak RSS (MB, from GNU time where it is installed: a
     child forked from this large process would report this process's memory as its own) of a
-    `surrogate-ops` command, after one untimed run (which may resolve and pin the default model)."""
+    `surrogate-ops` command run `repeats` times, after one untimed run when `warm` (which may
+    resolve and pin the default model)."""
     timer = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").is_file() else None)
     times, peaks = [], []
     with tempfile.NamedTemporaryFile("r") as record:
-        for k in range(repeats + 1):
+        for k in range(repeats + int(warm)):
             command = [sys.executable, "-m", "surrogate_ops", *args]
             if timer:
                 command = [timer, "-f", "%M", "-o", record.name, *command]
@@ -102,12 +104,12 @@ def cli(args: list[str], repeats: int, env: dict[str, str] | None = None) -> tup
             proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
             if proc.returncode:
                 raise SystemExit(f"surrogate-ops {' '.join(args)} failed: {proc.stderr[-500:]}")
-            if k:
+            if k or not warm:
                 times.append(time.perf_counter() - start)
                 if timer:
                     record.seek(0)
                     peaks.append(int(record.read().split()[-1]) / 1024)
-    return float(np.median(times)), max(peaks) if peaks else None
+    return float(np.median(times)) if times else float("nan"), max(peaks) if peaks else None
 
 
 def race_rows(label: str, runs: dict[str, list], texts: list[str], truth: np.ndarray, rate: dict[str, float],
@@ -156,32 +158,37 @@ def main() -> None:
     print(f"{'llvm-mca (adapter, %d workers)' % cores:<40} {'':<6} {rate['text']:>10,.0f} {1:>6.1f}x "
           f"{rate['hex']:>10,.0f} {1:>6.1f}x {0:>8.2f}%")
 
-    single_rows = []
     scratch = Path(tempfile.mkdtemp(prefix="race-"))
     tree = extract(args.baseline, scratch / "baseline") if args.baseline else None
-    base_rates: dict[str, tuple[float, float]] = {}  # pass -> the baseline's (text, hex) blocks/s
+    contenders = []  # (label, package tree or None for today's, model directory, engine)
     if tree is not None:
-        print(f"{'':<40} {'':<6} {'':>10} {'':>7} {'':>10} {'':>7} {'':>9} slower than the baseline (text, hex)")
-        label = f"baseline {args.baseline} onnxruntime"
         model = tree / "surrogate_ops" / "pretrained" / "llvm-mca-haswell"
-        runs = {source: [lean_passes(tree, model, "onnxruntime", source, hexes, texts) for _ in range(args.repeats)]
-                for source in ("text", "hex")}
-        race_rows(label, runs, texts, truth, rate, base_rates, is_baseline=True)
+        contenders.append((f"baseline {args.baseline} onnxruntime", tree, model, "onnxruntime"))
     for uri in args.model:
         directory = scratch / Path(str(uri)).name.replace("@", "-")
         shutil.copytree(registry.model_dir(uri).path, directory)  # builds go beside a copy, never into the package
         meta = Predictor(directory).meta
-        contenders = args.engine or ["onnxruntime", "torch", "tvm"]
-        if "tvm" in contenders and meta["arch"] in compiler.UNSUPPORTED:
-            contenders = [c for c in contenders if c != "tvm"]
-        if "tvm" in contenders and not (directory / "builds" / f"{engines.HOST_PLATFORM}.so").is_file():
+        engines_here = args.engine or ["onnxruntime", "torch", "tvm"]
+        if "tvm" in engines_here and meta["arch"] in compiler.UNSUPPORTED:
+            engines_here = [c for c in engines_here if c != "tvm"]
+        if "tvm" in engines_here and not (directory / "builds" / f"{engines.HOST_PLATFORM}.so").is_file():
             tokens = example_batch(Predictor(directory).tokenizer, texts[:256])
             compiler.compile_model(directory, engines.HOST_PLATFORM, directory / "builds", check_tokens=tokens)
-        for engine in contenders:
-            runs = {source: [lean_passes(None, directory, engine, source, hexes, texts) for _ in range(args.repeats)]
-                    for source in ("text", "hex")}
-            label = f"{meta['arch']} ({Path(str(uri)).name}) {engine}"
-            race_rows(label, runs, texts, truth, rate, base_rates)
+        contenders += [(f"{meta['arch']} ({Path(str(uri)).name}) {engine}", None, directory, engine)
+                       for engine in engines_here]
+    # in turns, every contender once a round, so that the machine's drift falls on all alike
+    runs = {label: {"text": [], "hex": []} for label, *_ in contenders}
+    for _ in range(args.repeats):
+        for label, package, directory, engine in contenders:
+            for source in ("text", "hex"):
+                runs[label][source].append(lean_passes(package, directory, engine, source, hexes, texts))
+    if tree is not None:
+        print(f"{'':<40} {'':<6} {'':>10} {'':>7} {'':>10} {'':>7} {'':>9} slower than the baseline (text, hex)")
+    base_rates: dict[str, tuple[float, float]] = {}  # pass -> the baseline's (text, hex) blocks/s
+    single_rows = []
+    for label, package, directory, engine in contenders:
+        race_rows(label, runs[label], texts, truth, rate, base_rates, is_baseline=package is not None)
+        if package is None:
             single = Predictor(directory, engine=engine, threads=1, batch_size=1)
             subset = texts[: args.single]
             single.predict(subset[:50])
@@ -202,16 +209,26 @@ def main() -> None:
     commands += [(f"--model {Path(str(uri)).name}", ["--model", str(scratch / Path(str(uri)).name.replace("@", "-"))],
                   None) for uri in args.model]
     commands.append(("(default: the champion of --mcpu)", [], None))
+    for label, extra, env in commands:  # untimed: the default is resolved (and cached) on its first run
+        cli(["predict", "--input", str(one), *extra], 0, env)
+    timed = {label: ([], [], []) for label, *_ in commands}  # one-block seconds, all-blocks seconds, peaks
+    for _ in range(args.repeats):  # in turns, as above
+        for label, extra, env in commands:
+            for k, path in enumerate((one, many)):
+                seconds, peak = cli(["predict", "--input", str(path), *extra], 1, env, warm=False)
+                timed[label][k].append(seconds)
+                if k == 0 and peak:
+                    timed[label][2].append(peak)
     base = baseline = None
     for label, extra, env in commands:
-        t_one, peak = cli(["predict", "--input", str(one), *extra], args.repeats, env)
-        t_all, _ = cli(["predict", "--input", str(many), *extra], args.repeats, env)
+        t_one, t_all = float(np.median(timed[label][0])), float(np.median(timed[label][1]))
+        peak = max(timed[label][2]) if timed[label][2] else float("nan")
         marginal = (len(hexes) - 1) / max(t_all - t_one, 1e-9)
         base = base or marginal
         if env is not None:
             baseline = marginal
         slower = f" {baseline / marginal:>6.2f}x" if baseline and env is None and extra[:1] != ["--program"] else ""
-        print(f"{label:<52} {t_one:>7.2f}s {peak or float('nan'):>8.0f} {t_all:>7.1f}s {marginal:>13,.0f} "
+        print(f"{label:<52} {t_one:>7.2f}s {peak:>8.0f} {t_all:>7.1f}s {marginal:>13,.0f} "
               f"{marginal / base:>6.1f}x{slower}")
 
     one_mca = LlvmMca(mcpu="haswell", workers=1)

@@ -19,7 +19,7 @@ import numpy as np
 from surrogate_ops import engines
 from surrogate_ops.batching import Flat, run_batched
 from surrogate_ops.blocks import deps
-from surrogate_ops.blocks.asm import MAX_LINE, PREFIXES, BlockError, normalize_block
+from surrogate_ops.blocks.asm import MAX_LINE, PREFIXES, BlockError, canonical_line, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.modeldir import ModelDir
 
@@ -114,20 +114,14 @@ class Predictor:
 
     def _encode_line(self, raw: str):
         line = raw.strip()
-        if not line:
+        instruction = canonical_line(line) if line else None
+        if instruction is None:
             hit = _SKIP
+        elif isinstance(instruction, BlockError) or instruction in PREFIXES:
+            hit = instruction if isinstance(instruction, BlockError) else _SLOW
         else:
-            try:
-                instruction = normalize_block(line)
-            except BlockError as exc:
-                hit = exc
-            else:
-                if instruction in PREFIXES:
-                    hit = _SLOW
-                else:
-                    encoded = self.tokenizer.encode_instruction(instruction)
-                    hit = (encoded, 1 in encoded, instruction,
-                           deps.effects(instruction) if self.tokenizer.max_deps else None)
+            encoded = self.tokenizer.encode_instruction(instruction)
+            hit = (encoded, 1 in encoded, instruction, deps.uses_defs(instruction) if self.tokenizer.max_deps else None)
         if len(raw) <= MAX_LINE:  # longer ones (padding, or refused) are not kept
             if len(self._lines) >= self.line_cache:
                 self._lines.clear()

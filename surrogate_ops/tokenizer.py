@@ -18,7 +18,6 @@ edge matrix with tensor arithmetic alone (see `models/dep.py`) and still take on
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections import Counter
@@ -26,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from surrogate_ops.blocks import deps
-from surrogate_ops.blocks.asm import PREFIXES, canonical_operands
+from surrogate_ops.blocks.asm import PREFIXES, canonical_operands, remembered
 
 PAD, UNK = "<PAD>", "<UNK>"
 SPECIALS = (PAD, UNK)
@@ -36,7 +35,7 @@ _SMALL_IMMEDIATES = range(-1, 17)
 _CACHE_LIMIT = 1 << 16  # instructions whose ids are remembered (the predictor's line cache sits above)
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@remembered(1 << 14)
 def _operand_tokens(operand: str) -> tuple[str, ...]:
     """The tokens of one operand; operands repeat far more than instructions do."""
     tokens: list[str] = []
@@ -160,9 +159,9 @@ class Tokenizer:
         blocks longer than `positions` get none."""
         if not self.max_deps or len(instructions) > self.positions:
             return ids
-        return self.add_edges(ids, [deps.effects(line) for line in instructions])
+        return self.add_edges(ids, [deps.uses_defs(line) for line in instructions])
 
-    def add_edges(self, ids: list[tuple[int, ...]], effects: list[deps.Effects]) -> list[tuple[int, ...]]:
+    def add_edges(self, ids: list[tuple[int, ...]], effects: list[deps.UsesDefs]) -> list[tuple[int, ...]]:
         """`add_dependencies` from each instruction's effects, already known (the predictor keeps them per line)."""
         if not self.max_deps or len(effects) > self.positions:
             return ids

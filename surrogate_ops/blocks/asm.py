@@ -12,6 +12,7 @@ prefix line (`lock`, `rep`, as llvm-mc prints them) is joined to the instruction
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -24,6 +25,31 @@ MAX_LINE = 256
 PREFIXES = frozenset(
     {"lock", "rep", "repe", "repz", "repne", "repnz", "data16", "data32", "rex64", "notrack", "xacquire", "xrelease", "bnd"}
 )
+
+
+def remembered(limit: int):
+    """Memoize a function of one string in a plain dict, emptied when it holds `limit` answers.
+
+    The front end's caches (canonical lines, operands, def-use effects, tokens) hold what the
+    garbage collector need not see: strings and tuples of them. `functools.lru_cache` keeps a
+    four-item list per entry, and every full collection of a long first pass walked them all."""
+
+    def wrap(fn):
+        answers: dict = {}
+
+        @functools.wraps(fn)
+        def known(text: str):
+            answer = answers.get(text)
+            if answer is None:
+                if len(answers) >= limit:
+                    answers.clear()
+                answer = answers[text] = fn(text)
+            return answer
+
+        known.cache_clear = answers.clear
+        return known
+
+    return wrap
 
 
 class BlockError(ValueError):
@@ -66,21 +92,17 @@ _LONG_LITERAL = re.compile(r"(?<![\w%])(?:0[xX][0-9a-fA-F]{17,}|\d{20,})")  # th
 
 def split_operands(text: str) -> list[str]:
     """Split an operand list at commas outside parentheses and braces."""
-    if "(" not in text and "{" not in text:  # the common case: every comma splits
-        return ["".join(p.split()) for p in text.split(",")]
-    parts, depth, current = [], 0, []
-    for char in text:
-        if char in "({":
-            depth += 1
-        elif char in ")}":
-            depth -= 1
-        if char == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return ["".join(p.split()) for p in parts]
+    pieces = text.split(",")
+    if "(" in text or "{" in text:  # rejoin the pieces cut inside (%rsp,%rax,4) or {1to8}
+        parts, depth = [], 0
+        for piece in pieces:
+            if depth:
+                parts[-1] += "," + piece
+            else:
+                parts.append(piece)
+            depth += piece.count("(") + piece.count("{") - piece.count(")") - piece.count("}")
+        pieces = parts
+    return ["".join(p.split()) for p in pieces]
 
 
 def canonical_operands(text: str) -> list[str]:
@@ -106,8 +128,10 @@ _LINES: dict[str, str | BlockError] = {}  # raw line -> canonical instruction, o
 _LINES_LIMIT = 1 << 16
 
 
-def _canonical_line(line: str) -> str | BlockError:
-    """Checked and normalized once per distinct line: real inputs repeat instructions a lot."""
+def canonical_line(line: str) -> str | BlockError:
+    """One stripped, non-empty line checked and normalized, or why it is refused (returned, not
+    raised: `normalize_block` names the block and line). Once per distinct line: real inputs
+    repeat instructions a lot."""
     if len(line) > MAX_LINE:
         return BlockError(f"a line of {len(line):,} characters, over the limit of {MAX_LINE} ({line[:40]!r}...)")
     known = _LINES.get(line)
@@ -144,7 +168,7 @@ def normalize_block(text: str, index: int | None = None, max_instructions: int |
         line = raw.strip()
         if not line:
             continue
-        instruction = _canonical_line(line)
+        instruction = canonical_line(line)
         if isinstance(instruction, BlockError):
             raise BlockError(instruction.reason, index, number)
         instructions.append(instruction)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from surrogate_ops.blocks.asm import PREFIXES, canonical_operands
+from surrogate_ops.blocks.asm import PREFIXES, canonical_operands, remembered
 
 KINDS = ("reg", "reg-carried", "mem", "mem-carried")
 FLAGS = "flags"
@@ -38,6 +38,7 @@ _PARTIAL = {"ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "al", "bl", "cl", "d
             "sil", "dil", "bpl", "spl"}
 _NUMBERED = re.compile(r"^r(\d+)([dwb]?)$")
 _VECTOR = re.compile(r"^[xyz]mm(\d+)$")
+_REGISTER_NAMES = re.compile(r"%\w+")
 
 # mnemonic stems whose destination is written, not read (AT&T: the last operand)
 _WRITE_ONLY = ("mov", "lea", "set", "cvt", "pop", "lzcnt", "tzcnt", "popcnt", "pshuf", "sqrtp", "rcpp", "rsqrtp",
@@ -54,19 +55,18 @@ _VEX_READS_DEST = ("vfmadd", "vfmsub", "vfnmadd", "vfnmsub", "vfmaddsub", "vfmsu
 MEMORY = "@"  # what memory keys start with (an address expression never names a register family)
 
 
+UsesDefs = tuple[tuple[str, ...], tuple[str, ...]]  # the keys an instruction reads and writes (see Effects)
+
+
 class Effects(NamedTuple):
     """What one instruction reads and writes: register families (rax for eax/ax/al, v3 for
     xmm3/ymm3), `flags`, and memory by address expression (keys that start with `MEMORY`).
 
-    Two tuples of string keys, which is what `links` walks: every distinct line of every block
-    makes one, and tuples of strings are cheap to make and drop out of the garbage collector's sight."""
+    A readable view of `uses_defs`, the plain pair the serving path keeps per line; `links`
+    takes either."""
 
     uses: tuple[str, ...]
     defs: tuple[str, ...]
-
-    @classmethod
-    def of(cls, reads=(), writes=(), loads=(), stores=()) -> Effects:
-        return cls((*reads, *[MEMORY + a for a in loads]), (*writes, *[MEMORY + a for a in stores]))
 
     reads = property(lambda self: frozenset(k for k in self.uses if k[0] != MEMORY))
     writes = property(lambda self: frozenset(k for k in self.defs if k[0] != MEMORY))
@@ -102,17 +102,17 @@ _REGISTERS = {  # the common names, looked up; `_register` falls back to the pat
 }
 
 
-def _address(operand: str) -> tuple[str, set[str]] | None:
+def _address(operand: str) -> tuple[str, tuple[str, ...]] | None:
     """(address expression, registers it reads) of a memory operand, or None."""
     operand = operand.lstrip("*").split("{")[0].strip()
     if "(" not in operand and not (":" in operand and not operand.startswith("%")):
         return None
-    registers = {r for r in (_register(p) for p in re.findall(r"%\w+", operand.split(":")[-1])) if r}
-    return operand, {family for family, _ in registers if family != "rip"}
+    registers = {r for r in map(_register, _REGISTER_NAMES.findall(operand.split(":")[-1])) if r}
+    return operand, tuple({family for family, _ in registers if family != "rip"})
 
 
-@functools.lru_cache(maxsize=1 << 14)
-def _operand(operand: str) -> tuple[tuple[str, bool] | None, tuple[str, set[str]] | None]:
+@remembered(1 << 14)
+def _operand(operand: str) -> tuple[tuple[str, bool] | None, tuple[str, tuple[str, ...]] | None]:
     """(register, address) of one operand, either None; operands repeat far more than lines do."""
     return (_register(operand) if operand.startswith("%") else None,
             _address(operand) if not operand.startswith(("%", "$")) else None)
@@ -168,16 +168,22 @@ def _traits(mnemonic: str, count: int) -> _Traits:
     )
 
 
-@functools.lru_cache(maxsize=1 << 15)
 def effects(instruction: str) -> Effects:
     """The reads and writes of one canonical AT&T instruction (see the module docstring for the rules)."""
-    words = instruction.split()
-    while len(words) > 1 and words[0] in PREFIXES:
-        words.pop(0)
-    if not words:
-        return Effects((), ())
-    mnemonic = words[0].lower()
-    operands = canonical_operands(" ".join(words[1:])) if len(words) > 1 else []
+    return Effects(*uses_defs(instruction))
+
+
+@remembered(1 << 15)
+def uses_defs(instruction: str) -> UsesDefs:
+    """The keys one canonical instruction reads and writes, as a pair of plain tuples of strings:
+    every distinct line makes one, and plain tuples of strings drop out of the garbage collector's sight."""
+    mnemonic, _, rest = instruction.partition(" ")
+    while rest and mnemonic in PREFIXES:
+        mnemonic, _, rest = rest.partition(" ")
+    if not mnemonic:
+        return (), ()
+    mnemonic = mnemonic.lower()
+    operands = canonical_operands(rest) if rest else []
     traits = _traits(mnemonic, len(operands))
     reads, writes, loads, stores = set(traits.reads), set(traits.writes), set(traits.loads), set(traits.stores)
     registers, addresses = zip(*map(_operand, operands)) if operands else ((), ())
@@ -219,19 +225,19 @@ def effects(instruction: str) -> Effects:
         reads.add(FLAGS)
     if traits.flag_write:
         writes.add(FLAGS)
-    return Effects.of(reads, writes, loads, stores)
+    return (*reads, *[MEMORY + a for a in loads]), (*writes, *[MEMORY + a for a in stores])
 
 
-def links(instructions: Sequence[Effects]) -> list[list[tuple[int, int]]]:
+def links(instructions: Sequence[UsesDefs]) -> list[list[tuple[int, int]]]:
     """Every read linked to its producer, within the iteration or from the previous one: per
     consumer, its (kind's index in KINDS, producer) pairs, ordered by kind, then producer.
     On the serving path (the tokenizer's edge tokens): plain tuples and dict lookups."""
-    last = {key: j for j, producer in enumerate(instructions) for key in producer.defs}  # the block's last writers
+    last = {key: j for j, (_, defs) in enumerate(instructions) for key in defs}  # the block's last writers
     found: list[list[tuple[int, int]]] = []
     current: dict[str, int] = {}  # writers so far in this iteration
-    for i, consumer in enumerate(instructions):
+    for i, (uses, defs) in enumerate(instructions):
         mine: list[tuple[int, int]] = []
-        for key in consumer.uses:
+        for key in uses:
             j = current.get(key)
             if j is not None:
                 mine.append((2 if key[0] == MEMORY else 0, j))  # mem, reg
@@ -240,19 +246,19 @@ def links(instructions: Sequence[Effects]) -> list[list[tuple[int, int]]]:
                 if j is not None:
                     mine.append((3 if key[0] == MEMORY else 1, j))  # mem-carried, reg-carried
         found.append(sorted(set(mine)) if len(mine) > 1 else mine)
-        for key in consumer.defs:
+        for key in defs:
             current[key] = i
     return found
 
 
-def edges_of(instructions: Sequence[Effects]) -> list[Edge]:
+def edges_of(instructions: Sequence[UsesDefs]) -> list[Edge]:
     """`links` as named edges."""
     return [Edge(i, j, KINDS[kind]) for i, mine in enumerate(links(instructions)) for kind, j in mine]
 
 
 def edges(block: str) -> list[Edge]:
     """The def-use edges of a canonical block (one instruction a line)."""
-    return edges_of([effects(line) for line in block.split("\n")])
+    return edges_of([uses_defs(line) for line in block.split("\n")])
 
 
-__all__ = ["FLAGS", "KINDS", "Edge", "Effects", "edges", "edges_of", "effects", "links"]
+__all__ = ["FLAGS", "KINDS", "Edge", "Effects", "UsesDefs", "edges", "edges_of", "effects", "links", "uses_defs"]
