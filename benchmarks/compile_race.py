@@ -47,10 +47,11 @@ from common import DEFAULT_BHIVE, bhive_hexes, median_time
 
 PASSES = """
 import json, sys
+import surrogate_ops
 from common import passes  # the Predictor of whichever package PYTHONPATH puts first
 job = json.load(open(sys.argv[1]))
 first, warm, cycles = passes(job["model"], job["engine"], job["source"], job["hexes"], job["texts"])
-print(json.dumps([first, warm, [float(c) for c in cycles]]))
+print(json.dumps([first, warm, [float(c) for c in cycles], surrogate_ops.__file__]))
 """
 
 
@@ -73,22 +74,25 @@ def lean_passes(tree: Path | None, model: Path, engine: str, source: str, hexes:
         json.dump({"model": str(model), "engine": engine, "source": source, "hexes": hexes, "texts": texts}, job)
         job.flush()
         proc = subprocess.run([sys.executable, "-c", PASSES, job.name], capture_output=True, text=True,
-                              env=package_env(tree))
+                              env=package_env(tree), cwd=tree or Path(__file__).resolve().parent)
     if proc.returncode:
         raise SystemExit(f"the passes over {model} failed: {proc.stderr[-1500:]}")
-    first, warm, cycles = json.loads(proc.stdout.splitlines()[-1])
+    first, warm, cycles, package = json.loads(proc.stdout.splitlines()[-1])
+    if tree is not None and not Path(package).is_relative_to(tree):
+        raise SystemExit(f"the baseline's passes imported {package}, not the package under {tree}")
     return first, warm, np.array(cycles)
 
 
 def package_env(tree: Path | None) -> dict[str, str]:
     """An environment that imports the benchmarks' helpers and, with `tree`, the baseline's
-    `surrogate_ops` (PYTHONPATH comes before the installed package)."""
+    `surrogate_ops` (PYTHONPATH comes before the installed package; the child runs in `tree`, since
+    `python -c` and `-m` put the working directory first, and this checkout's would win)."""
     here = str(Path(__file__).resolve().parent)
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), here] if tree else [here])}
 
 
 def cli(args: list[str], repeats: int, env: dict[str, str] | None = None, warm: bool = True,
-        ) -> tuple[float, float | None]:
+        cwd: Path | None = None) -> tuple[float, float | None]:
     """Median wall seconds and the largest peak RSS (MB, from GNU time where it is installed: a
     child forked from this large process would report this process's memory as its own) of a
     `surrogate-ops` command run `repeats` times, after one untimed run when `warm` (which may
@@ -101,7 +105,8 @@ def cli(args: list[str], repeats: int, env: dict[str, str] | None = None, warm: 
             if timer:
                 command = [timer, "-f", "%M", "-o", record.name, *command]
             start = time.perf_counter()
-            proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                  cwd=cwd)
             if proc.returncode:
                 raise SystemExit(f"surrogate-ops {' '.join(args)} failed: {proc.stderr[-500:]}")
             if k or not warm:
@@ -210,12 +215,13 @@ def main() -> None:
                   None) for uri in args.model]
     commands.append(("(default: the champion of --mcpu)", [], None))
     for label, extra, env in commands:  # untimed: the default is resolved (and cached) on its first run
-        cli(["predict", "--input", str(one), *extra], 0, env)
+        cli(["predict", "--input", str(one), *extra], 0, env, cwd=tree if env else None)
     timed = {label: ([], [], []) for label, *_ in commands}  # one-block seconds, all-blocks seconds, peaks
     for _ in range(args.repeats):  # in turns, as above
         for label, extra, env in commands:
             for k, path in enumerate((one, many)):
-                seconds, peak = cli(["predict", "--input", str(path), *extra], 1, env, warm=False)
+                seconds, peak = cli(["predict", "--input", str(path), *extra], 1, env, warm=False,
+                                    cwd=tree if env else None)
                 timed[label][k].append(seconds)
                 if k == 0 and peak:
                     timed[label][2].append(peak)
