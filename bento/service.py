@@ -8,8 +8,9 @@ Configuration (environment):
     SURROGATE_OPS_LLVM_MCA  the llvm-mca binary for the fallback (default: llvm-mca on PATH)
     SURROGATE_OPS_MCA_PARAMS  JSON of llvm-mca parameters for the fallback on the model's mcpu (from
                             `surrogate-ops optimize --out`) [default: ./params.json when a bento carries one]
-    SURROGATE_OPS_MAX_BLOCKS, _MAX_INSTRUCTIONS, _MAX_BYTES, _MCA_TIMEOUT, _MCA_CHUNK, _MCA_RETRY, _LINE_CACHE: request
-                            limits, llvm-mca's timeout per call and how long a failed llvm-mca is left alone
+    SURROGATE_OPS_MAX_BLOCKS, _MAX_INSTRUCTIONS, _MAX_BYTES, _MCA_TIMEOUT, _MCA_CHUNK, _MCA_GATHER, _MCA_RETRY,
+    _LINE_CACHE: request limits, llvm-mca's timeout per call, how many waiting blocks of concurrent requests
+                            one llvm-mca call gathers, and how long a failed llvm-mca is left alone
     SURROGATE_OPS_THREADS   requests answered at once [default: 8]
 
     POST /predict       {"blocks": ["<asm>", ...], "mcpu": "haswell", "exact": false, "max_error": 0.05}

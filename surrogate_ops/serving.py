@@ -3,7 +3,8 @@ fallback policy, and the two answerers, the surrogate and the real llvm-mca.
 
 Requests run side by side (the BentoML service gives them threads). Their llvm-mca work shares one
 `FairPool`, a thread per core: chunks are served round robin across requests, so a small request
-waits for at most the chunks already running, never behind a big request's backlog, and the
+waits for at most the chunks already running, never behind a big request's backlog; small chunks of
+concurrent requests under the same llvm-mca setting run gathered in one process; and the
 simulations run at a lower CPU priority than the surrogate's own work. Every llvm-mca call, the
 start-up probes included, runs under `Limits.mca_timeout`; a failure of llvm-mca is remembered for
 `Limits.mca_retry` seconds and then tried again (see `programs.llvm_mca`).
@@ -54,6 +55,7 @@ class Limits:
     max_bytes: int = 4 << 20  # bytes of assembly per request
     mca_timeout: float = llvm_tools.TIMEOUT  # seconds per llvm-mca call (one chunk of blocks, or a start-up probe)
     mca_chunk: int = 64  # blocks per llvm-mca call
+    mca_gather: int = 64  # blocks of concurrent requests' waiting chunks one llvm-mca call may gather (0: none)
     mca_retry: float = llvm_tools.RETRY  # seconds a failed or hanging llvm-mca is left alone before it is tried again
     line_cache: int = 1 << 15  # distinct lines remembered, shared out among the surrogates (about 1 KB each)
     mca_cache_bytes: int = 16 << 20  # llvm-mca's answers remembered, by the bytes of their blocks' text
@@ -141,13 +143,19 @@ class AnswerCache:
 class FairPool:
     """`workers` threads running jobs from many requests, round robin: a request's k-th job is
     tagged with the virtual time at its arrival plus k, and the lowest tag runs next (start-time
-    fair queueing), so a request arriving behind a long backlog is served beside it, not after it."""
+    fair queueing), so a request arriving behind a long backlog is served beside it, not after it.
+
+    Jobs given a `batch` key are chunks of items that one call can run together: a worker taking
+    one also takes the waiting jobs of the same key, lowest tags first, while they fit in `most`
+    items, and runs them as one call (the fallback blocks of concurrent requests share one llvm-mca
+    process, whose start costs as much as a few dozen blocks)."""
 
     def __init__(self, workers: int, name: str = "llvm-mca"):
-        self._heap: list[tuple[int, int, Callable, object, Future]] = []
+        self._heap: list[tuple[int, int, Callable, object, Future, object, int]] = []
         self._ready = threading.Condition()
         self._order = itertools.count()  # ties: first come, first served
         self._now = 0  # virtual time: the tag of the job last started
+        self.calls = self.gathered = 0  # calls run, and jobs that rode along in another's call
         for k in range(workers):
             threading.Thread(target=self._work, name=f"{name}-{k}", daemon=True).start()
 
@@ -155,29 +163,61 @@ class FairPool:
         """Jobs waiting (not yet started)."""
         return len(self._heap)
 
-    def map(self, fn: Callable, items: Sequence) -> list[Future]:
-        """Queue `fn(item)` for each item, as one request's jobs; their futures, in order."""
+    def map(self, fn: Callable, items: Sequence, batch: object = None, most: int = 0) -> list[Future]:
+        """Queue `fn(item)` for each item, as one request's jobs; their futures, in order. With a
+        `batch` key, items are lists, `fn` maps a list to a list of as many results, and jobs of the
+        same key may run gathered, up to `most` items a call."""
         futures = [Future() for _ in items]
         with self._ready:
             start = self._now
             for k, (item, future) in enumerate(zip(items, futures, strict=True)):
-                heapq.heappush(self._heap, (start + k, next(self._order), fn, item, future))
+                heapq.heappush(self._heap, (start + k, next(self._order), fn, item, future, batch, most))
             self._ready.notify(len(items))
         return futures
+
+    def _take(self) -> list[tuple]:
+        """The next job, and the waiting jobs that ride along with it (called holding the lock)."""
+        head = heapq.heappop(self._heap)
+        self._now = max(self._now, head[0])
+        batch, most = head[5], head[6]
+        if batch is None:
+            return [head]
+        jobs, size, rest = [head], len(head[3]), []
+        for job in sorted(self._heap):
+            if job[5] == batch and size + len(job[3]) <= most:
+                jobs.append(job)
+                size += len(job[3])
+            else:
+                rest.append(job)
+        if len(jobs) > 1:
+            heapq.heapify(rest)
+            self._heap[:] = rest
+        return jobs
 
     def _work(self) -> None:
         while True:
             with self._ready:
                 while not self._heap:
                     self._ready.wait()
-                tag, _, fn, item, future = heapq.heappop(self._heap)
-                self._now = max(self._now, tag)
-            if not future.set_running_or_notify_cancel():
+                jobs = self._take()
+                self.calls += 1
+                self.gathered += len(jobs) - 1
+            jobs = [job for job in jobs if job[4].set_running_or_notify_cancel()]
+            if not jobs:
                 continue
+            fn, batch = jobs[0][2], jobs[0][5]
             try:
-                future.set_result(fn(item))
-            except BaseException as exc:  # noqa: BLE001 - the request that queued it reports it
-                future.set_exception(exc)
+                if batch is None:
+                    jobs[0][4].set_result(fn(jobs[0][3]))
+                    continue
+                results = fn([item for job in jobs for item in job[3]])
+                for job in jobs:  # each its own slice, in the order they were joined
+                    job[4].set_result(results[:len(job[3])])
+                    results = results[len(job[3]):]
+            except BaseException as exc:  # noqa: BLE001 - the requests that queued them report it
+                for job in jobs:
+                    if not job[4].done():
+                        job[4].set_exception(exc)
 
 
 Rule = Callable[[Block, "Server"], "str | None"]
@@ -287,6 +327,7 @@ class Server:
                 "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy],
                 "memory_mb": resident_mb(), "llvm_mca_cache": self.mca_cache.stats(),
                 "fallback_queue": len(self.mca_pool),
+                "llvm_mca_calls": {"calls": self.mca_pool.calls, "gathered_chunks": self.mca_pool.gathered},
                 "answered": [{"mcpu": m, "source": src, "rule": rule, "blocks": n}
                              for (m, src, rule), n in sorted(self.tally.items())]}
 
@@ -453,7 +494,8 @@ class Server:
         missing = [b.text for b, answer in zip(blocks, known, strict=True) if answer is None]
         step = self.limits.mca_chunk
         chunks = [missing[s:s + step] for s in range(0, len(missing), step)]
-        futures = self.mca_pool.map(program.run, chunks)
+        gather = self.limits.mca_gather
+        futures = self.mca_pool.map(program.run, chunks, batch=setting if gather else None, most=gather)
 
         def gather() -> list[dict]:
             ran: list[dict] = []

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ from surrogate_ops.programs import LlvmMca
 from surrogate_ops.serving import (
     DEFAULT_POLICY,
     Block,
+    FairPool,
     Server,
     other_mcpu,
     too_long,
@@ -147,6 +149,27 @@ def test_concurrent_clients_get_their_single_request_answers(service):
         together = list(pool.map(lambda r: post(service, r), requests * 2))
     assert all(code == 200 for code, _ in single + together)
     assert together == single * 2
+
+
+def test_waiting_chunks_of_one_setting_run_gathered():
+    """Concurrent requests' fallback chunks under one llvm-mca setting share a call while they fit
+    in `most` blocks; each request gets its own slice back, in order; other settings run apart."""
+    pool, release, calls = FairPool(1), threading.Event(), []
+
+    def run(items):
+        calls.append(list(items))
+        return [10 * x for x in items]
+
+    busy = pool.map(lambda _: release.wait(30), [None])  # the one worker is held while the jobs queue
+    first = pool.map(run, [[1, 2]], batch="haswell", most=6)
+    second = pool.map(run, [[3, 4, 5], [6, 7, 8, 9, 10, 11, 12]], batch="haswell", most=6)
+    other = pool.map(run, [[13]], batch="skylake", most=6)
+    release.set()
+    assert busy[0].result(30) is True
+    assert [f.result(30) for f in first + second + other] == [[10, 20], [30, 40, 50], [60, 70, 80, 90, 100, 110, 120],
+                                                               [130]]
+    assert calls == [[1, 2, 3, 4, 5], [13], [6, 7, 8, 9, 10, 11, 12]]
+    assert (pool.calls, pool.gathered) == (4, 1)
 
 
 def test_a_relative_model_directory_is_served(home, tmp_path, monkeypatch):
