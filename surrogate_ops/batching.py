@@ -100,10 +100,14 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
 
 
+MIN_BATCH = 16  # blocks a batch holds whatever its padded tokens: a call per long block would cost more
+
+
 def buckets(blocks: Sequence[Encoded] | Flat, batch_size: int = 256, token_budget: int = 32768,
             order: np.ndarray | None = None) -> list[np.ndarray]:
     """Index arrays of batches: similar-length blocks together, at most `batch_size` blocks and
-    about `token_budget` padded tokens each. `order` (a permutation) shuffles ties for training."""
+    about `token_budget` padded tokens each (but `MIN_BATCH` blocks at least). `order` (a
+    permutation) shuffles ties for training."""
     if isinstance(blocks, Flat):
         n_ins, n_tok = blocks.per_block, blocks.widths()
     else:
@@ -117,7 +121,7 @@ def buckets(blocks: Sequence[Encoded] | Flat, batch_size: int = 256, token_budge
         while end < len(sorted_idx) and end - start < batch_size:
             nxt = sorted_idx[end]
             widest = max(widest, n_tok[nxt])
-            if (end - start + 1) * n_ins[nxt] * widest > token_budget:
+            if (end - start + 1) * n_ins[nxt] * widest > token_budget and end - start >= MIN_BATCH:
                 break
             end += 1
         batches.append(sorted_idx[start:end])
@@ -126,14 +130,15 @@ def buckets(blocks: Sequence[Encoded] | Flat, batch_size: int = 256, token_budge
 
 
 def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded] | Flat, batch_size: int = 256,
-                params: np.ndarray | None = None, overlap: bool = False) -> np.ndarray:
-    """An engine's outputs for tokenized blocks, in input order, computed over length buckets.
+                params: np.ndarray | None = None, overlap: bool = False, token_budget: int | None = None) -> np.ndarray:
+    """An engine's outputs for tokenized blocks, in input order, computed over length buckets of at
+    most `token_budget` padded tokens [default: 128 per block of `batch_size`, at least 32,768].
     `params` (one row per block) goes to the engine beside the tokens (conditioned surrogates).
     `overlap`: pad the next batch on a second thread while the engine runs this one (for a GPU
     engine, whose host side would otherwise leave the device idle). An engine answers a value per
     block (cycles), or a row (a confident surrogate's cycles and estimated error): so does this."""
     result: np.ndarray | None = None
-    batches = buckets(blocks, batch_size, token_budget=max(32768, 128 * batch_size))
+    batches = buckets(blocks, batch_size, token_budget=token_budget or max(32768, 128 * batch_size))
 
     def put(index: np.ndarray, out: np.ndarray) -> None:
         nonlocal result

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from surrogate_ops import llvm_tools
 from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
@@ -56,6 +58,7 @@ class Limits:
     mca_timeout: float = llvm_tools.TIMEOUT  # seconds per llvm-mca call (one chunk of blocks, or a start-up probe)
     mca_chunk: int = 64  # blocks per llvm-mca call
     mca_gather: int = 64  # blocks of concurrent requests' waiting chunks one llvm-mca call may gather (0: none)
+    network_gather: int = 2048  # blocks of concurrent requests one call of a surrogate's network may gather (0: none)
     mca_retry: float = llvm_tools.RETRY  # seconds a failed or hanging llvm-mca is left alone before it is tried again
     line_cache: int = 1 << 15  # distinct lines remembered, shared out among the surrogates (about 1 KB each)
     mca_cache_bytes: int = 16 << 20  # llvm-mca's answers remembered, by the bytes of their blocks' text
@@ -220,6 +223,61 @@ class FairPool:
                         job[4].set_exception(exc)
 
 
+class Gathered:
+    """Calls of `fn(items) -> results` (as many results as items) from concurrent threads, run
+    gathered: a caller whose items are queued while another call runs waits, and the next caller to
+    find none running runs everything queued, up to `most` items, as one call. Alone, a caller runs
+    its own items at once; together, requests share the network's batches instead of running it
+    side by side on the same cores."""
+
+    def __init__(self, fn: Callable[[list], Sequence], most: int):
+        self.fn, self.most = fn, most
+        self.calls = self.gathered = 0  # calls run, and callers whose items rode in another's call
+        self._queue: list[list] = []  # [items, results, error, done]
+        self._ready = threading.Condition()
+        self._running = False
+
+    def __len__(self) -> int:
+        """Callers waiting for a call."""
+        return len(self._queue)
+
+    def __call__(self, items: list) -> Sequence:
+        job = [items, None, None, False]
+        with self._ready:
+            self._queue.append(job)
+            while not job[3]:
+                if self._running:
+                    self._ready.wait()
+                    continue
+                self._running, jobs, size = True, [], 0
+                while self._queue and (not jobs or size + len(self._queue[0][0]) <= self.most):
+                    jobs.append(self._queue.pop(0))
+                    size += len(jobs[-1][0])
+                self.calls += 1
+                self.gathered += len(jobs) - 1
+                self._ready.release()
+                try:
+                    self._run(jobs)
+                finally:
+                    self._ready.acquire()
+                    self._running = False
+                    self._ready.notify_all()
+        if job[2] is not None:
+            raise job[2]
+        return job[1]
+
+    def _run(self, jobs: list[list]) -> None:
+        try:
+            results = self.fn([item for job in jobs for item in job[0]])
+            for job in jobs:  # each its own slice, in the order they were queued
+                job[1], results = results[:len(job[0])], results[len(job[0]):]
+        except Exception as exc:  # noqa: BLE001 - each caller raises it in its own thread
+            for job in jobs:
+                job[2] = exc
+        for job in jobs:
+            job[3] = True
+
+
 Rule = Callable[[Block, "Server"], "str | None"]
 DEFAULT_POLICY: tuple[Rule, ...] = (other_mcpu, too_long, unknown_tokens)
 
@@ -257,6 +315,7 @@ class Server:
                 if k < len(versions):
                     self.versions[mcpu] = versions[k]
         self.load_error = "; ".join(errors) or None
+        self._networks = {mcpu: Gathered(_network_of(p), self.limits.network_gather) for mcpu, p in self.predictors.items()}
         self.params_mcpu = self.predictor.meta.get("mcpu", "haswell") if self.predictor else "haswell"
         self.mca_params: dict = {}
         if mca_params:  # checked now: a wrong file stops the service at start, not every fallback later
@@ -328,6 +387,8 @@ class Server:
                 "memory_mb": resident_mb(), "llvm_mca_cache": self.mca_cache.stats(),
                 "fallback_queue": len(self.mca_pool),
                 "llvm_mca_calls": {"calls": self.mca_pool.calls, "gathered_chunks": self.mca_pool.gathered},
+                "network_calls": {mcpu: {"calls": g.calls, "gathered_requests": g.gathered}
+                                  for mcpu, g in self._networks.items()},
                 "answered": [{"mcpu": m, "source": src, "rule": rule, "blocks": n}
                              for (m, src, rule), n in sorted(self.tally.items())]}
 
@@ -393,8 +454,12 @@ class Server:
         doubtful: list[tuple[Block, str, str]] = []  # estimated above max_error: llvm-mca's, after the network
         estimated: dict[int, float] = {}
         if trusted:
-            scaled = predictor.scaled(params, len(trusted)) if params is not None else None
-            cycles, estimates = predictor.answer_encoded([b.ids for b in trusted], scaled)
+            if params is None and self.limits.network_gather:  # the common case: shared with concurrent requests
+                answered = self._networks[mcpu]([b.ids for b in trusted])  # (blocks, 2): cycles, estimated error
+                cycles, estimates = answered[:, 0], answered[:, 1] if predictor.confident else None
+            else:
+                cycles, estimates = predictor.answer_encoded([b.ids for b in trusted], predictor.scaled(params, len(trusted))
+                                                             if params is not None else None)
             for k, (block, value) in enumerate(zip(trusted, cycles, strict=True)):
                 answer = {"cycles": float(value), "source": "surrogate"}
                 if estimates is not None:
@@ -516,6 +581,17 @@ class Server:
             return answers
 
         return gather
+
+
+def _network_of(predictor) -> Callable[[list], np.ndarray]:
+    """A surrogate's network as a function of a list of tokenized blocks: a row of (cycles, estimated
+    relative error, NaN from a surrogate without an error head) each."""
+
+    def run(encoded: list) -> np.ndarray:
+        cycles, estimates = predictor.answer_encoded(encoded)
+        return np.column_stack([cycles, estimates if estimates is not None else np.full(len(cycles), np.nan)])
+
+    return run
 
 
 def resident_mb() -> float:

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +23,7 @@ from surrogate_ops.serving import (
     DEFAULT_POLICY,
     Block,
     FairPool,
+    Gathered,
     Server,
     other_mcpu,
     too_long,
@@ -170,6 +172,35 @@ def test_waiting_chunks_of_one_setting_run_gathered():
                                                                [130]]
     assert calls == [[1, 2, 3, 4, 5], [13], [6, 7, 8, 9, 10, 11, 12]]
     assert (pool.calls, pool.gathered) == (4, 1)
+
+
+def test_concurrent_network_calls_run_gathered():
+    """Requests arriving while the network runs are answered by one call, up to `most` blocks, each
+    with its own slice; a request alone runs at once."""
+    release, calls = threading.Event(), []
+
+    def network(items):
+        calls.append(list(items))
+        if items == ["hold"]:
+            release.wait(30)
+        return [f"{x}!" for x in items]
+
+    network_of = Gathered(network, most=5)
+    assert network_of(["alone"]) == ["alone!"]
+    with ThreadPoolExecutor(4) as pool:
+        held = pool.submit(network_of, ["hold"])
+        while len(calls) < 2:
+            time.sleep(0.01)
+        waiting = []
+        for items in (["a", "b"], ["c", "d", "e"], ["f"]):  # queued one after another, in this order
+            waiting.append(pool.submit(network_of, items))
+            while len(network_of) < len(waiting):
+                time.sleep(0.01)
+        release.set()
+        assert held.result(30) == ["hold!"]
+        assert [w.result(30) for w in waiting] == [["a!", "b!"], ["c!", "d!", "e!"], ["f!"]]
+    assert calls == [["alone"], ["hold"], ["a", "b", "c", "d", "e"], ["f"]]
+    assert (network_of.calls, network_of.gathered) == (4, 1)
 
 
 def test_a_relative_model_directory_is_served(home, tmp_path, monkeypatch):
