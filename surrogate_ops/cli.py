@@ -645,6 +645,19 @@ def bento(model_uris, params, tracking_uri) -> None:
     click.echo(f"container image (needs Docker): bentoml containerize {tag}")
 
 
+@cli.command("build-native")
+@click.option("--force", is_flag=True, help="Compile again even when a build for this source and LLVM exists.")
+def build_native(force: bool) -> None:
+    """Compile the parametric llvm-mca driver (per-instruction scheduling parameters: each opcode's
+    latency, micro-ops and port cycles, given as `per_instruction` in a --params file) against the
+    development package of the llvm-mca in use (g++ and llvm-<N>-dev), into ~/.cache/surrogate-ops/bin;
+    otherwise done on first use. Prints the binary's path."""
+    from surrogate_ops.llvm_tools import find_tool
+    from surrogate_ops.programs import parametric
+
+    click.echo(parametric.build(find_tool("llvm-mca", os.environ.get("SURROGATE_OPS_LLVM_MCA")), force=force))
+
+
 @cli.command("tracking-uri")
 def tracking_uri_command() -> None:
     """Print the default MLflow tracking URI (for `export MLFLOW_TRACKING_URI=...` before `mlflow run`)."""

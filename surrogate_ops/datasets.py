@@ -287,7 +287,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     if not records:
         raise SurrogateOpsError("no blocks found in the given sources")
     program = programs[mcpus[0]]
-    settings = {"mcpus": mcpus, "params": program.params, "iterations": program.iterations,
+    settings = {"mcpus": mcpus, "params": program.setting, "iterations": program.iterations,
                 "llvm_mca": program.path, "llvm_mca_version": program.version,
                 **({"sample_params": sample_params, "seed": seed, "spread": spread} if sampling else {}),
                 **({"splits": sorted(splits)} if splits else {}),

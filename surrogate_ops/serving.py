@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import os
 import re
 import threading
@@ -321,7 +322,7 @@ class Server:
         if mca_params:  # checked now: a wrong file stops the service at start, not every fallback later
             from surrogate_ops.programs import LlvmMca
 
-            self.mca_params = LlvmMca(self.params_mcpu, params=mca_params, path=llvm_mca, **self._mca_limits).params
+            self.mca_params = LlvmMca(self.params_mcpu, params=mca_params, path=llvm_mca, **self._mca_limits).setting
         # one pool for every request's llvm-mca calls: at most one process per core, whatever the load
         self.cores = len(os.sched_getaffinity(0))
         self.mca_pool = FairPool(self.cores)
@@ -553,7 +554,7 @@ class Server:
         except Exception as exc:  # noqa: BLE001
             unavailable = [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
             return lambda: unavailable
-        setting = (program.path, mcpu, tuple(sorted(program.params.items())))
+        setting = (program.path, mcpu, json.dumps(program.setting, sort_keys=True))
         keys = [(b.text, *setting) for b in blocks]
         known = [self.mca_cache.get(key) for key in keys]
         missing = [b.text for b, answer in zip(blocks, known, strict=True) if answer is None]

@@ -21,6 +21,7 @@ import bisect
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from surrogate_ops import llvm_tools, presets
 from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import ToolTimeout, find_tool, remembered, run_tool, tool_options, tool_version
+from surrogate_ops.programs import parametric
 from surrogate_ops.programs.base import Parameter, Program, Progress, Result, check_setting
 
 TRIPLE = "x86_64-unknown-linux-gnu"
@@ -99,7 +101,10 @@ class LlvmMca(Program):
         if iterations < 1:
             raise SurrogateOpsError("iterations must be at least 1")
         self.mcpu, self.iterations = mcpu, iterations
-        self.params = self._check_params(params or {})
+        params = dict(params or {})
+        # per-opcode scheduling parameters run through the parametric driver (programs.parametric)
+        self.per_instruction = parametric.check_table(params.pop("per_instruction", None) or {})
+        self.params = self._check_params(params)
         self.workers = workers or default_workers()
         self.chunk_size = chunk_size
 
@@ -119,6 +124,11 @@ class LlvmMca(Program):
         values: dict[str, int | bool] = {"dispatch_width": width, "noalias": True}
         return {name: values.get(name, 0) for name, p in self.parameters.items()
                 if p.option in tool_options(self.path, **self._probe)}
+
+    @property
+    def setting(self) -> dict:
+        """The parameters this instance runs under, as `params` takes them."""
+        return {**self.params, **({"per_instruction": self.per_instruction} if self.per_instruction else {})}
 
     def with_params(self, params: Mapping[str, object] | None, workers: int | None = None) -> LlvmMca:
         """The same llvm-mca (path, mcpu, iterations, chunking, timeout) under other parameters."""
@@ -181,6 +191,8 @@ class LlvmMca(Program):
         why = hanging(self.path)
         if why:
             return [Result(error=f"llvm-mca unavailable: {why}")] * len(blocks)
+        if self.per_instruction:
+            return self._run_parametric(blocks)
         lines: list[str] = []
         starts: list[int] = []  # 1-based input line of each block's first instruction
         for i, block in enumerate(blocks):
@@ -198,6 +210,19 @@ class LlvmMca(Program):
                 return [Result(error=self._failure_message(proc.stderr, starts[0], proc.returncode))]
             return self._bisect(blocks)
         return self._parse(proc.stdout, proc.stderr, starts, len(blocks))
+
+    def _run_parametric(self, blocks: list[str]) -> list[Result]:
+        """Canonical blocks through the parametric driver, under this instance's per-instruction table
+        and knobs (the driver answers every block, a bad one with its own error)."""
+        knobs = {self.parameters[name].option: value for name, value in self.params.items()}
+        text = parametric.job_text(knobs, self.per_instruction, blocks)
+        timeout = self.timeout if self.timeout is not None else 30 + 0.2 * len(blocks)
+        try:
+            answers = parametric.run(parametric.build(self.path), self.mcpu, self.iterations, text, len(blocks),
+                                     timeout, self.nice)
+        except subprocess.TimeoutExpired:
+            return [Result(error=f"parametric llvm-mca timed out after {timeout:g} s")] * len(blocks)
+        return [Result(cycles=cycles, error=error) for cycles, error in answers]
 
     def _timed_out(self, blocks: list[str], timeout: float, retried: bool) -> list[Result]:
         try:

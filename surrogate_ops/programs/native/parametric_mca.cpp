@@ -1,0 +1,470 @@
+// parametric-mca: llvm-mca's simulation of x86 basic blocks, in process, under a per-instruction
+// scheduling table of our own (DiffTune's parameter space), many blocks and many tables a process.
+//
+// It runs the pipeline llvm-mca runs (LLVM 14's libLLVM: the AT&T parser, mca::InstrBuilder with
+// the target's InstrPostProcess and CustomBehaviour, Context::createDefaultPipeline, 100
+// iterations, AssumeNoAlias, the model's dispatch width) and prints each block's Total Cycles.
+// With no per-instruction entries the scheduling model is the stock one and the cycles are stock
+// llvm-mca's. An entry for an opcode gives it a scheduling class of its own: a copy of the class
+// the stock model resolves it to (zero idioms and other variants resolved by the stock subtarget
+// first), with its latency, micro-op count and cycles per processor resource replaced as given.
+//
+// Protocol (stdin, one item a line; stdout, one answer line per BLOCK):
+//   TABLE                       start a new table: every override below replaces the previous table's
+//   OP <opcode> <field> <value> latency N | uops N | res <resource name> N   (e.g. OP IMUL64rr latency 10)
+//   KNOB <llvm-mca option> <value>  dispatch, micro-op-queue-size, decoder-throughput, register-file-size,
+//                               lqueue, squeue (0: the model's own or unbounded, as llvm-mca), noalias (0 or 1)
+//   BLOCK <n>                   then n lines of AT&T assembly: answered "<total cycles>" or "error <why>"
+//   NAMES                       from here on, BLOCK is answered with its instructions' opcode names
+// Usage: parametric-mca -mcpu=haswell [-iterations=100]
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "llvm/ADT/Triple.h"
+#include "llvm/MC/MCAsmInfo.h"
+#include "llvm/MC/MCContext.h"
+#include "llvm/MC/MCInst.h"
+#include "llvm/MC/MCInstrAnalysis.h"
+#include "llvm/MC/MCInstrInfo.h"
+#include "llvm/MC/MCObjectFileInfo.h"
+#include "llvm/MC/MCParser/MCAsmParser.h"
+#include "llvm/MC/MCParser/MCTargetAsmParser.h"
+#include "llvm/MC/MCRegisterInfo.h"
+#include "llvm/MC/MCSchedule.h"
+#include "llvm/MC/MCStreamer.h"
+#include "llvm/MC/MCSubtargetInfo.h"
+#include "llvm/MC/MCTargetOptions.h"
+#include "llvm/MC/TargetRegistry.h"
+#include "llvm/MCA/Context.h"
+#include "llvm/MCA/CustomBehaviour.h"
+#include "llvm/MCA/InstrBuilder.h"
+#include "llvm/MCA/Pipeline.h"
+#include "llvm/MCA/SourceMgr.h"
+#include "llvm/MCA/Support.h"
+#include "llvm/Support/Error.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/TargetSelect.h"
+
+using namespace llvm;
+
+extern "C" void LLVMInitializeX86TargetMCA();
+
+namespace {
+
+const char *Triple_ = "x86_64-unknown-linux-gnu";
+
+// Collects the instructions the assembly parser emits; everything else is ignored.
+class Collector : public MCStreamer {
+ public:
+  std::vector<MCInst> Insts;
+  explicit Collector(MCContext &Ctx) : MCStreamer(Ctx) {}
+  void emitInstruction(const MCInst &Inst, const MCSubtargetInfo &) override { Insts.push_back(Inst); }
+  bool emitSymbolAttribute(MCSymbol *, MCSymbolAttr) override { return true; }
+  void emitCommonSymbol(MCSymbol *, uint64_t, unsigned) override {}
+  void emitZerofill(MCSection *, MCSymbol *, uint64_t, unsigned, SMLoc) override {}
+  void emitGPRel32Value(const MCExpr *) override {}
+};
+
+struct Override {
+  int Latency = -1;                  // -1: keep the class's
+  int Uops = -1;
+  std::map<unsigned, int> Resources;  // processor resource index -> cycles (0 removes it)
+};
+
+struct Table;
+
+// A subtarget reading a Table: the stock model's tables plus one scheduling class per overridden
+// opcode. The stock classes those opcodes name are marked variant in the copy, so that InstrBuilder
+// asks resolveVariantSchedClass: it resolves through the stock subtarget (zero idioms and other
+// variants), then hands an overridden opcode its own class (made on first sight: a variant's
+// resolution depends on the operands) and every other opcode an unmarked copy of the stock class.
+class ParamSubtarget : public MCSubtargetInfo {
+ public:
+  ParamSubtarget(const Triple &TT, StringRef CPU, ArrayRef<SubtargetSubTypeKV> PD, const MCSubtargetInfo &Stock,
+                 Table &T);
+  unsigned resolveVariantSchedClass(unsigned SchedClass, const MCInst *MI, const MCInstrInfo *MCII,
+                                    unsigned CPUID) const override;
+
+ private:
+  const MCSubtargetInfo &Stock;
+  Table &T;
+};
+
+// The tables of one parameter setting. Room is reserved up front: the subtarget holds pointers
+// into these vectors while classes are added to them.
+struct Table {
+  static constexpr size_t Room = 0xffff;  // LLVM's table indices are 16-bit
+  std::vector<MCSchedClassDesc> Classes;
+  std::vector<MCWriteProcResEntry> ProcRes;
+  std::vector<MCWriteLatencyEntry> Latency;
+  std::vector<MCReadAdvanceEntry> ReadAdvance;
+  MCSchedModel Model;
+  unsigned StockClasses = 0;
+  std::map<unsigned, Override> Overrides;                 // by opcode
+  std::map<std::pair<unsigned, unsigned>, unsigned> Own;  // (opcode, stock class) -> its own class
+  std::map<unsigned, unsigned> Plain;                     // marked stock class -> unmarked copy
+  std::vector<SubtargetSubTypeKV> PD;
+  std::unique_ptr<ParamSubtarget> STI;
+  std::string Full;  // why a class could not be added, once the room is spent
+  SmallVector<uint64_t, 32> Masks;  // each processor resource's mask, as llvm-mca computes them
+
+  unsigned own(unsigned Opcode, unsigned Stock) {
+    auto Found = Own.find({Opcode, Stock});
+    if (Found != Own.end()) return Found->second;
+    const Override &O = Overrides.at(Opcode);
+    MCSchedClassDesc Mine = Classes[Stock];
+    if (Mine.NumMicroOps == MCSchedClassDesc::VariantNumMicroOps) Mine = Classes[Plain.at(Stock)];
+    const MCSchedClassDesc Base = Mine;
+    if (O.Uops >= 0) Mine.NumMicroOps = O.Uops;
+    size_t Needed = Base.NumWriteLatencyEntries + Base.NumWriteProcResEntries + O.Resources.size();
+    if (Classes.size() + 1 > Room || Latency.size() + Needed > Room || ProcRes.size() + Needed > Room) {
+      Full = "the table outgrew LLVM's 16-bit indices: give entries only to opcodes the blocks use";
+      return Stock;
+    }
+    if (O.Latency >= 0 && Base.NumWriteLatencyEntries) {
+      Mine.WriteLatencyIdx = Latency.size();
+      for (unsigned K = 0; K < Base.NumWriteLatencyEntries; ++K) {
+        MCWriteLatencyEntry E = Latency[Base.WriteLatencyIdx + K];
+        if (K == 0) E.Cycles = O.Latency;  // the first definition's latency, as DiffTune learns it
+        Latency.push_back(E);
+      }
+    }
+    if (!O.Resources.empty()) {
+      std::map<unsigned, int> Cycles;
+      for (unsigned K = 0; K < Base.NumWriteProcResEntries; ++K) {
+        const MCWriteProcResEntry &E = ProcRes[Base.WriteProcResIdx + K];
+        Cycles[E.ProcResourceIdx] = E.Cycles;
+      }
+      for (const auto &[R, C] : O.Resources) Cycles[R] = C;
+      // A group's cycles must cover those of the listed resources inside it, as TableGen's
+      // expansion leaves them (llvm-mca subtracts the inner ones from the group's, and an
+      // underflow holds the group forever): a group below the sum of its largest inner ones is raised.
+      std::vector<unsigned> Order;
+      for (const auto &[R, C] : Cycles)
+        if (C > 0) Order.push_back(R);
+      std::sort(Order.begin(), Order.end(), [&](unsigned A, unsigned B) {
+        return countPopulation(Masks[A]) < countPopulation(Masks[B]);
+      });
+      auto Units = [&](unsigned R) {  // a resource's units (a group's mask also holds a bit of its own)
+        uint64_t M = Masks[R];
+        return countPopulation(M) > 1 ? M ^ PowerOf2Floor(M) : M;
+      };
+      auto Within = [&](unsigned A, unsigned B) { return A != B && (Units(A) & Units(B)) == Units(A); };
+      for (unsigned G : Order) {
+        if (countPopulation(Masks[G]) < 2) continue;
+        int Inner = 0;
+        for (unsigned A : Order)
+          if (Within(A, G) && std::none_of(Order.begin(), Order.end(),
+                                           [&](unsigned B) { return B != G && Within(A, B) && Within(B, G); }))
+            Inner += Cycles[A];
+        Cycles[G] = std::max(Cycles[G], Inner);
+      }
+      Mine.WriteProcResIdx = ProcRes.size();
+      Mine.NumWriteProcResEntries = 0;
+      for (const auto &[R, C] : Cycles)
+        if (C > 0) {
+          ProcRes.push_back(MCWriteProcResEntry{static_cast<uint16_t>(R), static_cast<uint16_t>(C)});
+          ++Mine.NumWriteProcResEntries;
+        }
+    }
+    Classes.push_back(Mine);
+    Model.NumSchedClasses = Classes.size();
+    return Own[{Opcode, Stock}] = Classes.size() - 1;
+  }
+};
+
+ParamSubtarget::ParamSubtarget(const Triple &TT, StringRef CPU, ArrayRef<SubtargetSubTypeKV> PD,
+                               const MCSubtargetInfo &Stock, Table &T)
+    : MCSubtargetInfo(TT, CPU, CPU, "", {}, PD, T.ProcRes.data(), T.Latency.data(), T.ReadAdvance.data(), nullptr,
+                      nullptr, nullptr),
+      Stock(Stock), T(T) {}
+
+unsigned ParamSubtarget::resolveVariantSchedClass(unsigned SchedClass, const MCInst *MI, const MCInstrInfo *MCII,
+                                                  unsigned CPUID) const {
+  const MCSchedModel &SM = Stock.getSchedModel();
+  unsigned Resolved = SchedClass;
+  if (SchedClass < T.StockClasses && SM.getSchedClassDesc(SchedClass)->isVariant())
+    Resolved = Stock.resolveVariantSchedClass(SchedClass, MI, MCII, CPUID);
+  if (Resolved >= T.StockClasses || SM.getSchedClassDesc(Resolved)->isVariant())
+    return Resolved;  // one of ours already, or a chain of variants: InstrBuilder asks again
+  if (T.Overrides.count(MI->getOpcode())) return T.own(MI->getOpcode(), Resolved);
+  auto P = T.Plain.find(Resolved);
+  return P != T.Plain.end() ? P->second : Resolved;
+}
+
+class Simulator {
+ public:
+  Simulator(const std::string &CPU, unsigned Iterations) : CPU(CPU), Iterations(Iterations) {
+    std::string Error;
+    Target = TargetRegistry::lookupTarget(Triple_, Error);
+    if (!Target) fail("no x86 target: " + Error);
+    STI.reset(Target->createMCSubtargetInfo(Triple_, CPU, ""));
+    if (!STI || !STI->isCPUStringValid(CPU)) fail("unknown -mcpu=" + CPU);
+    if (!STI->getSchedModel().hasInstrSchedModel()) fail("no scheduling model for -mcpu=" + CPU);
+    MRI.reset(Target->createMCRegInfo(Triple_));
+    MAI.reset(Target->createMCAsmInfo(*MRI, Triple_, Options));
+    MCII.reset(Target->createMCInstrInfo());
+    MCIA.reset(Target->createMCInstrAnalysis(MCII.get()));
+    for (unsigned Op = 0; Op < MCII->getNumOpcodes(); ++Op) Opcodes[MCII->getName(Op).str()] = Op;
+    const MCSchedModel &SM = STI->getSchedModel();
+    for (unsigned R = 0; R < SM.getNumProcResourceKinds(); ++R) Resources[SM.getProcResource(R)->Name] = R;
+  }
+
+  void resetTable() {
+    Overrides.clear();
+    Current.reset();
+    Knobs = Defaults();
+  }
+
+  // llvm-mca's global options, as its command line sets them.
+  struct Defaults {
+    unsigned Dispatch = 0, MicroOpQueue = 0, Decoders = 0, RegisterFile = 0, LoadQueue = 0, StoreQueue = 0;
+    bool NoAlias = true;
+  } Knobs;
+
+  std::string knob(const std::string &Name, long Value) {
+    if (Value < 0) return "negative value for " + Name;
+    if (Name == "dispatch") Knobs.Dispatch = Value;
+    else if (Name == "micro-op-queue-size") Knobs.MicroOpQueue = Value;
+    else if (Name == "decoder-throughput") Knobs.Decoders = Value;
+    else if (Name == "register-file-size") Knobs.RegisterFile = Value;
+    else if (Name == "lqueue") Knobs.LoadQueue = Value;
+    else if (Name == "squeue") Knobs.StoreQueue = Value;
+    else if (Name == "noalias") Knobs.NoAlias = Value != 0;
+    else return "unknown option " + Name;
+    return "";
+  }
+
+  std::string override(const std::string &Opcode, const std::string &Field, const std::string &Name, int Value) {
+    auto Op = Opcodes.find(Opcode);
+    if (Op == Opcodes.end()) return "unknown opcode " + Opcode;
+    Override &O = Overrides[Op->second];
+    if (Field == "latency") O.Latency = Value;
+    else if (Field == "uops") O.Uops = Value;
+    else if (Field == "res") {
+      auto R = Resources.find(Name);
+      if (R == Resources.end()) return "unknown processor resource " + Name;
+      O.Resources[R->second] = Value;
+    } else return "unknown field " + Field;
+    Current.reset();
+    return "";
+  }
+
+  bool Names = false;  // answer blocks with their opcode names instead of simulating them
+
+  // Total cycles of one block, or an error (returned in Why); in Names mode, -2 and the names in Why.
+  long simulate(const std::string &Assembly, std::string &Why) {
+    const MCSubtargetInfo &Sim = subtarget();
+    llvm::SourceMgr SrcMgr;
+    std::string Diagnostics;
+    SrcMgr.setDiagHandler(
+        [](const SMDiagnostic &D, void *Ctx) {
+          if (D.getKind() == SourceMgr::DK_Error && static_cast<std::string *>(Ctx)->empty())
+            *static_cast<std::string *>(Ctx) = D.getMessage().str();
+        },
+        &Diagnostics);
+    SrcMgr.AddNewSourceBuffer(MemoryBuffer::getMemBufferCopy(Assembly), SMLoc());
+    MCContext Ctx(Triple(Triple_), MAI.get(), MRI.get(), STI.get(), &SrcMgr);
+    std::unique_ptr<MCObjectFileInfo> MOFI(Target->createMCObjectFileInfo(Ctx, false));
+    Ctx.setObjectFileInfo(MOFI.get());
+    Collector Out(Ctx);
+    std::unique_ptr<MCAsmParser> Parser(createMCAsmParser(SrcMgr, Ctx, Out, *MAI));
+    std::unique_ptr<MCTargetAsmParser> TAP(Target->createMCAsmParser(*STI, *Parser, *MCII, Options));
+    if (!TAP) { Why = "no assembly parser"; return -1; }
+    Parser->setAssemblerDialect(0);
+    Parser->setTargetParser(*TAP);
+    if (Parser->Run(false) || !Diagnostics.empty()) {
+      Why = Diagnostics.empty() ? "the block does not assemble" : Diagnostics;
+      return -1;
+    }
+    if (Out.Insts.empty()) { Why = "no instructions"; return -1; }
+    if (Names) {
+      for (const MCInst &MCI : Out.Insts) Why += (Why.empty() ? "" : " ") + MCII->getName(MCI.getOpcode()).str();
+      return -2;
+    }
+
+    mca::InstrBuilder IB(Sim, *MCII, *MRI, MCIA.get());
+    std::unique_ptr<mca::InstrPostProcess> IPP(Target->createInstrPostProcess(Sim, *MCII));
+    if (!IPP) IPP = std::make_unique<mca::InstrPostProcess>(Sim, *MCII);
+    std::vector<std::unique_ptr<mca::Instruction>> Lowered;
+    for (const MCInst &MCI : Out.Insts) {
+      Expected<std::unique_ptr<mca::Instruction>> Inst = IB.createInstruction(MCI);
+      if (!Inst) {
+        Why = toString(Inst.takeError());
+        return -1;
+      }
+      IPP->postProcessInstruction(Inst.get(), MCI);
+      Lowered.emplace_back(std::move(Inst.get()));
+    }
+    mca::SourceMgr S(Lowered, Iterations);
+    std::unique_ptr<mca::CustomBehaviour> CB(Target->createCustomBehaviour(Sim, S, *MCII));
+    if (!CB) CB = std::make_unique<mca::CustomBehaviour>(Sim, S, *MCII);
+    mca::Context MCA(*MRI, Sim);
+    unsigned Dispatch = Knobs.Dispatch ? Knobs.Dispatch : Sim.getSchedModel().IssueWidth;  // as llvm-mca does
+    mca::PipelineOptions PO(Knobs.MicroOpQueue, Knobs.Decoders, Dispatch, Knobs.RegisterFile,
+                            Knobs.LoadQueue, Knobs.StoreQueue, Knobs.NoAlias);
+    std::unique_ptr<mca::Pipeline> P = MCA.createDefaultPipeline(PO, S, *CB);
+    Expected<unsigned> Cycles = P->run();
+    if (!Cycles) {
+      Why = toString(Cycles.takeError());
+      return -1;
+    }
+    return *Cycles;
+  }
+
+ private:
+  [[noreturn]] static void fail(const std::string &Message) {
+    std::cerr << "parametric-mca: " << Message << "\n";
+    std::exit(2);
+  }
+
+  const MCSubtargetInfo &subtarget() {
+    if (Overrides.empty()) return *STI;
+    if (!Current) Current = build();
+    return *Current->STI;
+  }
+
+  // The stock tables, copied, with room for a class of its own for each overridden opcode.
+  std::unique_ptr<Table> build() {
+    const MCSchedModel &SM = STI->getSchedModel();
+    auto T = std::make_unique<Table>();
+    unsigned N = T->StockClasses = SM.NumSchedClasses;
+    T->Classes.reserve(Table::Room);
+    T->ProcRes.reserve(Table::Room);
+    T->Latency.reserve(Table::Room);
+    T->Classes.assign(SM.SchedClassTable, SM.SchedClassTable + N);
+    size_t NProcRes = 0, NLatency = 0;
+    for (const MCSchedClassDesc &C : T->Classes) {
+      NProcRes = std::max<size_t>(NProcRes, C.WriteProcResIdx + C.NumWriteProcResEntries);
+      NLatency = std::max<size_t>(NLatency, C.WriteLatencyIdx + C.NumWriteLatencyEntries);
+    }
+    const MCSchedClassDesc *First = SM.getSchedClassDesc(0);  // the tables' starts, through classes' views
+    const MCSchedClassDesc *Writer = First;
+    while (Writer != SM.SchedClassTable + N - 1 && !Writer->NumWriteLatencyEntries) ++Writer;
+    const MCWriteProcResEntry *PR = STI->getWriteProcResBegin(First) - First->WriteProcResIdx;
+    const MCWriteLatencyEntry *WL = STI->getWriteLatencyEntry(Writer, 0) - Writer->WriteLatencyIdx;
+    T->ProcRes.assign(PR, PR + NProcRes);
+    T->Latency.assign(WL, WL + NLatency);
+    for (const MCSchedClassDesc &C : T->Classes) {  // the read-advance table, through each class's view of it
+      ArrayRef<MCReadAdvanceEntry> RA = STI->getReadAdvanceEntries(C);
+      if (T->ReadAdvance.size() < C.ReadAdvanceIdx + RA.size()) T->ReadAdvance.resize(C.ReadAdvanceIdx + RA.size());
+      for (size_t K = 0; K < RA.size(); ++K) T->ReadAdvance[C.ReadAdvanceIdx + K] = RA[K];
+    }
+    if (T->ReadAdvance.empty()) T->ReadAdvance.resize(1);
+    T->Overrides = Overrides;
+    T->Masks.resize(SM.getNumProcResourceKinds());
+    mca::computeProcResourceMasks(SM, T->Masks);
+    std::set<unsigned> Marked;  // non-variant stock classes of overridden opcodes
+    for (const auto &[Opcode, O] : Overrides) {
+      unsigned Class = MCII->get(Opcode).getSchedClass();
+      if (Class < N && !T->Classes[Class].isVariant()) Marked.insert(Class);
+    }
+    for (unsigned Class : Marked) {  // the other opcodes of a marked class resolve to an unmarked copy
+      T->Plain[Class] = T->Classes.size();
+      T->Classes.push_back(T->Classes[Class]);
+      T->Classes[Class].NumMicroOps = MCSchedClassDesc::VariantNumMicroOps;
+    }
+    T->Model = SM;
+    T->Model.SchedClassTable = T->Classes.data();
+    T->Model.NumSchedClasses = T->Classes.size();
+    T->PD.push_back(SubtargetSubTypeKV{CPUName.c_str(), FeatureBitArray({}), FeatureBitArray({}), &T->Model});
+    T->STI = std::make_unique<ParamSubtarget>(Triple(Triple_), CPU, T->PD, *STI, *T);
+    return T;
+  }
+
+  std::string CPU;
+  std::string CPUName = CPU;
+  unsigned Iterations;
+  const llvm::Target *Target = nullptr;
+  MCTargetOptions Options;
+  std::unique_ptr<MCSubtargetInfo> STI;
+  std::unique_ptr<MCRegisterInfo> MRI;
+  std::unique_ptr<MCAsmInfo> MAI;
+  std::unique_ptr<MCInstrInfo> MCII;
+  std::unique_ptr<MCInstrAnalysis> MCIA;
+  std::map<std::string, unsigned> Opcodes, Resources;
+  std::map<unsigned, Override> Overrides;
+  std::unique_ptr<Table> Current;
+};
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  std::string CPU = "haswell";
+  unsigned Iterations = 100;
+  for (int K = 1; K < argc; ++K) {
+    std::string Arg = argv[K];
+    if (Arg.rfind("-mcpu=", 0) == 0) CPU = Arg.substr(6);
+    else if (Arg.rfind("-iterations=", 0) == 0) Iterations = std::stoul(Arg.substr(12));
+    else {
+      std::cerr << "parametric-mca: unknown argument " << Arg << "\n";
+      return 2;
+    }
+  }
+  LLVMInitializeX86TargetInfo();
+  LLVMInitializeX86TargetMC();
+  LLVMInitializeX86AsmParser();
+  LLVMInitializeX86TargetMCA();
+  Simulator Sim(CPU, Iterations);
+  std::ios::sync_with_stdio(false);
+  std::string Line;
+  while (std::getline(std::cin, Line)) {
+    std::istringstream Words(Line);
+    std::string Kind;
+    Words >> Kind;
+    if (Kind == "TABLE") {
+      Sim.resetTable();
+    } else if (Kind == "OP") {
+      std::string Opcode, Field, Name;
+      int Value = 0;
+      Words >> Opcode >> Field;
+      if (Field == "res") Words >> Name;
+      Words >> Value;
+      std::string Why = Sim.override(Opcode, Field, Name, Value);
+      if (!Why.empty()) {
+        std::cout << "error " << Why << "\n" << std::flush;
+        return 1;
+      }
+    } else if (Kind == "NAMES") {
+      Sim.Names = true;
+    } else if (Kind == "KNOB") {
+      std::string Name;
+      long Value = -1;
+      Words >> Name >> Value;
+      std::string Why = Sim.knob(Name, Value);
+      if (!Why.empty()) {
+        std::cout << "error " << Why << "\n" << std::flush;
+        return 1;
+      }
+    } else if (Kind == "BLOCK") {
+      int Lines = 0;
+      Words >> Lines;
+      std::string Assembly, Text;
+      for (int K = 0; K < Lines && std::getline(std::cin, Text); ++K) Assembly += Text + "\n";
+      std::string Why;
+      long Cycles = Sim.simulate(Assembly, Why);
+      if (Cycles == -2) {
+        std::cout << Why << "\n";
+      } else if (Cycles < 0) {
+        for (char &C : Why)
+          if (C == '\n') C = ' ';
+        std::cout << "error " << Why << "\n";
+      } else {
+        std::cout << Cycles << "\n";
+      }
+      std::cout << std::flush;
+    } else if (!Kind.empty()) {
+      std::cerr << "parametric-mca: unknown line " << Line << "\n";
+      return 2;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,134 @@
+"""llvm-mca under per-instruction scheduling parameters: `native/parametric_mca.cpp`, built here.
+
+Stock llvm-mca takes global knobs only (dispatch width, queue sizes). The expert's choices that
+decide most blocks live per instruction in LLVM's scheduling model: each opcode's latency, micro-op
+count and cycles on each execution port (DiffTune's space). The driver runs llvm-mca's own pipeline
+in process through libLLVM, with a per-opcode table of our own on top of the stock model; with an
+empty table its cycles are stock llvm-mca's (a test holds this on BHive).
+
+A per-instruction table maps opcode names (LLVM's, e.g. `IMUL64rr`, `ADD64rr`; `opcodes()` lists
+them) to entries with any of:
+
+    {"IMUL64rr": {"latency": 4, "uops": 1, "ports": {"HWPort1": 1}}}
+
+`latency`: cycles until the first result is ready; `uops`: micro-ops; `ports`: cycles on processor
+resources (units such as `HWPort1` or groups such as `HWPort0156`), replacing the stock cycles of
+those named and keeping the rest (0 removes one). A group is raised to cover the resources inside it,
+as LLVM's tables keep them. `LlvmMca(params={"per_instruction": table, ...})` runs it.
+
+The driver is compiled once per source and LLVM version, with g++ against the LLVM development
+package of the llvm-mca in use (`apt-get install llvm-14-dev` for llvm-mca 14), into
+`~/.cache/surrogate-ops/bin`; `surrogate-ops build-native` does it ahead of time (CI's set-up runs it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.llvm_tools import tool_version
+
+SOURCE = Path(__file__).with_name("native") / "parametric_mca.cpp"
+# a build depends on the source and the LLVM only, not on a work directory: one per user
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "surrogate-ops" / "bin"
+FIELDS = ("latency", "uops", "ports")
+
+
+def llvm_config(llvm_mca: str) -> str:
+    """The llvm-config of the LLVM that `llvm_mca` belongs to (its major version must match)."""
+    major = tool_version(llvm_mca).split(".")[0]
+    for candidate in (Path(llvm_mca).resolve().parent / "llvm-config", Path(f"/usr/lib/llvm-{major}/bin/llvm-config"),
+                      shutil.which(f"llvm-config-{major}"), shutil.which("llvm-config")):
+        if candidate and Path(candidate).is_file():
+            found = subprocess.run([str(candidate), "--version"], capture_output=True, text=True)
+            if found.returncode == 0 and found.stdout.split(".")[0] == major:
+                return str(candidate)
+    raise SurrogateOpsError(f"per-instruction parameters need LLVM {major}'s development files for the driver "
+                            f"(llvm-config, headers, libLLVM): apt-get install llvm-{major}-dev")
+
+
+def build(llvm_mca: str, force: bool = False) -> Path:
+    """The driver's binary for the LLVM of `llvm_mca`, compiled on first use (about 10 s)."""
+    tool = llvm_config(llvm_mca)
+    version = subprocess.run([tool, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    digest = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:12]
+    binary = CACHE / f"parametric-mca-{digest}"
+    if binary.is_file() and not force:
+        return binary
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise SurrogateOpsError("per-instruction parameters need a C++ compiler for the driver: apt-get install g++")
+    flags = subprocess.run([tool, "--cxxflags", "--ldflags", "--libs"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=binary.parent, delete=False) as out:
+        partial = Path(out.name)
+    # after llvm-config's flags: C++17 (it asks for 14) and NDEBUG (libLLVM is a release build)
+    command = [compiler, str(SOURCE), *flags, "-std=c++17", "-O2", "-DNDEBUG", "-fno-rtti", "-o", str(partial)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise SurrogateOpsError(f"building the parametric llvm-mca driver failed:\n{proc.stderr[-2000:]}")
+    partial.chmod(0o755)
+    os.replace(partial, binary)  # whole or not at all: another process may be building it too
+    return binary
+
+
+def check_table(table: Mapping[str, object]) -> dict[str, dict]:
+    """A per-instruction table as the driver takes it, or a SurrogateOpsError naming the bad entry."""
+    if not isinstance(table, Mapping):
+        raise SurrogateOpsError("per_instruction must map opcode names to entries")
+    checked: dict[str, dict] = {}
+    for opcode, entry in table.items():
+        if not isinstance(entry, Mapping) or not set(entry) <= set(FIELDS):
+            raise SurrogateOpsError(f"per_instruction[{opcode!r}]: an entry has {', '.join(FIELDS)}, got {entry!r}")
+        ports = entry.get("ports", {})
+        numbers = [entry.get("latency", 0), entry.get("uops", 0), *ports.values()]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 15 for n in numbers):
+            raise SurrogateOpsError(f"per_instruction[{opcode!r}]: values are whole cycles or micro-ops, 0 or more")
+        checked[str(opcode)] = {k: (dict(v) if k == "ports" else int(v)) for k, v in entry.items()}
+    return checked
+
+
+def job_text(knobs: Mapping[str, object], table: Mapping[str, dict], blocks: Sequence[str]) -> str:
+    """The driver's input for one setting (llvm-mca options by name, a per-instruction table) and
+    canonical blocks."""
+    lines = ["TABLE"]
+    lines += [f"KNOB {option} {int(value)}" for option, value in knobs.items()]
+    for opcode, entry in table.items():
+        for field in ("latency", "uops"):
+            if field in entry:
+                lines.append(f"OP {opcode} {field} {entry[field]}")
+        lines += [f"OP {opcode} res {resource} {cycles}" for resource, cycles in entry.get("ports", {}).items()]
+    for block in blocks:
+        body = block.split("\n")
+        lines += [f"BLOCK {len(body)}", *body]
+    return "\n".join(lines) + "\n"
+
+
+def run(binary: Path, mcpu: str, iterations: int, text: str, count: int, timeout: float,
+        nice: int = 0) -> list[tuple[float | None, str | None]]:
+    """(cycles, error) per block of one driver input of `count` blocks."""
+    proc = subprocess.run([str(binary), f"-mcpu={mcpu}", f"-iterations={iterations}"], input=text,
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    answers = proc.stdout.splitlines()
+    if proc.returncode != 0 or len(answers) != count:
+        why = (answers[-1] if answers and answers[-1].startswith("error") else proc.stderr.strip()[-300:])
+        raise SurrogateOpsError(f"parametric llvm-mca failed (exit status {proc.returncode}): {why}")
+    return [(None, f"llvm-mca: {a[6:]}") if a.startswith("error") else (float(a), None) for a in answers]
+
+
+def opcodes(llvm_mca: str, blocks: Sequence[str], mcpu: str = "haswell") -> list[str]:
+    """LLVM's opcode names of the instructions in canonical blocks (for building tables)."""
+    binary = build(llvm_mca)
+    lines = ["NAMES"] + [f"BLOCK {len(b.split(chr(10)))}\n{b}" for b in blocks]
+    proc = subprocess.run([str(binary), f"-mcpu={mcpu}"], input="\n".join(lines) + "\n", capture_output=True,
+                          text=True, check=True)
+    return sorted({name for line in proc.stdout.splitlines() if not line.startswith("error") for name in line.split()})
