@@ -125,10 +125,43 @@ def run(binary: Path, mcpu: str, iterations: int, text: str, count: int, timeout
     return [(None, f"llvm-mca: {a[6:]}") if a.startswith("error") else (float(a), None) for a in answers]
 
 
+def _ask(llvm_mca: str, mode: str, blocks: Sequence[str], mcpu: str) -> list[str]:
+    """The driver's answer line per block in a mode other than simulating (errors left out)."""
+    lines = [mode] + [f"BLOCK {len(b.split(chr(10)))}\n{b}" for b in blocks]
+    proc = subprocess.run([str(build(llvm_mca)), f"-mcpu={mcpu}"], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, check=True)
+    return [line for line in proc.stdout.splitlines() if not line.startswith("error")]
+
+
 def opcodes(llvm_mca: str, blocks: Sequence[str], mcpu: str = "haswell") -> list[str]:
     """LLVM's opcode names of the instructions in canonical blocks (for building tables)."""
-    binary = build(llvm_mca)
-    lines = ["NAMES"] + [f"BLOCK {len(b.split(chr(10)))}\n{b}" for b in blocks]
-    proc = subprocess.run([str(binary), f"-mcpu={mcpu}"], input="\n".join(lines) + "\n", capture_output=True,
-                          text=True, check=True)
-    return sorted({name for line in proc.stdout.splitlines() if not line.startswith("error") for name in line.split()})
+    return sorted({name for line in _ask(llvm_mca, "NAMES", blocks, mcpu) for name in line.split()})
+
+
+def defaults(llvm_mca: str, blocks: Sequence[str], mcpu: str = "haswell") -> dict[str, dict]:
+    """The stock entry of every opcode in canonical blocks, in the table's format: its micro-ops,
+    first latency and cycles on every processor resource the model lists for it (groups included,
+    as LLVM's tables expand them). Opcodes whose class is a variant are left out: their entry
+    depends on the operands (`xorl %eax, %eax` is a zero idiom, `xorl %ebx, %eax` is not), so one
+    entry would change some of their uses; `variants` lists them."""
+    return _stock(llvm_mca, blocks, mcpu)[0]
+
+
+def variants(llvm_mca: str, blocks: Sequence[str], mcpu: str = "haswell") -> list[str]:
+    """The opcodes in canonical blocks whose stock scheduling class depends on their operands."""
+    return sorted(_stock(llvm_mca, blocks, mcpu)[1])
+
+
+def _stock(llvm_mca: str, blocks: Sequence[str], mcpu: str) -> tuple[dict[str, dict], set[str]]:
+    table: dict[str, dict] = {}
+    varying: set[str] = set()
+    for line in _ask(llvm_mca, "DEFAULTS", blocks, mcpu):
+        for instruction in line.split("; "):
+            opcode, *words = instruction.split()
+            fields = dict(zip(words[::2], map(int, words[1::2]), strict=True))
+            if fields.pop("variant", 0):
+                varying.add(opcode)
+                continue
+            entry = {"latency": fields.pop("latency")} if "latency" in fields else {}
+            table.setdefault(opcode, {**entry, "uops": fields.pop("uops"), "ports": fields})
+    return table, varying

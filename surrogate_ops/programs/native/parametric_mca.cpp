@@ -16,6 +16,8 @@
 //                               lqueue, squeue (0: the model's own or unbounded, as llvm-mca), noalias (0 or 1)
 //   BLOCK <n>                   then n lines of AT&T assembly: answered "<total cycles>" or "error <why>"
 //   NAMES                       from here on, BLOCK is answered with its instructions' opcode names
+//   DEFAULTS                    from here on, BLOCK is answered with the stock entry of each instruction,
+//                               "; "-separated: <opcode> uops <n> [variant 1] [latency <n>] [<resource> <cycles>]...
 // Usage: parametric-mca -mcpu=haswell [-iterations=100]
 #include <algorithm>
 #include <cstdio>
@@ -144,28 +146,29 @@ struct Table {
         Cycles[E.ProcResourceIdx] = E.Cycles;
       }
       for (const auto &[R, C] : O.Resources) Cycles[R] = C;
-      // A group's cycles must cover those of the listed resources inside it, as TableGen's
-      // expansion leaves them (llvm-mca subtracts the inner ones from the group's, and an
-      // underflow holds the group forever): a group below the sum of its largest inner ones is raised.
+      // A group's cycles must cover what the resources inside it leave to it: llvm-mca takes the
+      // resources from the fewest units up and subtracts each one's remaining cycles from every
+      // group holding its units (an underflow holds the group forever). TableGen's expanded
+      // tables always leave it enough; a group an entry leaves short is raised to what it needs.
       std::vector<unsigned> Order;
       for (const auto &[R, C] : Cycles)
         if (C > 0) Order.push_back(R);
-      std::sort(Order.begin(), Order.end(), [&](unsigned A, unsigned B) {
-        return countPopulation(Masks[A]) < countPopulation(Masks[B]);
-      });
       auto Units = [&](unsigned R) {  // a resource's units (a group's mask also holds a bit of its own)
         uint64_t M = Masks[R];
         return countPopulation(M) > 1 ? M ^ PowerOf2Floor(M) : M;
       };
-      auto Within = [&](unsigned A, unsigned B) { return A != B && (Units(A) & Units(B)) == Units(A); };
-      for (unsigned G : Order) {
-        if (countPopulation(Masks[G]) < 2) continue;
-        int Inner = 0;
-        for (unsigned A : Order)
-          if (Within(A, G) && std::none_of(Order.begin(), Order.end(),
-                                           [&](unsigned B) { return B != G && Within(A, B) && Within(B, G); }))
-            Inner += Cycles[A];
-        Cycles[G] = std::max(Cycles[G], Inner);
+      std::sort(Order.begin(), Order.end(), [&](unsigned A, unsigned B) {
+        unsigned PA = countPopulation(Masks[A]), PB = countPopulation(Masks[B]);
+        return PA != PB ? PA < PB : Masks[A] < Masks[B];
+      });
+      std::map<unsigned, int> Left;  // cycles each resource has left once those inside it took theirs
+      for (size_t I = 0; I < Order.size(); ++I) {
+        unsigned G = Order[I];
+        int Taken = 0;
+        for (size_t K = 0; K < I; ++K)
+          if ((Units(Order[K]) & Masks[G]) == Units(Order[K])) Taken += Left[Order[K]];
+        Cycles[G] = std::max(Cycles[G], Taken);
+        Left[G] = Cycles[G] - Taken;
       }
       Mine.WriteProcResIdx = ProcRes.size();
       Mine.NumWriteProcResEntries = 0;
@@ -258,7 +261,8 @@ class Simulator {
     return "";
   }
 
-  bool Names = false;  // answer blocks with their opcode names instead of simulating them
+  bool Names = false;     // answer blocks with their opcode names instead of simulating them
+  bool Defaults_ = false;  // answer blocks with each instruction's stock entry
 
   // Total cycles of one block, or an error (returned in Why); in Names mode, -2 and the names in Why.
   long simulate(const std::string &Assembly, std::string &Why) {
@@ -288,6 +292,10 @@ class Simulator {
     if (Out.Insts.empty()) { Why = "no instructions"; return -1; }
     if (Names) {
       for (const MCInst &MCI : Out.Insts) Why += (Why.empty() ? "" : " ") + MCII->getName(MCI.getOpcode()).str();
+      return -2;
+    }
+    if (Defaults_) {
+      for (const MCInst &MCI : Out.Insts) Why += (Why.empty() ? "" : "; ") + stockEntry(MCI);
       return -2;
     }
 
@@ -330,6 +338,24 @@ class Simulator {
     if (Overrides.empty()) return *STI;
     if (!Current) Current = build();
     return *Current->STI;
+  }
+
+  // An instruction's stock entry, from the class the stock model resolves it to (as InstrBuilder does).
+  std::string stockEntry(const MCInst &MCI) const {
+    const MCSchedModel &SM = STI->getSchedModel();
+    unsigned Class = MCII->get(MCI.getOpcode()).getSchedClass();
+    bool Variant = Class && SM.getSchedClassDesc(Class)->isVariant();
+    while (Class && SM.getSchedClassDesc(Class)->isVariant())
+      Class = STI->resolveVariantSchedClass(Class, &MCI, MCII.get(), SM.getProcessorID());
+    const MCSchedClassDesc *SC = SM.getSchedClassDesc(Class);
+    std::string Entry = MCII->getName(MCI.getOpcode()).str() + " uops " + std::to_string(SC->NumMicroOps);
+    if (Variant) Entry += " variant 1";
+    if (SC->NumWriteLatencyEntries) Entry += " latency " + std::to_string(STI->getWriteLatencyEntry(SC, 0)->Cycles);
+    for (unsigned K = 0; K < SC->NumWriteProcResEntries; ++K) {
+      const MCWriteProcResEntry *E = STI->getWriteProcResBegin(SC) + K;
+      Entry += std::string(" ") + SM.getProcResource(E->ProcResourceIdx)->Name + " " + std::to_string(E->Cycles);
+    }
+    return Entry;
   }
 
   // The stock tables, copied, with room for a class of its own for each overridden opcode.
@@ -435,6 +461,8 @@ int main(int argc, char **argv) {
       }
     } else if (Kind == "NAMES") {
       Sim.Names = true;
+    } else if (Kind == "DEFAULTS") {
+      Sim.Defaults_ = true;
     } else if (Kind == "KNOB") {
       std::string Name;
       long Value = -1;
