@@ -79,6 +79,14 @@ class Flat:
             out[filled] = np.maximum.reduceat(self.per_instruction, self.first_instruction[filled])
         return out
 
+    def select(self, index: Sequence[int] | np.ndarray) -> Flat:
+        """The blocks at `index`, in that order, as a Flat of their own."""
+        index = np.asarray(index, dtype=np.int64)
+        counts = self.per_block[index]
+        ins = _ranges(self.first_instruction[index], counts)
+        lengths = self.per_instruction[ins]
+        return Flat(self.tokens[_ranges(self.first_token[ins], lengths)], lengths, counts)
+
     def take(self, index: np.ndarray) -> np.ndarray:
         """The blocks at `index`, padded: (len(index), instructions, tokens) int64, 0 for padding."""
         index = np.asarray(index)

@@ -184,7 +184,7 @@ class Predictor:
         scaled = self.scaled(params, len(blocks))
         values = np.full(len(blocks), np.nan)
         estimates = np.full(len(blocks), np.nan) if self.confident else None
-        if self.workers > 1 and len(blocks) >= PARALLEL_MIN and not multiprocessing.current_process().daemon:
+        if self.parallel(len(blocks)):
             encoded, where, errors, unknown_at = self._encode_parallel(blocks, first)
         else:
             encoded, where, errors, unknown_at = self._encode_part(blocks, first)
@@ -193,6 +193,17 @@ class Predictor:
             if estimates is not None:
                 estimates[where] = estimate
         return values, estimates, errors, unknown_at
+
+    def parallel(self, count: int) -> bool:
+        """Whether a call of `count` blocks is encoded by the worker processes."""
+        return self.workers > 1 and count >= PARALLEL_MIN and not multiprocessing.current_process().daemon
+
+    def encode_many(self, blocks: Sequence[str], first: int = 0) -> tuple[Flat, dict[int, int], set[int], set[int]]:
+        """A large call's blocks encoded side by side by the worker processes: the tokenized blocks,
+        each readable block's row among them (by its place in `blocks`), the places of the blocks
+        the cache path refused (unreadable, or over the model's length), and of those with unknown tokens."""
+        encoded, where, errors, unknown_at = self._encode_parallel(blocks, first)
+        return encoded, {int(i): row for row, i in enumerate(where)}, set(errors), set(unknown_at)
 
     def _encode_part(self, blocks: Sequence[str], first: int, start: int = 0,
                      ) -> tuple[list, list[int], dict[int, str], list[int]]:

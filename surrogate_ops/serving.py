@@ -79,6 +79,7 @@ class Block:
     mcpu: str
     instructions: int = 0
     ids: list[tuple[int, ...]] = field(default_factory=list)  # the surrogate's token ids, once screened
+    row: int = -1  # its row among a large call's blocks encoded side by side (then `ids` stays empty)
     unknown: tuple[str, ...] = ()
     _text: str | None = None
 
@@ -423,10 +424,14 @@ class Server:
         tally: Counter[tuple[str, str, str]] = Counter()  # (mcpu, source, rule) -> blocks
         predictor = self.predictors.get(mcpu)  # the surrogate of this request's mcpu, if the service has one
         surrogate = predictor is not None and not exact
+        # a large call (a file's chunk in `predict`) is encoded by the predictor's worker processes
+        bulk = predictor.encode_many(blocks, first) if surrogate and predictor.parallel(len(blocks)) else None
         for i, raw in enumerate(blocks):
             block = Block(index=first + i, raw=raw, mcpu=mcpu)
             try:
-                if surrogate:
+                if bulk is not None:
+                    self._screen(block, predictor, bulk, i)
+                elif surrogate:
                     self._encode(block, predictor)
                 else:
                     block.instructions = block.text.count("\n") + 1
@@ -455,12 +460,7 @@ class Server:
         doubtful: list[tuple[Block, str, str]] = []  # estimated above max_error: llvm-mca's, after the network
         estimated: dict[int, float] = {}
         if trusted:
-            if params is None and self.limits.network_gather:  # the common case: shared with concurrent requests
-                answered = self._networks[mcpu]([b.ids for b in trusted])  # (blocks, 2): cycles, estimated error
-                cycles, estimates = answered[:, 0], answered[:, 1] if predictor.confident else None
-            else:
-                cycles, estimates = predictor.answer_encoded([b.ids for b in trusted], predictor.scaled(params, len(trusted))
-                                                             if params is not None else None)
+            cycles, estimates = self._network(predictor, mcpu, trusted, params, bulk)
             for k, (block, value) in enumerate(zip(trusted, cycles, strict=True)):
                 answer = {"cycles": float(value), "source": "surrogate"}
                 if estimates is not None:
@@ -525,6 +525,28 @@ class Server:
             raise Rejected(f"no surrogate here serves -mcpu={mcpu}, and llvm-mca is unavailable: {exc}", 503) from None
         if mcpu not in known:
             raise Rejected(f"llvm-mca does not know -mcpu={mcpu} (try haswell, skylake, ivybridge)", 400)
+
+    def _network(self, predictor, mcpu: str, trusted: list[Block], params: object, bulk: tuple | None):
+        """The surrogate's cycles and error estimates (None without a head) for the trusted blocks."""
+        scaled = predictor.scaled(params, len(trusted)) if params is not None else None
+        if bulk is not None:
+            return predictor.answer_encoded(bulk[0].select([b.row for b in trusted]), scaled)
+        if params is None and self.limits.network_gather:  # the common case: shared with concurrent requests
+            answered = self._networks[mcpu]([b.ids for b in trusted])  # (blocks, 2): cycles, estimated error
+            return answered[:, 0], answered[:, 1] if predictor.confident else None
+        return predictor.answer_encoded([b.ids for b in trusted], scaled)
+
+    @staticmethod
+    def _screen(block: Block, predictor, bulk: tuple, i: int) -> None:
+        """`_encode` for a block of a large call already encoded side by side (`Predictor.encode_many`)."""
+        flat, rows, refused, unknown = bulk
+        if i in refused:  # read in full: names why it cannot be read, or counts its length
+            block.instructions = block.text.count("\n") + 1
+            return
+        block.row = rows[i]
+        block.instructions = int(flat.per_block[block.row])
+        if i in unknown:
+            block.unknown = tuple(predictor.tokenizer.unknown(block.text))
 
     @staticmethod
     def _encode(block: Block, predictor) -> None:

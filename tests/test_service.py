@@ -24,6 +24,7 @@ from surrogate_ops.serving import (
     Block,
     FairPool,
     Gathered,
+    Limits,
     Server,
     other_mcpu,
     too_long,
@@ -273,6 +274,27 @@ def test_policy_rules_are_small_units(model_dir):
     custom = Server(model_dir, policy=(*DEFAULT_POLICY, never_trust_div))
     answers = custom.predict(["xorl %eax, %eax\ndivq %rcx", "addq %rax, %rbx"])
     assert answers[0]["reason"] == "division is hard" and answers[1]["source"] == "surrogate"
+
+
+def test_a_large_call_encoded_by_worker_processes_answers_as_one_process_does(model_dir):
+    """`predict`'s chunks are large: the predictor's worker processes encode them side by side, and
+    every answer (surrogate, fallback and its reason, unreadable) is the one-process path's."""
+    from surrogate_ops import inference
+    from surrogate_ops.blocks.generate import generate
+
+    odd = [UNKNOWN, LONG, "addq %rax", "movq (%rdi), %rax\n.byte 1", "", GOOD[0]]
+    blocks = generate(inference.PARALLEL_MIN, seed=31) + odd * 20
+    limits = Limits(max_instructions=1 << 30)
+    side_by_side = Server(inference.Predictor(model_dir, workers=2), limits=limits)
+    alone = Server(inference.Predictor(model_dir, workers=1), limits=limits)
+    assert side_by_side.predictor.parallel(len(blocks)) and not alone.predictor.parallel(len(blocks))
+    try:
+        together = side_by_side.answer(blocks, "haswell", first=7)
+        assert together == alone.answer(blocks, "haswell", first=7)
+    finally:
+        side_by_side.predictor.close()
+    sources = {a.get("source", "error") for a in together}
+    assert sources == {"surrogate", "llvm-mca", "error"}
 
 
 def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
