@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from surrogate_ops.blocks import deps
-from surrogate_ops.blocks.asm import PREFIXES, canonical_operands, remembered
+from surrogate_ops.blocks.asm import PREFIXES, bounded_memo, canonical_operands
 
 PAD, UNK = "<PAD>", "<UNK>"
 SPECIALS = (PAD, UNK)
@@ -35,7 +35,7 @@ _SMALL_IMMEDIATES = range(-1, 17)
 _CACHE_LIMIT = 1 << 16  # instructions whose ids are remembered (the predictor's line cache sits above)
 
 
-@remembered(1 << 14)
+@bounded_memo(1 << 14)
 def _operand_tokens(operand: str) -> tuple[str, ...]:
     """The tokens of one operand; operands repeat far more than instructions do."""
     tokens: list[str] = []

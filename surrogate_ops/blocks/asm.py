@@ -27,8 +27,9 @@ PREFIXES = frozenset(
 )
 
 
-def remembered(limit: int):
-    """Memoize a function of one string in a plain dict, emptied when it holds `limit` answers.
+def bounded_memo(limit: int):
+    """Memoize a function of one string in a plain dict, emptied when it holds `limit` answers
+    (unlike `llvm_tools.remembered`, which keeps a tool's answers for good and retries failures).
 
     The front end's caches (canonical lines, operands, def-use effects, tokens) hold what the
     garbage collector need not see: strings and tuples of them. `functools.lru_cache` keeps a
@@ -124,27 +125,22 @@ def normalize_instruction(line: str) -> str:
     return " ".join(head) + " " + ", ".join(split_operands(rest))
 
 
-_LINES: dict[str, str | BlockError] = {}  # raw line -> canonical instruction, or why it was refused
-_LINES_LIMIT = 1 << 16
-
-
 def canonical_line(line: str) -> str | BlockError:
     """One stripped, non-empty line checked and normalized, or why it is refused (returned, not
     raised: `normalize_block` names the block and line). Once per distinct line: real inputs
-    repeat instructions a lot."""
+    repeat instructions a lot; an over-long line is refused without being kept."""
     if len(line) > MAX_LINE:
         return BlockError(f"a line of {len(line):,} characters, over the limit of {MAX_LINE} ({line[:40]!r}...)")
-    known = _LINES.get(line)
-    if known is None:
-        try:
-            _check_line(line)
-            known = normalize_instruction(line)
-        except BlockError as exc:
-            known = exc
-        if len(_LINES) >= _LINES_LIMIT:
-            _LINES.clear()
-        _LINES[line] = known
-    return known
+    return _checked_line(line)
+
+
+@bounded_memo(1 << 16)
+def _checked_line(line: str) -> str | BlockError:
+    try:
+        _check_line(line)
+        return normalize_instruction(line)
+    except BlockError as exc:
+        return exc
 
 
 def join_prefixes(instructions: list[str]) -> tuple[list[str], list[str]]:

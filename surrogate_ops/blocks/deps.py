@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from surrogate_ops.blocks.asm import PREFIXES, canonical_operands, remembered
+from surrogate_ops.blocks.asm import PREFIXES, bounded_memo, canonical_operands
 
 KINDS = ("reg", "reg-carried", "mem", "mem-carried")
 FLAGS = "flags"
@@ -111,7 +111,7 @@ def _address(operand: str) -> tuple[str, tuple[str, ...]] | None:
     return operand, tuple({family for family, _ in registers if family != "rip"})
 
 
-@remembered(1 << 14)
+@bounded_memo(1 << 14)
 def _operand(operand: str) -> tuple[tuple[str, bool] | None, tuple[str, tuple[str, ...]] | None]:
     """(register, address) of one operand, either None; operands repeat far more than lines do."""
     return (_register(operand) if operand.startswith("%") else None,
@@ -173,7 +173,7 @@ def effects(instruction: str) -> Effects:
     return Effects(*uses_defs(instruction))
 
 
-@remembered(1 << 15)
+@bounded_memo(1 << 15)
 def uses_defs(instruction: str) -> UsesDefs:
     """The keys one canonical instruction reads and writes, as a pair of plain tuples of strings:
     every distinct line makes one, and plain tuples of strings drop out of the garbage collector's sight."""

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 
 from surrogate_ops.blocks import llvm_disasm
-from surrogate_ops.blocks.asm import PREFIXES, join_prefixes, normalize_instruction
+from surrogate_ops.blocks.asm import PREFIXES, bounded_memo, join_prefixes, normalize_instruction
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import find_tool
 
@@ -50,16 +50,11 @@ def _run_llvm_mc(llvm_mc: str, hexes: list[str]) -> tuple[str, str]:
     return proc.stdout, proc.stderr
 
 
-_CANONICAL: dict[str, str] = {}  # llvm-mc output line -> canonical text (the separators alone repeat 17 lines a block)
-
-
+@bounded_memo(1 << 16)
 def _canonical(raw: str) -> str:
-    text = _CANONICAL.get(raw)
-    if text is None:
-        if len(_CANONICAL) >= 1 << 16:
-            _CANONICAL.clear()
-        text = _CANONICAL[raw] = normalize_instruction(raw.split("#", 1)[0])  # drop llvm-mc's "# imm = 0x.." notes
-    return text
+    """An llvm-mc output line's canonical text, once per distinct line (a block's separator alone
+    repeats 17 lines); llvm-mc's "# imm = 0x.." notes dropped."""
+    return normalize_instruction(raw.split("#", 1)[0])
 
 
 def _pieces(stdout: str) -> list[list[str]]:
