@@ -121,8 +121,10 @@ class Predictor:
         instruction = canonical_line(line) if line else None
         if instruction is None:
             hit = _SKIP
-        elif isinstance(instruction, BlockError) or instruction in PREFIXES:
-            hit = instruction if isinstance(instruction, BlockError) else _SLOW
+        elif isinstance(instruction, BlockError):
+            hit = instruction
+        elif instruction in PREFIXES:
+            hit = _SLOW
         else:
             encoded = self.tokenizer.encode_instruction(instruction)
             hit = (encoded, 1 in encoded, instruction, deps.uses_defs(instruction) if self.tokenizer.max_deps else None)
