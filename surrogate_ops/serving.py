@@ -145,6 +145,17 @@ class AnswerCache:
                 "misses": self.misses, "hit_rate": round(self.hits / asked, 4) if asked else None}
 
 
+def _run_together(fn: Callable[[list], Sequence], parts: Sequence[Sequence]) -> list[Sequence]:
+    """`fn` on the parts' items in one call (it answers as many results as items), each part's
+    results handed back as a slice of their own, in order: how FairPool and Gathered share a call."""
+    results = fn([item for part in parts for item in part])
+    out, start = [], 0
+    for part in parts:
+        out.append(results[start:start + len(part)])
+        start += len(part)
+    return out
+
+
 class FairPool:
     """`workers` threads running jobs from many requests, round robin: a request's k-th job is
     tagged with the virtual time at its arrival plus k, and the lowest tag runs next (start-time
@@ -215,10 +226,8 @@ class FairPool:
                 if batch is None:
                     jobs[0][4].set_result(fn(jobs[0][3]))
                     continue
-                results = fn([item for job in jobs for item in job[3]])
-                for job in jobs:  # each its own slice, in the order they were joined
-                    job[4].set_result(results[:len(job[3])])
-                    results = results[len(job[3]):]
+                for job, results in zip(jobs, _run_together(fn, [job[3] for job in jobs]), strict=True):
+                    job[4].set_result(results)
             except BaseException as exc:  # noqa: BLE001 - the requests that queued them report it
                 for job in jobs:
                     if not job[4].done():
@@ -270,9 +279,8 @@ class Gathered:
 
     def _run(self, jobs: list[list]) -> None:
         try:
-            results = self.fn([item for job in jobs for item in job[0]])
-            for job in jobs:  # each its own slice, in the order they were queued
-                job[1], results = results[:len(job[0])], results[len(job[0]):]
+            for job, results in zip(jobs, _run_together(self.fn, [job[0] for job in jobs]), strict=True):
+                job[1] = results
         except Exception as exc:  # noqa: BLE001 - each caller raises it in its own thread
             for job in jobs:
                 job[2] = exc
@@ -582,8 +590,8 @@ class Server:
         missing = [b.text for b, answer in zip(blocks, known, strict=True) if answer is None]
         step = self.limits.mca_chunk
         chunks = [missing[s:s + step] for s in range(0, len(missing), step)]
-        gather = self.limits.mca_gather
-        futures = self.mca_pool.map(program.run, chunks, batch=setting if gather else None, most=gather)
+        most = self.limits.mca_gather  # waiting chunks of other requests under this setting may share a call
+        futures = self.mca_pool.map(program.run, chunks, batch=setting if most else None, most=most)
 
         def gather() -> list[dict]:
             ran: list[dict] = []
