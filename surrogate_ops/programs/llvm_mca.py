@@ -21,7 +21,6 @@ import bisect
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -220,7 +219,7 @@ class LlvmMca(Program):
         try:
             answers = parametric.run(parametric.build(self.path), self.mcpu, self.iterations, text, len(blocks),
                                      timeout, self.nice)
-        except subprocess.TimeoutExpired:
+        except ToolTimeout:
             return [Result(error=f"parametric llvm-mca timed out after {timeout:g} s")] * len(blocks)
         return [Result(cycles=cycles, error=error) for cycles, error in answers]
 

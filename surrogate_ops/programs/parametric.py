@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.llvm_tools import tool_version
+from surrogate_ops.llvm_tools import run_tool, tool_version
 
 SOURCE = Path(__file__).with_name("native") / "parametric_mca.cpp"
 # a build depends on the source and the LLVM only, not on a work directory: one per user
@@ -40,26 +40,33 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "surr
 FIELDS = ("latency", "uops", "ports")
 
 
-def llvm_config(llvm_mca: str) -> str:
-    """The llvm-config of the LLVM that `llvm_mca` belongs to (its major version must match)."""
+def llvm_config(llvm_mca: str) -> tuple[str, str]:
+    """The llvm-config of the LLVM that `llvm_mca` belongs to (its major version must match), and
+    that LLVM's full version."""
     major = tool_version(llvm_mca).split(".")[0]
     for candidate in (Path(llvm_mca).resolve().parent / "llvm-config", Path(f"/usr/lib/llvm-{major}/bin/llvm-config"),
                       shutil.which(f"llvm-config-{major}"), shutil.which("llvm-config")):
         if candidate and Path(candidate).is_file():
             found = subprocess.run([str(candidate), "--version"], capture_output=True, text=True)
             if found.returncode == 0 and found.stdout.split(".")[0] == major:
-                return str(candidate)
+                return str(candidate), found.stdout.strip()
     raise SurrogateOpsError(f"per-instruction parameters need LLVM {major}'s development files for the driver "
                             f"(llvm-config, headers, libLLVM): apt-get install llvm-{major}-dev")
 
 
+_built: dict[str, Path] = {}  # llvm-mca path -> its driver, found or built once per process
+
+
 def build(llvm_mca: str, force: bool = False) -> Path:
-    """The driver's binary for the LLVM of `llvm_mca`, compiled on first use (about 10 s)."""
-    tool = llvm_config(llvm_mca)
-    version = subprocess.run([tool, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    """The driver's binary for the LLVM of `llvm_mca`, compiled on first use (about 10 s); looked
+    up once per process, not per call (LlvmMca asks for every chunk)."""
+    if llvm_mca in _built and not force:
+        return _built[llvm_mca]
+    tool, version = llvm_config(llvm_mca)
     digest = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:12]
     binary = CACHE / f"parametric-mca-{digest}"
     if binary.is_file() and not force:
+        _built[llvm_mca] = binary
         return binary
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
@@ -77,6 +84,7 @@ def build(llvm_mca: str, force: bool = False) -> Path:
         raise SurrogateOpsError(f"building the parametric llvm-mca driver failed:\n{proc.stderr[-2000:]}")
     partial.chmod(0o755)
     os.replace(partial, binary)  # whole or not at all: another process may be building it too
+    _built[llvm_mca] = binary
     return binary
 
 
@@ -106,18 +114,19 @@ def job_text(knobs: Mapping[str, object], table: Mapping[str, dict], blocks: Seq
             if field in entry:
                 lines.append(f"OP {opcode} {field} {entry[field]}")
         lines += [f"OP {opcode} res {resource} {cycles}" for resource, cycles in entry.get("ports", {}).items()]
-    for block in blocks:
-        body = block.split("\n")
-        lines += [f"BLOCK {len(body)}", *body]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _blocks_text(blocks)
+
+
+def _blocks_text(blocks: Sequence[str]) -> str:
+    """Canonical blocks as the driver reads them: `BLOCK <lines>`, then the lines."""
+    return "".join(f"BLOCK {block.count(chr(10)) + 1}\n{block}\n" for block in blocks)
 
 
 def run(binary: Path, mcpu: str, iterations: int, text: str, count: int, timeout: float,
         nice: int = 0) -> list[tuple[float | None, str | None]]:
-    """(cycles, error) per block of one driver input of `count` blocks."""
-    proc = subprocess.run([str(binary), f"-mcpu={mcpu}", f"-iterations={iterations}"], input=text,
-                          capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    """(cycles, error) per block of one driver input of `count` blocks; ToolTimeout past `timeout`
+    (its process group killed, as every llvm-mca call is)."""
+    proc = run_tool([str(binary), f"-mcpu={mcpu}", f"-iterations={iterations}"], text, timeout=timeout, nice=nice)
     answers = proc.stdout.splitlines()
     if proc.returncode != 0 or len(answers) != count:
         why = (answers[-1] if answers and answers[-1].startswith("error") else proc.stderr.strip()[-300:])
@@ -127,9 +136,10 @@ def run(binary: Path, mcpu: str, iterations: int, text: str, count: int, timeout
 
 def _ask(llvm_mca: str, mode: str, blocks: Sequence[str], mcpu: str) -> list[str]:
     """The driver's answer line per block in a mode other than simulating (errors left out)."""
-    lines = [mode] + [f"BLOCK {len(b.split(chr(10)))}\n{b}" for b in blocks]
-    proc = subprocess.run([str(build(llvm_mca)), f"-mcpu={mcpu}"], input="\n".join(lines) + "\n",
-                          capture_output=True, text=True, check=True)
+    proc = run_tool([str(build(llvm_mca)), f"-mcpu={mcpu}"], f"{mode}\n" + _blocks_text(blocks),
+                    timeout=30 + 0.01 * len(blocks))
+    if proc.returncode != 0:
+        raise SurrogateOpsError(f"parametric llvm-mca failed (exit status {proc.returncode}): {proc.stderr.strip()[-300:]}")
     return [line for line in proc.stdout.splitlines() if not line.startswith("error")]
 
 
