@@ -91,30 +91,22 @@ def package_env(tree: Path | None) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), here] if tree else [here])}
 
 
-def cli(args: list[str], repeats: int, env: dict[str, str] | None = None, warm: bool = True,
-        cwd: Path | None = None) -> tuple[float, float | None]:
-    """Median wall seconds and the largest peak RSS (MB, from GNU time where it is installed: a
-    child forked from this large process would report this process's memory as its own) of a
-    `surrogate-ops` command run `repeats` times, after one untimed run when `warm` (which may
-    resolve and pin the default model)."""
+def cli(args: list[str], tree: Path | None = None) -> tuple[float, float | None]:
+    """Wall seconds and peak RSS (MB, from GNU time where it is installed: a child forked from this
+    large process would report this process's memory as its own) of one `surrogate-ops` command,
+    from the baseline's package `tree` or today's (None)."""
     timer = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").is_file() else None)
-    times, peaks = [], []
     with tempfile.NamedTemporaryFile("r") as record:
-        for k in range(repeats + int(warm)):
-            command = [sys.executable, "-m", "surrogate_ops", *args]
-            if timer:
-                command = [timer, "-f", "%M", "-o", record.name, *command]
-            start = time.perf_counter()
-            proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                                  cwd=cwd)
-            if proc.returncode:
-                raise SystemExit(f"surrogate-ops {' '.join(args)} failed: {proc.stderr[-500:]}")
-            if k or not warm:
-                times.append(time.perf_counter() - start)
-                if timer:
-                    record.seek(0)
-                    peaks.append(int(record.read().split()[-1]) / 1024)
-    return float(np.median(times)) if times else float("nan"), max(peaks) if peaks else None
+        command = [sys.executable, "-m", "surrogate_ops", *args]
+        if timer:
+            command = [timer, "-f", "%M", "-o", record.name, *command]
+        start = time.perf_counter()
+        proc = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=package_env(tree) if tree else None, cwd=tree)
+        seconds = time.perf_counter() - start
+        if proc.returncode:
+            raise SystemExit(f"surrogate-ops {' '.join(args)} failed: {proc.stderr[-500:]}")
+        return seconds, int(record.read().split()[-1]) / 1024 if timer else None
 
 
 def race_rows(label: str, runs: dict[str, list], texts: list[str], truth: np.ndarray, rate: dict[str, float],
@@ -208,32 +200,31 @@ def main() -> None:
     print(f"\nCLI, `surrogate-ops predict --input HEX.csv`, {len(hexes):,} blocks vs 1 (marginal: start-up subtracted)")
     print(f"{'command':<52} {'1 block':>8} {'peak MB':>8} {'all':>8} {'marginal b/s':>13} {'vs mca':>7}"
           + (" slower than the baseline" if tree else ""))
-    commands = [("--program llvm-mca", ["--program", "llvm-mca"], None)]
+    commands = [("--program llvm-mca", ["--program", "llvm-mca"], None)]  # (label, arguments, package tree)
     if tree is not None:
-        commands.append((f"baseline {args.baseline}: --model its haswell", ["--model", str(model)], package_env(tree)))
+        commands.append((f"baseline {args.baseline}: --model its haswell", ["--model", str(model)], tree))
     commands += [(f"--model {Path(str(uri)).name}", ["--model", str(scratch / Path(str(uri)).name.replace("@", "-"))],
                   None) for uri in args.model]
     commands.append(("(default: the champion of --mcpu)", [], None))
-    for label, extra, env in commands:  # untimed: the default is resolved (and cached) on its first run
-        cli(["predict", "--input", str(one), *extra], 0, env, cwd=tree if env else None)
+    for label, extra, package in commands:  # untimed: the default is resolved (and cached) on its first run
+        cli(["predict", "--input", str(one), *extra], package)
     timed = {label: ([], [], []) for label, *_ in commands}  # one-block seconds, all-blocks seconds, peaks
     for _ in range(args.repeats):  # in turns, as above
-        for label, extra, env in commands:
+        for label, extra, package in commands:
             for k, path in enumerate((one, many)):
-                seconds, peak = cli(["predict", "--input", str(path), *extra], 1, env, warm=False,
-                                    cwd=tree if env else None)
+                seconds, peak = cli(["predict", "--input", str(path), *extra], package)
                 timed[label][k].append(seconds)
                 if k == 0 and peak:
                     timed[label][2].append(peak)
     base = baseline = None
-    for label, extra, env in commands:
+    for label, extra, package in commands:
         t_one, t_all = float(np.median(timed[label][0])), float(np.median(timed[label][1]))
         peak = max(timed[label][2]) if timed[label][2] else float("nan")
         marginal = (len(hexes) - 1) / max(t_all - t_one, 1e-9)
         base = base or marginal
-        if env is not None:
+        if package is not None:
             baseline = marginal
-        slower = f" {baseline / marginal:>6.2f}x" if baseline and env is None and extra[:1] != ["--program"] else ""
+        slower = f" {baseline / marginal:>6.2f}x" if baseline and package is None and extra[:1] != ["--program"] else ""
         print(f"{label:<52} {t_one:>7.2f}s {peak:>8.0f} {t_all:>7.1f}s {marginal:>13,.0f} "
               f"{marginal / base:>6.1f}x{slower}")
 
