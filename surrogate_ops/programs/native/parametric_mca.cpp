@@ -115,7 +115,7 @@ struct Table {
   std::map<unsigned, unsigned> Plain;                     // marked stock class -> unmarked copy
   std::vector<SubtargetSubTypeKV> PD;
   std::unique_ptr<ParamSubtarget> STI;
-  std::string Full;  // why a class could not be added, once the room is spent
+  std::string Full;  // why a class could not be added, once the room is spent: the block is refused
   SmallVector<uint64_t, 32> Masks;  // each processor resource's mask, as llvm-mca computes them
 
   unsigned own(unsigned Opcode, unsigned Stock) {
@@ -224,11 +224,11 @@ class Simulator {
   void resetTable() {
     Overrides.clear();
     Current.reset();
-    Knobs = Defaults();
+    Knobs = GlobalKnobs();
   }
 
   // llvm-mca's global options, as its command line sets them.
-  struct Defaults {
+  struct GlobalKnobs {
     unsigned Dispatch = 0, MicroOpQueue = 0, Decoders = 0, RegisterFile = 0, LoadQueue = 0, StoreQueue = 0;
     bool NoAlias = true;
   } Knobs;
@@ -262,7 +262,7 @@ class Simulator {
   }
 
   bool Names = false;     // answer blocks with their opcode names instead of simulating them
-  bool Defaults_ = false;  // answer blocks with each instruction's stock entry
+  bool Entries = false;  // answer blocks with each instruction's stock entry
 
   // Total cycles of one block, or an error (returned in Why); in Names mode, -2 and the names in Why.
   long simulate(const std::string &Assembly, std::string &Why) {
@@ -294,7 +294,7 @@ class Simulator {
       for (const MCInst &MCI : Out.Insts) Why += (Why.empty() ? "" : " ") + MCII->getName(MCI.getOpcode()).str();
       return -2;
     }
-    if (Defaults_) {
+    if (Entries) {
       for (const MCInst &MCI : Out.Insts) Why += (Why.empty() ? "" : "; ") + stockEntry(MCI);
       return -2;
     }
@@ -311,6 +311,10 @@ class Simulator {
       }
       IPP->postProcessInstruction(Inst.get(), MCI);
       Lowered.emplace_back(std::move(Inst.get()));
+    }
+    if (Current && !Current->Full.empty()) {  // an opcode would have run on its stock class: say so instead
+      Why = Current->Full;
+      return -1;
     }
     mca::SourceMgr S(Lowered, Iterations);
     std::unique_ptr<mca::CustomBehaviour> CB(Target->createCustomBehaviour(Sim, S, *MCII));
@@ -401,13 +405,12 @@ class Simulator {
     T->Model = SM;
     T->Model.SchedClassTable = T->Classes.data();
     T->Model.NumSchedClasses = T->Classes.size();
-    T->PD.push_back(SubtargetSubTypeKV{CPUName.c_str(), FeatureBitArray({}), FeatureBitArray({}), &T->Model});
+    T->PD.push_back(SubtargetSubTypeKV{CPU.c_str(), FeatureBitArray({}), FeatureBitArray({}), &T->Model});
     T->STI = std::make_unique<ParamSubtarget>(Triple(Triple_), CPU, T->PD, *STI, *T);
     return T;
   }
 
   std::string CPU;
-  std::string CPUName = CPU;
   unsigned Iterations;
   const llvm::Target *Target = nullptr;
   MCTargetOptions Options;
@@ -462,7 +465,7 @@ int main(int argc, char **argv) {
     } else if (Kind == "NAMES") {
       Sim.Names = true;
     } else if (Kind == "DEFAULTS") {
-      Sim.Defaults_ = true;
+      Sim.Entries = true;
     } else if (Kind == "KNOB") {
       std::string Name;
       long Value = -1;
