@@ -157,8 +157,14 @@ class LlvmMca(Program):
             args.append(f"--{option}={'true' if value else 'false'}" if isinstance(value, bool) else f"--{option}={value}")
         return args
 
-    def run(self, blocks: Sequence[str], progress: Progress | None = None) -> list[Result]:
-        """One Result per block, in order. Blocks are checked first; rejected ones never reach llvm-mca."""
+    def run(self, blocks: Sequence[str], progress: Progress | None = None,
+            tables: Sequence[Mapping[str, dict]] | None = None) -> list[Result]:
+        """One Result per block, in order. Blocks are checked first; rejected ones never reach llvm-mca.
+        `tables`: a per-instruction table for each block, in place of the instance's (labeling
+        under sampled tables; many tables a driver process)."""
+        if tables is not None and len(tables) != len(blocks):
+            raise SurrogateOpsError(f"{len(tables)} tables for {len(blocks)} blocks")
+        own = [parametric.check_table(t) for t in tables] if tables is not None else None
         results: list[Result | None] = [None] * len(blocks)
         valid: list[tuple[int, str]] = []
         for i, text in enumerate(blocks):
@@ -171,7 +177,9 @@ class LlvmMca(Program):
         chunks = [valid[s:s + self.chunk_size] for s in range(0, len(valid), self.chunk_size)]
 
         def work(chunk: list[tuple[int, str]]) -> None:
-            for (i, _), result in zip(chunk, self._run_chunk([text for _, text in chunk]), strict=True):
+            texts = [text for _, text in chunk]
+            answers = self._run_chunk(texts) if own is None else self._run_parametric(texts, [own[i] for i, _ in chunk])
+            for (i, _), result in zip(chunk, answers, strict=True):
                 results[i] = result
             if progress:
                 progress(len(chunk))
@@ -210,11 +218,13 @@ class LlvmMca(Program):
             return self._bisect(blocks)
         return self._parse(proc.stdout, proc.stderr, starts, len(blocks))
 
-    def _run_parametric(self, blocks: list[str]) -> list[Result]:
+    def _run_parametric(self, blocks: list[str], tables: list[dict] | None = None) -> list[Result]:
         """Canonical blocks through the parametric driver, under this instance's per-instruction table
-        and knobs (the driver answers every block, a bad one with its own error)."""
+        (or each block's of `tables`) and knobs; the driver answers every block, a bad one with its
+        own error."""
         knobs = {self.parameters[name].option: value for name, value in self.params.items()}
-        text = parametric.job_text(knobs, self.per_instruction, blocks)
+        text = (parametric.job_text(knobs, self.per_instruction, blocks) if tables is None else
+                "".join(parametric.job_text(knobs, t, [b]) for t, b in zip(tables, blocks, strict=True)))
         timeout = self.timeout if self.timeout is not None else 30 + 0.2 * len(blocks)
         try:
             answers = parametric.run(parametric.build(self.path), self.mcpu, self.iterations, text, len(blocks),

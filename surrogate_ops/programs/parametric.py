@@ -33,6 +33,7 @@ from pathlib import Path
 
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import run_tool, tool_version
+from surrogate_ops.programs import tables
 
 SOURCE = Path(__file__).with_name("native") / "parametric_mca.cpp"
 # a build depends on the source and the LLVM only, not on a work directory: one per user
@@ -106,7 +107,7 @@ def check_table(table: Mapping[str, object]) -> dict[str, dict]:
 
 def job_text(knobs: Mapping[str, object], table: Mapping[str, dict], blocks: Sequence[str]) -> str:
     """The driver's input for one setting (llvm-mca options by name, a per-instruction table) and
-    canonical blocks."""
+    canonical blocks; inputs joined run one after another (a table of its own for each block)."""
     lines = ["TABLE"]
     lines += [f"KNOB {option} {int(value)}" for option, value in knobs.items()]
     for opcode, entry in table.items():
@@ -136,11 +137,24 @@ def run(binary: Path, mcpu: str, iterations: int, text: str, count: int, timeout
 
 def _ask(llvm_mca: str, mode: str, blocks: Sequence[str], mcpu: str) -> list[str]:
     """The driver's answer line per block in a mode other than simulating (errors left out)."""
+    return [line for line in _answers(llvm_mca, mode, blocks, mcpu) if line is not None]
+
+
+def _answers(llvm_mca: str, mode: str, blocks: Sequence[str], mcpu: str) -> list[str | None]:
+    """The driver's answer line per block in a mode other than simulating, None where it refused one."""
     proc = run_tool([str(build(llvm_mca)), f"-mcpu={mcpu}"], f"{mode}\n" + _blocks_text(blocks),
                     timeout=30 + 0.01 * len(blocks))
-    if proc.returncode != 0:
+    lines = proc.stdout.splitlines()
+    if proc.returncode != 0 or len(lines) != len(blocks):
         raise SurrogateOpsError(f"parametric llvm-mca failed (exit status {proc.returncode}): {proc.stderr.strip()[-300:]}")
-    return [line for line in proc.stdout.splitlines() if not line.startswith("error")]
+    return [None if line.startswith("error") else line for line in lines]
+
+
+def annotate(llvm_mca: str, blocks: Sequence[str], mcpu: str = "haswell") -> list[tables.Annotated | None]:
+    """Each canonical block's instructions with their stock entries as the driver resolves them
+    (`tables.Instruction`), None for a block the driver cannot read."""
+    return [tables.parse_entries(line) if line is not None else None
+            for line in _answers(llvm_mca, "DEFAULTS", blocks, mcpu)]
 
 
 def opcodes(llvm_mca: str, blocks: Sequence[str], mcpu: str = "haswell") -> list[str]:
@@ -168,7 +182,7 @@ def _stock(llvm_mca: str, blocks: Sequence[str], mcpu: str) -> tuple[dict[str, d
     for line in _ask(llvm_mca, "DEFAULTS", blocks, mcpu):
         for instruction in line.split("; "):
             opcode, *words = instruction.split()
-            fields = dict(zip(words[::2], map(int, words[1::2]), strict=True))
+            fields = dict(zip((w.rstrip("*") for w in words[::2]), map(int, words[1::2]), strict=True))
             if fields.pop("variant", 0):
                 varying.add(opcode)
                 continue

@@ -17,7 +17,9 @@
 //   BLOCK <n>                   then n lines of AT&T assembly: answered "<total cycles>" or "error <why>"
 //   NAMES                       from here on, BLOCK is answered with its instructions' opcode names
 //   DEFAULTS                    from here on, BLOCK is answered with the stock entry of each instruction,
-//                               "; "-separated: <opcode> uops <n> [variant 1] [latency <n>] [<resource> <cycles>]...
+//                               "; "-separated: <opcode> uops <n> [variant 1] [latency <n>] [<resource>[*] <cycles>]...
+//                               ("*": a group listed only to cover the resources inside it; an entry that
+//                               leaves it unnamed makes it follow them)
 // Usage: parametric-mca -mcpu=haswell [-iterations=100]
 #include <algorithm>
 #include <cstdio>
@@ -83,6 +85,46 @@ struct Override {
 
 struct Table;
 
+// A resource's units (a group's mask also holds a bit of its own).
+uint64_t unitsOf(uint64_t Mask) { return countPopulation(Mask) > 1 ? Mask ^ PowerOf2Floor(Mask) : Mask; }
+
+// The resources with cycles, in the order llvm-mca's InstrBuilder takes them: fewest units first.
+std::vector<unsigned> order(const std::map<unsigned, int> &Cycles, const SmallVectorImpl<uint64_t> &Masks) {
+  std::vector<unsigned> Order;
+  for (const auto &[R, C] : Cycles)
+    if (C > 0) Order.push_back(R);
+  std::sort(Order.begin(), Order.end(), [&](unsigned A, unsigned B) {
+    unsigned PA = countPopulation(Masks[A]), PB = countPopulation(Masks[B]);
+    return PA != PB ? PA < PB : Masks[A] < Masks[B];
+  });
+  return Order;
+}
+
+// The cycles each resource has left once the resources inside it took theirs, as llvm-mca subtracts.
+std::map<unsigned, int> leftOver(const std::map<unsigned, int> &Cycles, const SmallVectorImpl<uint64_t> &Masks) {
+  std::map<unsigned, int> Left;
+  std::vector<unsigned> Order = order(Cycles, Masks);
+  for (size_t I = 0; I < Order.size(); ++I) {
+    int Taken = 0;
+    for (size_t K = 0; K < I; ++K)
+      if ((unitsOf(Masks[Order[K]]) & Masks[Order[I]]) == unitsOf(Masks[Order[K]])) Taken += Left[Order[K]];
+    Left[Order[I]] = Cycles.at(Order[I]) - Taken;
+  }
+  return Left;
+}
+
+// What the resources inside `G` take of it, from the cycles they have (those before it in `order`).
+int taken(unsigned G, const std::map<unsigned, int> &Cycles, const SmallVectorImpl<uint64_t> &Masks) {
+  std::map<unsigned, int> Inside;
+  for (const auto &[R, C] : Cycles)
+    if (R != G && countPopulation(Masks[R]) < countPopulation(Masks[G]) &&
+        (unitsOf(Masks[R]) & Masks[G]) == unitsOf(Masks[R]))
+      Inside[R] = C;
+  int Sum = 0;
+  for (const auto &[R, L] : leftOver(Inside, Masks)) Sum += L;
+  return Sum;
+}
+
 // A subtarget reading a Table: the stock model's tables plus one scheduling class per overridden
 // opcode. The stock classes those opcodes name are marked variant in the copy, so that InstrBuilder
 // asks resolveVariantSchedClass: it resolves through the stock subtarget (zero idioms and other
@@ -145,30 +187,18 @@ struct Table {
         const MCWriteProcResEntry &E = ProcRes[Base.WriteProcResIdx + K];
         Cycles[E.ProcResourceIdx] = E.Cycles;
       }
+      std::map<unsigned, int> StockLeft = leftOver(Cycles, Masks);
       for (const auto &[R, C] : O.Resources) Cycles[R] = C;
       // A group's cycles must cover what the resources inside it leave to it: llvm-mca takes the
       // resources from the fewest units up and subtracts each one's remaining cycles from every
-      // group holding its units (an underflow holds the group forever). TableGen's expanded
-      // tables always leave it enough; a group an entry leaves short is raised to what it needs.
-      std::vector<unsigned> Order;
-      for (const auto &[R, C] : Cycles)
-        if (C > 0) Order.push_back(R);
-      auto Units = [&](unsigned R) {  // a resource's units (a group's mask also holds a bit of its own)
-        uint64_t M = Masks[R];
-        return countPopulation(M) > 1 ? M ^ PowerOf2Floor(M) : M;
-      };
-      std::sort(Order.begin(), Order.end(), [&](unsigned A, unsigned B) {
-        unsigned PA = countPopulation(Masks[A]), PB = countPopulation(Masks[B]);
-        return PA != PB ? PA < PB : Masks[A] < Masks[B];
-      });
-      std::map<unsigned, int> Left;  // cycles each resource has left once those inside it took theirs
-      for (size_t I = 0; I < Order.size(); ++I) {
-        unsigned G = Order[I];
-        int Taken = 0;
-        for (size_t K = 0; K < I; ++K)
-          if ((Units(Order[K]) & Masks[G]) == Units(Order[K])) Taken += Left[Order[K]];
-        Cycles[G] = std::max(Cycles[G], Taken);
-        Left[G] = Cycles[G] - Taken;
+      // group holding its units (an underflow holds the group forever). A group the stock entry
+      // lists only to cover the resources inside it (nothing left to it) and the entry does not
+      // name follows them: it gets exactly what they take. A group named, or with cycles of its
+      // own, keeps its cycles, raised where the resources inside now take more.
+      for (unsigned G : order(Cycles, Masks)) {
+        int Taken = taken(G, Cycles, Masks);
+        bool Implied = StockLeft.count(G) && StockLeft[G] == 0 && !O.Resources.count(G);
+        Cycles[G] = Implied ? Taken : std::max(Cycles[G], Taken);
       }
       Mine.WriteProcResIdx = ProcRes.size();
       Mine.NumWriteProcResEntries = 0;
@@ -213,6 +243,8 @@ class Simulator {
     if (!STI || !STI->isCPUStringValid(CPU)) fail("unknown -mcpu=" + CPU);
     if (!STI->getSchedModel().hasInstrSchedModel()) fail("no scheduling model for -mcpu=" + CPU);
     MRI.reset(Target->createMCRegInfo(Triple_));
+    Masks.resize(STI->getSchedModel().getNumProcResourceKinds());
+    mca::computeProcResourceMasks(STI->getSchedModel(), Masks);
     MAI.reset(Target->createMCAsmInfo(*MRI, Triple_, Options));
     MCII.reset(Target->createMCInstrInfo());
     MCIA.reset(Target->createMCInstrAnalysis(MCII.get()));
@@ -262,7 +294,8 @@ class Simulator {
   }
 
   bool Names = false;     // answer blocks with their opcode names instead of simulating them
-  bool Entries = false;  // answer blocks with each instruction's stock entry
+  bool Entries = false;
+  SmallVector<uint64_t, 32> Masks;  // each processor resource's mask, as llvm-mca computes them  // answer blocks with each instruction's stock entry
 
   // Total cycles of one block, or an error (returned in Why); in Names mode, -2 and the names in Why.
   long simulate(const std::string &Assembly, std::string &Why) {
@@ -355,10 +388,15 @@ class Simulator {
     std::string Entry = MCII->getName(MCI.getOpcode()).str() + " uops " + std::to_string(SC->NumMicroOps);
     if (Variant) Entry += " variant 1";
     if (SC->NumWriteLatencyEntries) Entry += " latency " + std::to_string(STI->getWriteLatencyEntry(SC, 0)->Cycles);
+    std::map<unsigned, int> Cycles;
     for (unsigned K = 0; K < SC->NumWriteProcResEntries; ++K) {
       const MCWriteProcResEntry *E = STI->getWriteProcResBegin(SC) + K;
-      Entry += std::string(" ") + SM.getProcResource(E->ProcResourceIdx)->Name + " " + std::to_string(E->Cycles);
+      Cycles[E->ProcResourceIdx] = E->Cycles;
     }
+    std::map<unsigned, int> Left = leftOver(Cycles, Masks);
+    for (const auto &[R, C] : Cycles)  // "*": a group listed only to cover the resources inside it
+      Entry += std::string(" ") + SM.getProcResource(R)->Name + (Left[R] == 0 && countPopulation(Masks[R]) > 1 ? "* " : " ") +
+               std::to_string(C);
     return Entry;
   }
 
