@@ -25,16 +25,24 @@ SIZES = list(dict.fromkeys(s for k, v in presets.load("model_sizes").items() if 
 PLATFORMS = [k for k in presets.load("platforms") if not k.startswith("_")]
 
 
+LEARNED = "learned:"  # --params learned:haswell: a learned per-instruction table that ships with the package
+PARAMS_HELP = " Or learned:CPU, the learned per-instruction table that ships (learned:haswell)."
+
+
 def _read_params(path: str | None) -> dict | None:
     if path is None:
         return None
+    if path.startswith(LEARNED):
+        from surrogate_ops.programs import tables
+
+        return tables.learned(path[len(LEARNED):])
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise SurrogateOpsError(f"--params {path}: {exc}") from None
     if not isinstance(data, dict):
         raise SurrogateOpsError(f"--params {path}: expected a JSON object of llvm-mca option names to values")
-    return data
+    return {k: v for k, v in data.items() if not k.startswith("_")}  # "_" keys are notes (a learned table's)
 
 
 def _checked_params(path: str) -> dict:
@@ -80,11 +88,16 @@ def cli(llvm_mca: str | None) -> None:
 @click.option("--workers", type=click.IntRange(min=1), help="llvm-mca processes in parallel [default: cores].")
 @click.option("--may-alias", type=click.Path(dir_okay=False), metavar="CSV",
               help="BHive may-alias list [default: may-alias.csv beside the --bhive file].")
-@click.option("--params", type=click.Path(dir_okay=False), metavar="JSON",
-              help="llvm-mca parameters to label with (JSON: option name to value).")
+@click.option("--params", metavar="JSON",
+              help="llvm-mca parameters to label with (JSON: option name to value)." + PARAMS_HELP)
 @click.option("--sample-params", type=click.IntRange(min=1), metavar="N",
               help="Label each block under one of N random llvm-mca parameter settings (for a "
                    "parameter-conditioned surrogate, see `optimize`).")
+@click.option("--per-instruction", type=click.Choice(["centred", "wide"]),
+              help="With --sample-params N: draw N per-instruction scheduling tables (latency, micro-ops, "
+                   "port cycles per opcode) instead of global knobs, and label through the parametric "
+                   "llvm-mca: centred (half the entries stock, the rest within 2x of it) or wide (DiffTune's "
+                   "way: uniform over each value's range). For `optimize-table`.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --sample-params.")
 @click.option("--spread", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="With --sample-params: how far from the defaults values are drawn, on each parameter's unit "
@@ -96,14 +109,17 @@ def cli(llvm_mca: str | None) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--part-rows", type=click.IntRange(min=1), default=2000, hidden=True,
               help="Blocks per resumable part file.")
-def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, workers, may_alias, params, sample_params, seed, spread, splits, out,
+def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, workers, may_alias, params, sample_params,
+            per_instruction, seed, spread, splits, out,
             quiet, part_rows) -> None:
     """Build a labeled dataset: blocks from sources, labeled by llvm-mca, as Parquet.
 
     With no source, cuts basic blocks out of binaries found on this machine; --generate adds
     synthetic blocks, alone or beside the other sources. An interrupted run
     resumes where it stopped when run again with the same --out. With --sample-params N, each
-    block is labeled under one of N random settings of llvm-mca's parameters (columns param_*).
+    block is labeled under one of N random settings of llvm-mca's parameters (columns param_*);
+    with --per-instruction as well, under one of N per-instruction tables (columns table,
+    instructions).
     """
     from surrogate_ops import config, datasets
 
@@ -111,7 +127,7 @@ def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, w
     result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit, workers=workers,
                               may_alias=may_alias, params=_read_params(params), progress=not quiet,
                               part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None,
-                              spread=spread,
+                              spread=spread, per_instruction=per_instruction,
                               generated=datasets.Generated(generate, generate_seed, density) if generate else None)
     click.echo(f"wrote {result.path} ({result.rows:,} blocks"
                + (f", {result.resumed_rows:,} resumed from an earlier run" if result.resumed_rows else "") + ")")
@@ -291,8 +307,9 @@ def promote(name, data, tracking_uri) -> None:
               help="Assembly blocks separated by blank lines, or a CSV with a block or hex column.")
 @click.option("--mcpu", default="haswell", show_default=True)
 @click.option("--program", type=click.Choice(["llvm-mca"]), help="Answer with the real program instead of the surrogate.")
-@click.option("--params", type=click.Path(dir_okay=False), metavar="JSON",
-              help="llvm-mca parameters: for --program llvm-mca, or the setting a parameter-conditioned surrogate predicts.")
+@click.option("--params", metavar="JSON",
+              help="llvm-mca parameters: for --program llvm-mca, or the setting a parameter-conditioned surrogate "
+                   "predicts." + PARAMS_HELP)
 @click.option("--engine", type=click.Choice(["auto", "onnxruntime", "tvm", "tvm-cuda", "torch", "torch-cuda"]),
               default="auto", show_default=True,
               help="Surrogate engine; auto: the TVM build (this CPU's, or the CUDA one where a GPU is) when it "
@@ -550,6 +567,110 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, ro
     click.echo(f"MLflow run {result.run_id}")
 
 
+@cli.command("optimize-table")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Measured throughputs: BHive-format CSV (may-alias.csv beside it honoured) or a dataset.")
+@click.option("--labels", required=True, multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Blocks labeled under sampled tables (`collect --sample-params N --per-instruction centred`, "
+                   "best with --split train); repeatable.")
+@click.option("--mcpu", default="haswell", show_default=True, help="Microarchitecture of the measurements.")
+@click.option("--model", "model_uri", metavar="URI",
+              help="The surrogate to start from [default: the bundled one for --mcpu].")
+@click.option("--min-count", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Opcodes used fewer times in the training blocks keep their stock entries.")
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True, help="Surrogate fine-tuning epochs.")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Descent steps.")
+@click.option("--lr", type=float, default=0.05, show_default=True, help="Adam step on the relaxed table.")
+@click.option("--verify", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Rounded tables from along the descent checked with the real driver (charged to the surrogate).")
+@click.option("--search-blocks", type=click.IntRange(min=10), default=2000, show_default=True,
+              help="Training blocks each check and each baseline trial runs (trials = the surrogate's budget / this).")
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["opentuner", "optuna", "none"]),
+              help="Surrogate-free searches on the same budget; repeatable [default: opentuner and optuna].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--test-limit", type=click.IntRange(min=2), help="Evaluate on at most this many held-out blocks.")
+@click.option("--out", type=click.Path(dir_okay=False), metavar="JSON",
+              help="Write the surrogate's table here, as --params takes it.")
+@click.option("--no-register", is_flag=True, help="Log the run but register no version of llvm-mca-<mcpu>-table.")
+@_tracking_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, verify, search_blocks, baselines, seed,
+                   test_limit, out, no_register, tracking_uri, quiet) -> None:
+    """Tune llvm-mca's per-instruction scheduling table (each opcode's latency, micro-ops and port
+    cycles: DiffTune's space) by gradient descent through a per-instruction surrogate.
+
+    Fine-tunes the CPU's surrogate on the --labels, descends on the relaxed table against the
+    measured training blocks, checks rounded tables with the parametric llvm-mca, runs OpenTuner
+    and Optuna on the same budget of driver evaluations, and scores every table on the held-out
+    split. One MLflow run holds the figures, every table, diff.csv and the plots; the surrogate's
+    table is registered as a version of llvm-mca-<mcpu>-table.
+    """
+    from surrogate_ops import table_search
+    from surrogate_ops.programs import tables
+
+    chosen = () if "none" in baselines else tuple(baselines) or table_search.BASELINES
+    config = table_search.TableSearchConfig(data=data, labels=tuple(labels), mcpu=mcpu, model=model_uri,
+                                            min_count=min_count, epochs=epochs, steps=steps, descent_lr=lr,
+                                            verify=verify, search_blocks=search_blocks, baselines=chosen, seed=seed,
+                                            test_limit=test_limit)
+    result = table_search.search(config, progress=not quiet, register=not no_register)
+    click.echo(f"space: {len(result.space.opcodes)} opcodes, {result.space.size} values; held-out llvm-mca error "
+               f"(may-alias excluded):")
+    for o in result.outcomes.values():
+        click.echo(f"  {o.method:<10} MAPE {100 * o.test_mape:6.2f}%  tau {o.test_tau:.4f}  rare-opcode blocks "
+                   f"{100 * result.rare[o.method]:6.2f}%  evaluations {o.evaluations:>8,}  entries changed {len(o.setting)}")
+    if out:
+        learned = result.outcomes["surrogate"].setting
+        Path(out).write_text(json.dumps(tables.table_file(
+            learned, result.space.stock(learned), mcpu, run_id=result.run_id,
+            held_out={k: getattr(result.outcomes["surrogate"], k) for k in ("test_mape", "test_tau")}), indent=1) + "\n")
+        click.echo(f"the surrogate's table written to {out} (use it as --params {out})")
+    if result.version:
+        click.echo(f"registered llvm-mca-{mcpu}-table v{result.version}")
+    click.echo(f"MLflow run {result.run_id}")
+
+
+@cli.command("table-diff")
+@click.argument("table", metavar="TABLE")
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="PNG", help="Draw the changes here.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), metavar="CSV", help="Write the changes here.")
+def table_diff(table, plot, csv_out) -> None:
+    """What a learned per-instruction table changes from llvm-mca's stock one: every opcode, value,
+    stock and learned (TABLE: learned:haswell, or a table file from `optimize-table --out` or an
+    optimize-table run's table.json)."""
+    import pandas as pd
+
+    from surrogate_ops import plots
+    from surrogate_ops.programs import tables
+
+    if table.startswith(LEARNED):
+        path = tables.PACKAGED / f"{table[len(LEARNED):]}.json"
+        tables.learned(table[len(LEARNED):])  # a missing one fails here, naming those that ship
+    else:
+        path = Path(table)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SurrogateOpsError(f"{table}: {exc}") from None
+    if "_stock" not in data or "per_instruction" not in data:
+        raise SurrogateOpsError(f"{table}: not a learned table file (it needs per_instruction and the stock entries "
+                                "under _stock, as optimize-table writes them)")
+    changes = pd.DataFrame(tables.diff_entries(data["_stock"], data["per_instruction"]),
+                           columns=["opcode", "column", "stock", "learned"])
+    held = data.get("_held_out", {})
+    click.echo(f"{len(data['per_instruction'])} opcodes changed, {len(changes)} values (-mcpu={data.get('_mcpu', '?')})"
+               + (f"; held-out MAPE {100 * held['test_mape']:.2f}%" if "test_mape" in held else ""))
+    if not changes.empty:
+        changes["change"] = changes["learned"] - changes["stock"].fillna(0)
+        ordered = changes.assign(size=changes["change"].abs()).sort_values(["size", "opcode"], ascending=[False, True])
+        click.echo(ordered.drop(columns="size").to_string(index=False))
+    if csv_out:
+        changes.to_csv(csv_out, index=False)
+    if plot:
+        plots.table_diff(changes, Path(plot), f"{table}: learned vs stock (-mcpu={data.get('_mcpu', '?')})")
+        click.echo(f"plot: {plot}")
+
+
 @cli.group()
 def study() -> None:
     """The seed paper's studies, each as one command (every run logged to MLflow)."""
@@ -592,8 +713,8 @@ def adaptation_command(parent_uri, data, mcpu, sizes, seeds, steps, val_limit, o
                    "[default: the champion of every bundled CPU's surrogate].")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=3000, show_default=True)
-@click.option("--params", type=click.Path(dir_okay=False, exists=True), metavar="JSON",
-              help="llvm-mca parameters for the fallback on the model's mcpu (e.g. from `optimize --out`).")
+@click.option("--params", metavar="JSON",
+              help="llvm-mca parameters for the fallback on the model's mcpu (e.g. from `optimize --out`)." + PARAMS_HELP)
 @_tracking_option
 def serve(model_uris, host, port, params, tracking_uri) -> None:
     """Serve the surrogate over HTTP with BentoML (`bentoml serve bento/service.py`).
@@ -618,8 +739,14 @@ def serve(model_uris, host, port, params, tracking_uri) -> None:
 
         env["BENTOML_HOME"] = str(config.work_dir() / "bentoml" / f"serve-{port}")
     if params:
-        _checked_params(params)  # a wrong name or value fails here, before the server starts
-        env["SURROGATE_OPS_MCA_PARAMS"] = str(Path(params).resolve())
+        checked = _checked_params(params)  # a wrong name or value fails here, before the server starts
+        from surrogate_ops import config
+
+        # the service reads a file: the settings as checked (a packaged table's, notes left out)
+        written = config.work_dir() / "params" / f"serve-{port}.json"
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text(json.dumps(checked))
+        env["SURROGATE_OPS_MCA_PARAMS"] = str(written)
     command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(bento.service_dir()),
                "--host", host, "--port", str(port)]
     click.echo(f"serving {model_uri} on http://{host}:{port} (POST /predict, GET /ops/healthz, /docs)")
@@ -630,8 +757,8 @@ def serve(model_uris, host, port, params, tracking_uri) -> None:
 @click.option("--model", "model_uris", multiple=True,
               help="models:/NAME@ALIAS or models:/NAME/VERSION: a model the bento carries; repeatable, one per "
                    "mcpu [default: the champion of every bundled CPU's surrogate].")
-@click.option("--params", type=click.Path(dir_okay=False, exists=True), metavar="JSON",
-              help="llvm-mca parameters the bento's fallback uses (e.g. from `optimize --out`).")
+@click.option("--params", metavar="JSON",
+              help="llvm-mca parameters the bento's fallback uses (e.g. from `optimize --out`)." + PARAMS_HELP)
 @_tracking_option
 def bento(model_uris, params, tracking_uri) -> None:
     """Build a bento, offline: bento/service.py and bentofile.yaml with the model (and its TVM build

@@ -50,7 +50,7 @@ from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
-from surrogate_ops.programs import LlvmMca
+from surrogate_ops.programs import LlvmMca, parametric, tables
 from surrogate_ops.programs.base import Result, sample_settings, scale_settings
 
 SPLITS = (("train", 80), ("val", 90), ("test", 100))  # cumulative percent of the block hash
@@ -182,9 +182,45 @@ class Sampling:
     settings: list[dict]
     seed: int
 
+    @property
+    def count(self) -> int:
+        return len(self.settings)
+
     def index(self, block: str) -> int:
         digest = hashlib.sha1(f"{self.seed}\0{block}".encode()).hexdigest()
-        return int(digest[:12], 16) % len(self.settings)
+        return int(digest[:12], 16) % self.count
+
+
+@dataclass(frozen=True)
+class TableSampling(Sampling):
+    """N random per-instruction tables (`programs.tables`, drawn lazily, an opcode at a time) for
+    `collect(sample_params=N, per_instruction=MODE)`, and which block gets which."""
+
+    mode: str = "centred"
+    tables: int = 1
+
+    @property
+    def count(self) -> int:
+        return self.tables
+
+
+def _run_tables(program: LlvmMca, blocks: list[str], sampling: TableSampling,
+                bar: tqdm) -> tuple[list[Result], dict[str, dict]]:
+    """Each block under its own sampled table (many tables a driver process), and the columns that
+    say what it ran under: `table` (its opcodes' entries, JSON) and `instructions` (each
+    instruction's stock entry, as `tables.parse_entries` reads it)."""
+    annotated = parametric.annotate(program.path, blocks, program.mcpu)
+    readable = [i for i, a in enumerate(annotated) if a is not None]
+    drawn = {i: tables.sample_block_table(annotated[i], sampling.mode, sampling.seed, sampling.index(blocks[i]))
+             for i in readable}
+    results = [Result(error="the parametric driver cannot read this block")] * len(blocks)
+    for i, result in zip(readable, program.run([blocks[i] for i in readable], progress=bar.update,
+                                               tables=[drawn[i] for i in readable]), strict=True):
+        results[i] = result
+    bar.update(len(blocks) - len(readable))
+    columns = {blocks[i]: {"table": tables.dumps(drawn[i]), "instructions": tables.format_entries(annotated[i])}
+               for i in readable}
+    return results, columns
 
 
 def _run_sampled(program: LlvmMca, blocks: list[str], sampling: Sampling, bar: tqdm) -> list[Result]:
@@ -214,6 +250,10 @@ def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[s
     for mcpu, program in programs.items():
         if sampling is None:
             results = program.run(blocks, progress=bar.update)
+        elif isinstance(sampling, TableSampling):
+            results, extra = _run_tables(program, blocks, sampling, bar)
+            for block, values in extra.items():
+                columns.setdefault(block, {}).update(values)
         else:
             results = _run_sampled(program, blocks, sampling, bar)
         for block, res in zip(blocks, results, strict=True):
@@ -238,7 +278,14 @@ def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[s
 
 def _setting_columns(sampling: Sampling, block: str | None) -> dict[str, object]:
     index = sampling.index(block) if block else 0
+    if isinstance(sampling, TableSampling):
+        return {"setting": index}
     return {"setting": index, **{f"param_{k}": int(v) for k, v in sampling.settings[index].items()}}
+
+
+def table_sampled(frame: pd.DataFrame) -> bool:
+    """True for a dataset labeled under sampled per-instruction tables (`table`, `instructions`)."""
+    return "table" in frame.columns and "instructions" in frame.columns
 
 
 def parameter_columns(frame: pd.DataFrame) -> list[str]:
@@ -261,14 +308,18 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
             workers: int | None = None, may_alias: str | Path | None = None, params: dict | None = None,
             progress: bool = True, part_rows: int = PART_ROWS, measured_mcpu: str | None = None,
             sample_params: int = 0, seed: int = 0, splits: Sequence[str] | None = None,
-            spread: float = 1.0, generated: Generated | None = None) -> CollectResult:
+            spread: float = 1.0, generated: Generated | None = None,
+            per_instruction: str | None = None) -> CollectResult:
     """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
     and `<out stem>.rejected.csv` for blocks that could not be labeled. `sample_params=N` labels
     each block under one of N random parameter settings (drawn with `seed`, within `spread` of the
     defaults on the unit scale, see `programs.base.sample_settings`) instead of `params`;
     `splits` keeps only blocks of those splits (e.g. train: spend no labels on held-out blocks); the
     kept blocks get a fresh train/val/test split of their own (another hash) for training.
-    `generated` adds synthetic blocks (`blocks.generate`) before the other sources."""
+    `generated` adds synthetic blocks (`blocks.generate`) before the other sources.
+    `per_instruction` ("centred" or "wide", with `sample_params=N`) draws N per-instruction
+    tables instead (`programs.tables`), labels through the parametric driver, and adds the columns
+    `table` and `instructions` that a per-instruction surrogate learns from (`table_search`)."""
     out = Path(out)
     if generated and generated.seed >= generate.PROBE_SEED:
         raise SurrogateOpsError(f"generator seeds from {generate.PROBE_SEED} up are kept for held-out probe sets; "
@@ -279,7 +330,12 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     if sample_params and (len(mcpus) != 1 or params):
         raise SurrogateOpsError("--sample-params labels with one --mcpu and no --params (it draws the parameters itself)")
     programs = {m: LlvmMca(mcpu=m, workers=workers, params=params) for m in mcpus}
-    sampling = _sampling(programs[mcpus[0]], sample_params, seed, spread) if sample_params else None
+    if per_instruction and not sample_params:
+        raise SurrogateOpsError("--per-instruction samples tables: give --sample-params N as well")
+    if per_instruction:
+        sampling = TableSampling([], seed, tables.check_mode(per_instruction), sample_params)
+    else:
+        sampling = _sampling(programs[mcpus[0]], sample_params, seed, spread) if sample_params else None
     alias = _may_alias(bhive, may_alias)
     records = gather(bhive, binaries, asm, None if splits else limit, progress, measured_mcpu, generated)
     if splits:
@@ -290,6 +346,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     settings = {"mcpus": mcpus, "params": program.setting, "iterations": program.iterations,
                 "llvm_mca": program.path, "llvm_mca_version": program.version,
                 **({"sample_params": sample_params, "seed": seed, "spread": spread} if sampling else {}),
+                **({"per_instruction": per_instruction} if per_instruction else {}),
                 **({"splits": sorted(splits)} if splits else {}),
                 **({"generated": dataclasses.asdict(generated)} if generated else {})}
     partial = _partial(out, settings)
@@ -297,7 +354,8 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     metadata = {"program": program.name, "program_version": program.version, "mcpus": ",".join(mcpus),
                 "iterations": str(program.iterations),
                 **({"expert_defaults": json.dumps(program.expert_defaults()), "sample_params": str(sample_params)}
-                   if sampling else {})}
+                   if sampling else {}),
+                **({"per_instruction": per_instruction} if per_instruction else {})}
     good, bad, rejected_path = _finish(out, parts, records, metadata)
     shutil.rmtree(partial)
     return CollectResult(out, good, bad, rejected_path, resumed, mcpus)
@@ -457,6 +515,10 @@ def summary(frame: pd.DataFrame) -> str:
         cycles = frame[f"mca_cycles_{mcpu}"] / 100
         lines.append(f"llvm-mca -mcpu={mcpu}: cycles/iteration median {cycles.median():.2f}, "
                      f"p90 {cycles.quantile(0.9):.2f}, max {cycles.max():.2f}")
+    if table_sampled(frame):
+        lines.append(f"labeled under {frame['setting'].nunique():,} random per-instruction tables "
+                     f"({frame.attrs.get('per_instruction', '?')})")
+        return "\n".join(lines)
     if parameter_columns(frame):  # labels under sampled settings: no llvm-mca-vs-measured figure
         lines.append(f"labeled under {frame['setting'].nunique():,} random llvm-mca parameter settings "
                      f"({', '.join(parameter_columns(frame))})")
@@ -470,5 +532,5 @@ def summary(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Generated", "collect", "gather", "load", "measured_blocks", "measured_dataset", "measured_rows", "parameter_columns",
+__all__ = ["Generated", "collect", "table_sampled", "gather", "load", "measured_blocks", "measured_dataset", "measured_rows", "parameter_columns",
            "scaled_parameters", "split_of", "summary"]
