@@ -238,11 +238,26 @@ def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, c
     return [(settings[i], float(scores[i])) for i in order], trace
 
 
+@dataclass
+class Codec:
+    """How a search's unit vectors read as settings: their names, the defaults as one, and the
+    rounding of one to a valid setting. `Codec.knobs` for llvm-mca's global knobs; the
+    per-instruction table has its own (`table_search`)."""
+
+    names: list[str]
+    first: list[float]
+    unscale: Callable[[list[float]], dict]
+
+    @classmethod
+    def knobs(cls, space: dict[str, Parameter], defaults: dict) -> Codec:
+        return cls(list(space), scale_settings(space, [defaults])[0].tolist(), lambda u: unscale_setting(space, u))
+
+
 class Baseline:
     """A surrogate-free search: ask for a scaled setting, run llvm-mca on the sample, until the budget is spent."""
 
-    def __init__(self, name: str, space: dict[str, Parameter], defaults: dict, seed: int):
-        self.name, self.space, self.defaults, self.seed = name, space, defaults, seed
+    def __init__(self, name: str, codec: Codec, defaults: dict, seed: int):
+        self.name, self.codec, self.defaults, self.seed = name, codec, defaults, seed
 
     def run(self, evaluate: Callable[[dict], float], trials: int, progress: bool = True) -> tuple[dict, float, list]:
         """(best setting, its objective, trace of (trial, best so far)); `evaluate` runs llvm-mca and
@@ -255,7 +270,7 @@ class Baseline:
 
         def score(scaled: list[float]) -> float:
             nonlocal best
-            setting = unscale_setting(self.space, scaled)
+            setting = self.codec.unscale(scaled)
             key = _key(setting)
             if key not in seen:
                 seen[key] = evaluate(setting)
@@ -276,8 +291,7 @@ class Baseline:
 
     def _search(self, score: Callable[[list[float]], float]):
         """Yields unit vectors to score; the search learns from `score`'s answers."""
-        names = list(self.space)
-        first = scale_settings(self.space, [self.defaults])[0].tolist()
+        names, first = self.codec.names, self.codec.first
         if self.name == "optuna":
             import optuna
 
@@ -406,7 +420,7 @@ def optimize(config: OptimizeConfig, out: str | Path | None = None, progress: bo
     outcomes["surrogate"].seconds = time.time() - started
     for name in config.baselines:
         started = time.time()
-        setting, objective, trace = Baseline(name, task.space, task.defaults, config.seed).run(
+        setting, objective, trace = Baseline(name, Codec.knobs(task.space, task.defaults), task.defaults, config.seed).run(
             lambda s: llvm_mca_mape(task.program, s, task.blocks, task.measured)[0], task.trials, progress)
         outcomes[name] = Outcome(name, setting, len(trace) * len(task.blocks), objective,
                                  seconds=time.time() - started, trace=[(t * len(task.blocks), v) for t, v in trace])

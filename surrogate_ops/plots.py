@@ -88,3 +88,32 @@ def optimization(outcomes: dict, path: Path, title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def table_diff(changes: pd.DataFrame, path: Path, title: str, top: int = 40) -> Path:
+    """A learned per-instruction table against the stock one: for the `top` opcodes with the most
+    change, each changed value as an arrow from its stock value to the learned one."""
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.28 * min(top, changes["opcode"].nunique() or 1) + 1.2)))
+    if changes.empty:
+        ax.text(0.5, 0.5, "no value changed", ha="center", va="center")
+    else:
+        weight = (changes["learned"] - changes["stock"]).abs().groupby(changes["opcode"]).sum()
+        opcodes = list(weight.sort_values(ascending=False).index[:top])[::-1]
+        columns = sorted(changes["column"].unique())
+        colors = {c: f"C{i % 10}" for i, c in enumerate(columns)}
+        for y, opcode in enumerate(opcodes):
+            rows = changes[changes["opcode"] == opcode]
+            for k, row in enumerate(rows.itertuples()):
+                offset = (k - (len(rows) - 1) / 2) * 0.18
+                ax.annotate("", (row.learned, y + offset), (row.stock, y + offset),
+                            arrowprops={"arrowstyle": "->", "color": colors[row.column]})
+                ax.plot([row.stock], [y + offset], "o", ms=3, color=colors[row.column])
+        ax.set_yticks(range(len(opcodes)), opcodes, fontsize=7)
+        ax.set_xlabel("value (cycles or micro-ops): dot stock, arrow head learned")
+        ax.legend(handles=[plt.Line2D([], [], color=colors[c], label=c) for c in columns], fontsize=7,
+                  loc="lower right", ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -111,6 +111,20 @@ def alias_version(name: str, alias: str) -> str | None:
         return None
 
 
+def register_artifact(name: str, run_id: str, path: str, tags: dict) -> str:
+    """A version of registered model `name` whose source is a run's artifact that is not an MLflow
+    model (a learned parameter table), with `tags`; its version number."""
+    client = tracking.client()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/{path}"
+    version = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    return str(version.version)
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
     tracking.client().set_registered_model_alias(name, alias, version)
 

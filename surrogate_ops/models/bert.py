@@ -42,12 +42,13 @@ class Bert(nn.Module):
 
     def encode(self, tokens: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """The block's pooled features, (batch, dim): what the head reads. `condition` (batch, dim),
-        when given, is added to every token's vector before attention (a conditioned model)."""
+        when given, is added to every token's vector before attention (a conditioned model);
+        (batch, instructions, dim) to the tokens of each instruction."""
         # tokens: (batch, instructions, tokens) int64, 0 = padding
         _, n_ins, n_tok = tokens.shape
         x = self.token(tokens) + self.slot[:n_tok] + self.position[:n_ins].unsqueeze(1)  # (b, i, t, d)
         if condition is not None:
-            x = x + condition[:, None, None, :]
+            x = x + (condition[:, :, None, :] if condition.dim() == 3 else condition[:, None, None, :])
         # (b, s, d) with s = i * t; -1 rather than i * t keeps the exported shape free of arithmetic
         # on dynamic dimensions, which TVM's ONNX importer cannot reshape
         x = x.reshape(x.shape[0], -1, x.shape[-1])

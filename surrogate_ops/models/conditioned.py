@@ -8,7 +8,10 @@ beside the setting and adds its answer to the encoder's own log-cycles. Both MLP
 start at zero, so a conditioned model made from a trained surrogate starts out as that surrogate,
 whatever the setting, and learns how the parameters move the answer. `inject="pooled"` keeps the
 encoder blind to the setting: then optimization encodes its blocks once and descends through the
-second MLP alone.
+second MLP alone. `inject="per_instruction"` takes a setting per instruction instead, `params`
+(batch, instructions, parameters): each instruction's own scheduling entry (`programs.tables`:
+latency, micro-ops, port cycles) added to its vector, and their mean over the block's instructions
+read by the second MLP.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class ConditionedConfig(WrappedLimits):
     base_config: dict  # its config, as a dict
     parameters: tuple[str, ...]  # parameter names, in the column order of the `params` input
     hidden: int = 128
-    inject: str = "pooled"  # where the setting enters: "pooled" features only, or also "instructions"
+    inject: str = "pooled"  # where the setting enters: "pooled" features only, also "instructions", or "per_instruction"
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", tuple(self.parameters))
@@ -47,14 +50,14 @@ class Conditioned(nn.Module):
                                  nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.Linear(config.hidden, 1))
         nn.init.zeros_(self.mix[-1].weight)
         nn.init.zeros_(self.mix[-1].bias)
-        if config.inject == "instructions":
+        if config.inject in ("instructions", "per_instruction"):
             if config.base not in ("hier", "dep", "bert"):
                 raise ValueError(f"{config.base} cannot take the setting per instruction; use inject='pooled'")
             self.inject = nn.Sequential(nn.Linear(len(config.parameters), dim), nn.GELU(), nn.Linear(dim, dim))
             nn.init.zeros_(self.inject[-1].weight)
             nn.init.zeros_(self.inject[-1].bias)
         elif config.inject != "pooled":
-            raise ValueError(f"inject must be 'pooled' or 'instructions', not {config.inject!r}")
+            raise ValueError(f"inject must be 'pooled', 'instructions' or 'per_instruction', not {config.inject!r}")
 
     @classmethod
     def wrap(cls, block: nn.Module, parameters: tuple[str, ...], hidden: int = 128,
@@ -86,4 +89,8 @@ class Conditioned(nn.Module):
         return torch.exp(log_cycles + self.mix(torch.cat([features, params], dim=-1)).squeeze(-1))  # (batch,)
 
     def forward(self, tokens: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        if self.config.inject == "per_instruction":  # params: (batch, instructions, parameters)
+            mask = (tokens[:, :, :1] != 0).to(params.dtype)  # (b, i, 1): real instructions
+            mean = (params * mask).sum(1) / mask.sum(1).clamp(min=1)
+            return self.from_encoding(self.block.encode(tokens, self.inject(params) * mask), mean)
         return self.from_encoding(self.encode(tokens, params), params)

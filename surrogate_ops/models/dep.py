@@ -107,7 +107,8 @@ class Dep(nn.Module):
         return nn.functional.embedding(tokens * width + self.index[: tokens.shape[2]], table)
 
     def encode(self, tokens: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """The block's pooled features, (batch, dim); `condition` (batch, dim) as in `hier`."""
+        """The block's pooled features, (batch, dim); `condition` (batch, dim) or (batch, instructions,
+        dim) as in `hier`."""
         # tokens: (batch, instructions, tokens) int64, 0 = padding
         _, n_ins, n_tok = tokens.shape
         edges, is_edge = self.edges(tokens)
@@ -117,7 +118,7 @@ class Dep(nn.Module):
         degrees = torch.cat([edges.sum(-1), edges.sum(-2), self_loops], dim=1).transpose(1, 2)  # (b, i, 3k)
         x = self.instruction(x) + self.position[:n_ins] + self.degree(degrees)
         if condition is not None:
-            x = x + condition.unsqueeze(1)
+            x = x + (condition if condition.dim() == 3 else condition.unsqueeze(1))
         mask = tokens[:, :, 0] != 0  # (b, i): real instructions
         for layer in self.layers:
             x = layer(x, mask, edges)

@@ -46,14 +46,15 @@ class Hier(nn.Module):
 
     def encode(self, tokens: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """The block's pooled features, (batch, dim): what the head reads. `condition` (batch, dim),
-        when given, is added to every instruction's vector before attention (a conditioned model)."""
+        when given, is added to every instruction's vector before attention (a conditioned model);
+        (batch, instructions, dim) gives each instruction its own (per-instruction parameters)."""
         # tokens: (batch, instructions, tokens) int64, 0 = padding
         _, n_ins, n_tok = tokens.shape
         token_mask = (tokens != 0).unsqueeze(-1).to(self.slot.dtype)  # (b, i, t, 1)
         x = (self.token_mix(self.token(tokens) + self.slot[:n_tok]) * token_mask).sum(2)  # (b, i, d)
         x = self.instruction(x) + self.position[:n_ins]
         if condition is not None:
-            x = x + condition.unsqueeze(1)
+            x = x + (condition if condition.dim() == 3 else condition.unsqueeze(1))
         mask = tokens[:, :, 0] != 0  # (b, i): real instructions
         for layer in self.layers:
             x = layer(x, mask)
