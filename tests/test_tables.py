@@ -1,0 +1,221 @@
+"""Per-instruction tables as a search space (programs.tables), labeling under sampled tables
+(`collect --per-instruction`), the learned table that ships (`--params learned:haswell`) and the
+table search (`optimize-table`), all through the real parametric llvm-mca."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import rows
+
+from surrogate_ops.blocks.elf import blocks_from_binaries
+from surrogate_ops.blocks.hexcode import disassemble
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.programs import LlvmMca, parametric, tables
+
+CLI = [sys.executable, "-m", "surrogate_ops"]
+
+
+@pytest.fixture(scope="module")
+def local_blocks() -> tuple[list[str], list[str]]:
+    """(hex, canonical block) of every block cut from /usr/bin/ls that llvm-mca simulates."""
+    pairs = blocks_from_binaries(["/usr/bin/ls"])
+    hexes = [h for h, _ in pairs]
+    blocks = disassemble(hexes).blocks
+    stock = LlvmMca().run([b or "" for b in blocks])
+    kept = [(h, b) for h, b, r in zip(hexes, blocks, stock, strict=True) if b and r.ok]
+    return [h for h, _ in kept], [b for _, b in kept]
+
+
+@pytest.fixture(scope="module")
+def annotated(local_blocks):
+    return parametric.annotate(LlvmMca().path, local_blocks[1])
+
+
+def test_sampled_tables_run_and_stock_entries_change_nothing(local_blocks, annotated):
+    """Both samplers' tables run on every block (the driver never crashes on them: a table names
+    only the resources that carry cycles of their own, and groups follow), the stock entries
+    written out give stock cycles, and a table depends on its seed and index alone."""
+    blocks = local_blocks[1]
+    assert all(a is not None for a in annotated) and len(blocks) > 2000
+    program = LlvmMca()
+    stock = [r.cycles for r in program.run(blocks)]
+    written = [{i.opcode: tables.entry_of(i) for i in a if not i.variant} for a in annotated]
+    assert [r.cycles for r in program.run(blocks, tables=written)] == stock
+    space = tables.TableSpace.of(annotated, "haswell")
+    for mode in tables.SAMPLING:
+        drawn = [tables.sample_block_table(a, mode, 7, k) for k, a in enumerate(annotated)]
+        results = program.run(blocks, tables=drawn)
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+        changed = np.mean([c.cycles != s for c, s in zip(results, stock, strict=True)])
+        assert changed > (0.3 if mode == "centred" else 0.8), (mode, changed)
+        values = np.stack([space.values(t) for t in drawn[:300]])
+        assert (values >= space.low).all() and (values <= space.high).all()
+    # centred: about half the entries stay stock; an entry is the same for the same (seed, index)
+    entries = [(o, e) for a in annotated[:500] for o, e in tables.sample_block_table(a, "centred", 7, 3).items()]
+    stock_entries = {i.opcode: tables.entry_of(i) for a in annotated[:500] for i in a if not i.variant}
+    same = np.mean([e == stock_entries[o] for o, e in entries])
+    assert 0.4 < same < 0.8, same
+    assert tables.sample_block_table(annotated[0], "wide", 7, 3) == tables.sample_block_table(annotated[0], "wide", 7, 3)
+    assert any(tables.sample_block_table(a, "wide", 7, 3) != tables.sample_block_table(a, "wide", 7, 4)
+               for a in annotated[:20])
+    with pytest.raises(SurrogateOpsError, match="centred, wide"):
+        tables.sample_block_table(annotated[0], "narrow", 0, 0)
+
+
+def test_table_space_round_trips(annotated):
+    space = tables.TableSpace.of(annotated, "haswell", min_count=5)
+    assert 0 < len(space.opcodes) < len({i.opcode for a in annotated for i in a})
+    assert not {i.opcode for a in annotated for i in a if i.variant} & set(space.opcodes)
+    rng = np.random.default_rng(0)
+    values = np.where(space.tunable, rng.integers(space.low, space.high + 1), space.defaults)
+    table = space.table(values)
+    assert (space.values(table) == values).all()
+    assert space.table(space.defaults) == {}
+    changes = tables.diff(space, table)
+    assert len(changes) == int((values != space.defaults).sum())
+    assert all(space.values(table)[space.row(c["opcode"]), space.columns.index(c["column"])] == c["learned"]
+               for c in changes)
+    again = tables.TableSpace.from_dict(json.loads(json.dumps(space.to_dict())))
+    assert again.opcodes == space.opcodes and (again.high == space.high).all() and (again.tunable == space.tunable).all()
+
+
+def test_collect_labels_each_block_under_its_drawn_table(tmp_path, tiny_binary):
+    out = tmp_path / "tables.parquet"
+    proc = subprocess.run([*CLI, "collect", "--binary", str(tiny_binary), "--binary", "/usr/bin/ls", "--limit", "300",
+                           "--sample-params", "1000", "--per-instruction", "wide", "--seed", "5", "--quiet",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "random per-instruction tables (wide)" in proc.stdout
+    frame = pd.read_parquet(out)
+    assert len(frame) > 250 and {"table", "instructions", "setting"} <= set(frame.columns)
+    for row in frame.sample(25, random_state=0).itertuples():
+        table = json.loads(row.table)
+        assert len(tables.parse_entries(row.instructions)) == row.block.count("\n") + 1
+        again = LlvmMca(params={"per_instruction": table}).run([row.block])[0]
+        assert again.cycles == row.mca_cycles_haswell
+    proc = subprocess.run([*CLI, "collect", "--binary", str(tiny_binary), "--per-instruction", "centred",
+                           "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "give --sample-params N as well" in proc.stderr
+
+
+def test_the_learned_haswell_table_ships_and_runs_everywhere_params_go(tmp_path, local_blocks):
+    learned = tables.learned("haswell")["per_instruction"]
+    assert len(learned) > 20
+    blocks = local_blocks[1][:400]
+    asm = tmp_path / "blocks.s"
+    asm.write_text("\n\n".join(blocks) + "\n")
+    proc = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--params", "learned:haswell", "--input", str(asm)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    answered = [float(r["cycles"]) for r in rows(proc.stdout)]
+    assert answered == [r.cycles for r in LlvmMca(params={"per_instruction": learned}).run(blocks)]
+    assert answered != [r.cycles for r in LlvmMca().run(blocks)]
+    proc = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--params", "learned:pentium", "--input", str(asm)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "no learned table 'pentium'" in proc.stderr and "haswell" in proc.stderr
+    # collect labels with it too
+    out = tmp_path / "learned.parquet"
+    proc = subprocess.run([*CLI, "collect", "--asm", str(asm), "--params", "learned:haswell", "--quiet", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_parquet(out).set_index("block")
+    assert [frame.loc[b, "mca_cycles_haswell"] for b in blocks[:50]] == answered[:50]
+
+
+def test_table_diff_lists_and_draws_every_change(tmp_path):
+    learned = tables.learned("haswell")["per_instruction"]
+    proc = subprocess.run([*CLI, "table-diff", "learned:haswell", "--csv", str(tmp_path / "d.csv"),
+                           "--plot", str(tmp_path / "d.png")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{len(learned)} opcodes changed")
+    changes = pd.read_csv(tmp_path / "d.csv")
+    assert set(changes["opcode"]) == set(learned) and (changes["stock"] != changes["learned"]).all()
+    assert (tmp_path / "d.png").stat().st_size > 10_000
+    row = changes.iloc[0]
+    entry = learned[row["opcode"]]
+    assert {**entry, **entry.get("ports", {})}[row["column"]] == row["learned"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"per_instruction": {}}))
+    proc = subprocess.run([*CLI, "table-diff", str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "not a learned table file" in proc.stderr
+
+
+def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path, local_blocks, annotated):
+    """'Measured' throughputs are the driver's under a planted table (loads two cycles slower,
+    shifts on a single port): the search must find a table that the real driver scores better
+    than the stock one on its training sample, beat or match the stock table on held-out blocks,
+    log every artifact and register the table with its figures."""
+    hexes, blocks = local_blocks
+    planted = {"MOV64rm": {"latency": 7}, "MOV32rm": {"latency": 7}, "SHL64ri": {"ports": {"HWPort06": 2}}}
+    measured = [r.cycles for r in LlvmMca(params={"per_instruction": planted}).run(blocks)]
+    csv = tmp_path / "measured.csv"
+    pd.DataFrame({"hex": hexes, "throughput": measured}).to_csv(csv, index=False)
+    home = tmp_path / "home"
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(home)}
+    labels = tmp_path / "labels.parquet"
+    proc = subprocess.run([*CLI, "collect", "--bhive", str(csv), "--split", "train", "--sample-params", "100000",
+                           "--per-instruction", "centred", "--quiet", "--out", str(labels)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    table_out = tmp_path / "table.json"
+    proc = subprocess.run([*CLI, "optimize-table", "--data", str(csv), "--labels", str(labels), "--min-count", "5",
+                           "--epochs", "3", "--steps", "150", "--verify", "3", "--search-blocks", "300",
+                           "--baseline", "optuna", "--quiet", "--out", str(table_out)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "registered llvm-mca-haswell-table v1" in proc.stdout
+    learned = json.loads(table_out.read_text())["per_instruction"]
+    assert learned, proc.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    run = mlflow.get_run(proc.stdout.split("MLflow run ")[1].split()[0])
+    m = run.data.metrics
+    assert m["surrogate_objective"] < m["defaults_objective"]
+    assert m["surrogate_test_mape"] <= m["defaults_test_mape"]
+    assert m["optuna_evaluations"] <= m["surrogate_evaluations"]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"table.json", "tables.json", "space.json", "diff.csv", "diff.png", "optimization.png"} <= artifacts
+    version = mlflow.MlflowClient().get_model_version("llvm-mca-haswell-table", "1")
+    assert float(version.tags["test_mape"]) == pytest.approx(m["surrogate_test_mape"], abs=1e-4)
+    # the written table is what --params takes
+    assert LlvmMca(params={"per_instruction": learned}).run([blocks[0]])[0].ok
+
+
+def test_a_per_instruction_surrogate_starts_as_its_parent_and_reads_each_entry(annotated, local_blocks):
+    """Wrapped around the bundled surrogate, the per-instruction model answers as the parent does
+    whatever the entries (its new layers start at zero); one step of training on a changed
+    latency makes its answer depend on that instruction's entry."""
+    import torch
+
+    from surrogate_ops import models, table_search
+    from surrogate_ops.batching import pad
+    from surrogate_ops.inference import Predictor
+    from surrogate_ops.registry import bundled_uris, model_dir
+
+    predictor = Predictor(model_dir(bundled_uris()[0]), engine="torch")
+    space = tables.TableSpace.of(annotated, "haswell")
+    surrogate = table_search.TableSurrogate(predictor, space)
+    blocks = local_blocks[1][:64]
+    encoded, keep = surrogate.tokens(blocks, annotated[:64])
+    tokens = torch.from_numpy(pad(encoded))
+    stock = torch.zeros(len(keep), tokens.shape[1], len(space.columns))
+    for k, i in enumerate(keep):
+        stock[k, : len(annotated[i])] = torch.from_numpy(space.features(annotated[i]))
+    parent = models.network(predictor.model.module())  # the cycles network, its error head left behind
+    with torch.no_grad():
+        expected = parent(tokens)
+        assert torch.allclose(surrogate.model(tokens, stock), expected, rtol=1e-5)
+        assert torch.allclose(surrogate.model(tokens, stock + 0.5), expected, rtol=1e-5)
+    optimizer = torch.optim.Adam(surrogate.model.parameters(), lr=1e-2)
+    loss = (surrogate.model(tokens, stock + 0.5) - 2 * expected).abs().mean()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        assert not torch.allclose(surrogate.model(tokens, stock + 0.5), surrogate.model(tokens, stock))
