@@ -99,8 +99,11 @@ def table_diff(changes: pd.DataFrame, path: Path, title: str, top: int = 40) -> 
     else:
         weight = (changes["learned"] - changes["stock"]).abs().groupby(changes["opcode"]).sum()
         opcodes = list(weight.sort_values(ascending=False).index[:top])[::-1]
-        columns = sorted(changes["column"].unique())
-        colors = {c: f"C{i % 10}" for i, c in enumerate(columns)}
+        fixed = [c for c in ("latency", "uops") if c in set(changes["column"])]
+        columns = fixed + sorted(set(changes["column"]) - set(fixed))
+        palette = plt.get_cmap("tab20").colors
+        colors = {"latency": "black", "uops": "0.55",
+                  **{c: palette[i % len(palette)] for i, c in enumerate(c for c in columns if c not in fixed)}}
         for y, opcode in enumerate(opcodes):
             rows = changes[changes["opcode"] == opcode]
             for k, row in enumerate(rows.itertuples()):
@@ -109,7 +112,10 @@ def table_diff(changes: pd.DataFrame, path: Path, title: str, top: int = 40) -> 
                             arrowprops={"arrowstyle": "->", "color": colors[row.column]})
                 ax.plot([row.stock], [y + offset], "o", ms=3, color=colors[row.column])
         ax.set_yticks(range(len(opcodes)), opcodes, fontsize=7)
-        ax.set_xlabel("value (cycles or micro-ops): dot stock, arrow head learned")
+        ax.set_xscale("symlog", linthresh=10)  # most values are a few cycles; dividers take up to ~100
+        ticks = [t for t in (0, 1, 2, 3, 5, 10, 20, 50, 100, 200) if t <= max(changes[["stock", "learned"]].max()) * 1.5]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("value (cycles or micro-ops; linear to 10, log above): dot stock, arrow head learned")
         ax.legend(handles=[plt.Line2D([], [], color=colors[c], label=c) for c in columns], fontsize=7,
                   loc="lower right", ncol=2)
     ax.set_title(title)

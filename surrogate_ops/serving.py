@@ -383,6 +383,12 @@ class Server:
     def mode(self) -> str:
         return "surrogate+llvm-mca" if self.predictor else "llvm-mca-only"
 
+    def _params_summary(self) -> dict:
+        """The fallback's llvm-mca settings as healthz shows them: a per-instruction table by its
+        size (a learned one names a few hundred opcodes)."""
+        table = self.mca_params.get("per_instruction")
+        return {**self.mca_params, **({"per_instruction": f"{len(table)} opcodes"} if table else {})}
+
     def status(self) -> dict:
         meta = self.predictor.meta if self.predictor else {}
         return {"ready": True, "mode": self.mode, "model": self.model_uri,
@@ -392,7 +398,7 @@ class Server:
                                       "engine": p.engine_name, "estimates_error": p.confident}
                                for mcpu, p in self.predictors.items()},
                 "load_error": self.load_error, "llvm_mca": self._mca_status(),
-                "llvm_mca_params": {"mcpu": self.params_mcpu, **self.mca_params} if self.mca_params else None,
+                "llvm_mca_params": {"mcpu": self.params_mcpu, **self._params_summary()} if self.mca_params else None,
                 "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy],
                 "memory_mb": resident_mb(), "llvm_mca_cache": self.mca_cache.stats(),
                 "fallback_queue": len(self.mca_pool),

@@ -92,7 +92,7 @@ class _Blocks:
 
 def driver_mape(program: LlvmMca, table: dict, blocks: list[str], measured: np.ndarray) -> tuple[float, np.ndarray]:
     """The parametric llvm-mca under `table`: MAPE against `measured` (a failed block a 100% miss), cycles."""
-    results = program.run(blocks, tables=[table] * len(blocks)) if table else program.run(blocks)
+    results = program.with_params({**program.params, "per_instruction": table}).run(blocks)  # one table a process
     cycles = np.array([r.cycles if r.ok else np.nan for r in results])
     ok = np.isfinite(cycles)
     return float((np.abs(cycles[ok] - measured[ok]) / measured[ok]).sum() + (~ok).sum()) / len(blocks), cycles

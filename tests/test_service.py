@@ -249,6 +249,23 @@ def test_the_fallback_runs_llvm_mca_with_tuned_parameters(home, tmp_path):
     assert out.returncode != 0 and "dispatch_width: 0 is outside [1, 12]" in out.stderr
 
 
+def test_the_fallback_runs_the_learned_table_that_ships(home):
+    """serve --params learned:haswell: llvm-mca answers through the parametric driver under the
+    packaged learned table; healthz names the table by its size."""
+    from surrogate_ops.programs import tables
+
+    learned = tables.learned("haswell")
+    with running(home, "--model", str(home / "no-such-model"), "--params", "learned:haswell", **LIMITS) as url:
+        status = json.loads(urllib.request.urlopen(f"{url}/ops/healthz").read())
+        assert status["llvm_mca_params"] == {"mcpu": "haswell",
+                                             "per_instruction": f"{len(learned['per_instruction'])} opcodes"}
+        blocks = [*GOOD, "idivq %rcx\naddq %rax, %rbx", "addq $1, (%rdi)\naddq $1, (%rdi)"]
+        code, answers = post(url, {"blocks": blocks})
+        tuned = LlvmMca(params=learned).run(blocks)
+        assert code == 200 and [a["cycles"] for a in answers] == [r.cycles for r in tuned]
+        assert [r.cycles for r in tuned] != [r.cycles for r in LlvmMca().run(blocks)]
+
+
 def test_crashing_or_missing_llvm_mca_leaves_the_surrogate_answering(home, tmp_path):
     crash = tmp_path / "llvm-mca"
     crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
