@@ -614,8 +614,9 @@ def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, 
                                             verify=verify, search_blocks=search_blocks, baselines=chosen, seed=seed,
                                             test_limit=test_limit)
     result = table_search.search(config, progress=not quiet, register=not no_register)
-    click.echo(f"space: {len(result.space.opcodes)} opcodes, {result.space.size} values; held-out llvm-mca error "
-               f"(may-alias excluded):")
+    click.echo(f"space: {len(result.space.opcodes)} opcodes, {result.space.size} values; held-out llvm-mca error on "
+               f"{result.test_blocks:,} measured blocks, may-alias excluded ({result.rare_blocks:,} of them with an "
+               f"opcode rare in training):")
     for o in result.outcomes.values():
         click.echo(f"  {o.method:<10} MAPE {100 * o.test_mape:6.2f}%  tau {o.test_tau:.4f}  rare-opcode blocks "
                    f"{100 * result.rare[o.method]:6.2f}%  evaluations {o.evaluations:>8,}  entries changed {len(o.setting)}")

@@ -75,6 +75,8 @@ class TableSearchResult:
     space: TableSpace
     version: str | None = None
     rare: dict[str, float] = field(default_factory=dict)  # method -> test MAPE on blocks with a rare opcode
+    test_blocks: int = 0
+    rare_blocks: int = 0
 
 
 @dataclass
@@ -354,7 +356,7 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
         r = rare_mask & ok
         rare[outcome.method] = float(np.mean(np.abs(cycles[r] - test_measured[r]) / test_measured[r])) if r.any() else float("nan")
     run_id, version = _log(config, space, outcomes, rare, history, len(train_rows), len(test_rows), trials, register)
-    return TableSearchResult(run_id, outcomes, space, version, rare)
+    return TableSearchResult(run_id, outcomes, space, version, rare, len(test_rows), int(rare_mask.sum()))
 
 
 def _labels(config: TableSearchConfig) -> pd.DataFrame:

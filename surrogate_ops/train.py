@@ -136,6 +136,9 @@ def prepare(config: TrainConfig, frame: pd.DataFrame, parent: ModelDir | None, s
         tokenizer = Tokenizer.build(train_rows["block"], **models.tokenizer_options(base.config))
         model = models.build(config.arch, vocab_size=len(tokenizer), preset=config.preset, **config.sizes)
         model.head.log_scale.fill_(float(np.log(train_rows[target_column(config.target, config.mcpu)].median())))
+    if datasets.table_sampled(frame):
+        raise SurrogateOpsError("this dataset was labeled under sampled per-instruction tables: its surrogate is "
+                                "trained by `surrogate-ops optimize-table --labels DATASET`")
     parameter_names = datasets.parameter_columns(frame)
     if models.is_conditioned(model) and not parameter_names:
         raise SurrogateOpsError("a parameter-conditioned surrogate trains on data collected with --sample-params")

@@ -104,6 +104,10 @@ def test_collect_labels_each_block_under_its_drawn_table(tmp_path, tiny_binary):
     proc = subprocess.run([*CLI, "collect", "--binary", str(tiny_binary), "--per-instruction", "centred",
                            "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True)
     assert proc.returncode != 0 and "give --sample-params N as well" in proc.stderr
+    # such labels train the per-instruction surrogate of optimize-table, never a plain one
+    proc = subprocess.run([*CLI, "train", "--data", str(out), "--epochs", "1", "--quiet"], capture_output=True,
+                          text=True, env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")})
+    assert proc.returncode != 0 and "optimize-table --labels" in proc.stderr
 
 
 def test_the_learned_haswell_table_ships_and_runs_everywhere_params_go(tmp_path, local_blocks):
