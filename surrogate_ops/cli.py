@@ -29,13 +29,20 @@ LEARNED = "learned:"  # --params learned:haswell: a learned per-instruction tabl
 PARAMS_HELP = " Or learned:CPU, the learned per-instruction table that ships (learned:haswell)."
 
 
-def _read_params(path: str | None) -> dict | None:
+def _read_params(path: str | None, mcpus: tuple[str, ...] | None = None) -> dict | None:
+    """A --params file's settings (its "_" notes left out), or a packaged learned table; a learned
+    table is refused for a CPU other than its own (its resources are that CPU's)."""
     if path is None:
         return None
     if path.startswith(LEARNED):
         from surrogate_ops.programs import tables
 
-        return tables.learned(path[len(LEARNED):])
+        name = path[len(LEARNED):]
+        learned = tables.learned(name)
+        other = [m for m in mcpus or () if m and m != name]
+        if other:
+            raise SurrogateOpsError(f"--params {path} is a table for -mcpu={name}, not for {', '.join(other)}")
+        return learned
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -125,7 +132,7 @@ def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, w
 
     out = Path(out) if out else config.work_dir() / "datasets" / "default.parquet"
     result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit, workers=workers,
-                              may_alias=may_alias, params=_read_params(params), progress=not quiet,
+                              may_alias=may_alias, params=_read_params(params, tuple(mcpu)), progress=not quiet,
                               part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None,
                               spread=spread, per_instruction=per_instruction,
                               generated=datasets.Generated(generate, generate_seed, density) if generate else None)
@@ -337,7 +344,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
     from surrogate_ops.blocks.inputs import chunks
     from surrogate_ops.serving import Limits, Server
 
-    setting = _read_params(params)
+    setting = _read_params(params, (mcpu,))
     limits = Limits(max_instructions=1 << 30, mca_chunk=256)  # a file is not a request: no block is refused for its length
     if program:
         server = Server(None, limits=limits)

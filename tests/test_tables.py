@@ -125,6 +125,9 @@ def test_the_learned_haswell_table_ships_and_runs_everywhere_params_go(tmp_path,
     proc = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--params", "learned:pentium", "--input", str(asm)],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "no learned table 'pentium'" in proc.stderr and "haswell" in proc.stderr
+    proc = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--mcpu", "skylake", "--params", "learned:haswell",
+                           "--input", str(asm)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "a table for -mcpu=haswell, not for skylake" in proc.stderr
     # collect labels with it too
     out = tmp_path / "learned.parquet"
     proc = subprocess.run([*CLI, "collect", "--asm", str(asm), "--params", "learned:haswell", "--quiet", "--out", str(out)],
