@@ -49,6 +49,9 @@ def _read_params(path: str | None, mcpus: tuple[str, ...] | None = None) -> dict
         raise SurrogateOpsError(f"--params {path}: {exc}") from None
     if not isinstance(data, dict):
         raise SurrogateOpsError(f"--params {path}: expected a JSON object of llvm-mca option names to values")
+    other = [m for m in mcpus or () if m and data.get("_mcpu", m) != m]
+    if other:
+        raise SurrogateOpsError(f"--params {path} is a table for -mcpu={data['_mcpu']}, not for {', '.join(other)}")
     return {k: v for k, v in data.items() if not k.startswith("_")}  # "_" keys are notes (a learned table's)
 
 
@@ -613,7 +616,6 @@ def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, 
     table is registered as a version of llvm-mca-<mcpu>-table.
     """
     from surrogate_ops import table_search
-    from surrogate_ops.programs import tables
 
     chosen = () if "none" in baselines else tuple(baselines) or table_search.BASELINES
     config = table_search.TableSearchConfig(data=data, labels=tuple(labels), mcpu=mcpu, model=model_uri,
@@ -628,10 +630,7 @@ def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, 
         click.echo(f"  {o.method:<10} MAPE {100 * o.test_mape:6.2f}%  tau {o.test_tau:.4f}  rare-opcode blocks "
                    f"{100 * result.rare[o.method]:6.2f}%  evaluations {o.evaluations:>8,}  entries changed {len(o.setting)}")
     if out:
-        learned = result.outcomes["surrogate"].setting
-        Path(out).write_text(json.dumps(tables.table_file(
-            learned, result.space.stock(learned), mcpu, run_id=result.run_id,
-            held_out={k: getattr(result.outcomes["surrogate"], k) for k in ("test_mape", "test_tau")}), indent=1) + "\n")
+        Path(out).write_text(json.dumps(result.table_file, indent=1) + "\n")
         click.echo(f"the surrogate's table written to {out} (use it as --params {out})")
     if result.version:
         click.echo(f"registered llvm-mca-{mcpu}-table v{result.version}")

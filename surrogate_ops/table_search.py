@@ -41,7 +41,7 @@ from surrogate_ops.batching import buckets, pad
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import kendall_tau
-from surrogate_ops.optimize import BASELINES, Baseline, Codec, Outcome
+from surrogate_ops.optimize import BASELINES, Baseline, Codec, Outcome, llvm_mca_mape
 from surrogate_ops.programs import LlvmMca, parametric, tables
 from surrogate_ops.programs.tables import TableSpace
 
@@ -54,7 +54,7 @@ class TableSearchConfig:
     min_count: int = 20  # opcodes used fewer times in the training blocks keep their stock entries
     epochs: int = 12  # surrogate fine-tuning
     batch_size: int = 128
-    lr: float = 2e-3
+    fit_lr: float = 2e-3
     steps: int = 300  # descent steps
     descent_lr: float = 0.05
     descent_batch: int = 1024  # training blocks per descent step
@@ -73,6 +73,7 @@ class TableSearchResult:
     run_id: str
     outcomes: dict[str, Outcome]
     space: TableSpace
+    table_file: dict  # the surrogate's table as a --params file holds it (tables.table_file)
     version: str | None = None
     rare: dict[str, float] = field(default_factory=dict)  # method -> test MAPE on blocks with a rare opcode
     test_blocks: int = 0
@@ -86,18 +87,16 @@ class _Blocks:
 
     text: list[str]
     tokens: list
-    rows: list[np.ndarray]
-    stock: list[np.ndarray]
-    cycles: np.ndarray
+    space_rows: list[np.ndarray]  # per instruction: its opcode's row in the space, -1 where not tuned
+    stock_features: list[np.ndarray]  # per instruction: its stock entry as the surrogate reads it
+    stock_cycles: np.ndarray  # stock llvm-mca's, the anchors
     measured: np.ndarray
 
 
 def driver_mape(program: LlvmMca, table: dict, blocks: list[str], measured: np.ndarray) -> tuple[float, np.ndarray]:
-    """The parametric llvm-mca under `table`: MAPE against `measured` (a failed block a 100% miss), cycles."""
-    results = program.with_params({**program.params, "per_instruction": table}).run(blocks)  # one table a process
-    cycles = np.array([r.cycles if r.ok else np.nan for r in results])
-    ok = np.isfinite(cycles)
-    return float((np.abs(cycles[ok] - measured[ok]) / measured[ok]).sum() + (~ok).sum()) / len(blocks), cycles
+    """The parametric llvm-mca under `table` (one table a driver process): MAPE against `measured`
+    (a failed block a 100% miss) and the cycles."""
+    return llvm_mca_mape(program, {"per_instruction": table} if table else {}, blocks, measured)
 
 
 class TableSurrogate:
@@ -123,7 +122,8 @@ class TableSurrogate:
         return encoded, keep
 
     def fit(self, frame: pd.DataFrame, config: TableSearchConfig, progress: bool = True) -> loop.History:
-        """Fine-tune on labels under sampled tables (`collect --per-instruction`)."""
+        """Fine-tune on labels under sampled tables (`collect --per-instruction`); their val split
+        picks the best epoch."""
         target = f"mca_cycles_{self.space.mcpu}"
         annotated = [tables.parse_entries(line) for line in frame["instructions"]]
         encoded, keep = self.tokens(list(frame["block"]), annotated)
@@ -131,10 +131,13 @@ class TableSurrogate:
         targets = frame[target].to_numpy()[keep]
         split = frame["split"].to_numpy()[keep]
         train, val = np.flatnonzero(split != "val"), np.flatnonzero(split == "val")
+        if len(train) == 0 or len(val) == 0:
+            raise SurrogateOpsError(f"the labels need blocks the surrogate reads in both their train and val splits "
+                                    f"(have {len(train)} and {len(val)}): collect more")
         batches = _FeatureBatches([encoded[i] for i in train], [features[i] for i in train], targets[train],
                                   config.batch_size)
         val_batches = _FeatureBatches([encoded[i] for i in val], [features[i] for i in val], targets[val], 512)
-        loop_config = loop.LoopConfig(epochs=config.epochs, lr=config.lr, warmup_steps=100, patience=3)
+        loop_config = loop.LoopConfig(epochs=config.epochs, lr=config.fit_lr, warmup_steps=100, patience=3)
         self.model, history = loop.fit(self.model, batches, loop_config, np.random.default_rng(config.seed),
                                        validate=val_batches.mape, progress=progress, desc="surrogate (per-instruction)")
         self.model.eval()
@@ -198,9 +201,9 @@ class Descent:
         rows = torch.full((len(index), n), -1, dtype=torch.long)
         stock = torch.zeros(len(index), n, len(self.space.columns))
         for k, i in enumerate(index):
-            rows[k, : len(self.blocks.rows[i])] = torch.from_numpy(self.blocks.rows[i])
-            stock[k, : len(self.blocks.stock[i])] = torch.from_numpy(self.blocks.stock[i])
-        return (tokens, rows, stock, torch.tensor(self.blocks.cycles[index], dtype=torch.float32),
+            rows[k, : len(self.blocks.space_rows[i])] = torch.from_numpy(self.blocks.space_rows[i])
+            stock[k, : len(self.blocks.stock_features[i])] = torch.from_numpy(self.blocks.stock_features[i])
+        return (tokens, rows, stock, torch.tensor(self.blocks.stock_cycles[index], dtype=torch.float32),
                 torch.tensor(self.blocks.measured[index], dtype=torch.float32))
 
     def _predict(self, b: int, values: torch.Tensor) -> torch.Tensor:
@@ -244,13 +247,6 @@ class Descent:
                     found.append(rounded)
         return found, trace
 
-    def objective(self, values: np.ndarray) -> float:
-        """The surrogate's anchored MAPE over every block under a (rounded) table."""
-        tensor = torch.tensor(values, dtype=torch.float32)
-        with torch.no_grad():
-            losses = [self.loss(tensor, b) * len(self.batches[b]) for b in range(len(self.batches))]
-        return float(sum(losses) / len(self.blocks.text))
-
 
 def _spread(found: list, count: int) -> list:
     """`count` of the tables taken along the descent, evenly from first to last. Not the surrogate's
@@ -279,13 +275,14 @@ def table_codec(space: TableSpace) -> Codec:
 def _measured(program: LlvmMca, surrogate: TableSurrogate, frame: pd.DataFrame, space: TableSpace,
               annotated: list) -> _Blocks:
     encoded, keep = surrogate.tokens(list(frame["block"]), annotated)
-    rows, stock = [], []
+    space_rows, features = [], []
     for i in keep:
-        rows.append(np.array([-1 if ins.variant or ins.opcode not in space.opcodes else space.row(ins.opcode)
-                              for ins in annotated[i]], dtype=np.int64))
-        stock.append(space.features(annotated[i]))
+        space_rows.append(np.array([-1 if ins.variant or ins.opcode not in space.opcodes else space.row(ins.opcode)
+                                    for ins in annotated[i]], dtype=np.int64))
+        features.append(space.features(annotated[i]))
     kept = frame.iloc[keep]
-    return _Blocks(list(kept["block"]), encoded, rows, stock, kept["stock"].to_numpy(), kept["measured"].to_numpy())
+    return _Blocks(list(kept["block"]), encoded, space_rows, features, kept["stock_cycles"].to_numpy(),
+                   kept["measured"].to_numpy())
 
 
 def search(config: TableSearchConfig, progress: bool = True, register: bool = True) -> TableSearchResult:
@@ -308,28 +305,32 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
                                 f"and some test blocks (have {len(train_rows)} and {len(test_rows)})")
     train_ann = parametric.annotate(program.path, list(train_rows["block"]), config.mcpu)
     space = TableSpace.of([a for a in train_ann if a is not None], config.mcpu, config.min_count)
+    if not space.size:
+        raise SurrogateOpsError(f"no opcode is used {config.min_count} times in the {len(train_rows):,} measured "
+                                "training blocks: lower --min-count")
     labels = _labels(config)
-    charged = len(labels)
+    started = time.time()
     surrogate = TableSurrogate(predictor, space, config.seed)
     history = surrogate.fit(labels, config, progress)
 
-    started = time.time()
-    train_rows = train_rows.assign(stock=driver_mape(program, {}, list(train_rows["block"]),
-                                                     train_rows["measured"].to_numpy())[1])
-    anchored = np.isfinite(train_rows["stock"].to_numpy())
+    train_rows = train_rows.assign(stock_cycles=driver_mape(program, {}, list(train_rows["block"]),
+                                                            train_rows["measured"].to_numpy())[1])
+    anchored = np.isfinite(train_rows["stock_cycles"].to_numpy())
     blocks = _measured(program, surrogate, train_rows[anchored], space,
                        [a for a, k in zip(train_ann, anchored, strict=True) if k])
     rng = np.random.default_rng(config.seed)
     sample = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.search_blocks])]
     sample_blocks, sample_measured = list(sample["block"]), sample["measured"].to_numpy()
-    cost = charged + len(train_rows) + config.verify * len(sample)
     outcomes = {"defaults": Outcome("defaults", {}, 0)}
     outcomes["defaults"].objective, _ = driver_mape(program, {}, sample_blocks, sample_measured)
 
     descent = Descent(surrogate, blocks, config.descent_batch)
     found, trace = descent.run(config, progress)
+    checked = _spread(found, config.verify)
+    # charged: its labels, the anchors (stock llvm-mca on every training block) and its checks
+    cost = len(labels) + len(train_rows) + len(checked) * len(sample)
     best = Outcome("surrogate", {}, cost, outcomes["defaults"].objective, trace=trace)
-    for values in _spread(found, config.verify):
+    for values in checked:
         table = space.table(values)
         value, _ = driver_mape(program, table, sample_blocks, sample_measured)
         if value < best.objective:
@@ -355,8 +356,15 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
         outcome.test_tau = kendall_tau(cycles[ok], test_measured[ok]) if ok.sum() > 1 else float("nan")
         r = rare_mask & ok
         rare[outcome.method] = float(np.mean(np.abs(cycles[r] - test_measured[r]) / test_measured[r])) if r.any() else float("nan")
-    run_id, version = _log(config, space, outcomes, rare, history, len(train_rows), len(test_rows), trials, register)
-    return TableSearchResult(run_id, outcomes, space, version, rare, len(test_rows), int(rare_mask.sum()))
+    learned = outcomes["surrogate"].setting
+    table_file = tables.table_file(learned, space.stock(learned), config.mcpu, **{
+        f"{prefix}held_out": {"test_mape": outcomes[m].test_mape, "test_tau": outcomes[m].test_tau,
+                              "rare_opcode_test_mape": rare[m]}
+        for prefix, m in (("", "surrogate"), ("defaults_", "defaults"))})
+    run_id, version = _log(config, space, outcomes, rare, history, len(train_rows), len(test_rows), trials,
+                           table_file, register)
+    return TableSearchResult(run_id, outcomes, space, {**table_file, "_run_id": run_id}, version, rare,
+                             len(test_rows), int(rare_mask.sum()))
 
 
 def _labels(config: TableSearchConfig) -> pd.DataFrame:
@@ -381,7 +389,7 @@ def _rare(program: LlvmMca, blocks: list[str], space: TableSpace, config: TableS
 
 
 def _log(config: TableSearchConfig, space: TableSpace, outcomes: dict[str, Outcome], rare: dict[str, float],
-         history: loop.History, train_blocks: int, test_blocks: int, trials: int,
+         history: loop.History, train_blocks: int, test_blocks: int, trials: int, table_file: dict,
          register: bool) -> tuple[str, str | None]:
     """One MLflow run: figures per method, table.json (the surrogate's), tables.json (every
     method's), space.json, diff.csv and the plots; the surrogate's table registered."""
@@ -399,12 +407,8 @@ def _log(config: TableSearchConfig, space: TableSpace, outcomes: dict[str, Outco
                                 **({f"{o.method}_objective": o.objective} if o.objective is not None else {})})
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            learned = outcomes["surrogate"].setting
-            figures = {k: getattr(outcomes["surrogate"], k) for k in ("test_mape", "test_tau")}
-            (tmp / "table.json").write_text(json.dumps(tables.table_file(
-                learned, space.stock(learned), config.mcpu, run_id=run.info.run_id, held_out=figures,
-                defaults_held_out={k: getattr(outcomes["defaults"], k) for k in ("test_mape", "test_tau")}),
-                indent=1) + "\n")
+            learned = table_file["per_instruction"]
+            (tmp / "table.json").write_text(json.dumps({**table_file, "_run_id": run.info.run_id}, indent=1) + "\n")
             (tmp / "tables.json").write_text(json.dumps({o.method: o.setting for o in outcomes.values()}) + "\n")
             (tmp / "space.json").write_text(json.dumps(space.to_dict()) + "\n")
             changes = pd.DataFrame(tables.diff(space, learned), columns=["opcode", "column", "stock", "learned"])

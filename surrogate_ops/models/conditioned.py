@@ -78,19 +78,32 @@ class Conditioned(nn.Module):
         return self.config.inject == "pooled"
 
     def encode(self, tokens: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
-        condition = None if self.blind else self.inject(params)
+        if self.blind:
+            return self.block.encode(tokens)  # (batch, dim)
+        condition = self.inject(params)
+        if self.config.inject == "per_instruction":  # padding rows get no condition
+            condition = condition * self._real(tokens, params)
         return self.block.encode(tokens, condition)  # (batch, dim)
 
-    def from_encoding(self, pooled: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        # pooled: (batch, dim); params: (batch, parameters) scaled in [0, 1]
+    def setting(self, tokens: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """The setting the second MLP reads, (batch, parameters): per instruction, the mean over
+        the block's real instructions."""
+        if self.config.inject != "per_instruction":
+            return params
+        real = self._real(tokens, params)
+        return (params * real).sum(1) / real.sum(1).clamp(min=1)
+
+    @staticmethod
+    def _real(tokens: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return (tokens[:, :, :1] != 0).to(params.dtype)  # (batch, instructions, 1)
+
+    def from_encoding(self, pooled: torch.Tensor, setting: torch.Tensor) -> torch.Tensor:
+        # pooled: (batch, dim); setting: (batch, parameters), as `setting` gives it
         head = self.block.head
         features = head.norm(pooled)
         log_cycles = head.proj(features).squeeze(-1) + head.log_scale
-        return torch.exp(log_cycles + self.mix(torch.cat([features, params], dim=-1)).squeeze(-1))  # (batch,)
+        return torch.exp(log_cycles + self.mix(torch.cat([features, setting], dim=-1)).squeeze(-1))  # (batch,)
 
     def forward(self, tokens: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        if self.config.inject == "per_instruction":  # params: (batch, instructions, parameters)
-            mask = (tokens[:, :, :1] != 0).to(params.dtype)  # (b, i, 1): real instructions
-            mean = (params * mask).sum(1) / mask.sum(1).clamp(min=1)
-            return self.from_encoding(self.block.encode(tokens, self.inject(params) * mask), mean)
-        return self.from_encoding(self.encode(tokens, params), params)
+        # params: (batch, parameters) scaled to [0, 1], or (batch, instructions, parameters) per instruction
+        return self.from_encoding(self.encode(tokens, params), self.setting(tokens, params))

@@ -164,10 +164,11 @@ def opcodes(llvm_mca: str, blocks: Sequence[str], mcpu: str = "haswell") -> list
 
 def defaults(llvm_mca: str, blocks: Sequence[str], mcpu: str = "haswell") -> dict[str, dict]:
     """The stock entry of every opcode in canonical blocks, in the table's format: its micro-ops,
-    first latency and cycles on every processor resource the model lists for it (groups included,
-    as LLVM's tables expand them). Opcodes whose class is a variant are left out: their entry
-    depends on the operands (`xorl %eax, %eax` is a zero idiom, `xorl %ebx, %eax` is not), so one
-    entry would change some of their uses; `variants` lists them."""
+    first latency and cycles on every processor resource that carries cycles of its own (a group
+    the model lists only to cover the resources inside it is left out: it follows them). Opcodes
+    whose class is a variant are left out: their entry depends on the operands (`xorl %eax, %eax`
+    is a zero idiom, `xorl %ebx, %eax` is not), so one entry would change some of their uses;
+    `variants` lists them."""
     return _stock(llvm_mca, blocks, mcpu)[0]
 
 
@@ -179,13 +180,10 @@ def variants(llvm_mca: str, blocks: Sequence[str], mcpu: str = "haswell") -> lis
 def _stock(llvm_mca: str, blocks: Sequence[str], mcpu: str) -> tuple[dict[str, dict], set[str]]:
     table: dict[str, dict] = {}
     varying: set[str] = set()
-    for line in _ask(llvm_mca, "DEFAULTS", blocks, mcpu):
-        for instruction in line.split("; "):
-            opcode, *words = instruction.split()
-            fields = dict(zip((w.rstrip("*") for w in words[::2]), map(int, words[1::2]), strict=True))
-            if fields.pop("variant", 0):
-                varying.add(opcode)
-                continue
-            entry = {"latency": fields.pop("latency")} if "latency" in fields else {}
-            table.setdefault(opcode, {**entry, "uops": fields.pop("uops"), "ports": fields})
+    for block in annotate(llvm_mca, blocks, mcpu):
+        for instruction in block or ():
+            if instruction.variant:
+                varying.add(instruction.opcode)
+            else:
+                table.setdefault(instruction.opcode, tables.entry_of(instruction))
     return table, varying

@@ -294,8 +294,8 @@ class Simulator {
   }
 
   bool Names = false;     // answer blocks with their opcode names instead of simulating them
-  bool Entries = false;
-  SmallVector<uint64_t, 32> Masks;  // each processor resource's mask, as llvm-mca computes them  // answer blocks with each instruction's stock entry
+  bool Entries = false;    // answer blocks with each instruction's stock entry
+  SmallVector<uint64_t, 32> Masks;  // each processor resource's mask, as llvm-mca computes them
 
   // Total cycles of one block, or an error (returned in Why); in Names mode, -2 and the names in Why.
   long simulate(const std::string &Assembly, std::string &Why) {
@@ -428,8 +428,7 @@ class Simulator {
     }
     if (T->ReadAdvance.empty()) T->ReadAdvance.resize(1);
     T->Overrides = Overrides;
-    T->Masks.resize(SM.getNumProcResourceKinds());
-    mca::computeProcResourceMasks(SM, T->Masks);
+    T->Masks = Masks;
     std::set<unsigned> Marked;  // non-variant stock classes of overridden opcodes
     for (const auto &[Opcode, O] : Overrides) {
       unsigned Class = MCII->get(Opcode).getSchedClass();
