@@ -181,19 +181,21 @@ def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path,
     assert "registered llvm-mca-haswell-table v1" in proc.stdout
     learned = json.loads(table_out.read_text())["per_instruction"]
     assert learned, proc.stdout
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    run = mlflow.get_run(proc.stdout.split("MLflow run ")[1].split()[0])
+    store = f"sqlite:///{home / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)  # an earlier test may set another registry
+    run = client.get_run(proc.stdout.split("MLflow run ")[1].split()[0])
     m = run.data.metrics
     assert m["surrogate_objective"] < m["defaults_objective"]
     assert m["surrogate_test_mape"] <= m["defaults_test_mape"]
     # the baseline spent the surrogate's budget, to within one trial of 300 blocks
     assert 0 <= m["surrogate_evaluations"] - m["optuna_evaluations"] < 300 and m["optuna_evaluations"] > 3000
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"table.json", "tables.json", "space.json", "diff.csv", "diff.png", "optimization.png"} <= artifacts
     logged = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/table.json"))
     assert logged["per_instruction"] == learned and logged["_mcpu"] == "haswell"
     assert set(logged["_stock"]) == set(learned)
-    version = mlflow.MlflowClient().get_model_version("llvm-mca-haswell-table", "1")
+    version = client.get_model_version("llvm-mca-haswell-table", "1")
     assert float(version.tags["test_mape"]) == pytest.approx(m["surrogate_test_mape"], abs=1e-4)
     # the written table is what --params takes
     assert LlvmMca(params={"per_instruction": learned}).run([blocks[0]])[0].ok
