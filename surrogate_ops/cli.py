@@ -651,14 +651,12 @@ def table_diff(table, plot, csv_out) -> None:
     from surrogate_ops.programs import tables
 
     if table.startswith(LEARNED):
-        path = tables.PACKAGED / f"{table[len(LEARNED):]}.json"
-        tables.learned(table[len(LEARNED):])  # a missing one fails here, naming those that ship
+        data = tables.learned_file(table[len(LEARNED):])
     else:
-        path = Path(table)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SurrogateOpsError(f"{table}: {exc}") from None
+        try:
+            data = json.loads(Path(table).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SurrogateOpsError(f"{table}: {exc}") from None
     if "_stock" not in data or "per_instruction" not in data:
         raise SurrogateOpsError(f"{table}: not a learned table file (it needs per_instruction and the stock entries "
                                 "under _stock, as optimize-table writes them)")

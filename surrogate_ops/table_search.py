@@ -144,6 +144,16 @@ class TableSurrogate:
         return history
 
 
+def _per_instruction(arrays: list[np.ndarray], instructions: int, fill: float) -> torch.Tensor:
+    """Per-instruction arrays of a batch's blocks, padded with `fill` to the token batch's
+    instruction count: (batch, instructions, ...)."""
+    out = torch.full((len(arrays), instructions, *arrays[0].shape[1:]), fill,
+                     dtype=torch.from_numpy(arrays[0][:0]).dtype)
+    for k, array in enumerate(arrays):
+        out[k, : len(array)] = torch.from_numpy(array)
+    return out
+
+
 class _FeatureBatches:
     """Tokenized blocks with each instruction's features, in length buckets (loop.fit's batches)."""
 
@@ -157,10 +167,7 @@ class _FeatureBatches:
 
     def batch(self, index) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = torch.from_numpy(pad([self.encoded[i] for i in index]))
-        feats = torch.zeros(len(index), tokens.shape[1], self.features[0].shape[1])
-        for k, i in enumerate(index):
-            feats[k, : len(self.features[i])] = torch.from_numpy(self.features[i])
-        return tokens, feats
+        return tokens, _per_instruction([self.features[i] for i in index], tokens.shape[1], 0.0)
 
     def epoch(self, rng: np.random.Generator):
         batches = buckets(self.encoded, self.batch_size, order=rng.permutation(len(self.encoded)))
@@ -198,11 +205,8 @@ class Descent:
     def _pad(self, index):
         tokens = torch.from_numpy(pad([self.blocks.tokens[i] for i in index]))
         n = tokens.shape[1]
-        rows = torch.full((len(index), n), -1, dtype=torch.long)
-        stock = torch.zeros(len(index), n, len(self.space.columns))
-        for k, i in enumerate(index):
-            rows[k, : len(self.blocks.space_rows[i])] = torch.from_numpy(self.blocks.space_rows[i])
-            stock[k, : len(self.blocks.stock_features[i])] = torch.from_numpy(self.blocks.stock_features[i])
+        rows = _per_instruction([self.blocks.space_rows[i] for i in index], n, -1)
+        stock = _per_instruction([self.blocks.stock_features[i] for i in index], n, 0.0)
         return (tokens, rows, stock, torch.tensor(self.blocks.stock_cycles[index], dtype=torch.float32),
                 torch.tensor(self.blocks.measured[index], dtype=torch.float32))
 
@@ -277,7 +281,7 @@ def _measured(program: LlvmMca, surrogate: TableSurrogate, frame: pd.DataFrame, 
     encoded, keep = surrogate.tokens(list(frame["block"]), annotated)
     space_rows, features = [], []
     for i in keep:
-        space_rows.append(np.array([-1 if ins.variant or ins.opcode not in space.opcodes else space.row(ins.opcode)
+        space_rows.append(np.array([-1 if ins.variant else space.row(ins.opcode)
                                     for ins in annotated[i]], dtype=np.int64))
         features.append(space.features(annotated[i]))
     kept = frame.iloc[keep]
@@ -411,7 +415,8 @@ def _log(config: TableSearchConfig, space: TableSpace, outcomes: dict[str, Outco
             (tmp / "table.json").write_text(json.dumps({**table_file, "_run_id": run.info.run_id}, indent=1) + "\n")
             (tmp / "tables.json").write_text(json.dumps({o.method: o.setting for o in outcomes.values()}) + "\n")
             (tmp / "space.json").write_text(json.dumps(space.to_dict()) + "\n")
-            changes = pd.DataFrame(tables.diff(space, learned), columns=["opcode", "column", "stock", "learned"])
+            changes = pd.DataFrame(tables.diff_entries(table_file["_stock"], learned),
+                                   columns=["opcode", "column", "stock", "learned"])
             changes.to_csv(tmp / "diff.csv", index=False)
             plots.optimization(outcomes, tmp / "optimization.png", f"llvm-mca -mcpu={config.mcpu}: per-instruction tables")
             plots.table_diff(changes, tmp / "diff.png", f"llvm-mca -mcpu={config.mcpu}: learned vs stock")

@@ -79,7 +79,7 @@ def test_table_space_round_trips(annotated):
     table = space.table(values)
     assert (space.values(table) == values).all()
     assert space.table(space.defaults) == {}
-    changes = tables.diff(space, table)
+    changes = tables.diff_entries(space.stock(table), table)
     assert len(changes) == int((values != space.defaults).sum())
     assert all(space.values(table)[space.row(c["opcode"]), space.columns.index(c["column"])] == c["learned"]
                for c in changes)

@@ -21,6 +21,7 @@ one opcode at a time, and a resumed collection draws the same ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -81,10 +82,11 @@ def entry_of(instruction: Instruction) -> dict:
     return {**entry, "ports": values}
 
 
-def _bounds(field: str, default: int) -> tuple[int, int]:
-    if field == "latency":
+def _bounds(column: str, default: int) -> tuple[int, int]:
+    """The range a value may take: latency, micro-ops, or (any other column) cycles on a resource."""
+    if column == "latency":
         return 0, max(10, 2 * default)
-    if field == "uops":
+    if column == "uops":
         return min(1, default), max(4, 2 * default)
     return min(1, default), max(3, 2 * default)  # cycles on a resource the stock entry lists
 
@@ -161,8 +163,7 @@ class TableSpace:
                     defaults[i, j], tunable[i, j] = stock[opcode].values[column], True
         low, high = np.zeros_like(defaults), np.zeros_like(defaults)
         for (i, j), default in np.ndenumerate(defaults):
-            field = columns[j] if j < len(FIXED) else "res"
-            low[i, j], high[i, j] = _bounds(field, int(default)) if tunable[i, j] else (default, default)
+            low[i, j], high[i, j] = _bounds(columns[j], int(default)) if tunable[i, j] else (default, default)
         return cls(mcpu, resources, opcodes, defaults, tunable, low, high)
 
     @property
@@ -171,13 +172,12 @@ class TableSpace:
         return int(self.tunable.sum())
 
     def row(self, opcode: str) -> int:
-        return self._rows[opcode]
+        """The opcode's row, -1 for one the space does not tune."""
+        return self._rows.get(opcode, -1)
 
-    @property
+    @functools.cached_property
     def _rows(self) -> dict[str, int]:
-        if not hasattr(self, "_row_cache"):
-            self._row_cache = {o: i for i, o in enumerate(self.opcodes)}
-        return self._row_cache
+        return {o: i for i, o in enumerate(self.opcodes)}
 
     def table(self, values: np.ndarray, changed_only: bool = True) -> dict[str, dict]:
         """Values (opcodes, columns) as a per-instruction table: the entries that differ from the
@@ -258,28 +258,23 @@ def diff_entries(stock: Mapping[str, Mapping], learned: Mapping[str, Mapping]) -
     return changes
 
 
-def diff(space: TableSpace, table: Mapping[str, Mapping]) -> list[dict]:
-    """Every value a table changes from the stock one: opcode, column, stock, learned."""
-    learned = space.values(table)
-    changes = []
-    for i, j in zip(*np.nonzero(learned != space.defaults), strict=True):
-        changes.append({"opcode": space.opcodes[i], "column": space.columns[j],
-                        "stock": int(space.defaults[i, j]), "learned": int(learned[i, j])})
-    return changes
-
-
 def dumps(table: Mapping) -> str:
     return json.dumps(table, sort_keys=True, separators=(",", ":"))
+
+
+def learned_file(name: str) -> dict:
+    """A learned table file that ships with the package, notes included (`table_file`)."""
+    path = PACKAGED / f"{name}.json"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in PACKAGED.glob("*.json"))) or "none"
+        raise SurrogateOpsError(f"no learned table {name!r} ships with surrogate-ops (shipped: {shipped})")
+    return json.loads(path.read_text())
 
 
 def learned(name: str) -> dict:
     """A learned table that ships with the package (`--params learned:haswell`), as `--params`
     takes it: {"per_instruction": {...}}."""
-    path = PACKAGED / f"{name}.json"
-    if not path.is_file():
-        shipped = ", ".join(sorted(p.stem for p in PACKAGED.glob("*.json"))) or "none"
-        raise SurrogateOpsError(f"no learned table {name!r} ships with surrogate-ops (shipped: {shipped})")
-    return {"per_instruction": json.loads(path.read_text())["per_instruction"]}
+    return {"per_instruction": learned_file(name)["per_instruction"]}
 
 
 def table_file(table: Mapping[str, Mapping], stock: Mapping[str, Mapping], mcpu: str, **notes: object) -> dict:
