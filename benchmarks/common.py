@@ -22,18 +22,21 @@ from surrogate_ops.inference import Predictor
 DEFAULT_BHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bhive"
 
 
-def bhive_hexes(path: Path, limit: int, skip_may_alias: bool = True) -> list[str]:
-    """The first `limit` distinct hex blocks of a BHive CSV (may-alias blocks left out)."""
+def bhive_hexes(path: Path | list[Path], limit: int, skip_may_alias: bool = True) -> list[str]:
+    """The first `limit` distinct hex blocks of one or more BHive CSVs, read in turn (may-alias
+    blocks, listed beside the first, left out)."""
+    paths = [path] if isinstance(path, Path) else path
     alias = set()
-    if skip_may_alias and (path.parent / "may-alias.csv").is_file():
-        alias = read_hex_list(path.parent / "may-alias.csv")
+    if skip_may_alias and (paths[0].parent / "may-alias.csv").is_file():
+        alias = read_hex_list(paths[0].parent / "may-alias.csv")
     seen: dict[str, None] = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["hex"] not in alias:
-                seen.setdefault(row["hex"], None)
-            if len(seen) >= limit:
-                break
+    for one in paths:
+        with open(one, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if len(seen) >= limit:
+                    return list(seen)
+                if row["hex"] not in alias:
+                    seen.setdefault(row["hex"], None)
     return list(seen)
 
 
@@ -47,7 +50,7 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def passes(model: str, engine: str, source: str, hexes: list[str], texts: list[str], batch_size: int = 256,
+def passes(model: str, engine: str, source: str, hexes: list[str], texts: list[str], batch_size: int | None = None,
            ) -> tuple[float, float, np.ndarray]:
     """Seconds of a first and a second pass over the blocks, from `source` (text, or hex
     disassembled on the way), and the cycles; run it in a fresh process (`fresh`) for a cold first pass."""
