@@ -138,13 +138,17 @@ def buckets(blocks: Sequence[Encoded] | Flat, batch_size: int = 256, token_budge
 
 
 def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded] | Flat, batch_size: int = 256,
-                params: np.ndarray | None = None, overlap: bool = False, token_budget: int | None = None) -> np.ndarray:
+                params: np.ndarray | None = None, overlap: bool = False, token_budget: int | None = None,
+                lanes: int = 1) -> np.ndarray:
     """An engine's outputs for tokenized blocks, in input order, computed over length buckets of at
     most `token_budget` padded tokens [default: 128 per block of `batch_size`, at least 32,768].
     `params` (one row per block) goes to the engine beside the tokens (conditioned surrogates).
     `overlap`: pad the next batch on a second thread while the engine runs this one (for a GPU
-    engine, whose host side would otherwise leave the device idle). An engine answers a value per
-    block (cycles), or a row (a confident surrogate's cycles and estimated error): so does this."""
+    engine, whose host side would otherwise leave the device idle). `lanes`: batches run this many at
+    a time on threads (a CPU engine on many cores: several calls of a few threads each keep the cores
+    busier than one call of all of them, whose threads mostly wait on each other at these sizes).
+    An engine answers a value per block (cycles), or a row (a confident surrogate's cycles and
+    estimated error): so does this."""
     result: np.ndarray | None = None
     batches = buckets(blocks, batch_size, token_budget=token_budget or max(32768, 128 * batch_size))
 
@@ -157,6 +161,15 @@ def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded] | F
     def padded(index: np.ndarray) -> np.ndarray:
         return blocks.take(index) if isinstance(blocks, Flat) else pad([blocks[i] for i in index])
 
+    if lanes > 1 and len(batches) > 1:
+        def one(index: np.ndarray) -> np.ndarray:
+            tokens = padded(index)
+            return engine(tokens) if params is None else engine(tokens, params[index])
+
+        with ThreadPoolExecutor(lanes) as pool:
+            for index, out in zip(batches, pool.map(one, batches), strict=True):
+                put(index, out)
+        return result if result is not None else np.empty(0)
     if overlap and len(batches) > 1:
         with ThreadPoolExecutor(1) as pool:
             ahead = pool.submit(padded, batches[0])

@@ -217,6 +217,7 @@ ENGINES: dict[str, Callable[[ModelDir, int | None], Engine]] = {
     "torch": torch_engine, "onnxruntime": onnx_engine, "tvm": tvm_engine,
     "tvm-cuda": tvm_cuda_engine, "torch-cuda": torch_cuda_engine}
 CONDITIONED = ("onnxruntime", "torch")  # the engines that take a parameter-conditioned surrogate
+LANE_ENGINES = ("onnxruntime", "torch")  # CPU engines whose calls may run side by side on threads
 
 
 def gpu_present() -> bool:
@@ -247,8 +248,11 @@ def fastest(model: ModelDir) -> str:
     return best
 
 
-def load(name: str, model: ModelDir, threads: int | None = None) -> tuple[str, Engine]:
-    """(the engine's name, the engine) for `name`, "auto" resolved on this host (see `fastest`)."""
+def load(name: str, model: ModelDir, threads: int | None = None, lane_threads: int | None = None,
+         ) -> tuple[str, Engine]:
+    """(the engine's name, the engine) for `name`, "auto" resolved on this host (see `fastest`);
+    `lane_threads`: the threads of one of several side-by-side calls, for a `LANE_ENGINES` engine
+    not given `threads`."""
     conditioned = bool(model.program_parameters)
     if name == "auto":
         name = "onnxruntime" if conditioned else fastest(model)
@@ -261,6 +265,8 @@ def load(name: str, model: ModelDir, threads: int | None = None) -> tuple[str, E
         raise SurrogateOpsError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
     if conditioned and name not in CONDITIONED:
         raise SurrogateOpsError(f"a parameter-conditioned surrogate runs on {' or '.join(CONDITIONED)}, not {name}")
+    if threads is None and name in LANE_ENGINES:
+        threads = lane_threads
     return name, ENGINES[name](model, threads)
 
 

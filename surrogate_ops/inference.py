@@ -27,11 +27,18 @@ from surrogate_ops.modeldir import ModelDir
 # token ids, dependency effects, each bounded too), each at most asm.MAX_LINE characters: bounded in
 # bytes, so that memory does not grow with the input.
 LINE_CACHE = 1 << 17
-CPU_BATCH, GPU_BATCH = 256, 4096  # blocks per network call: a GPU needs large batches to stay busy
+# Blocks per network call: a GPU needs large batches to stay busy. On an H200, the bundled Haswell
+# surrogate's network ran 218,079 blocks/s at 4,096, 330,950 at 16,384 and 295,182 at 65,536.
+CPU_BATCH, GPU_BATCH = 256, 16384
 # Padded tokens per network call on a CPU: finer length buckets waste less on padding. On 10,000
 # BHive blocks in requests of 64, the network ran 14,066 blocks/s at 8,192 (with batching.MIN_BATCH)
 # against 8,289 at 32,768; in requests of 256, 19,987 against 15,929; all at once, 30,466 against 30,471.
 CPU_TOKENS = 8192
+# Threads per network call on a CPU; the other cores run other calls beside it (`batching.run_batched`'s
+# lanes). One call's threads mostly wait on each other at these sizes: on a 16-core machine, ONNX
+# Runtime with 16 threads on one call ran the network at 16,569 blocks/s, below its 34,274 with 2
+# threads on these 2 cores, where two calls of one thread each ran 71,515 (torch: 32,588 and 36,835).
+LANE_THREADS = 1
 _SKIP, _SLOW = object(), object()  # line-cache markers: a blank line; a bare prefix (general path)
 PARALLEL_MIN = 16384  # blocks in one call from which worker processes share the encoding
 _FORKING: Predictor | None = None  # what a new encoding worker inherits (set while its pool forks)
@@ -60,22 +67,28 @@ class Predictor:
         """`line_cache`: distinct raw lines remembered (about 1 KB each with what they hold): a
         service holding its memory to a budget remembers fewer than a batch run over millions.
         `workers`: processes that encode a large call's blocks side by side [default: the cores];
-        each keeps its own line cache, and sends back flat arrays (`batching.Flat`)."""
+        each keeps its own line cache, and sends back flat arrays (`batching.Flat`). `threads`: one
+        network call at a time on this many threads; left out, a CPU engine runs a call per core
+        side by side, one thread each (`LANE_THREADS`)."""
         self.model = ModelDir.open(model)
         self.meta = self.model.meta
         self.tokenizer = self.model.tokenizer()
         program = self.model.program_parameters
         self.parameter_names: list[str] = list(program.get("names", []))
         self.expert_defaults: dict = dict(program.get("expert_defaults", {}))
-        self.engine_name, self.engine = engines.load(engine, self.model, threads)
-        self.on_gpu = self.engine_name.endswith("cuda")
-        self.confident = self.model.arch == "confident"  # the network also estimates its error per block
-        self.batch_size = batch_size or (GPU_BATCH if self.on_gpu else CPU_BATCH)
         self.max_instructions = self.model.max_instructions
         self._lines: dict[str, object] = {}  # raw line -> (ids, has unknown) | BlockError | _SKIP | _SLOW
         self.line_cache = line_cache
-        self.workers = workers or len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
+        self.workers = workers or cores
         self._pool = None
+        lanes = 1 if threads else max(1, cores // LANE_THREADS)
+        self.engine_name, self.engine = engines.load(engine, self.model, threads,
+                                                     lane_threads=LANE_THREADS if lanes > 1 else None)
+        self.lanes = lanes if self.engine_name in engines.LANE_ENGINES else 1
+        self.on_gpu = self.engine_name.endswith("cuda")
+        self.confident = self.model.arch == "confident"  # the network also estimates its error per block
+        self.batch_size = batch_size or (GPU_BATCH if self.on_gpu else CPU_BATCH)
 
     def encode(self, text: str, index: int) -> tuple[list[tuple[int, ...]], bool]:
         """Token ids per instruction of a raw block, and whether any token is unknown; BlockError if
@@ -257,7 +270,7 @@ class Predictor:
         if scaled is None and self.parameter_names:
             scaled = self.scaled(None, len(encoded))
         out = run_batched(self.engine, encoded, self.batch_size, scaled, overlap=self.on_gpu,
-                          token_budget=None if self.on_gpu else CPU_TOKENS)
+                          token_budget=None if self.on_gpu else CPU_TOKENS, lanes=self.lanes)
         if out.ndim == 2:
             return out[:, 0], out[:, 1]
         return out, None

@@ -49,8 +49,9 @@ def test_unknown_tokens_are_named():
     assert known.unknown == ()
 
 
-def test_overlapped_batching_gives_the_same_answers_in_order():
-    """Padding the next batch beside the running one (the GPU path) changes nothing but timing."""
+def test_overlapped_and_side_by_side_batching_give_the_same_answers_in_order():
+    """Padding the next batch beside the running one (the GPU path), or running batches side by
+    side on threads (CPU engines on many cores), changes nothing but timing."""
     from surrogate_ops.batching import run_batched
     from surrogate_ops.blocks.generate import generate
 
@@ -64,8 +65,9 @@ def test_overlapped_batching_gives_the_same_answers_in_order():
 
     plain = run_batched(engine, encoded, batch_size=64)
     overlapped = run_batched(engine, encoded, batch_size=64, overlap=True)
-    assert len(calls) > 2 * 10 and max(calls) <= 64
-    assert np.array_equal(plain, overlapped)
+    side_by_side = run_batched(engine, encoded, batch_size=64, lanes=3)
+    assert len(calls) > 3 * 10 and max(calls) <= 64
+    assert np.array_equal(plain, overlapped) and np.array_equal(plain, side_by_side)
     assert plain.shape == (700, 2)  # the bundled surrogates are confident: cycles, then estimated error
     assert np.allclose(plain[:, 0], predictor.predict_encoded(encoded), rtol=1e-5)  # other batch sizes, same answers
 
