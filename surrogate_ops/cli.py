@@ -432,8 +432,13 @@ def _shape_option(ctx, param, value: str) -> tuple[int, int, int]:
 @cli.command("compile")
 @click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="models:/NAME@ALIAS or models:/NAME/VERSION.")
-@click.option("--platform", type=click.Choice(PLATFORMS), default="x86", show_default=True,
+@click.option("--platform", "--target", "platform", type=click.Choice(PLATFORMS), default="x86", show_default=True,
               help="Where the build runs. x86: this host's CPU; arm64: aarch64 Linux (cross-built); cuda: NVIDIA GPUs.")
+@click.option("--verify", is_flag=True,
+              help="Also run a foreign build here and fail unless it agrees with ONNX Runtime: arm64 under QEMU's "
+                   "user-mode emulation with an aarch64 TVM runtime (max rel diff <= 1e-4). The emulated machine is "
+                   "made once in the work directory (needs qemu-user-static and mmdebstrap). Builds for this host "
+                   "are always checked.")
 @click.option("--tvm-cpu", help="The CPU TVM generates code for (x86/arm64) [default: this host's, detected, for x86].")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Directory for <platform>.so and <platform>.json.")
@@ -445,7 +450,8 @@ def _shape_option(ctx, param, value: str) -> tuple[int, int, int]:
 @click.option("--tune-kernels", type=click.IntRange(min=1), default=4, show_default=True,
               help="How many of the heaviest kernels (by FLOPs) to tune.")
 @_tracking_option
-def compile_command(model_uri, platform, tvm_cpu, out, tune_minutes, tune_shape, tune_kernels, tracking_uri) -> None:
+def compile_command(model_uri, platform, tvm_cpu, out, verify, tune_minutes, tune_shape, tune_kernels,
+                     tracking_uri) -> None:
     """Compile a registered surrogate with Apache TVM for a platform; log the build to the model
     version's run and tag the version, so users and the service can pick a build for their hardware.
 
@@ -463,7 +469,7 @@ def compile_command(model_uri, platform, tvm_cpu, out, tune_minutes, tune_shape,
     click.echo(f"ONNX (opset {onnx_opset(model)}, dynamic batch/instructions/tokens): {check_onnx(model, blocks)}")
     build = compiler.compile_model(model, platform, Path(out), tvm_cpu, example_batch(model.tokenizer(), blocks),
                                    tune_minutes=tune_minutes, tune_shape=tune_shape, tune_kernels=tune_kernels,
-                                   log=click.echo)
+                                   verify=verify, log=click.echo)
     folder = Builds(Path(out))
     registry.attach_build(name, version, platform, folder.files(platform), folder.database(platform), build.tags())
     if platform == engines.HOST_PLATFORM:  # the local copy of the version picks its host build up at once
@@ -471,12 +477,16 @@ def compile_command(model_uri, platform, tvm_cpu, out, tune_minutes, tune_shape,
     click.echo(f"built {build.library} for {platform} ({build.tvm_target}) in {build.seconds:.1f} s")
     if build.tuning:
         click.echo(build.tuned)
-    if build.max_rel_diff is not None:
+    if build.verified:
+        click.echo(f"verified: {build.verified}: max abs diff {build.max_abs_diff:.3g}, max rel diff "
+                   f"{build.max_rel_diff:.3g}; {build.emulated_blocks_per_s:,.0f} blocks/s emulated (for the record only)")
+    elif build.max_rel_diff is not None:
         click.echo(f"TVM vs ONNX Runtime on {len(blocks)} real blocks: max abs diff {build.max_abs_diff:.3g}, "
                    f"max rel diff {build.max_rel_diff:.3g}; {build.blocks_per_s:,.0f} blocks/s (ONNX Runtime "
                    f"{build.onnxruntime_blocks_per_s:,.0f} blocks/s, network only)")
     elif not build.runs_here:
-        click.echo(f"not run here: the {platform} build loads only on {engines.platforms()[platform]['runs_on']}")
+        click.echo(f"not run here: the {platform} build loads only on {engines.platforms()[platform]['runs_on']}"
+                   + (" (--verify runs it under emulation)" if "emulate" in engines.platforms()[platform] else ""))
     click.echo(f"logged to run {registry.run_of(name, version)} under builds/{platform}; tagged on {name} v{version}")
 
 

@@ -9,7 +9,8 @@ default Relax pipeline for the platform's TVM target, and exported as a shared l
     cuda    NVIDIA GPUs; builds anywhere, loads only where a GPU is
 
 Platforms are data (presets/platforms.json). A build that can run here is checked against ONNX
-Runtime on real blocks and timed; the build, its figures and the TVM target are written to the
+Runtime on real blocks and timed; with `verify`, an arm64 build is run here under QEMU's user-mode
+emulation with an aarch64 TVM runtime (`emulation`) and must agree within `EMULATED_RTOL`; the build, its figures and the TVM target are written to the
 output folder as `<platform>.so` and `<platform>.json` (`modeldir.Builds`). An architecture whose
 ONNX graph TVM cannot import (the ONNX LSTM of `ithemal`) is refused with that reason: ONNX Runtime
 stays its engine.
@@ -32,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from surrogate_ops import datasets, engines
+from surrogate_ops import datasets, emulation, engines
 from surrogate_ops.blocks import SAMPLE_BLOCKS
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.export import compare
+from surrogate_ops.export import compare, example_batch
 from surrogate_ops.modeldir import Builds, ModelDir
 
+EMULATED_RTOL = 1e-4  # a foreign build's largest relative difference from ONNX Runtime, run under emulation
 UNSUPPORTED = {"ithemal": "its ONNX LSTM operator has no importer in TVM's Relax ONNX frontend",
                "conditioned": "its graph takes llvm-mca's parameters beside the tokens; the builds here serve "
                               "token-only surrogates"}
@@ -59,15 +61,21 @@ class Build:
     onnxruntime_blocks_per_s: float | None = None
     tuned: str = "no (default Relax pipeline)"
     tuning: dict | None = None
+    verified: str | None = None  # how a foreign build was run here against ONNX Runtime (emulation)
+    emulated_blocks_per_s: float | None = None  # under emulation: for the record, not the platform's speed
 
     def tags(self) -> dict[str, str]:
         """What the registered version records of the build."""
         p = self.platform
         tags = {f"build_{p}_target": str(self.tvm_target), f"build_{p}_tvm": self.tvm_version, f"build_{p}_tuned": self.tuned}
         if self.max_rel_diff is not None:
-            tags.update({f"build_{p}_max_rel_diff": f"{self.max_rel_diff:.3g}",
-                         f"build_{p}_blocks_per_s": f"{self.blocks_per_s:.0f}",
+            tags[f"build_{p}_max_rel_diff"] = f"{self.max_rel_diff:.3g}"
+        if self.blocks_per_s is not None:
+            tags.update({f"build_{p}_blocks_per_s": f"{self.blocks_per_s:.0f}",
                          f"build_{p}_onnxruntime_blocks_per_s": f"{self.onnxruntime_blocks_per_s:.0f}"})
+        if self.verified:
+            tags.update({f"build_{p}_verified": self.verified,
+                         f"build_{p}_emulated_blocks_per_s": f"{self.emulated_blocks_per_s:.0f}"})
         return tags
 
 
@@ -95,9 +103,11 @@ def resolve_platform(name: str, tvm_cpu: str | None = None) -> tuple[dict, dict]
 def compile_model(model: ModelDir, platform: str, out_dir: Path, tvm_cpu: str | None = None,
                   check_tokens: np.ndarray | None = None, tune_minutes: float = 0,
                   tune_shape: tuple[int, int, int] = (256, 16, 16), tune_kernels: int = 4,
-                  log=print) -> Build:
+                  verify: bool = False, log=print) -> Build:
     """Compile `model`'s ONNX graph for `platform` into `out_dir/<platform>.so` (+ `.json`); with
-    `tune_minutes`, also a meta-schedule-tuned static-shape build `<platform>-tuned.so` (host only)."""
+    `tune_minutes`, also a meta-schedule-tuned static-shape build `<platform>-tuned.so` (host only).
+    A build that runs here is checked against ONNX Runtime on `check_tokens`; with `verify`, a
+    foreign one too, run under emulation (`emulation`), and refused above `EMULATED_RTOL`."""
     import onnx
     import tvm
     from tvm import relax
@@ -108,6 +118,12 @@ def compile_model(model: ModelDir, platform: str, out_dir: Path, tvm_cpu: str | 
         raise SurrogateOpsError(f"{model.arch} cannot be compiled with TVM: {UNSUPPORTED[model.arch]}; "
                                 "ONNX Runtime remains this model's engine")
     row, spec = resolve_platform(platform, tvm_cpu)
+    runs_here = engines.runs_here(platform)
+    if verify and not runs_here and "emulate" not in row:
+        raise SurrogateOpsError(f"the {platform} build cannot be verified here: it runs only on {row['runs_on']}, "
+                                "and the platform has no emulator entry")
+    if verify and not runs_here:
+        emulation.emulator(platform)  # missing QEMU is said before the compile, not after
     start = time.time()
     mod = from_onnx(onnx.load(str(model.onnx)), keep_params_in_input=False)
     tvm_target = tvm.target.Target(spec)
@@ -117,9 +133,12 @@ def compile_model(model: ModelDir, platform: str, out_dir: Path, tvm_cpu: str | 
     executable.export_library(str(out.library(platform)), **({"cc": row["cc"]} if row["cc"] else {}))
     tuned = "no (default Relax pipeline)" if spec["kind"] == "llvm" else "dlight default GPU schedules"
     build = Build(platform=platform, library=str(out.library(platform)), tvm_target=spec, tvm_version=tvm.__version__,
-                  seconds=time.time() - start, runs_here=engines.runs_here(platform), tuned=tuned)
+                  seconds=time.time() - start, runs_here=runs_here, tuned=tuned)
     if build.runs_here and check_tokens is not None:
         build = _check(build, model, check_tokens)
+    elif verify:
+        build = _check_emulated(build, model, check_tokens if check_tokens is not None else
+                                example_batch(model.tokenizer(), list(SAMPLE_BLOCKS)), log)
     if tune_minutes:
         build = _tune(build, model, out, check_tokens, tune_minutes, tune_shape, tune_kernels, log)
     out.record_path(platform).write_text(json.dumps(asdict(build), indent=1))
@@ -150,6 +169,24 @@ def _check(build: Build, model: ModelDir, tokens: np.ndarray) -> Build:
     return Build(**{**asdict(build), "max_abs_diff": agreement.max_abs, "max_rel_diff": agreement.max_rel,
                     "blocks_per_s": engines.time_engine(candidate, tokens),
                     "onnxruntime_blocks_per_s": engines.time_engine(reference, tokens)})
+
+
+def _check_emulated(build: Build, model: ModelDir, tokens: np.ndarray, log) -> Build:
+    """A foreign build run under emulation against ONNX Runtime here on real blocks; refused above
+    `EMULATED_RTOL`. The record is written either way, so a refused build says why."""
+    ran = emulation.run_build(build.platform, Path(build.library), tokens, log=log)
+    reference = engines.onnx_engine(model)(tokens)
+    diff = np.abs(np.asarray(reference, np.float64) - ran.outputs)
+    build = Build(**{**asdict(build), "max_abs_diff": float(diff.max(initial=0)),
+                     "max_rel_diff": float((diff / np.maximum(np.abs(reference), 1e-6)).max(initial=0)),
+                     "verified": f"{len(tokens)} blocks under {ran.emulator} (Python {ran.python}, TVM {ran.tvm} runtime) "
+                                 "against ONNX Runtime here",
+                     "emulated_blocks_per_s": ran.blocks_per_s})
+    if not np.isfinite(ran.outputs).all() or build.max_rel_diff > EMULATED_RTOL:
+        Builds(Path(build.library).parent).record_path(build.platform).write_text(json.dumps(asdict(build), indent=1))
+        raise SurrogateOpsError(f"the {build.platform} build disagrees with ONNX Runtime under emulation: max rel diff "
+                                f"{build.max_rel_diff:.3g} above {EMULATED_RTOL:g} (record: {build.platform}.json)")
+    return build
 
 
 def _tune(build: Build, model: ModelDir, out: Builds, tokens: np.ndarray | None, minutes: float,

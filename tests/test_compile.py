@@ -16,6 +16,7 @@ from surrogate_ops import compile as compiler
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.export import compare, example_batch
 from surrogate_ops.inference import Predictor
+from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.registry import BUNDLED
 
 from conftest import FIXTURES, rows
@@ -57,6 +58,40 @@ def test_arm64_build_is_an_aarch64_library(model, tmp_path):
     build = compiler.compile_model(model, "arm64", tmp_path)
     assert not build.runs_here and build.max_rel_diff is None
     assert elf_machine(Path(build.library)) == 183  # EM_AARCH64
+
+
+def test_compile_verify_runs_the_arm64_build_under_emulation(tmp_path, monkeypatch):
+    """`compile --target arm64 --verify`: the aarch64 library, run here by QEMU with an aarch64 TVM
+    runtime on real blocks, agrees with ONNX Runtime; the report goes with the build's record and
+    the version's tags. A build checked against another model's ONNX graph is refused, with its record."""
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
+    out = subprocess.run([*CLI, "compile", "--target", "arm64", "--verify", "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr
+    assert elf_machine(tmp_path / "out" / "arm64.so") == 183
+    record = json.loads((tmp_path / "out" / "arm64.json").read_text())
+    assert record["verified"].startswith("7 blocks under qemu-aarch64") and "TVM 0.27" in record["verified"]
+    assert record["max_rel_diff"] <= compiler.EMULATED_RTOL and record["emulated_blocks_per_s"] > 0
+    assert "verified: 7 blocks under qemu-aarch64" in out.stdout
+    from mlflow import MlflowClient
+
+    from surrogate_ops import tracking
+
+    tracking.configure(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    version = MlflowClient().get_model_version_by_alias("llvm-mca-haswell", "champion")
+    assert float(version.tags["build_arm64_max_rel_diff"]) <= 1e-4 and "qemu-aarch64" in version.tags["build_arm64_verified"]
+    # the same aarch64 library against the Skylake surrogate's graph: the check must fail, and say so
+    build = compiler.Build(**{k: v for k, v in record.items() if k in compiler.Build.__dataclass_fields__})
+    monkeypatch.setenv("SURROGATE_OPS_HOME", env["SURROGATE_OPS_HOME"])  # the emulated machine made above
+    tokens = example_batch(Predictor(BUNDLED).tokenizer, BLOCKS)
+    with pytest.raises(SurrogateOpsError, match="disagrees with ONNX Runtime under emulation"):
+        compiler._check_emulated(build, ModelDir.open(BUNDLED.parent / "llvm-mca-skylake"), tokens, print)
+    assert json.loads((tmp_path / "out" / "arm64.json").read_text())["max_rel_diff"] > 1e-4
+
+
+def test_verify_without_an_emulator_entry_is_a_clear_error(model, tmp_path):
+    with pytest.raises(SurrogateOpsError, match="cuda build cannot be verified here: it runs only on cuda"):
+        compiler.compile_model(model, "cuda", tmp_path, verify=True)
 
 
 def test_cuda_build_compiles_without_a_gpu(model, tmp_path):
