@@ -34,7 +34,6 @@ from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
 from surrogate_ops.modeldir import ModelDir
-from surrogate_ops.registry import bundled_uris
 from surrogate_ops.serving import Limits, Rejected, Server
 
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"  # models/<mcpu>/, one per CPU the bento serves
@@ -48,6 +47,8 @@ def _model_uri() -> str:
     carried = sorted(p for p in BUNDLED_MODELS.glob("*") if ModelDir.holds_one(p)) if BUNDLED_MODELS.is_dir() else []
     if carried:
         return ",".join(map(str, carried))
+    from surrogate_ops.registry import bundled_uris  # MLflow: only where no models are carried (not in an image)
+
     return ",".join(bundled_uris())
 
 

@@ -2,9 +2,11 @@
 
 `build(uris)` stages the checkout's `bento/` folder (service.py, bentofile.yaml) in a scratch folder
 with `models/<mcpu>/` for each version (its model directory, its host build included, without the
-torch checkpoint and tuning databases; stamped with its registered version), `wheels/` (the surrogate-ops wheel)
-and `params.json` when the fallback's llvm-mca gets parameters, then runs `bentoml build` there.
-`bentoml containerize <tag>` makes the image where a container engine is.
+torch checkpoint and tuning databases; stamped with its registered version), `surrogate_ops/` (the
+package's source, which the service imports, without the bundled models) and `params.json` when the
+fallback's llvm-mca gets parameters. The bentofile's packages are pinned to the versions installed
+here, so a container answers as this host does; then `bentoml build` runs there.
+`surrogate-ops containerize <tag>` makes the image (`containers`).
 """
 
 from __future__ import annotations
@@ -47,10 +49,29 @@ def build(model_uris: list[str], mca_params: dict | None = None) -> tuple[str, l
             ModelDir.open(folder).stamp(f"{name}/{version}")
         if mca_params:
             (stage / "params.json").write_text(json.dumps(mca_params))
-        for command in ([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                         str(stage / "wheels"), str(root.parent)],
-                        [sys.executable, "-m", "bentoml", "build", ".", "--output", "tag"]):
-            proc = subprocess.run(command, capture_output=True, text=True, check=False, cwd=stage)
-            if proc.returncode:
-                raise SurrogateOpsError(f"{' '.join(command[2:4])} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        package = Path(__file__).resolve().parent
+        shutil.copytree(package, stage / "surrogate_ops", ignore=shutil.ignore_patterns("pretrained", "__pycache__"))
+        _pin_packages(stage / "bentofile.yaml")
+        command = [sys.executable, "-m", "bentoml", "build", ".", "--output", "tag"]
+        proc = subprocess.run(command, capture_output=True, text=True, check=False, cwd=stage)
+        if proc.returncode:
+            raise SurrogateOpsError(f"bentoml build failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     return proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:"), carried
+
+
+def _pin_packages(bentofile: Path) -> None:
+    """Each of the bentofile's Python packages at the version installed here."""
+    from importlib import metadata
+
+    import yaml
+
+    spec = yaml.safe_load(bentofile.read_text())
+    pinned = []
+    for requirement in spec["python"]["packages"]:
+        name = requirement.split("=")[0].split(">")[0].split("<")[0].strip()
+        try:
+            pinned.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            raise SurrogateOpsError(f"the bento's {name} is not installed here: pip install {name}") from None
+    spec["python"]["packages"] = pinned
+    bentofile.write_text(yaml.safe_dump(spec, sort_keys=False))

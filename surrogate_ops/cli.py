@@ -777,14 +777,49 @@ def serve(model_uris, host, port, params, tracking_uri) -> None:
 @_tracking_option
 def bento(model_uris, params, tracking_uri) -> None:
     """Build a bento, offline: bento/service.py and bentofile.yaml with the model (and its TVM build
-    for this host, if any) and the package wheel, staged in a scratch folder, then `bentoml build`.
-    `bentoml containerize surrogate-ops:latest` makes the image where a Docker engine is."""
+    for this host, if any) and the package's source, staged in a scratch folder, then `bentoml build`.
+    `surrogate-ops containerize --bento TAG` makes its container image with podman."""
+    tag = _bento(model_uris, params)
+    click.echo(f"container image: surrogate-ops containerize --bento {tag}")
+
+
+def _bento(model_uris, params) -> str:
     from surrogate_ops import bento as packing
     from surrogate_ops import registry
 
     tag, carried = packing.build(list(model_uris) or registry.bundled_uris(), _checked_params(params) if params else None)
     click.echo(f"built bento {tag} carrying {', '.join(f'{name} v{version}' for name, version in carried)}")
-    click.echo(f"container image (needs Docker): bentoml containerize {tag}")
+    return tag
+
+
+@cli.command()
+@click.option("--bento", "bento_tag", metavar="TAG", help="A bento built by `surrogate-ops bento` [default: build one "
+              "now from --model and --params].")
+@click.option("--model", "model_uris", multiple=True,
+              help="models:/NAME@ALIAS or models:/NAME/VERSION, for a new bento; repeatable, one per mcpu "
+                   "[default: the champion of every bundled CPU's surrogate].")
+@click.option("--params", metavar="JSON", help="llvm-mca parameters for a new bento's fallback." + PARAMS_HELP)
+@click.option("--image", help="The image's name [default: localhost/surrogate-ops:<bento version>].")
+@click.option("--rebuild-base", is_flag=True, help="Make the base image again from the Debian archive.")
+@_tracking_option
+def containerize(bento_tag, model_uris, params, image, rebuild_base, tracking_uri) -> None:
+    """Build the service's OCI image with podman, no registry needed: the bento's own Dockerfile (from
+    `bentoml build`) on a base image made here from the Debian archive (Python, llvm-mca for the
+    fallback, uv), holding the service, its models, ONNX Runtime and numpy (no torch, MLflow or TVM
+    compiler). The host's pip settings (CA bundle, find-links) reach the build's steps, not the image.
+    Set-up once: `bash deploy/podman-setup.sh`. Check the image: `python deploy/smoke_test.py IMAGE`."""
+    from surrogate_ops import containers
+
+    if bento_tag and (model_uris or params):
+        raise click.UsageError("--bento names a built bento; --model and --params are for building a new one")
+    containers.podman()  # said before any work
+    if params and "per_instruction" in _checked_params(params):
+        raise click.UsageError("a per-instruction table needs the parametric llvm-mca driver, compiled against LLVM's "
+                               "development files, which the image does not carry: serve it with `surrogate-ops serve`")
+    tag = bento_tag or _bento(model_uris, params)
+    built = containers.build(tag, image, rebuild_base, log=click.echo)
+    click.echo(f"built {built.name} ({built.size_mb:,.0f} MB, on {built.base}) in {built.seconds:.0f} s")
+    click.echo(f"run it: podman run --rm -p 3000:3000 {built.name}")
 
 
 @cli.command("build-native")

@@ -23,6 +23,7 @@ in ENGINES.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import platform as host
 import shutil
@@ -236,6 +237,8 @@ def fastest(model: ModelDir) -> str:
         return (record.get("blocks_per_s") or 0) / (record.get("onnxruntime_blocks_per_s") or float("inf"))
 
     best, best_gain = "onnxruntime", 1.0
+    if importlib.util.find_spec("tvm") is None:  # a slim serving install (a container image) has no TVM
+        return "torch-cuda" if gpu_present() and importlib.util.find_spec("torch") else best
     for platform, engine in ((HOST_PLATFORM, "tvm"), ("cuda", "tvm-cuda")):
         build = model.builds.record(platform)
         if build is None or not runs_here(platform):

@@ -359,7 +359,6 @@ class Server:
     def from_uri(cls, model_uri: str | Sequence[str], **kwargs) -> Server:
         """Load registered models (`models:/NAME@ALIAS`) or model directories, one per mcpu, from a URI,
         a comma-separated list or a list; a failure is kept in `load_error`, not raised."""
-        from surrogate_ops import registry
         from surrogate_ops.modeldir import ModelDir
 
         uris = [u.strip() for u in (model_uri.split(",") if isinstance(model_uri, str) else model_uri) if u.strip()]
@@ -367,6 +366,8 @@ class Server:
         for uri in uris:
             try:
                 if uri.startswith("models:/"):
+                    from surrogate_ops import registry  # MLflow: not in a container image, which carries directories
+
                     name, version = registry.resolve_version(uri)
                     loaded.append(registry.model_dir(f"models:/{name}/{version}"))
                     versions.append(f"{name}/{version}")
