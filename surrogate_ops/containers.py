@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.llvm_tools import run_checked
 
 BASE_IMAGE = "localhost/surrogate-ops-base:bookworm"
 SETUP_HINT = "run `bash deploy/podman-setup.sh` as root once (podman with runc, and mmdebstrap)"
@@ -59,16 +60,8 @@ def podman() -> str:
     return found
 
 
-def _run(command: list[str], what: str, timeout: float = 1800, **kwargs) -> str:
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
-    except FileNotFoundError:
-        raise SurrogateOpsError(f"{what}: {command[0]} is not installed; {SETUP_HINT}") from None
-    except subprocess.TimeoutExpired:
-        raise SurrogateOpsError(f"{what}: no answer in {timeout:.0f} s") from None
-    if proc.returncode:
-        raise SurrogateOpsError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return proc.stdout
+def _run(command: list[str], what: str, timeout: float = 1800) -> str:
+    return run_checked(command, what, SETUP_HINT, timeout)
 
 
 def exists(image: str) -> bool:

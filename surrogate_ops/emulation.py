@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 from surrogate_ops import config, engines
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.llvm_tools import run_checked
 
 # What the emulated Python runs: the build, loaded by the TVM runtime alone, on the tokens given;
 # it saves the outputs and prints the blocks/s of repeated calls. It imports nothing of ours.
@@ -87,16 +87,8 @@ def emulator(platform: str) -> str:
                             "install QEMU's user-mode emulators (Debian: apt-get install -y qemu-user-static)")
 
 
-def _run(command: list[str], what: str, timeout: float = 900) -> str:
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise SurrogateOpsError(f"{what}: {command[0]} is not installed (Debian: apt-get install -y {command[0]})") from None
-    except subprocess.TimeoutExpired:
-        raise SurrogateOpsError(f"{what}: no answer in {timeout:.0f} s") from None
-    if proc.returncode:
-        raise SurrogateOpsError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
-    return proc.stdout
+def _run(command: list[str], what: str, timeout: float = 900, env: dict[str, str] | None = None) -> str:
+    return run_checked(command, what, "Debian: apt-get install -y qemu-user-static mmdebstrap", timeout, env)
 
 
 def _pinned(names: list[str]) -> list[str]:
@@ -156,14 +148,7 @@ def run_build(platform: str, library: Path, tokens: np.ndarray, seconds: float =
         runner.write_text(RUNNER)
         np.save(batch, tokens)
         env = {**os.environ, "PYTHONPATH": str(home / "site"), "TVM_USE_RUNTIME_LIB": "1", "PYTHONNOUSERSITE": "1"}
-        try:
-            proc = subprocess.run([qemu, "-L", str(home / "root"), str(python), str(runner), str(Path(library).resolve()),
-                                   str(batch), str(out), str(seconds)], capture_output=True, text=True, env=env,
-                                  timeout=600, check=False)
-        except subprocess.TimeoutExpired:
-            raise SurrogateOpsError(f"the emulated {platform} run gave no answer in 600 s") from None
-        if proc.returncode or not out.is_file():
-            raise SurrogateOpsError(f"the {platform} build failed under {Path(qemu).name} (exit {proc.returncode}): "
-                                    f"{proc.stderr[-1500:]}")
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        printed = _run([qemu, "-L", str(home / "root"), str(python), str(runner), str(Path(library).resolve()),
+                        str(batch), str(out), str(seconds)], f"the {platform} build under {Path(qemu).name}", 600, env)
+        report = json.loads(printed.strip().splitlines()[-1])
         return Emulated(np.load(out), report["blocks_per_s"], Path(qemu).name, report["python"], report["tvm"])

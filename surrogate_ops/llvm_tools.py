@@ -37,13 +37,13 @@ class ToolTimeout(SurrogateOpsError):
 
 
 def run_tool(command: Sequence[str], stdin: str = "", timeout: float | None = None,
-             nice: int = 0) -> subprocess.CompletedProcess:
+             nice: int = 0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a tool with `stdin` as input, in its own process group; past `timeout` seconds (default
     `TIMEOUT`) the whole group is killed and ToolTimeout raised. `nice` lowers its CPU priority (the
     service keeps its own threads ahead of batch simulations). OSError when it cannot start."""
     timeout = TIMEOUT if timeout is None else timeout
     proc = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env=env)
     if nice:
         try:
             os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
@@ -58,6 +58,21 @@ def run_tool(command: Sequence[str], stdin: str = "", timeout: float | None = No
         _kill_group(proc)
         raise
     return subprocess.CompletedProcess(list(command), proc.returncode, out, err)
+
+
+def run_checked(command: Sequence[str], what: str, hint: str, timeout: float,
+                env: dict[str, str] | None = None) -> str:
+    """`run_tool` for a build step (podman, mmdebstrap, pip, QEMU): its output, or a SurrogateOpsError
+    that names the step, says how to install a missing tool (`hint`), and quotes the end of its output."""
+    try:
+        proc = run_tool(command, timeout=timeout, env=env)
+    except FileNotFoundError:
+        raise SurrogateOpsError(f"{what}: {command[0]} is not installed; {hint}") from None
+    except ToolTimeout:
+        raise SurrogateOpsError(f"{what}: no answer in {timeout:.0f} s") from None
+    if proc.returncode:
+        raise SurrogateOpsError(f"{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc.stdout
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
