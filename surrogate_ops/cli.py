@@ -801,8 +801,12 @@ def _bento(model_uris, params) -> str:
 @click.option("--params", metavar="JSON", help="llvm-mca parameters for a new bento's fallback." + PARAMS_HELP)
 @click.option("--image", help="The image's name [default: localhost/surrogate-ops:<bento version>].")
 @click.option("--rebuild-base", is_flag=True, help="Make the base image again from the Debian archive.")
+@click.option("--arch", type=click.Choice(["amd64", "arm64"]),
+              help="The image's architecture [default: this host's]. A foreign one is built (and runs) here under "
+                   "QEMU's user-mode emulation, registered with the kernel's binfmt_misc (root): slow, for checking "
+                   "an edge image before it ships.")
 @_tracking_option
-def containerize(bento_tag, model_uris, params, image, rebuild_base, tracking_uri) -> None:
+def containerize(bento_tag, model_uris, params, image, rebuild_base, arch, tracking_uri) -> None:
     """Build the service's OCI image with podman, no registry needed: the bento's own Dockerfile (from
     `bentoml build`) on a base image made here from the Debian archive (Python, llvm-mca for the
     fallback, uv), holding the service, its models, ONNX Runtime and numpy (no torch, MLflow or TVM
@@ -817,7 +821,7 @@ def containerize(bento_tag, model_uris, params, image, rebuild_base, tracking_ur
         raise click.UsageError("a per-instruction table needs the parametric llvm-mca driver, compiled against LLVM's "
                                "development files, which the image does not carry: serve it with `surrogate-ops serve`")
     tag = bento_tag or _bento(model_uris, params)
-    built = containers.build(tag, image, rebuild_base, log=click.echo)
+    built = containers.build(tag, image, rebuild_base, log=click.echo, arch=arch)
     click.echo(f"built {built.name} ({built.size_mb:,.0f} MB, on {built.base}) in {built.seconds:.0f} s")
     click.echo(f"run it: podman run --rm -p 3000:3000 {built.name}")
 

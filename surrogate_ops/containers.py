@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform as host
 import re
 import shutil
 import subprocess
@@ -41,6 +42,10 @@ MIRRORS = ("deb http://deb.debian.org/debian bookworm main",
 PACKAGES = ("usr-is-merged", "python3", "python3-pip", "ca-certificates", "passwd", "llvm")
 _EXCLUDED = ("/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*", "/usr/share/doc/*")
 SERVICE_PORT = 3000  # where BentoML's entrypoint serves inside the image
+# Image architectures (Debian's names, as podman's --arch takes them): uv's wheel for each, and the
+# QEMU that runs a foreign one here (registered with the kernel: `emulation.register_binfmt`).
+ARCHES = {"amd64": {"machine": "x86_64", "uv_platform": "manylinux_2_17_x86_64"},
+          "arm64": {"machine": "aarch64", "uv_platform": "manylinux_2_17_aarch64"}}
 
 
 @dataclass(frozen=True)
@@ -72,28 +77,53 @@ def size_mb(image: str) -> float:
     return int(_run([podman(), "image", "inspect", "--format", "{{.Size}}", image], "podman image inspect")) / 1e6
 
 
-def base_image(rebuild: bool = False, log=print) -> str:
-    """`BASE_IMAGE`, made from the Debian archive when podman does not hold it yet (about 40 s)."""
-    if exists(BASE_IMAGE) and not rebuild:
-        return BASE_IMAGE
-    log(f"making the base image {BASE_IMAGE} from the Debian archive (once; about a minute)")
+def host_arch() -> str:
+    return next((a for a, row in ARCHES.items() if row["machine"] == host.machine()), host.machine())
+
+
+def base_name(arch: str) -> str:
+    """The base image's name for an architecture: `BASE_IMAGE` for this host's, `BASE_IMAGE-<arch>` else."""
+    return BASE_IMAGE if arch == host_arch() else f"{BASE_IMAGE}-{arch}"
+
+
+def _foreign(arch: str) -> None:
+    """A foreign architecture's binaries must run here (its packages' scripts, its image's steps)."""
+    from surrogate_ops import emulation
+
+    if arch not in ARCHES:
+        raise SurrogateOpsError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHES)}")
+    if arch != host_arch():
+        emulation.register_binfmt(ARCHES[arch]["machine"])
+
+
+def base_image(rebuild: bool = False, log=print, arch: str | None = None) -> str:
+    """The base image for `arch` [default: this host's], made from the Debian archive when podman does
+    not hold it yet (about 40 s natively; a foreign one runs its packages' scripts under QEMU, minutes)."""
+    arch = arch or host_arch()
+    name = base_name(arch)
+    if exists(name) and not rebuild:
+        return name
+    _foreign(arch)
+    log(f"making the base image {name} from the Debian archive (once; about a minute"
+        + (", longer emulated)" if arch != host_arch() else ")"))
     with tempfile.TemporaryDirectory(prefix="base-") as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", tmp, "uv"],
-             "fetching uv for the base image")
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--platform",
+              ARCHES[arch]["uv_platform"], "--dest", tmp, "uv"], "fetching uv for the base image")
         (uv,) = Path(tmp).glob("uv-*.whl")
         rootfs = Path(tmp) / "rootfs.tar"
-        _run(["mmdebstrap", "--quiet", "--variant=minbase", "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-              f"--include={','.join(PACKAGES)}",
+        _run(["mmdebstrap", "--quiet", "--variant=minbase", f"--architectures={arch}",
+              "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr", f"--include={','.join(PACKAGES)}",
               *[f"--dpkgopt=path-exclude={p}" for p in _EXCLUDED], "--dpkgopt=path-include=/usr/share/doc/*/copyright",
               f"--customize-hook=upload {uv} /tmp/{uv.name}",
               f'--customize-hook=chroot "$1" python3 -m pip install --quiet --no-cache-dir --break-system-packages '
               f'--no-index --no-deps /tmp/{uv.name}',
               f'--customize-hook=rm -rf "$1"/tmp/{uv.name} "$1"/root/.cache',
               SUITE, str(rootfs), *MIRRORS], "mmdebstrap (the base image's root file system)")
-        _run([podman(), "import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        _run([podman(), "import", "--arch", arch,
+              "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
               "--change", "ENV LANG=C.UTF-8", "--change", "ENV UV_SYSTEM_CERTS=1",
-              "--change", 'CMD ["/bin/bash"]', str(rootfs), BASE_IMAGE], "podman import")
-    return BASE_IMAGE
+              "--change", 'CMD ["/bin/bash"]', str(rootfs), name], "podman import")
+    return name
 
 
 def _pip_settings() -> dict[str, list[str]]:
@@ -110,31 +140,35 @@ def _pip_settings() -> dict[str, list[str]]:
     return {key: sorted({v for v in values if v and Path(v).exists()}) for key, values in found.items()}
 
 
-def build(bento_tag: str, image: str | None = None, rebuild_base: bool = False, log=print) -> Image:
-    """The bento's image, from the Dockerfile `bentoml build` generated for it, on `BASE_IMAGE`."""
+def build(bento_tag: str, image: str | None = None, rebuild_base: bool = False, log=print,
+          arch: str | None = None) -> Image:
+    """The bento's image for `arch` [default: this host's], from the Dockerfile `bentoml build`
+    generated for it, on the base image (a foreign architecture's steps run under QEMU)."""
     import bentoml
 
-    base = base_image(rebuild_base, log)
+    arch = arch or host_arch()
+    base = base_image(rebuild_base, log, arch)
     bento = bentoml.get(bento_tag)
     root = Path(bento.path)
-    dockerfile = root / "env" / "docker" / "Dockerfile"
-    if f"FROM {base}" not in dockerfile.read_text():
-        raise SurrogateOpsError(f"bento {bento.tag} was not built on {base} (its bentofile's docker.base_image): "
+    dockerfile = (root / "env" / "docker" / "Dockerfile").read_text()
+    if f"FROM {BASE_IMAGE}" not in dockerfile:
+        raise SurrogateOpsError(f"bento {bento.tag} was not built on {BASE_IMAGE} (its bentofile's docker.base_image): "
                                 "build it again with `surrogate-ops bento`")
     params = root / "src" / "params.json"
     if params.is_file() and "per_instruction" in json.loads(params.read_text()):
         raise SurrogateOpsError(f"bento {bento.tag} gives llvm-mca a per-instruction table, which needs the parametric "
                                 "driver compiled against LLVM's development files: the image carries llvm-mca alone")
-    image = image or f"localhost/{bento.tag.name}:{bento.tag.version}"
+    image = image or f"localhost/{bento.tag.name}:{bento.tag.version}" + ("" if arch == host_arch() else f"-{arch}")
     settings = _pip_settings()
     with tempfile.TemporaryDirectory(prefix="build-") as tmp:
-        uv_config = Path(tmp) / "uv.toml"
+        uv_config, file = Path(tmp) / "uv.toml", Path(tmp) / "Dockerfile"
         uv_config.write_text(f"find-links = {json.dumps(settings['find-links'])}\n")
+        file.write_text(dockerfile.replace(f"FROM {BASE_IMAGE} ", f"FROM {base} ", 1))  # the base of this architecture
         mounts = [f"{uv_config}:/etc/uv/uv.toml:ro", *(f"{d}:{d}:ro" for d in settings["find-links"])]
         mounts += [f"{c}:/etc/ssl/certs/ca-certificates.crt:ro" for c in settings["cert"][:1]]
         start = time.time()
-        _run([podman(), "build", "--file", str(dockerfile), "--tag", image,
-              *[arg for mount in mounts for arg in ("--volume", mount)], str(root)], f"podman build of {image}")
+        _run([podman(), "build", "--file", str(file), "--platform", f"linux/{arch}", "--tag", image,
+              *[arg for mount in mounts for arg in ("--volume", mount)], str(root)], f"podman build of {image}", 5400)
     return Image(image, size_mb(image), time.time() - start, base)
 
 

@@ -152,3 +152,24 @@ def run_build(platform: str, library: Path, tokens: np.ndarray, seconds: float =
                         str(batch), str(out), str(seconds)], f"the {platform} build under {Path(qemu).name}", 600, env)
         report = json.loads(printed.strip().splitlines()[-1])
         return Emulated(np.load(out), report["blocks_per_s"], Path(qemu).name, report["python"], report["tvm"])
+
+
+def register_binfmt(machine: str) -> None:
+    """Have the kernel run `machine`'s binaries (aarch64) through QEMU, so a foreign root file system's
+    package scripts and a foreign container's steps run here: the registration Debian's
+    qemu-user-static ships (`/usr/lib/binfmt.d/qemu-<machine>.conf`, with the F flag, so it works
+    inside chroots and containers), written into binfmt_misc, mounted first if need be. Root only;
+    done once per boot."""
+    folder = Path("/proc/sys/fs/binfmt_misc")
+    if (folder / f"qemu-{machine}").exists():
+        return
+    conf = Path(f"/usr/lib/binfmt.d/qemu-{machine}.conf")
+    if not conf.is_file():
+        raise SurrogateOpsError(f"{conf} is missing: to run {machine} binaries here, install QEMU's user-mode "
+                                "emulators (Debian: apt-get install -y qemu-user-static)")
+    if not (folder / "register").exists():
+        _run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(folder)], "mounting binfmt_misc (needs root)", 60)
+    try:
+        (folder / "register").write_text(conf.read_text().strip())
+    except OSError as exc:
+        raise SurrogateOpsError(f"registering QEMU for {machine} with binfmt_misc failed (needs root): {exc}") from None

@@ -321,13 +321,19 @@ def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
     out = subprocess.run([*CLI, "bento", "--model", "models:/svc-test@champion", "--params", str(params)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "carrying svc-test v1" in out.stdout and "bentoml containerize surrogate-ops:" in out.stdout
+    assert "carrying svc-test v1" in out.stdout and "surrogate-ops containerize --bento surrogate-ops:" in out.stdout
     (bento,) = (tmp_path / "bentoml" / "bentos" / "surrogate-ops").glob("*/bento.yaml")
     root = bento.parent
     carried = root / "src" / "models" / "haswell"
     assert (carried / "model.onnx").is_file() and (carried / "VERSION").read_text() == "svc-test/1\n"
     dockerfile = (root / "env" / "docker" / "Dockerfile").read_text()
-    assert "llvm" in dockerfile and list((root / "env" / "python" / "wheels").glob("surrogate_ops-*.whl"))
+    assert "FROM localhost/surrogate-ops-base:bookworm " in dockerfile and "build-essential" not in dockerfile
+    # the package's source, without its bundled models; the serving packages pinned to this host's
+    assert (root / "src" / "surrogate_ops" / "serving.py").is_file() and not (root / "src" / "surrogate_ops" / "pretrained").exists()
+    import onnxruntime
+
+    requirements = (root / "env" / "python" / "requirements.txt").read_text()
+    assert f"onnxruntime=={onnxruntime.__version__}" in requirements and "torch" not in requirements
     assert "service:Surrogate" in bento.read_text()
     assert json.loads((root / "src" / "params.json").read_text()) == {"dispatch": 3}  # the fallback's knobs
 
