@@ -175,21 +175,28 @@ def build(bento_tag: str, image: str | None = None, rebuild_base: bool = False, 
 @contextmanager
 def started(image: str, port: int, env: dict[str, str] | None = None, timeout: float = 180):
     """The image running detached, its service published on 127.0.0.1:`port`; yields (url, seconds from
-    `podman run` until /ops/healthz answered). The container is removed after, whatever happened."""
+    `podman run` until /ops/healthz answered). A container that exits first fails at once, with its
+    log; it is removed after, whatever happened."""
     from surrogate_ops.serving import wait_ready
 
     options = [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
     start = time.time()
-    container = _run([podman(), "run", "--detach", "--rm", "--publish", f"127.0.0.1:{port}:{SERVICE_PORT}", *options,
+    container = _run([podman(), "run", "--detach", "--publish", f"127.0.0.1:{port}:{SERVICE_PORT}", *options,
                       image], f"podman run {image}").strip()
     url = f"http://127.0.0.1:{port}"
     try:
-        try:
-            wait_ready(url, timeout)
-        except OSError:
-            logs = subprocess.run([podman(), "logs", container], capture_output=True, text=True, check=False)
-            raise SurrogateOpsError(f"{image} did not answer /ops/healthz in {timeout:.0f} s:\n"
-                                    f"{(logs.stdout + logs.stderr)[-3000:]}") from None
+        while True:
+            try:
+                wait_ready(url, timeout=2)
+                break
+            except OSError:
+                state = subprocess.run([podman(), "inspect", "--format", "{{.State.Status}}", container],
+                                       capture_output=True, text=True, check=False).stdout.strip()
+                if state == "running" and time.time() - start < timeout:
+                    continue
+                logs = subprocess.run([podman(), "logs", container], capture_output=True, text=True, check=False)
+                why = f"exited ({state})" if state != "running" else f"did not answer /ops/healthz in {timeout:.0f} s"
+                raise SurrogateOpsError(f"{image} {why}:\n{(logs.stdout + logs.stderr)[-3000:]}") from None
         yield url, time.time() - start
     finally:
         subprocess.run([podman(), "rm", "--force", "--time", "5", container], capture_output=True, check=False)
