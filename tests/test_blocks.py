@@ -61,6 +61,16 @@ def test_the_in_process_disassembler_prints_what_llvm_mc_prints(tiny_binary):
     assert set(fast.errors) == set(reference.errors)
 
 
+def test_large_calls_are_disassembled_by_forked_workers_as_by_one_process(tiny_binary):
+    from surrogate_ops.blocks import hexcode
+
+    hexes = [h for h, _ in blocks_from_binaries([tiny_binary, "/usr/bin/ls"])] + ["4801", "48", "ffff", "zz", ""]
+    hexes = hexes * (-(-hexcode.PARALLEL_MIN // len(hexes)))
+    alone, shared = disassemble(hexes, workers=1), disassemble(hexes, workers=2)
+    assert len(hexes) >= hexcode.PARALLEL_MIN and alone.blocks == shared.blocks and alone.errors == shared.errors
+    assert len(alone.errors) >= 5 * (len(hexes) // hexcode.PARALLEL_MIN) and any(alone.blocks)
+
+
 def test_normalize_block_canonical_form():
     text = "  LOCK\n\taddq\t%rax,(%rdi)\n\n  movq   8(%rsp, %rax, 4) ,%rcx  \n"
     assert normalize_block(text) == "lock addq %rax, (%rdi)\nmovq 8(%rsp,%rax,4), %rcx"

@@ -13,6 +13,8 @@ that holds a ud2 of its own makes the pieces outnumber the blocks, and the batch
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ _PAD = 16
 _SEPARATOR = " 0x90" * _PAD + " 0x0f 0x0b"
 _WARNING = re.compile(r"^<stdin>:(\d+):\d+: (?:warning|error): (.*)$", re.MULTILINE)
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+PARALLEL_MIN = 16384  # blocks in one call from which forked workers share the in-process disassembly
 
 
 @dataclass(frozen=True)
@@ -128,10 +131,41 @@ def _in_process(disassembler: llvm_disasm.Disassembler, hexes: list[str], index:
             out.blocks[i] = "\n".join(lines)
 
 
+def _in_processes(disassembler: llvm_disasm.Disassembler, hexes: list[str], index: list[int], out: Disassembly,
+                  workers: int) -> None:
+    """`_in_process` over slices of the blocks in forked workers, which inherit the loaded library."""
+    global _FORKING
+    step = -(-len(index) // (4 * workers))
+    slices = [[(i, hexes[i]) for i in index[s:s + step]] for s in range(0, len(index), step)]
+    _FORKING = disassembler
+    try:
+        pool = multiprocessing.get_context("fork").Pool(workers)
+    finally:
+        _FORKING = None
+    with pool:
+        for blocks, errors in pool.imap(_slice, slices):
+            for i, text in blocks:
+                out.blocks[i] = text
+            out.errors.update(errors)
+
+
+_FORKING: llvm_disasm.Disassembler | None = None  # what a new worker inherits (set while its pool forks)
+
+
+def _slice(pairs: list[tuple[int, str]]) -> tuple[list[tuple[int, str]], dict[int, str]]:
+    """In a worker: one slice of (index, hex) pairs, as (index, text) pairs and the failures by index."""
+    part = Disassembly([None] * len(pairs), {})
+    _in_process(_FORKING, [h for _, h in pairs], list(range(len(pairs))), part)  # type: ignore[arg-type]
+    return ([(pairs[k][0], text) for k, text in enumerate(part.blocks) if text is not None],
+            {pairs[k][0]: why for k, why in part.errors.items()})
+
+
 def disassemble(hexes: list[str], llvm_mc: str | None = None, batch: int = 20000,
-                in_process: bool = True) -> Disassembly:
+                in_process: bool = True, workers: int | None = None) -> Disassembly:
     """Disassemble hex-encoded blocks ("4801c3") into canonical AT&T text: in process through the
-    libLLVM of the llvm-mc in use where it loads (and `in_process`), else many blocks per llvm-mc call."""
+    libLLVM of the llvm-mc in use where it loads (and `in_process`), else many blocks per llvm-mc call.
+    In process, a call of `PARALLEL_MIN` blocks or more is shared by `workers` forked processes
+    [default: the cores], each disassembling a slice."""
     tool = find_tool("llvm-mc", llvm_mc)
     out = Disassembly([None] * len(hexes), {})
     for i, h in enumerate(hexes):
@@ -140,7 +174,11 @@ def disassemble(hexes: list[str], llvm_mc: str | None = None, batch: int = 20000
     valid = [i for i in range(len(hexes)) if i not in out.errors]
     disassembler = llvm_disasm.load(tool) if in_process else None
     if disassembler is not None:
-        _in_process(disassembler, hexes, valid, out)
+        workers = workers or len(os.sched_getaffinity(0))
+        if workers > 1 and len(valid) >= PARALLEL_MIN and not multiprocessing.current_process().daemon:
+            _in_processes(disassembler, hexes, valid, out, workers)
+        else:
+            _in_process(disassembler, hexes, valid, out)
         return out
     for start in range(0, len(valid), batch):
         _batch(tool, hexes, valid[start:start + batch], out)
