@@ -37,7 +37,7 @@ from surrogate_ops.serving import wait_ready
 
 UNKNOWN = "pclmulqdq $0, %xmm1, %xmm2\naddq %rax, %rbx"  # a token outside the bundled vocabularies
 LONG = "\n".join(["addq %rax, %rbx", "imulq %rcx, %rdx"] * 40)  # 80 instructions, over the models' 64
-UNREADABLE = "addq %rax"
+UNREADABLE = "movq (%rdi), %rax\n.byte 1"  # a directive: not an instruction block
 SEED = 9104  # generator seed no training or test used
 REQUEST = 256
 
@@ -135,10 +135,13 @@ def main() -> None:
                          {"blocks": held_out[:8], "mcpu": mcpu, "exact": True}):
                 found, rel = differences(post(image_url, body), post(host_url, body))
                 problems, worst = problems + found, max(worst, rel)
-            unreadable = [post_raw(url, {"blocks": [UNREADABLE, held_out[2]], "mcpu": mcpu})
-                          for url in (image_url, host_url)]
-            if unreadable[0] != unreadable[1]:
-                problems.append(f"an unreadable block: container {unreadable[0]} vs host {unreadable[1]}")
+            (code, inside), (host_code, outside) = [post_raw(url, {"blocks": [UNREADABLE, held_out[2]], "mcpu": mcpu})
+                                                    for url in (image_url, host_url)]
+            if code != host_code or (code != 200 and inside != outside):
+                problems.append(f"an unreadable block: container {code} {inside} vs host {host_code} {outside}")
+            elif code == 200:
+                found, rel = differences(inside, outside)
+                problems, worst = problems + found, max(worst, rel)
             in_image, on_host = answers(image_url, held_out, mcpu), answers(host_url, held_out, mcpu)
             found, rel = differences(in_image, on_host)
             problems, worst = problems + found, max(worst, rel)

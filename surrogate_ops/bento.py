@@ -33,8 +33,16 @@ def service_dir() -> Path:
     return SERVICE_DIR
 
 
-def build(model_uris: list[str], mca_params: dict | None = None) -> tuple[str, list[tuple[str, str]]]:
-    """Build the bento for registered versions, one per mcpu; (bento tag, [(model name, version)])."""
+# What an image of each architecture serves with, in place of the bentofile's ONNX Runtime: an arm64
+# image carries each model's arm64 TVM build and TVM's runtime (ONNX Runtime's aarch64 wheel cannot
+# be checked here: it crashes on import under QEMU's user-mode emulation).
+ENGINE_PACKAGES = {"amd64": ("onnxruntime",), "arm64": ("apache-tvm", "apache-tvm-ffi")}
+
+
+def build(model_uris: list[str], mca_params: dict | None = None, arch: str = "amd64",
+          ) -> tuple[str, list[tuple[str, str]]]:
+    """Build the bento for registered versions, one per mcpu; (bento tag, [(model name, version)]).
+    `arch` arm64: each model's arm64 TVM build goes in, and TVM's runtime serves it (`ENGINE_PACKAGES`)."""
     root = service_dir()
     carried = [registry.resolve_version(uri) for uri in model_uris]
     with tempfile.TemporaryDirectory(prefix="bento-") as tmp:
@@ -47,11 +55,15 @@ def build(model_uris: list[str], mca_params: dict | None = None) -> tuple[str, l
                 raise SurrogateOpsError(f"two models for -mcpu={source.mcpu}: a bento carries one per mcpu")
             shutil.copytree(source.path, folder, ignore=shutil.ignore_patterns(CHECKPOINT, "*-tuned.db"))
             ModelDir.open(folder).stamp(f"{name}/{version}")
+            if arch == "arm64":
+                from surrogate_ops import compile as compiler
+
+                compiler.compile_model(ModelDir.open(folder), "arm64", folder / "builds")
         if mca_params:
             (stage / "params.json").write_text(json.dumps(mca_params))
         package = Path(__file__).resolve().parent
         shutil.copytree(package, stage / "surrogate_ops", ignore=shutil.ignore_patterns("pretrained", "__pycache__"))
-        _pin_packages(stage / "bentofile.yaml")
+        _pin_packages(stage / "bentofile.yaml", ENGINE_PACKAGES[arch])
         command = [sys.executable, "-m", "bentoml", "build", ".", "--output", "tag"]
         proc = subprocess.run(command, capture_output=True, text=True, check=False, cwd=stage)
         if proc.returncode:
@@ -59,16 +71,17 @@ def build(model_uris: list[str], mca_params: dict | None = None) -> tuple[str, l
     return proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:"), carried
 
 
-def _pin_packages(bentofile: Path) -> None:
-    """Each of the bentofile's Python packages at the version installed here."""
+def _pin_packages(bentofile: Path, engine: tuple[str, ...]) -> None:
+    """Each of the bentofile's Python packages at the version installed here, the engine's in place of
+    ONNX Runtime."""
     from importlib import metadata
 
     import yaml
 
     spec = yaml.safe_load(bentofile.read_text())
     pinned = []
-    for requirement in spec["python"]["packages"]:
-        name = requirement.split("=")[0].split(">")[0].split("<")[0].strip()
+    names = [r.split("=")[0].split(">")[0].split("<")[0].strip() for r in spec["python"]["packages"]]
+    for name in [*engine, *(n for n in names if n != "onnxruntime")]:
         try:
             pinned.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:

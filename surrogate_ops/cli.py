@@ -783,11 +783,12 @@ def bento(model_uris, params, tracking_uri) -> None:
     click.echo(f"container image: surrogate-ops containerize --bento {tag}")
 
 
-def _bento(model_uris, params) -> str:
+def _bento(model_uris, params, arch: str = "amd64") -> str:
     from surrogate_ops import bento as packing
     from surrogate_ops import registry
 
-    tag, carried = packing.build(list(model_uris) or registry.bundled_uris(), _checked_params(params) if params else None)
+    tag, carried = packing.build(list(model_uris) or registry.bundled_uris(), _checked_params(params) if params else None,
+                                 arch)
     click.echo(f"built bento {tag} carrying {', '.join(f'{name} v{version}' for name, version in carried)}")
     return tag
 
@@ -804,7 +805,8 @@ def _bento(model_uris, params) -> str:
 @click.option("--arch", type=click.Choice(["amd64", "arm64"]),
               help="The image's architecture [default: this host's]. A foreign one is built (and runs) here under "
                    "QEMU's user-mode emulation, registered with the kernel's binfmt_misc (root): slow, for checking "
-                   "an edge image before it ships.")
+                   "an edge image before it ships. An arm64 image serves each model's arm64 TVM build with TVM's "
+                   "runtime instead of ONNX Runtime.")
 @_tracking_option
 def containerize(bento_tag, model_uris, params, image, rebuild_base, arch, tracking_uri) -> None:
     """Build the service's OCI image with podman, no registry needed: the bento's own Dockerfile (from
@@ -820,7 +822,8 @@ def containerize(bento_tag, model_uris, params, image, rebuild_base, arch, track
     if params and "per_instruction" in _checked_params(params):
         raise click.UsageError("a per-instruction table needs the parametric llvm-mca driver, compiled against LLVM's "
                                "development files, which the image does not carry: serve it with `surrogate-ops serve`")
-    tag = bento_tag or _bento(model_uris, params)
+    arch = arch or containers.host_arch()
+    tag = bento_tag or _bento(model_uris, params, arch)
     built = containers.build(tag, image, rebuild_base, log=click.echo, arch=arch)
     click.echo(f"built {built.name} ({built.size_mb:,.0f} MB, on {built.base}) in {built.seconds:.0f} s")
     click.echo(f"run it: podman run --rm -p 3000:3000 {built.name}")

@@ -239,6 +239,8 @@ def fastest(model: ModelDir) -> str:
     best, best_gain = "onnxruntime", 1.0
     if importlib.util.find_spec("tvm") is None:  # a slim serving install (a container image) has no TVM
         return "torch-cuda" if gpu_present() and importlib.util.find_spec("torch") else best
+    if importlib.util.find_spec("onnxruntime") is None and model.builds.record(HOST_PLATFORM):
+        return "tvm"  # a TVM-runtime install (the arm64 image): the build is the engine
     for platform, engine in ((HOST_PLATFORM, "tvm"), ("cuda", "tvm-cuda")):
         build = model.builds.record(platform)
         if build is None or not runs_here(platform):
