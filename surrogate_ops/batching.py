@@ -161,25 +161,22 @@ def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded] | F
     def padded(index: np.ndarray) -> np.ndarray:
         return blocks.take(index) if isinstance(blocks, Flat) else pad([blocks[i] for i in index])
 
-    if lanes > 1 and len(batches) > 1:
-        def one(index: np.ndarray) -> np.ndarray:
-            tokens = padded(index)
-            return engine(tokens) if params is None else engine(tokens, params[index])
+    def run(index: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        return engine(tokens) if params is None else engine(tokens, params[index])
 
+    if lanes > 1 and len(batches) > 1:
         with ThreadPoolExecutor(lanes) as pool:
-            for index, out in zip(batches, pool.map(one, batches), strict=True):
+            for index, out in zip(batches, pool.map(lambda i: run(i, padded(i)), batches), strict=True):
                 put(index, out)
-        return result if result is not None else np.empty(0)
-    if overlap and len(batches) > 1:
+    elif overlap and len(batches) > 1:
         with ThreadPoolExecutor(1) as pool:
             ahead = pool.submit(padded, batches[0])
             for k, index in enumerate(batches):
                 tokens = ahead.result()
                 if k + 1 < len(batches):
                     ahead = pool.submit(padded, batches[k + 1])
-                put(index, engine(tokens) if params is None else engine(tokens, params[index]))
-        return result if result is not None else np.empty(0)
-    for index in batches:
-        tokens = padded(index)
-        put(index, engine(tokens) if params is None else engine(tokens, params[index]))
+                put(index, run(index, tokens))
+    else:
+        for index in batches:
+            put(index, run(index, padded(index)))
     return result if result is not None else np.empty(0)

@@ -36,7 +36,7 @@ import numpy as np
 from surrogate_ops import datasets, emulation, engines
 from surrogate_ops.blocks import SAMPLE_BLOCKS
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.export import compare, example_batch
+from surrogate_ops.export import agreement, compare, example_batch
 from surrogate_ops.modeldir import Builds, ModelDir
 
 EMULATED_RTOL = 1e-4  # a foreign build's largest relative difference from ONNX Runtime, run under emulation
@@ -175,14 +175,12 @@ def _check_emulated(build: Build, model: ModelDir, tokens: np.ndarray, log) -> B
     """A foreign build run under emulation against ONNX Runtime here on real blocks; refused above
     `EMULATED_RTOL`. The record is written either way, so a refused build says why."""
     ran = emulation.run_build(build.platform, Path(build.library), tokens, log=log)
-    reference = engines.onnx_engine(model)(tokens)
-    diff = np.abs(np.asarray(reference, np.float64) - ran.outputs)
-    build = Build(**{**asdict(build), "max_abs_diff": float(diff.max(initial=0)),
-                     "max_rel_diff": float((diff / np.maximum(np.abs(reference), 1e-6)).max(initial=0)),
+    found = agreement(engines.onnx_engine(model)(tokens), ran.outputs, ("onnxruntime", f"tvm-{build.platform}"))
+    build = Build(**{**asdict(build), "max_abs_diff": found.max_abs, "max_rel_diff": found.max_rel,
                      "verified": f"{len(tokens)} blocks under {ran.emulator} (Python {ran.python}, TVM {ran.tvm} runtime) "
                                  "against ONNX Runtime here",
                      "emulated_blocks_per_s": ran.blocks_per_s})
-    if not np.isfinite(ran.outputs).all() or build.max_rel_diff > EMULATED_RTOL:
+    if found.max_rel > EMULATED_RTOL:
         Builds(Path(build.library).parent).record_path(build.platform).write_text(json.dumps(asdict(build), indent=1))
         raise SurrogateOpsError(f"the {build.platform} build disagrees with ONNX Runtime under emulation: max rel diff "
                                 f"{build.max_rel_diff:.3g} above {EMULATED_RTOL:g} (record: {build.platform}.json)")

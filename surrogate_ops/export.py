@@ -45,15 +45,22 @@ class Agreement:
                 f"max rel diff {self.max_rel:.3g}")
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, names: tuple[str, str], rtol: float = 1e-3) -> Agreement:
-    """Check a candidate against its reference (torch vs ONNX, ONNX Runtime vs TVM): raise above `rtol`."""
+def agreement(reference: np.ndarray, candidate: np.ndarray, names: tuple[str, str]) -> Agreement:
+    """How far a candidate is from its reference (infinite where the candidate is not finite)."""
     reference, candidate = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
     diff = np.abs(reference - candidate)
-    agreement = Agreement(names[0], names[1], float(diff.max(initial=0)),
-                          float((diff / np.maximum(np.abs(reference), 1e-6)).max(initial=0)), len(reference))
-    if not np.isfinite(candidate).all() or agreement.max_rel > rtol:
-        raise SurrogateOpsError(f"{agreement}: above the tolerance {rtol:g}")
-    return agreement
+    if not np.isfinite(candidate).all():
+        return Agreement(names[0], names[1], float("inf"), float("inf"), len(reference))
+    return Agreement(names[0], names[1], float(diff.max(initial=0)),
+                     float((diff / np.maximum(np.abs(reference), 1e-6)).max(initial=0)), len(reference))
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, names: tuple[str, str], rtol: float = 1e-3) -> Agreement:
+    """Check a candidate against its reference (torch vs ONNX, ONNX Runtime vs TVM): raise above `rtol`."""
+    found = agreement(reference, candidate, names)
+    if found.max_rel > rtol:
+        raise SurrogateOpsError(f"{found}: above the tolerance {rtol:g}")
+    return found
 
 
 def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
