@@ -96,6 +96,9 @@ def cli(llvm_mca: str | None) -> None:
               help="llvm-mca -mcpu to label with; repeatable.")
 @click.option("--limit", type=click.IntRange(min=1), help="Keep at most this many blocks (in source order).")
 @click.option("--workers", type=click.IntRange(min=1), help="llvm-mca processes in parallel [default: cores].")
+@click.option("--ray", "ray_address", metavar="local|ADDRESS",
+              help="Label on a Ray cluster's CPUs: ADDRESS is its head (host:port, or auto); local starts one "
+                   "on this machine. Same labels as a local run; chunks on a lost node run again elsewhere.")
 @click.option("--may-alias", type=click.Path(dir_okay=False), metavar="CSV",
               help="BHive may-alias list [default: may-alias.csv beside the --bhive file].")
 @click.option("--params", metavar="JSON",
@@ -119,9 +122,8 @@ def cli(llvm_mca: str | None) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--part-rows", type=click.IntRange(min=1), default=2000, hidden=True,
               help="Blocks per resumable part file.")
-def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, workers, may_alias, params, sample_params,
-            per_instruction, seed, spread, splits, out,
-            quiet, part_rows) -> None:
+def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, workers, ray_address, may_alias, params,
+            sample_params, per_instruction, seed, spread, splits, out, quiet, part_rows) -> None:
     """Build a labeled dataset: blocks from sources, labeled by llvm-mca, as Parquet.
 
     With no source, cuts basic blocks out of binaries found on this machine; --generate adds
@@ -134,7 +136,9 @@ def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, w
     from surrogate_ops import config, datasets
 
     out = Path(out) if out else config.work_dir() / "datasets" / "default.parquet"
+    cluster = _join_cluster(ray_address)
     result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit, workers=workers,
+                              cluster=cluster,
                               may_alias=may_alias, params=_read_params(params, tuple(mcpu)), progress=not quiet,
                               part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None,
                               spread=spread, per_instruction=per_instruction,
@@ -143,7 +147,25 @@ def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, w
                + (f", {result.resumed_rows:,} resumed from an earlier run" if result.resumed_rows else "") + ")")
     if result.rejected_path:
         click.echo(f"{result.rejected:,} blocks rejected, with reasons, in {result.rejected_path}")
+    if cluster is not None:
+        click.echo(_cluster_report(cluster))
     click.echo(datasets.summary(datasets.load(result.path)))
+
+
+def _join_cluster(address: str | None):
+    """The Ray cluster at `address` (--ray), or None to run on this machine's cores."""
+    if address is None:
+        return None
+    from surrogate_ops.programs import cluster
+
+    joined = cluster.connect(address)
+    click.echo(f"llvm-mca on the Ray cluster at {address}: {joined.cpus} CPUs", err=True)
+    return joined
+
+
+def _cluster_report(cluster) -> str:
+    nodes = ", ".join(f"{node[:8]} {count}" for node, count in cluster.nodes.most_common())
+    return f"chunks answered by {len(cluster.nodes)} Ray node(s): {nodes or 'none'}"
 
 
 @cli.command()
@@ -557,10 +579,12 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), metavar="JSON",
               help="Write the surrogate-found parameters here (llvm-mca option names to values).")
+@click.option("--ray", "ray_address", metavar="local|ADDRESS",
+              help="Run llvm-mca's checks on a Ray cluster's CPUs (ADDRESS: its head, or local).")
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, rounds, no_anchor, steps, restarts, lr,
-             test_limit, seed, out, tracking_uri, quiet) -> None:
+             test_limit, seed, out, ray_address, tracking_uri, quiet) -> None:
     """Tune llvm-mca's parameters by gradient descent through a surrogate (surrogate optimization).
 
     Descends on the relaxed parameters against measured throughput on the training split, rounds
@@ -575,7 +599,7 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, ro
                                          steps=steps, lr=lr, restarts=restarts, search_blocks=search_blocks,
                                          verify=verify, rounds=rounds, anchored=not no_anchor, test_limit=test_limit,
                                          seed=seed)
-    result = optimization.optimize(config, out=out, progress=not quiet)
+    result = optimization.optimize(config, out=out, progress=not quiet, cluster=_join_cluster(ray_address))
     click.echo(f"held-out llvm-mca error ({result.test_blocks:,} measured blocks, may-alias excluded; "
                f"budget {budget:,} llvm-mca block evaluations):")
     for o in result.outcomes.values():
@@ -612,10 +636,12 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, ro
 @click.option("--out", type=click.Path(dir_okay=False), metavar="JSON",
               help="Write the surrogate's table here, as --params takes it.")
 @click.option("--no-register", is_flag=True, help="Log the run but register no version of llvm-mca-<mcpu>-table.")
+@click.option("--ray", "ray_address", metavar="local|ADDRESS",
+              help="Run llvm-mca's checks on a Ray cluster's CPUs (ADDRESS: its head, or local).")
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, verify, search_blocks, baselines, seed,
-                   test_limit, out, no_register, tracking_uri, quiet) -> None:
+                   test_limit, out, no_register, ray_address, tracking_uri, quiet) -> None:
     """Tune llvm-mca's per-instruction scheduling table (each opcode's latency, micro-ops and port
     cycles: DiffTune's space) by gradient descent through a per-instruction surrogate.
 
@@ -632,7 +658,8 @@ def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, 
                                             min_count=min_count, epochs=epochs, steps=steps, descent_lr=lr,
                                             verify=verify, search_blocks=search_blocks, baselines=chosen, seed=seed,
                                             test_limit=test_limit)
-    result = table_search.search(config, progress=not quiet, register=not no_register)
+    result = table_search.search(config, progress=not quiet, register=not no_register,
+                                 cluster=_join_cluster(ray_address))
     click.echo(f"space: {len(result.space.opcodes)} opcodes, {result.space.size} values; held-out llvm-mca error on "
                f"{result.test_blocks:,} measured blocks, may-alias excluded ({result.rare_blocks:,} of them with an "
                f"opcode rare in training):")

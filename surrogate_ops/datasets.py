@@ -52,6 +52,7 @@ from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.programs import LlvmMca, parametric, tables
 from surrogate_ops.programs.base import Result, sample_settings, scale_settings
+from surrogate_ops.programs.cluster import Cluster
 
 SPLITS = (("train", 80), ("val", 90), ("test", 100))  # cumulative percent of the block hash
 DEFAULT_BINARIES = ("/usr/bin/ls", "/usr/bin/grep", "/usr/bin/tar", "/usr/bin/gzip", "/usr/bin/find", "/usr/bin/sed",
@@ -309,7 +310,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
             progress: bool = True, part_rows: int = PART_ROWS, measured_mcpu: str | None = None,
             sample_params: int = 0, seed: int = 0, splits: Sequence[str] | None = None,
             spread: float = 1.0, generated: Generated | None = None,
-            per_instruction: str | None = None) -> CollectResult:
+            per_instruction: str | None = None, cluster: Cluster | None = None) -> CollectResult:
     """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
     and `<out stem>.rejected.csv` for blocks that could not be labeled. `sample_params=N` labels
     each block under one of N random parameter settings (drawn with `seed`, within `spread` of the
@@ -319,7 +320,8 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     `generated` adds synthetic blocks (`blocks.generate`) before the other sources.
     `per_instruction` ("centred" or "wide", with `sample_params=N`) draws N per-instruction
     tables instead (`programs.tables`), labels through the parametric driver, and adds the columns
-    `table` and `instructions` that a per-instruction surrogate learns from (`table_search`)."""
+    `table` and `instructions` that a per-instruction surrogate learns from (`table_search`).
+    `cluster` labels on a Ray cluster's CPUs (`programs.cluster`): the same labels, more cores."""
     out = Path(out)
     if generated and generated.seed >= generate.PROBE_SEED:
         raise SurrogateOpsError(f"generator seeds from {generate.PROBE_SEED} up are kept for held-out probe sets; "
@@ -329,7 +331,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     mcpus = list(dict.fromkeys(mcpus))
     if sample_params and (len(mcpus) != 1 or params):
         raise SurrogateOpsError("--sample-params labels with one --mcpu and no --params (it draws the parameters itself)")
-    programs = {m: LlvmMca(mcpu=m, workers=workers, params=params) for m in mcpus}
+    programs = {m: LlvmMca(mcpu=m, workers=workers, params=params, cluster=cluster) for m in mcpus}
     if per_instruction and not sample_params:
         raise SurrogateOpsError("--per-instruction samples tables: give --sample-params N as well")
     if per_instruction:
@@ -350,6 +352,8 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
                 **({"splits": sorted(splits)} if splits else {}),
                 **({"generated": dataclasses.asdict(generated)} if generated else {})}
     partial = _partial(out, settings)
+    if cluster is not None:  # a part's chunks keep every CPU of the cluster busy (parts are labeled one after another)
+        part_rows = max(part_rows, 2 * cluster.cpus * program.chunk_size)
     parts, resumed = _label_parts(partial, records, programs, alias, sampling, splits, part_rows, progress)
     metadata = {"program": program.name, "program_version": program.version, "mcpus": ",".join(mcpus),
                 "iterations": str(program.iterations),
@@ -414,10 +418,10 @@ def _label_parts(partial: Path, records: list[Record], programs: dict[str, LlvmM
 def _finish(out: Path, parts: list[Path], records: list[Record], metadata: dict[str, str]) -> tuple[int, int, Path | None]:
     """The parts as one dataset in source order, written in one rename, rejects beside it:
     (rows kept, rows rejected, the rejects' file)."""
-    order = {r.key: i for i, r in enumerate(records)}
+    # a row per record, in order, by key: a record repeated in its source (the same block twice) gets
+    # its row twice whether its labels came from this run or from a part an earlier run wrote
     frame = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
-    frame = frame[frame["key"].isin(order)]
-    frame = frame.assign(_order=frame["key"].map(order)).sort_values("_order").drop(columns=["_order", "key"])
+    frame = frame.drop_duplicates("key").set_index("key").loc[[r.key for r in records]].reset_index(drop=True)
     bad = frame[frame["error"].notna()]
     good = frame[frame["error"].isna()].drop(columns=["error"]).reset_index(drop=True)
     rejected_path = out.with_name(out.stem + ".rejected.csv")

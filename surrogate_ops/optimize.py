@@ -48,6 +48,7 @@ from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import kendall_tau
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.programs.base import Parameter, unscale_setting, scale_settings
+from surrogate_ops.programs.cluster import Cluster
 
 BASELINES = ("opentuner", "optuna")
 
@@ -365,13 +366,14 @@ class Problem:
     trials: int  # a baseline's llvm-mca runs within the budget
 
 
-def problem(config: OptimizeConfig) -> Problem:
-    """The surrogate, the space and the blocks, each checked against the budget before any work."""
+def problem(config: OptimizeConfig, cluster: Cluster | None = None) -> Problem:
+    """The surrogate, the space and the blocks, each checked against the budget before any work;
+    llvm-mca runs on `cluster` where one is given."""
     predictor = Predictor(registry.model_dir(config.model), engine="torch")
     if not predictor.parameter_names:
         raise SurrogateOpsError(f"{config.model} is not parameter-conditioned: train one on data collected with "
                                 "`surrogate-ops collect --sample-params N`")
-    program = LlvmMca(config.mcpu or predictor.meta["mcpu"])
+    program = LlvmMca(config.mcpu or predictor.meta["mcpu"], cluster=cluster)
     expert = program.expert_defaults()
     space = {name: program.parameters[name] for name in predictor.parameter_names}
     charged = int(predictor.model.program_parameters.get("evaluations", 0))
@@ -404,12 +406,13 @@ def problem(config: OptimizeConfig) -> Problem:
                    list(sample["block"]), sample["measured"].to_numpy(), trials)
 
 
-def optimize(config: OptimizeConfig, out: str | Path | None = None, progress: bool = True) -> OptimizeResult:
+def optimize(config: OptimizeConfig, out: str | Path | None = None, progress: bool = True,
+             cluster: Cluster | None = None) -> OptimizeResult:
     """Find llvm-mca parameters through the surrogate and with each baseline search under the same
     budget, evaluate every setting with the real llvm-mca on the held-out split, log it all to one
     MLflow run (metrics per method, the settings as JSON, plots), and write the surrogate's setting
-    to `out` as llvm-mca option names to values."""
-    task = problem(config)
+    to `out` as llvm-mca option names to values. Every llvm-mca run goes to `cluster` where given."""
+    task = problem(config, cluster)
     # every llvm-mca run of the search is on the sample; the defaults' run there anchors the surrogate
     # and is every baseline's first trial
     outcomes: dict[str, Outcome] = {"defaults": Outcome("defaults", task.defaults, 0)}

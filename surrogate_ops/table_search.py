@@ -44,6 +44,7 @@ from surrogate_ops.metrics import kendall_tau
 from surrogate_ops.optimize import BASELINES, Baseline, Codec, Outcome, llvm_mca_mape
 from surrogate_ops.programs import LlvmMca, parametric, tables
 from surrogate_ops.programs.tables import TableSpace
+from surrogate_ops.programs.cluster import Cluster
 
 @dataclass(frozen=True)
 class TableSearchConfig:
@@ -289,15 +290,17 @@ def _measured(program: LlvmMca, surrogate: TableSurrogate, frame: pd.DataFrame, 
                    kept["measured"].to_numpy())
 
 
-def search(config: TableSearchConfig, progress: bool = True, register: bool = True) -> TableSearchResult:
+def search(config: TableSearchConfig, progress: bool = True, register: bool = True,
+           cluster: Cluster | None = None) -> TableSearchResult:
     """Find a table through the surrogate and with each baseline on the same budget, evaluate all on
-    the held-out split, log to one MLflow run and register the surrogate's table (see the module)."""
+    the held-out split, log to one MLflow run and register the surrogate's table (see the module).
+    The driver's runs go to `cluster` where given."""
     if config.threads:
         torch.set_num_threads(config.threads)
     unknown = set(config.baselines) - set(BASELINES)
     if unknown:
         raise SurrogateOpsError(f"unknown baseline {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")
-    program = LlvmMca(config.mcpu)
+    program = LlvmMca(config.mcpu, cluster=cluster)
     model_dir = registry.model_dir(config.model or str(Path(__file__).with_name("pretrained") / f"llvm-mca-{config.mcpu}"))
     predictor = Predictor(model_dir, engine="torch")
     frame = datasets.measured_blocks(config.data, config.mcpu)

@@ -31,6 +31,7 @@ from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import ToolTimeout, find_tool, remembered, run_tool, tool_options, tool_version
 from surrogate_ops.programs import parametric
 from surrogate_ops.programs.base import Parameter, Program, Progress, Result, check_setting
+from surrogate_ops.programs.cluster import Cluster
 
 TRIPLE = "x86_64-unknown-linux-gnu"
 _DIAGNOSTIC = re.compile(r"^<stdin>:(\d+):\d+: error: (.*)$", re.MULTILINE)
@@ -89,10 +90,12 @@ class LlvmMca(Program):
 
     def __init__(self, mcpu: str = "haswell", iterations: int = 100, params: Mapping[str, object] | None = None,
                  path: str | None = None, workers: int | None = None, chunk_size: int = 500,
-                 timeout: float | None = None, retry: float | None = None, nice: int = 0):
+                 timeout: float | None = None, retry: float | None = None, nice: int = 0,
+                 cluster: Cluster | None = None):
         """`timeout`: seconds per llvm-mca call (default: 30 plus 0.2 per block of a chunk; probes
         `llvm_tools.TIMEOUT`); `retry`: seconds a failed probe or a hang is remembered; `nice`: the
-        simulations' CPU priority below the caller's."""
+        simulations' CPU priority below the caller's; `cluster`: run the chunks on a Ray cluster's
+        CPUs (`programs.cluster`) instead of `workers` local processes."""
         self.path = find_tool("llvm-mca", path)
         self.timeout, self.retry, self.nice = timeout, retry, nice
         if mcpu not in _known_cpus(self.path, **self._probe):
@@ -104,8 +107,12 @@ class LlvmMca(Program):
         # per-opcode scheduling parameters run through the parametric driver (programs.parametric)
         self.per_instruction = parametric.check_table(params.pop("per_instruction", None) or {})
         self.params = self._check_params(params)
-        self.workers = workers or default_workers()
+        self.cluster = cluster
+        self.workers = workers or (cluster.cpus if cluster else default_workers())
         self.chunk_size = chunk_size
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "cluster": None}  # what a cluster's task receives: the chunk runs where it lands
 
     @property
     def _probe(self) -> dict:
@@ -132,7 +139,8 @@ class LlvmMca(Program):
     def with_params(self, params: Mapping[str, object] | None, workers: int | None = None) -> LlvmMca:
         """The same llvm-mca (path, mcpu, iterations, chunking, timeout) under other parameters."""
         return LlvmMca(self.mcpu, self.iterations, params=params, path=self.path, workers=workers or self.workers,
-                       chunk_size=self.chunk_size, timeout=self.timeout, retry=self.retry, nice=self.nice)
+                       chunk_size=self.chunk_size, timeout=self.timeout, retry=self.retry, nice=self.nice,
+                       cluster=self.cluster)
 
     def _check_params(self, params: Mapping[str, object]) -> dict[str, int | bool]:
         try:
@@ -176,20 +184,27 @@ class LlvmMca(Program):
             progress(len(blocks) - len(valid))
         chunks = [valid[s:s + self.chunk_size] for s in range(0, len(valid), self.chunk_size)]
 
-        def work(chunk: list[tuple[int, str]]) -> None:
-            texts = [text for _, text in chunk]
-            answers = self._run_chunk(texts) if own is None else self._run_parametric(texts, [own[i] for i, _ in chunk])
-            for (i, _), result in zip(chunk, answers, strict=True):
+        jobs = [(self, [text for _, text in chunk], None if own is None else [own[i] for i, _ in chunk])
+                for chunk in chunks]
+
+        def store(k: int, answers: list[Result]) -> None:
+            for (i, _), result in zip(chunks[k], answers, strict=True):
                 results[i] = result
             if progress:
-                progress(len(chunk))
+                progress(len(chunks[k]))
 
-        if len(chunks) <= 1 or self.workers == 1:
-            for chunk in chunks:
-                work(chunk)
+        def work(k: int) -> None:
+            store(k, _chunk(*jobs[k]))
+
+        if self.cluster is not None and chunks:
+            for k, answers in self.cluster.map(_chunk, jobs):
+                store(k, answers)
+        elif len(chunks) <= 1 or self.workers == 1:
+            for k in range(len(chunks)):
+                work(k)
         else:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                list(pool.map(work, chunks))
+                list(pool.map(work, range(len(chunks))))
         return results  # type: ignore[return-value]
 
     def _run_chunk(self, blocks: list[str], retried: bool = False) -> list[Result]:
@@ -278,3 +293,9 @@ class LlvmMca(Program):
             messages.setdefault(block, f"llvm-mca: {match.group(2)} (line {line - starts[block] + 1})")
         return [r if r is not None else Result(error=messages.get(i, "llvm-mca gave no result for this block"))
                 for i, r in enumerate(results)]
+
+
+def _chunk(program: LlvmMca, blocks: list[str], tables: list[dict] | None) -> list[Result]:
+    """One chunk of canonical blocks, each under the program's setting or its own table: the unit of
+    work a local thread or a cluster's task runs."""
+    return program._run_chunk(blocks) if tables is None else program._run_parametric(blocks, tables)
