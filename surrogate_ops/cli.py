@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -875,6 +876,49 @@ def tracking_uri_command() -> None:
     from surrogate_ops import config
 
     click.echo(config.default_store_uri())
+
+
+@cli.command("tracking-server")
+@click.option("--dir", "root", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where PostgreSQL's data and the artifacts live [default: <work dir>/tracking-server]. "
+                   "As root, PostgreSQL runs as an unprivileged user who must be able to enter DIR.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="The MLflow server's address.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--postgres-port", type=click.IntRange(1, 65535), default=5433, show_default=True,
+              help="The PostgreSQL started in DIR (it listens on 127.0.0.1 only).")
+@click.option("--backend-store-uri", metavar="URI",
+              help="Use this database (postgresql://USER:PASSWORD@HOST/DB) instead of starting PostgreSQL in DIR.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="MLflow server workers.")
+def tracking_server(root, host, port, postgres_port, backend_store_uri, workers) -> None:
+    """Run a shared MLflow tracking server: PostgreSQL as its store, artifacts proxied to DIR.
+
+    Clients then need only the URL: `--tracking-uri http://HOST:PORT` on any command, or
+    `export MLFLOW_TRACKING_URI=http://HOST:PORT` (and `mlflow run`). Runs until Ctrl-C; started
+    again with the same DIR, everything is still there. deploy/mlflow-server.md runs it for a team.
+    """
+    from contextlib import ExitStack
+
+    from surrogate_ops import config
+    from surrogate_ops.tracking_server import MlflowServer, Postgres
+
+    root = Path(root or config.work_dir() / "tracking-server").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        if backend_store_uri is None:
+            database = stack.enter_context(Postgres(root / "postgres", postgres_port))
+            backend_store_uri = database.uri
+            click.echo(f"PostgreSQL in {database.data}, on 127.0.0.1:{postgres_port}")
+        server = stack.enter_context(MlflowServer(backend_store_uri, root / "artifacts", port, host=host,
+                                                  workers=workers, log=root / "mlflow-server.log"))
+        click.echo(f"MLflow tracking server at {server.url} (artifacts in {root / 'artifacts'}, log "
+                   f"{root / 'mlflow-server.log'})\npoint clients at it: export MLFLOW_TRACKING_URI={server.url}")
+        try:
+            while server.process is not None and server.process.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            click.echo("stopping the MLflow server and PostgreSQL")
+            return
+        raise SurrogateOpsError(f"the MLflow server stopped; see {root / 'mlflow-server.log'}")
 
 
 @cli.command()

@@ -157,49 +157,6 @@ def test_interrupted_training_resumes(home, dataset):
     assert "test_mape_vs_mca" in mlflow.get_run(run_id).data.metrics
 
 
-def test_against_a_real_mlflow_server(tmp_path, dataset, monkeypatch):
-    """Train, register, evaluate and promote through an `mlflow server` on localhost."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        monkeypatch.setenv("SURROGATE_OPS_HOME", str(tmp_path / "home"))
-        env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
-        for _ in range(2):
-            out = subprocess.run([*CLI, "train", "--data", str(dataset), "--preset", "tiny", "--epochs", "2",
-                                  "--register", "served", "--tracking-uri", uri, "--quiet"],
-                                 capture_output=True, text=True, env=env, timeout=600)
-            assert out.returncode == 0, out.stderr
-        assert "registered models:/served/2 (aliases: challenger)" in out.stdout
-        out = subprocess.run([*CLI, "promote", "served", "--tracking-uri", uri], capture_output=True, text=True,
-                             env=env, timeout=600)
-        assert out.returncode == 0 and "challenger v2" in out.stdout, out.stderr
-        out = subprocess.run([*CLI, "evaluate", "--model", "models:/served@champion", "--data", str(dataset),
-                              "--tracking-uri", uri], capture_output=True, text=True, env=env, timeout=600)
-        assert out.returncode == 0 and "vs llvm-mca" in out.stdout, out.stderr
-        # the artifacts went through the server, not to a local path
-        assert any((tmp_path / "server-artifacts").rglob("model.onnx"))
-        assert not (tmp_path / "home" / "mlflow.db").exists()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
 def test_bundled_default_registers_once(home):
     first = registry.ensure_default()
     assert first is not None and first.aliases == ("challenger", "champion")
