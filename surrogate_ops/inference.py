@@ -21,6 +21,7 @@ from surrogate_ops.batching import Flat, run_batched
 from surrogate_ops.blocks import deps
 from surrogate_ops.blocks.asm import MAX_LINE, PREFIXES, BlockError, canonical_line, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.forking import fork_pool
 from surrogate_ops.modeldir import ModelDir
 
 # Distinct lines remembered (about 0.5 KB each here, 2 KB with the caches below it: canonical text,
@@ -244,7 +245,7 @@ class Predictor:
         if self._pool is None:
             _FORKING = self
             try:  # forked: the workers inherit this predictor, its vocabulary and its line cache as they are
-                self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+                self._pool = fork_pool(self.workers)
             finally:
                 _FORKING = None
         step = -(-len(blocks) // (4 * self.workers))
@@ -257,6 +258,7 @@ class Predictor:
         """Stop the encoding workers (they also end with this process)."""
         if self._pool is not None:
             self._pool.terminate()
+            self._pool.join()
             self._pool = None
 
     def predict_encoded(self, encoded: Sequence[list[tuple[int, ...]]], scaled: np.ndarray | None = None) -> np.ndarray:

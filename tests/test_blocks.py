@@ -71,6 +71,28 @@ def test_large_calls_are_disassembled_by_forked_workers_as_by_one_process(tiny_b
     assert len(alone.errors) >= 5 * (len(hexes) // hexcode.PARALLEL_MIN) and any(alone.blocks)
 
 
+def test_forked_workers_die_on_terminate_whatever_the_parent_does_with_sigterm():
+    """The CLI turns SIGTERM into KeyboardInterrupt; a worker that inherited that could outlive
+    Pool.terminate and leave the parent waiting on it for ever (seen once in 10 collects)."""
+    import signal
+
+    from surrogate_ops.forking import fork_pool
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        pool = fork_pool(2)
+        assert pool.map(signal.getsignal, [signal.SIGTERM] * 4) == [signal.SIG_DFL] * 4
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN  # Ctrl-C is the parent's
+        pool.apply_async(__import__("time").sleep, (60,))  # a worker busy, one waiting on the queue
+        pool.terminate()
+        pool.join()  # returns: both die on SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_normalize_block_canonical_form():
     text = "  LOCK\n\taddq\t%rax,(%rdi)\n\n  movq   8(%rsp, %rax, 4) ,%rcx  \n"
     assert normalize_block(text) == "lock addq %rax, (%rdi)\nmovq 8(%rsp,%rax,4), %rcx"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from surrogate_ops.blocks import llvm_disasm
 from surrogate_ops.blocks.asm import PREFIXES, bounded_memo, join_prefixes, normalize_instruction
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.forking import fork_pool
 from surrogate_ops.llvm_tools import find_tool
 
 _PAD = 16
@@ -139,14 +140,20 @@ def _in_processes(disassembler: llvm_disasm.Disassembler, hexes: list[str], inde
     slices = [[(i, hexes[i]) for i in index[s:s + step]] for s in range(0, len(index), step)]
     _FORKING = disassembler
     try:
-        pool = multiprocessing.get_context("fork").Pool(workers)
+        pool = fork_pool(workers)
     finally:
         _FORKING = None
-    with pool:
+    try:
         for blocks, errors in pool.imap(_slice, slices):
             for i, text in blocks:
                 out.blocks[i] = text
             out.errors.update(errors)
+        pool.close()  # every slice answered: the workers leave on their own
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 _FORKING: llvm_disasm.Disassembler | None = None  # what a new worker inherits (set while its pool forks)
