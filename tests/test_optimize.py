@@ -181,6 +181,20 @@ def test_optimize_end_to_end_with_both_tuners(lab):
     assert settings["surrogate"]["options"] == found
 
 
+def test_optimize_checks_on_a_ray_cluster_find_what_local_checks_find(lab):
+    """`--ray local`: every llvm-mca run of the search and of the held-out scoring goes to Ray's
+    tasks; llvm-mca answers alike there, so the search ends where the local one does."""
+    args = [*CLI, "optimize", "--model", "models:/planted-params@champion", "--data", str(lab["csv"]),
+            "--budget", "1200", "--search-blocks", "60", "--steps", "30", "--restarts", "2", "--baseline", "optuna",
+            "--quiet"]
+    local = subprocess.run(args, capture_output=True, text=True, env=lab["env"], timeout=600)
+    on_ray = subprocess.run([*args, "--ray", "local"], capture_output=True, text=True, env=lab["env"], timeout=600)
+    assert local.returncode == 0 and on_ray.returncode == 0, on_ray.stderr[-3000:]
+    assert "llvm-mca on the Ray cluster at local" in on_ray.stderr
+    table = [line for line in local.stdout.splitlines() if line.startswith("  ")]
+    assert len(table) == 3 and table == [line for line in on_ray.stdout.splitlines() if line.startswith("  ")]
+
+
 def test_optimize_refuses_a_budget_below_the_surrogate_cost(lab):
     out = subprocess.run([*CLI, "optimize", "--model", "models:/planted-params@champion", "--data", str(lab["csv"]),
                           "--budget", "10", "--quiet"], capture_output=True, text=True, env=lab["env"], timeout=300)

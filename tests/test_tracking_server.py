@@ -11,15 +11,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import psycopg
 import pytest
 from mlflow import MlflowClient
 from service_helpers import GOOD, free_port, post, running
 
-from surrogate_ops import registry
+from surrogate_ops import registry, tracking
 from surrogate_ops.inference import Predictor
 from surrogate_ops.tracking_server import MlflowServer, Postgres
 
@@ -61,12 +63,30 @@ def _train(data: Path, env: dict, name: str, *extra: str) -> list[str]:
             *extra]
 
 
+def _client(server: MlflowServer) -> MlflowClient:
+    """A client of the server for runs and registry both (an earlier test's registry URI, which
+    MLflow keeps process-wide, must not answer for it)."""
+    return MlflowClient(server.url, registry_uri=server.url)
+
+
+@contextmanager
+def through(server: MlflowServer):
+    """This process's MLflow pointed at the server, as it was afterwards."""
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    tracking.configure(server.url)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
 def _rows(database: Postgres, query: str, *args) -> list[tuple]:
     with psycopg.connect(database.uri) as connection:
         return connection.execute(query, args).fetchall()
 
 
-def test_collect_train_register_promote_serve(team, data, tmp_path, monkeypatch):
+def test_collect_train_register_promote_serve(team, data, tmp_path):
     database, server = team
     home = tmp_path / "home"
     env = _env(home, server)
@@ -84,15 +104,15 @@ def test_collect_train_register_promote_serve(team, data, tmp_path, monkeypatch)
     assert any((Path(server.artifacts)).rglob("model.onnx"))
     assert not (home / "mlflow.db").exists() and not (home / "mlruns").exists()
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    champion = MlflowClient(server.url).get_model_version_by_alias("team", "champion").version
+    champion = _client(server).get_model_version_by_alias("team", "champion").version
     with running(home, "--model", "models:/team@champion", MLFLOW_TRACKING_URI=server.url) as service:
         code, answers = post(service, {"blocks": GOOD, "mcpu": "haswell"})
     assert code == 200 and len(answers) == len(GOOD)
     # the service's surrogate is the registry's champion, fetched through the server
     answered = [(block, a["cycles"]) for block, a in zip(GOOD, answers) if a["source"] == "surrogate"]
     assert len(answered) > len(GOOD) // 2  # the rest use opcodes the generated training data never showed it
-    expected = Predictor(registry.model_dir(f"models:/team/{champion}")).cycles([b for b, _ in answered])
+    with through(server):
+        expected = Predictor(registry.model_dir(f"models:/team/{champion}")).cycles([b for b, _ in answered])
     assert np.allclose([c for _, c in answered], expected, rtol=1e-5)
 
 
@@ -108,7 +128,7 @@ def test_two_trainings_register_into_one_model_at_once(team, data, tmp_path):
     registered = sorted(line.split()[1] for stdout, _ in outputs for line in stdout.splitlines()
                         if line.startswith("registered models:/race/"))
     assert registered == ["models:/race/1", "models:/race/2"]  # both landed, each its own version
-    client = MlflowClient(server.url)
+    client = _client(server)
     assert client.get_model_version_by_alias("race", "challenger").version == "2"
     assert client.get_model_version_by_alias("race", "champion").version == "1"
 
@@ -121,7 +141,7 @@ def test_a_server_restart_mid_training_loses_no_metric(team, data, tmp_path):
     epochs = 10
     proc = subprocess.Popen(_train(data, env, "restarted", "--epochs", str(epochs), "--patience", "100"), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(server.url)
+    client = _client(server)
     deadline = time.time() + 300
     run_id = None
     while time.time() < deadline and proc.poll() is None:
