@@ -51,16 +51,20 @@ class Cluster:
 
         remote = _remote(function)
         pending = {remote.remote(*job): k for k, job in enumerate(jobs)}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                try:
-                    answer, node = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    raise SurrogateOpsError(f"a chunk failed on the Ray cluster at {self.address} after "
-                                            f"{RETRIES} retries: {exc}") from None
-                self.nodes[node] += 1
-                yield pending.pop(ref), answer
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    try:
+                        answer, node = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        raise SurrogateOpsError(f"a chunk failed on the Ray cluster at {self.address} after "
+                                                f"{RETRIES} retries: {exc}") from None
+                    self.nodes[node] += 1
+                    yield pending.pop(ref), answer
+        finally:  # interrupted, or failed: the cluster's CPUs go back to whoever else uses it
+            for ref in pending:
+                ray.cancel(ref, force=True)
 
 
 _REMOTES: dict[Callable, Any] = {}
