@@ -21,7 +21,7 @@ from surrogate_ops.batching import Flat, run_batched
 from surrogate_ops.blocks import deps
 from surrogate_ops.blocks.asm import MAX_LINE, PREFIXES, BlockError, canonical_line, normalize_block
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.forking import fork_pool
+from surrogate_ops.forking import fork_pool, inherited
 from surrogate_ops.modeldir import ModelDir
 
 # Distinct lines remembered (about 0.5 KB each here, 2 KB with the caches below it: canonical text,
@@ -42,7 +42,6 @@ CPU_TOKENS = 8192
 LANE_THREADS = 1
 _SKIP, _SLOW = object(), object()  # line-cache markers: a blank line; a bare prefix (general path)
 PARALLEL_MIN = 16384  # blocks in one call from which worker processes share the encoding
-_FORKING: Predictor | None = None  # what a new encoding worker inherits (set while its pool forks)
 
 
 @dataclass(frozen=True)
@@ -241,13 +240,8 @@ class Predictor:
 
     def _encode_parallel(self, blocks: Sequence[str], first: int) -> tuple[Flat, np.ndarray, dict[int, str], list[int]]:
         """`_encode_part` across the worker processes, a slice each (four per worker, for balance)."""
-        global _FORKING
-        if self._pool is None:
-            _FORKING = self
-            try:  # forked: the workers inherit this predictor, its vocabulary and its line cache as they are
-                self._pool = fork_pool(self.workers)
-            finally:
-                _FORKING = None
+        if self._pool is None:  # forked: the workers inherit this predictor, its vocabulary and its line cache as they are
+            self._pool = fork_pool(self.workers, inherit=self)
         step = -(-len(blocks) // (4 * self.workers))
         parts = self._pool.map(_encode_slice, [(list(blocks[s:s + step]), first, s) for s in range(0, len(blocks), step)])
         errors = {i: why for part in parts for i, why in part[2].items()}
@@ -282,6 +276,6 @@ class Predictor:
 def _encode_slice(job: tuple[list[str], int, int]) -> tuple[Flat, np.ndarray, dict[int, str], list[int]]:
     """In an encoding worker: one slice of a call's blocks, as flat arrays."""
     blocks, first, start = job
-    predictor = _FORKING  # as it was when this worker was forked
+    predictor = inherited()  # as it was when this worker was forked
     encoded, where, errors, unknown_at = predictor._encode_part(blocks, first, start)
     return Flat.of(encoded), np.asarray(where, dtype=np.int64), errors, unknown_at

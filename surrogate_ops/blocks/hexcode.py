@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from surrogate_ops.blocks import llvm_disasm
 from surrogate_ops.blocks.asm import PREFIXES, bounded_memo, join_prefixes, normalize_instruction
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.forking import fork_pool
+from surrogate_ops.forking import fork_pool, inherited
 from surrogate_ops.llvm_tools import find_tool
 
 _PAD = 16
@@ -135,14 +135,9 @@ def _in_process(disassembler: llvm_disasm.Disassembler, hexes: list[str], index:
 def _in_processes(disassembler: llvm_disasm.Disassembler, hexes: list[str], index: list[int], out: Disassembly,
                   workers: int) -> None:
     """`_in_process` over slices of the blocks in forked workers, which inherit the loaded library."""
-    global _FORKING
     step = -(-len(index) // (4 * workers))
     slices = [[(i, hexes[i]) for i in index[s:s + step]] for s in range(0, len(index), step)]
-    _FORKING = disassembler
-    try:
-        pool = fork_pool(workers)
-    finally:
-        _FORKING = None
+    pool = fork_pool(workers, inherit=disassembler)
     try:
         for blocks, errors in pool.imap(_slice, slices):
             for i, text in blocks:
@@ -156,13 +151,10 @@ def _in_processes(disassembler: llvm_disasm.Disassembler, hexes: list[str], inde
         pool.join()
 
 
-_FORKING: llvm_disasm.Disassembler | None = None  # what a new worker inherits (set while its pool forks)
-
-
 def _slice(pairs: list[tuple[int, str]]) -> tuple[list[tuple[int, str]], dict[int, str]]:
     """In a worker: one slice of (index, hex) pairs, as (index, text) pairs and the failures by index."""
     part = Disassembly([None] * len(pairs), {})
-    _in_process(_FORKING, [h for _, h in pairs], list(range(len(pairs))), part)  # type: ignore[arg-type]
+    _in_process(inherited(), [h for _, h in pairs], list(range(len(pairs))), part)
     return ([(pairs[k][0], text) for k, text in enumerate(part.blocks) if text is not None],
             {pairs[k][0]: why for k, why in part.errors.items()})
 
