@@ -6,7 +6,10 @@ then the versioned names Debian installs (`llvm-mca-19`, ...). A missing tool is
 `SurrogateOpsError` that says how to install it.
 
 Every call of a tool goes through `run_tool`: in a process group of its own, under a timeout, the
-whole group killed when it runs past it (a wrapper script's children too). What a tool says about
+whole group killed when it runs past it (a wrapper script's children too). A tool also dies with the
+process that started it (the kernel's parent-death signal, set by util-linux's `setpriv`), and
+carries that process's id in its environment (`SURROGATE_OPS_TOOL_PARENT`), so that whoever takes
+over from a process killed outright can end what it left running (`end_orphans`). What a tool says about
 itself (version, options, CPUs) is asked once through `remembered`: an answer is kept for good, a
 failure only for a while (`SURROGATE_OPS_MCA_RETRY` seconds), so a tool fixed or replaced while a
 service runs is picked up, and a broken one is not asked again on every request.
@@ -42,8 +45,11 @@ def run_tool(command: Sequence[str], stdin: str = "", timeout: float | None = No
     `TIMEOUT`) the whole group is killed and ToolTimeout raised. `nice` lowers its CPU priority (the
     service keeps its own threads ahead of batch simulations). OSError when it cannot start."""
     timeout = TIMEOUT if timeout is None else timeout
-    proc = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env=env)
+    if _SETPRIV and shutil.which(command[0]) is None:  # as Popen would say it, not as setpriv's exit status
+        raise FileNotFoundError(2, "No such file or directory", command[0])
+    env = {**(os.environ if env is None else env), PARENT: str(os.getpid())}
+    proc = subprocess.Popen([*_DIE_WITH_PARENT, *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     if nice:
         try:
             os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
@@ -58,6 +64,36 @@ def run_tool(command: Sequence[str], stdin: str = "", timeout: float | None = No
         _kill_group(proc)
         raise
     return subprocess.CompletedProcess(list(command), proc.returncode, out, err)
+
+
+PARENT = "SURROGATE_OPS_TOOL_PARENT"
+# setpriv (util-linux, on every Debian) runs the tool with the parent-death signal set: SIGKILL when the
+# thread that started it dies, as it does when its process is killed outright. Not a preexec_fn, which
+# is not safe in a process with threads (the service is one).
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_PARENT = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
+
+
+def end_orphans(parent: int) -> int:
+    """Kill the process groups of the tools a process `parent`, now gone, started and left running
+    (found by the id `run_tool` put in their environment; a wrapper's children too); how many."""
+    marker = f"{PARENT}={parent}".encode() + b"\0"
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if marker in environ.read() + b"\0":
+                    groups.add(os.getpgid(int(entry)))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            pass
+    return len(groups)
 
 
 def run_checked(command: Sequence[str], what: str, hint: str, timeout: float,

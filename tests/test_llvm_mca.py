@@ -82,29 +82,55 @@ def test_injected_directives_and_markers_are_rejected(fixture_blocks, block, rea
     assert [results[0], results[2], results[3]] == LlvmMca(workers=1).run(good)
 
 
-def test_a_timed_out_chunk_is_retried_once_then_fails_per_block(fixture_blocks, tmp_path):
-    """Not bisected into 2n-1 more timeouts: a slow llvm-mca (that still answers --version) gets one
-    retry; a hanging one (that does not) none, and is left alone for `retry` seconds; the whole
-    process group is killed each time."""
+def test_a_timed_out_chunk_is_run_again_in_halves_and_a_broken_llvm_mca_is_remembered(fixture_blocks, tmp_path):
+    """A chunk that times out while llvm-mca still simulates one instruction is run again once, in
+    halves, so the blocks beside a slow one get their answers; an llvm-mca that answers --version
+    but hangs on every simulation is marked unavailable for `retry` seconds at the first timeout,
+    and one that hangs on everything too; the whole process group is killed each time."""
     real, blocks = LlvmMca().path, [b["block"] for b in fixture_blocks[:6]]
     calls = tmp_path / "calls"
-    path = script(tmp_path, "llvm-mca", f'#!/bin/sh\ncase "$*" in *-iterations=100*) echo run >> {calls};\n'
-                                        f'  [ -e {tmp_path}/slow ] && sleep 987654 ;; esac\n'
-                                        f'[ -e {tmp_path}/hang ] && sleep 987654\nexec {real} "$@"\n')
+    path = script(tmp_path, "llvm-mca", f'#!/bin/sh\n[ -e {tmp_path}/hang ] && sleep 987654\n'
+                                        f'case "$*" in *-iterations=*) echo run >> {calls};\n'
+                                        f'  input=$(cat)\n'
+                                        f'  case "$input" in *"LLVM-MCA-BEGIN b3"*) [ -e {tmp_path}/slow4 ] && sleep 987654;; esac\n'
+                                        f'  [ -e {tmp_path}/slow ] && sleep 987654\n'
+                                        f'  printf "%s\\n" "$input" | {real} "$@"; exit $? ;; esac\n'
+                                        f'exec {real} "$@"\n')
     program = LlvmMca(path=path, workers=1, timeout=1, retry=2)
-    (tmp_path / "slow").touch()
+    expected = LlvmMca(workers=1).run(blocks)
+    (tmp_path / "slow4").touch()  # slow on any run of four blocks or more
+    assert program.run(blocks) == expected
+    assert calls.read_text().count("run") == 4  # the chunk, the one-instruction check, two halves
+    (tmp_path / "slow4").unlink()
+    (tmp_path / "slow").touch()  # answers --version, hangs on every simulation
     results = program.run(blocks)
-    assert all(r.error == "llvm-mca timed out after 1 s, twice" for r in results), results
-    assert calls.read_text().count("run") == 2
+    assert all(r.error.startswith("llvm-mca unavailable: llvm-mca hangs on a one-instruction block") for r in results)
+    assert all(r.error.startswith("llvm-mca unavailable") for r in program.run(blocks))  # at once, remembered
+    assert calls.read_text().count("run") == 6
     (tmp_path / "slow").unlink()
+    time.sleep(2)
     (tmp_path / "hang").touch()
     assert all("it hangs" in r.error for r in program.run(blocks))
     assert all("llvm-mca unavailable: llvm-mca hangs" in r.error for r in program.run(blocks))  # at once
-    assert calls.read_text().count("run") == 3
+    assert calls.read_text().count("run") == 6
     (tmp_path / "hang").unlink()
     time.sleep(2)
-    assert program.run(blocks) == LlvmMca(workers=1).run(blocks)
+    assert program.run(blocks) == expected
     assert not subprocess.run(["pgrep", "-f", "sleep 987654"], capture_output=True).stdout
+
+
+def test_an_llvm_mca_that_crashes_on_everything_is_not_bisected(fixture_blocks, tmp_path):
+    """It answers --version but crashes on every simulation: one call for the chunk and one check,
+    not the 2n-1 calls of a bisection, and the next chunks fail at once until `retry` has passed."""
+    real, calls = LlvmMca().path, tmp_path / "calls"
+    path = script(tmp_path, "llvm-mca", f'#!/bin/sh\ncase "$*" in *-iterations=*) echo run >> {calls}; kill -SEGV $$;; esac\n'
+                                        f'exec {real} "$@"\n')
+    blocks = [b["block"] for b in fixture_blocks] * 8
+    results = LlvmMca(path=path, workers=1, retry=60).run(blocks)
+    assert all(r.error.startswith("llvm-mca unavailable: llvm-mca crashes on a one-instruction block") for r in results)
+    assert calls.read_text().count("run") == 2
+    assert LlvmMca(path=path, workers=1, chunk_size=4).run(blocks) == results  # every chunk at once
+    assert calls.read_text().count("run") == 2
 
 
 def test_parameters_reach_llvm_mca(fixture_blocks):

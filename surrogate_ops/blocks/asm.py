@@ -75,11 +75,7 @@ def _check_line(line: str) -> None:
             raise BlockError("comments are not allowed in a block (they could carry LLVM-MCA region markers)")
         if ";" in line:
             raise BlockError("one instruction per line: ';' is not allowed")
-    first = line.split(None, 1)[0]
-    if first.startswith("."):
-        raise BlockError(f"assembler directive {first!r} is not allowed in a block")
-    if first.endswith(":"):
-        raise BlockError(f"label {first!r} is not allowed in a block")
+    _check_statement(line.split())
     if not allowed:
         char = next(c for c in line if not _ALLOWED.fullmatch(c))
         raise BlockError(f"unexpected character {char!r} in instruction {line!r}")
@@ -88,6 +84,28 @@ def _check_line(line: str) -> None:
             raise BlockError(f"literal {literal} does not fit in 64 bits")
 
 
+def _check_statement(words: list[str]) -> None:
+    """What the assembler will take the line for, decided as its parser does: any prefixes, then a
+    word that must be an instruction mnemonic. Anything else is a statement of another kind that
+    could change how llvm-mca reads every later block of its run (`a:.if 0` skips them all,
+    `a: .code16` re-reads them): a label (a word holding ':', however it goes on), a directive
+    (a word starting with '.'), or an assignment. A lone prefix is an instruction of its own."""
+    k = 0
+    while k < len(words) - 1 and (words[k].lower() in PREFIXES or _PSEUDO_PREFIX.fullmatch(words[k])):
+        k += 1
+    head = words[k]
+    if ":" in head:
+        raise BlockError(f"label {head.split(':', 1)[0] + ':'!r} is not allowed in a block")
+    if head.startswith("."):
+        raise BlockError(f"assembler directive {head!r} is not allowed in a block")
+    if head.lower() not in PREFIXES and not _MNEMONIC.fullmatch(head):
+        raise BlockError(f"{head[:40]!r} is not an instruction mnemonic")
+
+
+# A mnemonic as llvm-mc spells them (`vcmplt_oqps`), with the encoding suffixes it accepts (`movl.s`);
+# the pseudo-prefixes that choose an encoding (`{vex} vpdpbusd`, `{disp32} movl`) may precede it.
+_MNEMONIC = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.(?:s|d8|d32))?")
+_PSEUDO_PREFIX = re.compile(r"\{(?:vex|vex2|vex3|evex|load|store|disp8|disp32)\}")
 _LONG_LITERAL = re.compile(r"(?<![\w%])(?:0[xX][0-9a-fA-F]{17,}|\d{20,})")  # the only ones that may not fit
 
 
@@ -116,7 +134,7 @@ def normalize_instruction(line: str) -> str:
     """`"  addq\t%rax,%rbx "` -> `"addq %rax, %rbx"`. Assumes the line passed `_check_line`."""
     words = line.split()
     head = []
-    while words and words[0].lower() in PREFIXES and len(words) > 1:
+    while len(words) > 1 and (words[0].lower() in PREFIXES or _PSEUDO_PREFIX.fullmatch(words[0])):
         head.append(words.pop(0).lower())
     head.append(words[0].lower())
     rest = " ".join(words[1:])

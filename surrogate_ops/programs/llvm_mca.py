@@ -4,15 +4,20 @@ Blocks are run many per process, each as a named code region (`# LLVM-MCA-BEGIN 
 chunks spread over a pool of workers sized to the cores. Process start-up costs about as much as
 simulating 30 blocks, so there is never one process per block on this path.
 
-One bad block never sinks the others: a block llvm-mca's assembler rejects is dropped from the
-output and named, by line, on stderr; a chunk that llvm-mca aborts is bisected until each culprit
-stands alone and gets llvm-mca's own message.
+One bad block never sinks the others, nor changes their answers: the gate (`blocks.asm`) lets
+instructions alone reach llvm-mca, and every run is checked for the marks a block that escaped it
+would leave on its neighbours: each block must come back as its own region with at least as many
+instructions as it has lines, or with llvm-mca's error on one of its own lines. A block llvm-mca's
+assembler rejects is dropped from the output and named, by line, on stderr; a chunk that llvm-mca
+aborts, or whose answers miss those marks, is bisected until each culprit stands alone, so a
+block's answer never depends on what ran beside it.
 
 Time is bounded: every call, the start-up probes included, runs under the instance's timeout with
-its process group killed past it. A chunk that times out is not bisected (that would be 2n-1 more
-timeouts): llvm-mca is asked for its version (at most half a second); when it answers, the chunk
-is retried once, then each of its blocks fails with the timeout; when it does not, llvm-mca is
-marked hanging for `retry` seconds and every chunk in that time fails at once.
+its process group killed past it. When a chunk times out or aborts, llvm-mca itself is checked
+first (`--version`, then one instruction under the same setting): an llvm-mca that fails these is
+marked unavailable for `retry` seconds, with the reason, and every chunk in that time fails at once
+(no bisection into hundreds of doomed calls). One that passes was slowed by the chunk: a timed-out
+chunk is run again once as two halves, a lone block that times out fails with the timeout.
 """
 
 from __future__ import annotations
@@ -65,10 +70,11 @@ def _known_cpus(path: str, timeout: float) -> frozenset[str]:
 
 
 _hanging: dict[str, tuple[float, str]] = {}  # llvm-mca path -> (monotonic time to try again, why)
+PROBE_BLOCK = "addq %rax, %rbx"  # what any working llvm-mca simulates in milliseconds
 
 
 def hanging(path: str) -> str | None:
-    """Why llvm-mca at `path` is taken to hang now, or None."""
+    """Why llvm-mca at `path` is taken to be unavailable now (it hangs or crashes), or None."""
     until, why = _hanging.get(path, (0.0, ""))
     return why if time.monotonic() < until else None
 
@@ -207,9 +213,10 @@ class LlvmMca(Program):
                 list(pool.map(work, range(len(chunks))))
         return results  # type: ignore[return-value]
 
-    def _run_chunk(self, blocks: list[str], retried: bool = False) -> list[Result]:
-        """Run canonical blocks in one llvm-mca process; bisect when llvm-mca fails as a whole, retry
-        once when it times out (see the module's note)."""
+    def _run_chunk(self, blocks: list[str], retried: bool = False, checked: bool = False) -> list[Result]:
+        """Run canonical blocks in one llvm-mca process; bisect when llvm-mca fails as a whole or a
+        block's answer shows its neighbours' mark, run again in halves once when it times out (see
+        the module's note). `checked`: llvm-mca itself was found working since this chunk's failure."""
         why = hanging(self.path)
         if why:
             return [Result(error=f"llvm-mca unavailable: {why}")] * len(blocks)
@@ -226,12 +233,45 @@ class LlvmMca(Program):
         try:
             proc = run_tool(self.command(), "\n".join(lines) + "\n", timeout=timeout, nice=self.nice)
         except ToolTimeout:
-            return self._timed_out(blocks, timeout, retried)
+            return self._timed_out(blocks, timeout, retried, checked)
         if proc.returncode != 0:
+            broken = None if checked else self._broken(timeout)
+            if broken:
+                return [Result(error=broken)] * len(blocks)
             if len(blocks) == 1:
                 return [Result(error=self._failure_message(proc.stderr, starts[0], proc.returncode))]
             return self._bisect(blocks)
-        return self._parse(proc.stdout, proc.stderr, starts, len(blocks))
+        sizes = [block.count("\n") + 1 for block in blocks]
+        results, isolated = self._parse(proc.stdout, proc.stderr, starts, sizes)
+        if not isolated and len(blocks) > 1:  # a block changed how llvm-mca read its neighbours
+            return self._bisect(blocks)
+        return results
+
+    def _broken(self, timeout: float) -> str | None:
+        """Why llvm-mca fails whatever it is given, checked after a chunk failed: the reason every
+        block gets (and, for llvm-mca itself, remembered for `retry` seconds), or None when it
+        simulates one instruction (then the chunk's own blocks are to blame)."""
+        probe = min(timeout, 1.0)  # a working llvm-mca simulates one instruction in about 10 ms
+
+        def fails(command: list[str]) -> str | None:
+            try:
+                proc = run_tool(command, PROBE_BLOCK + "\n", timeout=probe, nice=self.nice)
+            except ToolTimeout:
+                return f"hangs on a one-instruction block (no answer in {probe:g} s)"
+            except OSError as exc:
+                return f"cannot be run ({exc})"
+            return None if proc.returncode == 0 else f"crashes on a one-instruction block (exit status {proc.returncode})"
+
+        why = fails(self.command())
+        if why is None:
+            return None
+        plain = self.command()[:4] if self.params else None
+        if plain is not None and fails(plain) is None:  # only this setting fails
+            return f"llvm-mca {why} under this setting ({json.dumps(self.params, sort_keys=True)})"
+        retry = llvm_tools.RETRY if self.retry is None else self.retry
+        why = f"llvm-mca {why}; tried again after {retry:g} s"
+        _hanging[self.path] = (time.monotonic() + retry, why)
+        return f"llvm-mca unavailable: {why}"
 
     def _run_parametric(self, blocks: list[str], tables: list[dict] | None = None) -> list[Result]:
         """Canonical blocks through the parametric driver, under this instance's per-instruction table
@@ -248,7 +288,7 @@ class LlvmMca(Program):
             return [Result(error=f"parametric llvm-mca timed out after {timeout:g} s")] * len(blocks)
         return [Result(cycles=cycles, error=error) for cycles, error in answers]
 
-    def _timed_out(self, blocks: list[str], timeout: float, retried: bool) -> list[Result]:
+    def _timed_out(self, blocks: list[str], timeout: float, retried: bool, checked: bool) -> list[Result]:
         try:
             run_tool([self.path, "--version"], timeout=0.5)
         except (ToolTimeout, OSError):
@@ -256,13 +296,18 @@ class LlvmMca(Program):
             why = f"llvm-mca hangs (a call ran past {timeout:g} s and --version did not answer); tried again after {retry:g} s"
             _hanging[self.path] = (time.monotonic() + retry, why)
             return [Result(error=f"llvm-mca timed out after {timeout:g} s: it hangs")] * len(blocks)
-        if not retried:
-            return self._run_chunk(blocks, retried=True)
-        return [Result(error=f"llvm-mca timed out after {timeout:g} s, twice")] * len(blocks)
+        broken = None if checked else self._broken(timeout)
+        if broken:
+            return [Result(error=broken)] * len(blocks)
+        if retried or len(blocks) == 1:
+            return [Result(error=f"llvm-mca timed out after {timeout:g} s")] * len(blocks)
+        mid = len(blocks) // 2  # once, in halves: the blocks beside a slow one still get answers
+        return (self._run_chunk(blocks[:mid], retried=True, checked=True)
+                + self._run_chunk(blocks[mid:], retried=True, checked=True))
 
     def _bisect(self, blocks: list[str]) -> list[Result]:
         mid = len(blocks) // 2
-        return self._run_chunk(blocks[:mid]) + self._run_chunk(blocks[mid:])
+        return self._run_chunk(blocks[:mid], checked=True) + self._run_chunk(blocks[mid:], checked=True)
 
     @staticmethod
     def _failure_message(stderr: str, start: int, returncode: int) -> str:
@@ -274,15 +319,21 @@ class LlvmMca(Program):
         return "llvm-mca: " + (" ".join(" ".join(lines).split())[:300] if lines else f"exit status {returncode}")
 
     @staticmethod
-    def _parse(stdout: str, stderr: str, starts: list[int], count: int) -> list[Result]:
+    def _parse(stdout: str, stderr: str, starts: list[int], sizes: list[int]) -> tuple[list[Result], bool]:
+        """Each block's Result from llvm-mca's JSON and diagnostics, and whether the run shows every
+        block read on its own: a region of its own with at least one instruction a line (a prefix
+        may add one), or an error on one of its own lines, and no error outside every block."""
+        count = len(sizes)
         results: list[Result | None] = [None] * count
         try:
             regions = json.loads(stdout).get("CodeRegions", []) if stdout.strip() else []
         except json.JSONDecodeError:
             regions = []
+        isolated = True
         for region in regions:
-            summary = region["SummaryView"]
-            results[int(region["Name"][1:])] = Result(
+            summary, index = region["SummaryView"], int(region["Name"][1:])
+            isolated &= 0 <= index < count and len(region.get("Instructions", ())) >= sizes[index]
+            results[index] = Result(
                 cycles=float(summary["TotalCycles"]), uops=int(summary["TotaluOps"]),
                 rthroughput=float(summary["BlockRThroughput"]),
             )
@@ -290,9 +341,13 @@ class LlvmMca(Program):
         for match in _DIAGNOSTIC.finditer(stderr):
             line = int(match.group(1))
             block = bisect.bisect_right(starts, line) - 1
+            if block < 0 or line >= starts[block] + sizes[block]:  # on a marker or past the end: not a block's own
+                isolated = False
+                continue
             messages.setdefault(block, f"llvm-mca: {match.group(2)} (line {line - starts[block] + 1})")
+        isolated &= all(r is not None or i in messages for i, r in enumerate(results))
         return [r if r is not None else Result(error=messages.get(i, "llvm-mca gave no result for this block"))
-                for i, r in enumerate(results)]
+                for i, r in enumerate(results)], isolated
 
 
 def _chunk(program: LlvmMca, blocks: list[str], tables: list[dict] | None) -> list[Result]:
