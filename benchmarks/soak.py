@@ -7,6 +7,13 @@ Phases (all by default; `--phases` picks):
          kind of request's latency (target: timeout + 1 s at most).
   flood  RSS warm, after 40 requests of one 3.9 MB line, after 150,000 distinct lines (target: within
          1.5x of warm).
+  slow   128 blocks of about a second of llvm-mca each (512 divides) in one exact request, and a 1-block
+         exact request sent beside them at the default timeout (30 s): its wait (target: the timeout
+         + 1 s at most) and how many of the 128 were answered (issue 29).
+  body   a body announcing 600 MB, and 40 MB sent in chunks without a length: the status, the time
+         to the refusal and the worker's RSS against warm (target: within 1.2x).
+  broken llvm-mca answers --version but crashes, then hangs, on every simulation: each request's
+         latency and llvm-mca calls (once 127 calls for 64 blocks), and what /ops/healthz says.
   soak   --clients clients for --minutes, requests of 1-256 generated blocks (some sent to llvm-mca,
          some exact), llvm-mca made to hang for --fault-seconds in the middle: throughput, p50/p99,
          RSS over time, errors, and every answer checked against the same block's answer from the
@@ -75,9 +82,10 @@ class Server:
         self.folder = folder
         self.wrapper = folder / "llvm-mca"
         real = find_tool("llvm-mca")
-        self.wrapper.write_text(f'#!/bin/sh\n[ -e "{folder}/hang" ] && {{ sleep 987654 & wait; }}\n'
-                                f'[ -e "{folder}/crash" ] && kill -SEGV $$\nexec {real} "$@"\n')
-        self.wrapper.chmod(0o755)
+        if not self.wrapper.exists():
+            self.wrapper.write_text(f'#!/bin/sh\n[ -e "{folder}/hang" ] && {{ sleep 987654 & wait; }}\n'
+                                    f'[ -e "{folder}/crash" ] && kill -SEGV $$\nexec {real} "$@"\n')
+            self.wrapper.chmod(0o755)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -171,6 +179,93 @@ def flood(folder: Path, args) -> dict:
         print(f"flood: RSS warm {warm:.0f} MB, after 40 lines of 3.9 MB {after_long:.0f} MB, after 151,552 distinct "
               f"lines {after_unique:.0f} MB ({out['ratio']:.2f}x warm); the answer to a 3.9 MB line: {max(sizes)} bytes")
         return out
+
+
+def slow(folder: Path, args) -> dict:
+    with Server(folder / "slow") as server:
+        blocks = ["\n".join([f"addq ${k}, %r8", *["divq %rcx"] * 511]) for k in range(128)]
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(timed, server.url, {"blocks": blocks, "exact": True})
+            time.sleep(2)
+            waited, code, answers = timed(server.url, {"blocks": ["imulq $13, %rcx, %rdx"], "exact": True})
+            heavy_seconds, heavy_code, heavy = job.result()
+        answered = sum("cycles" in a for a in heavy) if heavy_code == 200 else 0
+        out = {"timeout": 30.0, "beside_seconds": waited, "beside_status": code,
+               "beside_answered": code == 200 and "cycles" in answers[0], "slow_seconds": heavy_seconds,
+               "slow_answered": answered}
+        print(f"slow: a 1-block exact request beside 128 one-second blocks answered in {waited:.2f} s (timeout 30 s); "
+              f"the 128 took {heavy_seconds:.1f} s, {answered} answered")
+        return out
+
+
+def _raw(url: str, headers: dict[str, str], chunks) -> tuple[int, float]:
+    """POST /predict with these headers and body pieces, sent until the server answers; its status
+    and seconds to it."""
+    import http.client
+    from urllib.parse import urlparse
+
+    address = urlparse(url)
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+    connection.putrequest("POST", "/predict")
+    for name, value in headers.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    try:
+        for piece in chunks:
+            connection.send(piece)
+    except OSError:
+        pass  # refused and closed before the body ended
+    code = connection.getresponse().status
+    return code, time.perf_counter() - started
+
+
+def body(folder: Path, args) -> dict:
+    with Server(folder / "body") as server:
+        normal = generate(2000, seed=PROBE_SEED + 56)
+        for i in range(0, 2000, 100):
+            post(server.url, {"blocks": normal[i:i + 100]})
+        warm = status(server.url)["memory_mb"]
+        piece = b"a" * (1 << 20)
+        announced = _raw(server.url, {"Content-Type": "application/json", "Content-Length": str(600 << 20)},
+                         (piece for _ in range(600)))
+        after_announced = status(server.url)["memory_mb"]
+        chunked = _raw(server.url, {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                       (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(40)))
+        after_chunked = status(server.url)["memory_mb"]
+        out = {"warm_mb": warm, "announced_600MB": {"status": announced[0], "seconds": announced[1], "mb": after_announced},
+               "chunked_40MB": {"status": chunked[0], "seconds": chunked[1], "mb": after_chunked},
+               "ratio": max(after_announced, after_chunked) / warm}
+        print(f"body: 600 MB announced -> {announced[0]} in {announced[1]:.2f} s; 40 MB chunked -> {chunked[0]} in "
+              f"{chunked[1]:.2f} s; RSS warm {warm:.0f} MB, after {max(after_announced, after_chunked):.0f} MB "
+              f"({out['ratio']:.2f}x)")
+        return out
+
+
+def broken(folder: Path, args) -> dict:
+    calls = folder / "broken" / "calls"
+    real = find_tool("llvm-mca")
+    out: dict = {}
+    for fault, action in (("crash", "kill -SEGV $$"), ("hang", "sleep 987654")):
+        where = folder / "broken" / fault
+        where.mkdir(parents=True)
+        wrapper = where / "llvm-mca"
+        wrapper.write_text(f'#!/bin/sh\ncase "$*" in *-iterations=*) echo run >> {calls}.{fault}; {action};; esac\n'
+                           f'exec {real} "$@"\n')
+        wrapper.chmod(0o755)
+        with Server(where, SURROGATE_OPS_LLVM_MCA=str(wrapper), SURROGATE_OPS_MCA_TIMEOUT=str(args.timeout),
+                    SURROGATE_OPS_MCA_RETRY="600") as server:
+            runs = []
+            for size in (64, 512, 64):
+                seconds, code, _ = timed(server.url, {"blocks": [f"addq ${k}, %r{8 + k % 8}" for k in range(size)],
+                                                      "exact": True})
+                made = Path(f"{calls}.{fault}").read_text().count("run") if Path(f"{calls}.{fault}").exists() else 0
+                runs.append({"blocks": size, "seconds": round(seconds, 2), "status": code, "llvm_mca_calls_so_far": made})
+            out[fault] = {"requests": runs, "healthz": status(server.url)["llvm_mca"]}
+        print(f"broken ({fault} on every simulation): " + "; ".join(
+            f"{r['blocks']} blocks {r['seconds']:.2f} s ({r['llvm_mca_calls_so_far']} calls so far)" for r in runs)
+            + f"; healthz: {out[fault]['healthz'][:90]}")
+    return out
 
 
 def soak(folder: Path, args) -> dict:
@@ -314,7 +409,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--phases", default="stall,hang,flood,soak")
+    parser.add_argument("--phases", default="stall,hang,flood,slow,body,broken,soak")
     parser.add_argument("--minutes", type=float, default=10.0, help="soak duration")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--fault", choices=("hang", "crash"), default="hang")

@@ -13,7 +13,10 @@ Configuration (environment):
                             one llvm-mca call gathers, and how long a failed llvm-mca is left alone
     SURROGATE_OPS_THREADS   requests answered at once [default: 8]
 
+    SURROGATE_OPS_MAX_BODY  bytes of a request's body, refused (413) before it is read [default: 9 MiB]
+
     POST /predict       {"blocks": ["<asm>", ...], "mcpu": "haswell", "exact": false, "max_error": 0.05}
+                        (typed strictly: "exact": "yes" or an unknown field is a 400, not a guess)
     GET  /ops/healthz   readiness: the surrogate of each mcpu (version, engine), mode (surrogate+llvm-mca
                         or llvm-mca-only)
     GET  /docs          the OpenAPI page
@@ -21,18 +24,23 @@ Configuration (environment):
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
 import logging
 import os
 import signal
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import bentoml
 from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 
+from surrogate_ops.llvm_tools import end_orphans
 from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.serving import Limits, Rejected, Server
 
@@ -65,6 +73,80 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it died before the line above
         os._exit(1)
+
+
+def _take_over() -> None:
+    """Say so when the worker before this one died without shutting down (`kill -9`, the kernel's
+    OOM killer), and end the llvm-mca processes it left running; then leave the same note for the
+    next one, removed on a clean exit."""
+    log = logging.getLogger("surrogate_ops.service")
+    note = Path(os.environ.get("BENTOML_HOME") or tempfile.gettempdir()) / "surrogate-ops-worker.json"
+    try:
+        before = json.loads(note.read_text())
+    except (OSError, ValueError):
+        before = None
+    if before and before.get("pid") != os.getpid() and not Path(f"/proc/{before['pid']}").exists():
+        ended = end_orphans(int(before["pid"]))
+        log.warning("the previous worker (pid %s, up %.0f s) died without shutting down (killed by a signal, or out of "
+                    "memory); this worker (pid %d) replaces it%s", before["pid"], time.time() - before.get("started", 0),
+                    os.getpid(), f"; ended {ended} llvm-mca process group(s) it left running" if ended else "")
+    note.parent.mkdir(parents=True, exist_ok=True)
+    note.write_text(json.dumps({"pid": os.getpid(), "started": time.time()}))
+    atexit.register(lambda: note.unlink(missing_ok=True))
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is refused with 413 before it is read, by its
+    Content-Length, or, sent in chunks without one, as soon as what came exceeds it; nothing of it is
+    kept (a 600 MB body once grew the worker by 1.7 GB before the request was refused)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._refuse(send, int(length) if length.isdigit() else None)
+        received, refused = 0, False
+
+        async def counted():
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    await self._refuse(send, None)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_refused(message):
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, unless_refused)
+
+    async def _refuse(self, send, length: int | None) -> None:
+        size = f"{length:,} bytes" if length is not None else "more"
+        body = json.dumps({"error": f"request body of {size}, over the limit of {self.max_bytes:,} bytes "
+                                    "(SURROGATE_OPS_MAX_BODY)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class PredictRequest(BaseModel):
+    """POST /predict's body, checked strictly: a field of the wrong type or one this service does not
+    know is the client's error, not a value to coerce or ignore."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    blocks: list[str]
+    mcpu: str = "haswell"
+    exact: bool = False
+    max_error: float | None = None
 
 
 class _ClientErrors(logging.Filter):
@@ -115,12 +197,13 @@ def _metrics(server: Server) -> None:
 class Surrogate:
     def __init__(self) -> None:
         _die_with_parent()
+        _take_over()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrors())
         self.server = Server.from_uri(_model_uri(), llvm_mca=os.environ.get("SURROGATE_OPS_LLVM_MCA"),
                                       limits=Limits.from_environment(), mca_params=_mca_params())
         _metrics(self.server)
 
-    @bentoml.api
+    @bentoml.api(input_spec=PredictRequest)
     def predict(self, blocks: list[str], mcpu: str = "haswell", exact: bool = False,
                 max_error: float | None = None) -> list[dict]:
         """Cycles per block (llvm-mca's measure: 100 iterations), in order: {"cycles", "source"} (+ "reason"
@@ -137,3 +220,6 @@ class Surrogate:
     @ops.get("/healthz")
     def healthz(self) -> dict:
         return self.server.status()
+
+
+Surrogate.add_asgi_middleware(BodyLimit, max_bytes=Limits.from_environment().max_body)

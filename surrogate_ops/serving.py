@@ -56,8 +56,12 @@ class Limits:
     max_blocks: int = 4096  # blocks per request
     max_instructions: int = 512  # instructions per block (the model's own limit is lower: those go to llvm-mca)
     max_bytes: int = 4 << 20  # bytes of assembly per request
+    max_body: int = 9 << 20  # bytes of a request's body, JSON and all, refused before it is read (the service's)
     mca_timeout: float = llvm_tools.TIMEOUT  # seconds per llvm-mca call (one chunk of blocks, or a start-up probe)
     mca_chunk: int = 64  # blocks per llvm-mca call
+    mca_chunk_instructions: int = 1024  # instructions per llvm-mca call: long blocks run a few a call, so that
+    # no call, gathered or not, holds a core for long (512 divides take about a second) and a slow request's
+    # chunks take turns with other requests' instead of running past the timeout
     mca_gather: int = 64  # blocks of concurrent requests' waiting chunks one llvm-mca call may gather (0: none)
     network_gather: int = 2048  # blocks of concurrent requests one call of a surrogate's network may gather (0: none)
     mca_retry: float = llvm_tools.RETRY  # seconds a failed or hanging llvm-mca is left alone before it is tried again
@@ -162,12 +166,13 @@ class FairPool:
     fair queueing), so a request arriving behind a long backlog is served beside it, not after it.
 
     Jobs given a `batch` key are chunks of items that one call can run together: a worker taking
-    one also takes the waiting jobs of the same key, lowest tags first, while they fit in `most`
-    items, and runs them as one call (the fallback blocks of concurrent requests share one llvm-mca
-    process, whose start costs as much as a few dozen blocks)."""
+    one also takes the waiting jobs of the same key, lowest tags first, while their sizes (`weigh`
+    of each, a tuple: blocks and instructions, say) fit within `most`, and runs them as one call
+    (the fallback blocks of concurrent requests share one llvm-mca process, whose start costs as
+    much as a few dozen blocks)."""
 
     def __init__(self, workers: int, name: str = "llvm-mca"):
-        self._heap: list[tuple[int, int, Callable, object, Future, object, int]] = []
+        self._heap: list[tuple] = []  # (tag, order, fn, item, future, batch, most, size)
         self._ready = threading.Condition()
         self._order = itertools.count()  # ties: first come, first served
         self._now = 0  # virtual time: the tag of the job last started
@@ -179,15 +184,20 @@ class FairPool:
         """Jobs waiting (not yet started)."""
         return len(self._heap)
 
-    def map(self, fn: Callable, items: Sequence, batch: object = None, most: int = 0) -> list[Future]:
+    def map(self, fn: Callable, items: Sequence, batch: object = None, most: int | tuple[int, ...] = 0,
+            weigh: Callable[[object], tuple[int, ...]] | None = None) -> list[Future]:
         """Queue `fn(item)` for each item, as one request's jobs; their futures, in order. With a
         `batch` key, items are lists, `fn` maps a list to a list of as many results, and jobs of the
-        same key may run gathered, up to `most` items a call."""
+        same key may run gathered, up to `most` a call: items, or, with `weigh`, a bound on each
+        figure `weigh(item)` gives."""
         futures = [Future() for _ in items]
+        most = most if isinstance(most, tuple) else (most,)
+        weigh = weigh or (lambda item: (len(item),))
         with self._ready:
             start = self._now
             for k, (item, future) in enumerate(zip(items, futures, strict=True)):
-                heapq.heappush(self._heap, (start + k, next(self._order), fn, item, future, batch, most))
+                size = weigh(item) if batch is not None else ()
+                heapq.heappush(self._heap, (start + k, next(self._order), fn, item, future, batch, most, size))
             self._ready.notify(len(items))
         return futures
 
@@ -198,11 +208,12 @@ class FairPool:
         batch, most = head[5], head[6]
         if batch is None:
             return [head]
-        jobs, size, rest = [head], len(head[3]), []
-        for job in sorted(self._heap):
-            if job[5] == batch and size + len(job[3]) <= most:
+        jobs, size, rest = [head], head[7], []
+        for job in sorted(self._heap, key=lambda job: job[:2]):
+            grown = tuple(a + b for a, b in zip(size, job[7], strict=True)) if job[5] == batch else ()
+            if grown and all(g <= m for g, m in zip(grown, most, strict=True)):
                 jobs.append(job)
-                size += len(job[3])
+                size = grown
             else:
                 rest.append(job)
         if len(jobs) > 1:
@@ -595,10 +606,11 @@ class Server:
         keys = [(b.text, *setting) for b in blocks]
         known = [self.mca_cache.get(key) for key in keys]
         missing = [b.text for b, answer in zip(blocks, known, strict=True) if answer is None]
-        step = self.limits.mca_chunk
-        chunks = [missing[s:s + step] for s in range(0, len(missing), step)]
-        most = self.limits.mca_gather  # waiting chunks of other requests under this setting may share a call
-        futures = self.mca_pool.map(program.run, chunks, batch=setting if most else None, most=most)
+        chunks = _chunked(missing, self.limits.mca_chunk, self.limits.mca_chunk_instructions)
+        # waiting chunks of other requests under this setting may share a call, within both bounds
+        most = (self.limits.mca_gather, self.limits.mca_chunk_instructions)
+        futures = self.mca_pool.map(program.run, chunks, batch=setting if most[0] else None, most=most,
+                                    weigh=_weight)
 
         def gather() -> list[dict]:
             ran: list[dict] = []
@@ -619,6 +631,27 @@ class Server:
             return answers
 
         return gather
+
+
+def _weight(chunk: Sequence[str]) -> tuple[int, int]:
+    """A chunk's size as the llvm-mca pool bounds it: blocks, and instructions (what a simulation's
+    time grows with)."""
+    return len(chunk), sum(block.count("\n") + 1 for block in chunk)
+
+
+def _chunked(blocks: Sequence[str], most: int, instructions: int) -> list[list[str]]:
+    """Consecutive chunks of at most `most` blocks and, unless one block alone is longer, at most
+    `instructions` instructions."""
+    chunks: list[list[str]] = []
+    size = 0
+    for block in blocks:
+        lines = block.count("\n") + 1
+        if not chunks or len(chunks[-1]) >= most or size + lines > instructions:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(block)
+        size += lines
+    return chunks
 
 
 def _network_of(predictor) -> Callable[[list], np.ndarray]:
