@@ -31,38 +31,49 @@ PARAMS_HELP = " Or learned:CPU, the learned per-instruction table that ships (le
 
 
 def _read_params(path: str | None, mcpus: tuple[str, ...] | None = None) -> dict | None:
-    """A --params file's settings (its "_" notes left out), or a packaged learned table; a learned
-    table is refused for a CPU other than its own (its resources are that CPU's)."""
+    """A --params file's settings (its "_" notes left out), or a packaged learned table, checked
+    strictly now, before any work starts: knobs by name and range, and a per-instruction table's
+    values and names against the llvm-mca of each of `mcpus` (by default the table's own CPU, its
+    "_mcpu" note, else haswell; see `parametric.check_table`). A learned table is refused for a CPU
+    other than its own (its resources are that CPU's). A bad file is a one-line SurrogateOpsError."""
     if path is None:
         return None
-    if path.startswith(LEARNED):
-        from surrogate_ops.programs import tables
+    from surrogate_ops.programs import LlvmMca, parametric, tables
 
+    if path.startswith(LEARNED):
         name = path[len(LEARNED):]
-        learned = tables.learned(name)
+        data, own = tables.learned(name), name
         other = [m for m in mcpus or () if m and m != name]
         if other:
             raise SurrogateOpsError(f"--params {path} is a table for -mcpu={name}, not for {', '.join(other)}")
-        return learned
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SurrogateOpsError(f"--params {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise SurrogateOpsError(f"--params {path}: expected a JSON object of llvm-mca option names to values")
-    other = [m for m in mcpus or () if m and data.get("_mcpu", m) != m]
-    if other:
-        raise SurrogateOpsError(f"--params {path} is a table for -mcpu={data['_mcpu']}, not for {', '.join(other)}")
-    return {k: v for k, v in data.items() if not k.startswith("_")}  # "_" keys are notes (a learned table's)
+    else:
+        try:
+            data = tables.read_json(path)
+        except SurrogateOpsError as exc:
+            raise SurrogateOpsError(f"--params {exc}") from None
+        if not isinstance(data, dict):
+            raise SurrogateOpsError(f"--params {path}: expected a JSON object of llvm-mca option names to values")
+        own = data.get("_mcpu")
+        other = [m for m in mcpus or () if m and data.get("_mcpu", m) != m]
+        if other:
+            raise SurrogateOpsError(f"--params {path} is a table for -mcpu={data['_mcpu']}, not for {', '.join(other)}")
+        data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_" keys are notes (a learned table's)
+    setting: dict = {}
+    for mcpu in [m for m in mcpus or () if m] or [own if isinstance(own, str) else "haswell"]:
+        try:
+            program = LlvmMca(mcpu, params=data)
+            if program.per_instruction:
+                parametric.check_names(program.per_instruction, program.path, mcpu)
+        except SurrogateOpsError as exc:
+            raise SurrogateOpsError(f"--params {path}: {exc}") from None
+        setting = program.setting
+    return setting
 
 
 def _checked_params(path: str) -> dict:
-    """A --params file read and checked against llvm-mca (names, ranges) before any work starts."""
-    from surrogate_ops.programs import LlvmMca
-
-    data = _read_params(path)
-    LlvmMca(params=data)
-    return data
+    """A --params file read and checked against llvm-mca (names, ranges) before any work starts:
+    a table's resources against its own CPU's model ("_mcpu", or haswell, the default fallback's)."""
+    return _read_params(path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

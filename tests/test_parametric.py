@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import BHIVE
+from service_helpers import CLI, free_port
 
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.programs import LlvmMca, parametric
+from surrogate_ops.llvm_tools import run_tool
+from surrogate_ops.programs import LlvmMca, parametric, tables
 
 FOUR_ADDS = "addq %rax, %rbx\naddq %rcx, %rdx\naddq %rsi, %rdi\naddq %r8, %r9"  # independent: port-bound
 
@@ -85,9 +91,141 @@ def test_a_params_file_carries_a_table(tmp_path):
 @pytest.mark.parametrize("table, says", [
     ({"NOTANOPCODE": {"latency": 2}}, "unknown opcode NOTANOPCODE"),
     ({"ADD64rr": {"ports": {"HWPort9": 1}}}, "unknown processor resource HWPort9"),
-    ({"ADD64rr": {"speed": 2}}, "an entry has latency, uops, ports"),
-    ({"ADD64rr": {"latency": -1}}, "whole cycles or micro-ops, 0 or more"),
+    ({"ADD64rr": {"speed": 2}}, "an entry has only latency, uops, ports"),
+    ({"ADD64rr": {"latency": -1}}, "a latency is whole cycles from 0 to 1000"),
 ])
 def test_bad_entries_are_named(table, says):
+    """Through the library: the values when the program is made, the names (which need the mcpu)
+    by the driver itself, which refuses an unknown one rather than run without it."""
     with pytest.raises(SurrogateOpsError, match=says):
         LlvmMca(params={"per_instruction": table}).run(["addq %rax, %rbx"])
+
+
+PORTS = ("HWPort0", "HWPort1", "HWPort5", "HWPort6")
+# the tester's table: 17,000 on each of four ports wrapped HWPort0156's 16-bit sum and hung the driver
+WRAPPED = {"ADD64rr": {"ports": dict.fromkeys(PORTS, 17_000)}}
+
+
+def test_values_past_the_bounds_are_refused_and_the_bounds_answer_in_seconds(driver):
+    """A value over MAX_VALUE (the tester's 17,000, and MAX_VALUE + 1) or an entry over
+    MAX_ENTRY_CYCLES is refused, by the check and by the driver on its own; entries at every bound
+    (each value at MAX_VALUE, ten resources adding up to MAX_ENTRY_CYCLES, groups named over their
+    units, one port) answer within seconds, with llvm-mca's knobs at their defaults and at their
+    tightest, and the imulq block run after them in the same process keeps the answer it has alone
+    (303 cycles under the defaults)."""
+    top = tables.MAX_VALUE
+    over = [WRAPPED, {"ADD64rr": {"latency": top + 1}}, {"ADD64rr": {"uops": top + 1}},
+            {"ADD64rr": {"ports": {"HWPort0": top + 1}}},
+            {"ADD64rr": {"ports": dict.fromkeys([*PORTS, "HWPort0156", "HWPortAny", "HWPort2", "HWPort3", "HWPort4",
+                                                 "HWPort7", "HWPort23"], top)}}]
+    for table in over:
+        with pytest.raises(SurrogateOpsError, match=r"from 0 to 1000|more than the 10,000"):
+            LlvmMca(params={"per_instruction": table})
+        refused = run_tool([str(driver), "-mcpu=haswell"], parametric.job_text({}, table, [FOUR_ADDS]), timeout=30)
+        assert refused.returncode == 1 and refused.stdout.startswith("error ADD64rr "), refused.stdout
+    assert "17000 is not a whole number from 0 to 1000" in run_tool(
+        [str(driver), "-mcpu=haswell"], parametric.job_text({}, WRAPPED, [FOUR_ADDS]), timeout=30).stdout
+    assert top * 10 == tables.MAX_ENTRY_CYCLES
+    at_bounds = [{"ports": dict.fromkeys([*PORTS, "HWPort0156", "HWPortAny", "HWPort2", "HWPort3", "HWPort4", "HWPort7"], top)},
+                 {"ports": dict.fromkeys(["HWPort0", "HWPort01", "HWPort015", "HWPort0156", "HWPortAny", "HWPort05",
+                                          "HWPort056", "HWPort06", "HWPort04", "HWPort16"], top)},
+                 {"ports": {"HWPort0": top}}, {"ports": {"HWPort0156": top}}, {}]
+    blocks = [FOUR_ADDS, "imulq %rcx, %rdx", "\n".join([FOUR_ADDS] * 4)]
+    for entry in at_bounds:
+        table = parametric.check_table({"ADD64rr": {"latency": top, "uops": top, **entry}}, LlvmMca().path, "haswell")
+        for knobs in ({}, {"dispatch": 1, "micro-op-queue-size": 1, "decoder-throughput": 1, "register-file-size": 1}):
+            alone = parametric.run(driver, "haswell", 100, parametric.job_text(knobs, {}, blocks[1:2]), 1, timeout=60)
+            assert knobs or alone[0] == (303, None)
+            started = time.monotonic()
+            answers = parametric.run(driver, "haswell", 100, parametric.job_text(knobs, table, blocks), 3, timeout=60)
+            assert time.monotonic() - started < 10
+            assert answers[1] == alone[0] and all(c and c >= 100 * top for c, _ in answers[::2]), (entry, answers)
+    assert alone[0] != (303, None)  # the knobs act on every block: the imulq block's answer is its own under them
+
+
+BAD_TABLES = {  # name: (a --params file's text, what its one-line message says)
+    "wrapped": (WRAPPED, r"per_instruction\['ADD64rr'\]\['ports'\]\['HWPort0'\] is 17000: cycles on a resource are "
+                         r"whole cycles from 0 to 1000"),
+    "negative": ({"ADD64rr": {"latency": -1}}, r"\['latency'\] is -1: a latency is whole cycles from 0 to 1000"),
+    "huge": ({"ADD64rr": {"uops": 10**9}}, r"\['uops'\] is 1000000000: micro-ops are a whole number from 0 to 1000"),
+    "float": ({"ADD64rr": {"latency": 1.5}}, r"\['latency'\] is 1.5: a latency is whole cycles"),
+    "bool": ({"ADD64rr": {"ports": {"HWPort0": True}}}, r"\['HWPort0'\] is True: cycles on a resource are whole"),
+    "unknown knob": ({"ADD64rr": {"speed": 2}}, r"per_instruction\['ADD64rr'\]: an entry has only latency, uops, ports"),
+    "unknown parameter": ({"speed": 2}, r"unknown llvm-mca parameter 'speed'"),
+    "unknown opcode": ({"ADD64rx": {"latency": 2}}, r"LLVM's X86 target has no opcode ADD64rx \(did you mean ADD64rr\?\)"),
+    "unknown port": ({"ADD64rr": {"ports": {"HWPort9": 1}}},
+                     r"\['HWPort9'\]: -mcpu=haswell's scheduling model has no resource HWPort9 \(it has HWDivider"),
+    "space in a key": ({"ADD64rr": {"ports": {"HWPort1 50": 1}}},
+                       r"\['HWPort1 50'\]: a resource is named by an identifier .* not 'HWPort1 50'"),
+    "newline in a key": ({"ADD64rr\nBLOCK 1": {"latency": 1}},
+                         r"per_instruction\['ADD64rr\\nBLOCK 1'\]: an opcode is named by an identifier"),
+    "ports as a list": ({"ADD64rr": {"ports": [1, 2]}}, r"\['ports'\] maps resource names to cycles, not \[1, 2\]"),
+    "a key twice": ('{"per_instruction": {"ADD64rr": {"latency": 1}, "ADD64rr": {"latency": 2}}}',
+                    r"key 'ADD64rr' is given twice"),
+    "deep nesting": ('{"per_instruction": ' + "[" * 100_000 + "]" * 100_000 + "}", r"nested more than 16 levels deep"),
+    "100k entries": ({f"ADD64rr{k}": {"latency": 1} for k in range(100_000)},
+                     r"per_instruction has 100,000 entries, more than the 4,096 allowed"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_TABLES)
+def test_predict_refuses_a_bad_table_in_one_line(tmp_path, name):
+    """predict --params with each of the tester's bad tables: exit status non-zero, one line naming
+    the culprit (opcode, field, value, range), no traceback, no rows (it used to answer a row of
+    errors per block, or a traceback)."""
+    table, says = BAD_TABLES[name]
+    params = tmp_path / "params.json"
+    params.write_text(table if isinstance(table, str) else
+                      json.dumps({"per_instruction": table} if "parameter" not in name else table))
+    asm = tmp_path / "blocks.s"
+    asm.write_text("imulq %rcx, %rdx\n\naddq %rax, %rbx\n")
+    proc = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--params", str(params), "--input", str(asm)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stdout == "", proc.stdout
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(f"^error: --params {re.escape(str(params))}: .*{says}", proc.stderr), proc.stderr
+
+
+def test_collect_and_serve_refuse_a_bad_table_before_they_start(tmp_path):
+    """collect --params and serve --params with an unknown port: refused at once, in one line, before
+    any block is labelled or the service says it serves (serve used to come up healthy and fail
+    every fallback)."""
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"per_instruction": {"ADD64rr": {"ports": {"HWPort9": 1}}}}))
+    asm = tmp_path / "blocks.s"
+    asm.write_text("addq %rax, %rbx\n")
+    says = "has no resource HWPort9"
+    proc = subprocess.run([*CLI, "collect", "--asm", str(asm), "--params", str(params), "--quiet",
+                           "--out", str(tmp_path / "out.parquet")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.parquet").exists()
+    proc = subprocess.run([*CLI, "serve", "--model", str(tmp_path / "no-such-model"), "--params", str(params),
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")})
+    assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "serving" not in proc.stdout
+    # a table of its own CPU ("_mcpu") is checked against that CPU's model
+    params.write_text(json.dumps({"per_instruction": {"ADD64rr": {"ports": {"HWPort0": 1}}}, "_mcpu": "skylake"}))
+    proc = subprocess.run([*CLI, "serve", "--model", str(tmp_path / "no-such-model"), "--params", str(params),
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")})
+    assert proc.returncode != 0 and "-mcpu=skylake's scheduling model has no resource HWPort0" in proc.stderr
+
+
+def test_the_driver_refuses_lines_it_was_not_meant_to_read(driver):
+    """Defence in depth: the driver's text protocol refuses a stray word, a doubled space, a tab, a
+    sign, a fraction, a leading zero, a bad name or a block cut short, with exit status 1 and the
+    reason, rather than reading another meaning into the line ("res HWPort1 50 7" was 50 cycles)."""
+    for lines in ["OP ADD64rr res HWPort1 50 7", "OP ADD64rr  latency 5", "OP ADD64rr\tlatency 5", "OP ADD64rr latency +5",
+                  "OP ADD64rr latency 5.0", "OP ADD64rr latency 05", "OP ADD64rr latency 1001", "OP ADD64rr latency",
+                  "OP ADD64rr-x latency 5", "OP ADD64rr res HWPort1", "KNOB dispatch -1", "KNOB noalias 2",
+                  "KNOB Dispatch 1", "OP ADD64rr latency 5 ", "", "BLOCK 0", "NAMES x", "OP ADD64rr res InvalidUnit 1",
+                  "TABLEX", "BLOCK 1\nnop\nBLOCK 2\naddq %rax, %rbx"]:
+        proc = run_tool([str(driver), "-mcpu=haswell"], f"TABLE\n{lines}\n", timeout=30)
+        refused = proc.stdout.splitlines()[-1]
+        assert proc.returncode == 1 and refused.startswith("error ") and proc.stdout.count("error") == 1, (lines, proc.stdout)
+    assert refused == "error the input ended inside a block"
+    resources = run_tool([str(driver), "-mcpu=haswell"], "RESOURCES\n", timeout=30).stdout.split()
+    assert {"HWPort0", "HWPort0156", "HWDivider"} <= set(resources) and "InvalidUnit" not in resources
+    opcodes, known = parametric.known_names(LlvmMca().path, "skylake")
+    assert {"ADD64rr", "IMUL64rr"} <= opcodes and "SKLPort0" in known and "HWPort0" not in known

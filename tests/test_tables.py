@@ -137,6 +137,34 @@ def test_the_learned_haswell_table_ships_and_runs_everywhere_params_go(tmp_path,
     assert [frame.loc[b, "mca_cycles_haswell"] for b in blocks[:50]] == answered[:50]
 
 
+def test_every_table_that_ships_or_a_search_writes_passes_the_strict_check(tmp_path):
+    """The learned tables that ship pass the check --params applies (against their own CPU's
+    model); the ranges a search and the samplers draw from stop at MAX_VALUE even where a stock
+    value is near it; and a table file in optimize-table's format is checked as strictly as any
+    other when it is loaded back (its "_" notes left out)."""
+    from surrogate_ops.cli import _read_params
+
+    for cpu in ("haswell", "skylake"):
+        assert _read_params(f"learned:{cpu}") == tables.learned(cpu)
+    with pytest.raises(SurrogateOpsError, match="no learned table '../haswell'"):
+        _read_params("learned:../haswell")
+    near = [[tables.Instruction("DIV64r", {"latency": 700, "uops": 600, "HWDivider": 800, "HWPort0": 900})]]
+    space = tables.TableSpace.of(near, "haswell")
+    assert space.high.max() == tables.MAX_VALUE
+    highest = space.table(space.high)
+    assert parametric.check_table(highest, LlvmMca().path, "haswell") == highest
+    for mode in tables.SAMPLING:
+        for k in range(50):
+            parametric.check_table(tables.sample_block_table(near[0], mode, 0, k))
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(tables.table_file(highest, space.stock(space.opcodes), "haswell", run_id="r")))
+    assert _read_params(str(path)) == {"per_instruction": highest}
+    path.write_text(json.dumps(tables.table_file({"DIV64r": {"latency": 1001}}, space.stock(space.opcodes), "haswell")))
+    with pytest.raises(SurrogateOpsError, match=r"^--params .*table.json: per_instruction\['DIV64r'\]\['latency'\] "
+                                                r"is 1001: a latency is whole cycles from 0 to 1000$"):
+        _read_params(str(path))
+
+
 def test_table_diff_lists_and_draws_every_change(tmp_path):
     learned = tables.learned("haswell")["per_instruction"]
     proc = subprocess.run([*CLI, "table-diff", "learned:haswell", "--csv", str(tmp_path / "d.csv"),
@@ -197,8 +225,11 @@ def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path,
     assert set(logged["_stock"]) == set(learned)
     version = client.get_model_version("llvm-mca-haswell-table", "1")
     assert float(version.tags["test_mape"]) == pytest.approx(m["surrogate_test_mape"], abs=1e-4)
-    # the written table is what --params takes
+    # the written table is what --params takes, loaded back through its strict check
     assert LlvmMca(params={"per_instruction": learned}).run([blocks[0]])[0].ok
+    from surrogate_ops.cli import _read_params
+
+    assert _read_params(str(table_out), ("haswell",)) == {"per_instruction": learned}
 
 
 def test_a_per_instruction_surrogate_starts_as_its_parent_and_reads_each_entry(annotated, local_blocks):

@@ -16,6 +16,13 @@ resources (units such as `HWPort1` or groups such as `HWPort0156`), replacing th
 those named and keeping the rest (0 removes one). A group is raised to cover the resources inside it,
 as LLVM's tables keep them. `LlvmMca(params={"per_instruction": table, ...})` runs it.
 
+A table is held to `check_table` where it is read: whole numbers from 0 to `tables.MAX_VALUE`, at
+most `tables.MAX_ENTRY_CYCLES` over an entry's resources (LLVM keeps them in 16-bit fields; the
+bounds and why are in `tables`), identifiers for names, and, given the llvm-mca and the mcpu, only
+opcodes LLVM's X86 target has and resources the mcpu's scheduling model has (`known_names`, asked
+of the driver once per driver build and mcpu). The driver holds its text protocol to the same
+rules and refuses any line it was not meant to read, so a name can never smuggle in a line.
+
 The driver is compiled once per source and LLVM version, with g++ against the LLVM development
 package of the llvm-mca in use (`apt-get install llvm-14-dev` for llvm-mca 14), into
 `~/.cache/surrogate-ops/bin`; `surrogate-ops build-native` does it ahead of time (CI's set-up runs it).
@@ -23,6 +30,8 @@ package of the llvm-mca in use (`apt-get install llvm-14-dev` for llvm-mca 14), 
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import os
 import shutil
@@ -89,20 +98,95 @@ def build(llvm_mca: str, force: bool = False) -> Path:
     return binary
 
 
-def check_table(table: Mapping[str, object]) -> dict[str, dict]:
-    """A per-instruction table as the driver takes it, or a SurrogateOpsError naming the bad entry."""
+def check_table(table: object, llvm_mca: str | None = None, mcpu: str | None = None) -> dict[str, dict]:
+    """A per-instruction table as the driver takes it, or a one-line SurrogateOpsError naming the
+    culprit (opcode, field, value, the range allowed): known fields only, whole numbers (not floats,
+    not booleans) within `tables`' bounds, identifiers for names, at most `tables.MAX_ENTRIES`
+    entries. With `llvm_mca` and `mcpu`, its names are held to theirs too (`check_names`)."""
     if not isinstance(table, Mapping):
-        raise SurrogateOpsError("per_instruction must map opcode names to entries")
+        raise SurrogateOpsError(f"per_instruction maps opcode names to entries, not {_shown(table)}")
+    if len(table) > tables.MAX_ENTRIES:
+        raise SurrogateOpsError(f"per_instruction has {len(table):,} entries, more than the {tables.MAX_ENTRIES:,} allowed")
     checked: dict[str, dict] = {}
     for opcode, entry in table.items():
-        if not isinstance(entry, Mapping) or not set(entry) <= set(FIELDS):
-            raise SurrogateOpsError(f"per_instruction[{opcode!r}]: an entry has {', '.join(FIELDS)}, got {entry!r}")
-        ports = entry.get("ports", {})
-        numbers = [entry.get("latency", 0), entry.get("uops", 0), *ports.values()]
-        if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 15 for n in numbers):
-            raise SurrogateOpsError(f"per_instruction[{opcode!r}]: values are whole cycles or micro-ops, 0 or more")
-        checked[str(opcode)] = {k: (dict(v) if k == "ports" else int(v)) for k, v in entry.items()}
+        where = f"per_instruction[{_shown(opcode)}]"
+        _check_name(opcode, where, "an opcode")
+        if not isinstance(entry, Mapping) or not all(isinstance(k, str) and k in FIELDS for k in entry):
+            raise SurrogateOpsError(f"{where}: an entry has only {', '.join(FIELDS)}, got {_shown(entry)}")
+        out: dict = {field: _whole(entry[field], f"{where}[{field!r}]", field) for field in ("latency", "uops")
+                     if field in entry}
+        if "ports" in entry:
+            ports = entry["ports"]
+            if not isinstance(ports, Mapping):
+                raise SurrogateOpsError(f"{where}['ports'] maps resource names to cycles, not {_shown(ports)}")
+            if len(ports) > tables.MAX_RESOURCES:
+                raise SurrogateOpsError(f"{where}['ports'] names {len(ports):,} resources, more than {tables.MAX_RESOURCES}")
+            for resource in ports:
+                _check_name(resource, f"{where}['ports'][{_shown(resource)}]", "a resource")
+            out["ports"] = {r: _whole(c, f"{where}['ports'][{r!r}]", "cycles") for r, c in ports.items()}
+            total = sum(out["ports"].values())
+            if total > tables.MAX_ENTRY_CYCLES:
+                raise SurrogateOpsError(f"{where}['ports']: its cycles add up to {total:,}, more than the "
+                                        f"{tables.MAX_ENTRY_CYCLES:,} an entry may have over all its resources")
+        checked[opcode] = out
+    if llvm_mca is not None and mcpu is not None:
+        check_names(checked, llvm_mca, mcpu)
     return checked
+
+
+def _shown(value: object) -> str:
+    """A value as a message quotes it: repr (a newline stays on the line), cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_name(name: object, where: str, what: str) -> None:
+    if not isinstance(name, str) or not tables.NAME.fullmatch(name):
+        raise SurrogateOpsError(f"{where}: {what} is named by an identifier (letters, digits, _; no spaces or "
+                                f"newlines), not {_shown(name)}")
+
+
+def _whole(value: object, where: str, field: str) -> int:
+    """A value of an entry, refused unless a whole number within the bounds (`tables.MAX_VALUE`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= tables.MAX_VALUE:
+        what = {"latency": "a latency is whole cycles", "uops": "micro-ops are a whole number"}.get(
+            field, "cycles on a resource are whole cycles")
+        raise SurrogateOpsError(f"{where} is {_shown(value)}: {what} from 0 to {tables.MAX_VALUE}")
+    return int(value)
+
+
+def check_names(table: Mapping[str, Mapping], llvm_mca: str, mcpu: str) -> None:
+    """A SurrogateOpsError naming the first opcode that LLVM's X86 target lacks, or the first
+    resource that `mcpu`'s scheduling model lacks, in a table `check_table` passed."""
+    opcodes, resources = known_names(llvm_mca, mcpu)
+    for opcode, entry in table.items():
+        if opcode not in opcodes:
+            near = difflib.get_close_matches(opcode, opcodes, n=1)
+            raise SurrogateOpsError(f"per_instruction[{opcode!r}]: LLVM's X86 target has no opcode {opcode}"
+                                    + (f" (did you mean {near[0]}?)" if near else ""))
+        for resource in entry.get("ports", {}):
+            if resource not in resources:
+                raise SurrogateOpsError(f"per_instruction[{opcode!r}]['ports'][{resource!r}]: -mcpu={mcpu}'s "
+                                        f"scheduling model has no resource {resource} (it has {', '.join(sorted(resources))})")
+
+
+def known_names(llvm_mca: str, mcpu: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(the opcodes LLVM's X86 target has, the processor resources of `mcpu`'s scheduling model),
+    as the driver of `llvm_mca`'s LLVM reads them."""
+    binary = str(build(llvm_mca))  # its name holds the LLVM version: one answer per LLVM and mcpu
+    return _driver_names(binary, mcpu, "OPCODES"), _driver_names(binary, mcpu, "RESOURCES")
+
+
+@functools.cache
+def _driver_names(binary: str, mcpu: str, what: str) -> frozenset[str]:
+    if what == "OPCODES" and mcpu != "haswell":
+        return _driver_names(binary, "haswell", what)  # the target's, whatever the mcpu
+    proc = run_tool([binary, f"-mcpu={mcpu}"], f"{what}\n", timeout=30)
+    lines = proc.stdout.splitlines()
+    if proc.returncode != 0 or len(lines) != 1:
+        raise SurrogateOpsError(f"parametric llvm-mca -mcpu={mcpu} did not list its {what.lower()} "
+                                f"(exit status {proc.returncode}): {proc.stderr.strip()[-300:]}")
+    return frozenset(lines[0].split())
 
 
 def job_text(knobs: Mapping[str, object], table: Mapping[str, dict], blocks: Sequence[str]) -> str:
@@ -111,6 +195,9 @@ def job_text(knobs: Mapping[str, object], table: Mapping[str, dict], blocks: Seq
     lines = ["TABLE"]
     lines += [f"KNOB {option} {int(value)}" for option, value in knobs.items()]
     for opcode, entry in table.items():
+        for name in (opcode, *entry.get("ports", {})):  # `check_table` refused these already: a last guard
+            if not tables.NAME.fullmatch(name):
+                raise SurrogateOpsError(f"per_instruction: {_shown(name)} is not a name the driver reads")
         for field in ("latency", "uops"):
             if field in entry:
                 lines.append(f"OP {opcode} {field} {entry[field]}")

@@ -17,6 +17,10 @@ Sampling draws entries, for `collect --sample-params N --per-instruction MODE`, 
   up to 2 either way from the default (an off-by-one step where the default is 0 or 1).
 An entry depends only on the seed, the table's index and the opcode, so a table is drawn lazily,
 one opcode at a time, and a resumed collection draws the same ones.
+
+A table's values are bounded (`MAX_VALUE`, `MAX_ENTRY_CYCLES`, see there) and its names are LLVM's
+identifiers (`NAME`); `parametric.check_table` holds a table to them, and every range here stays
+inside them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,25 @@ FIXED = ("latency", "uops")
 SAMPLING = ("centred", "wide")
 PACKAGED = Path(__file__).parent.parent / "presets" / "learned_tables"  # learned:<name> tables that ship
 FEATURE_SCALE = 6.0  # values enter a surrogate as log2(1 + v) / FEATURE_SCALE: 63 cycles is 1.0
+
+# The bounds of a table's values; the driver (native/parametric_mca.cpp) refuses the same. LLVM 14's
+# MCSchedule.h keeps them in 16-bit fields: MCWriteProcResEntry::Cycles is uint16_t,
+# MCWriteLatencyEntry::Cycles int16_t, MCSchedClassDesc::NumMicroOps 14 bits whose two top values
+# mean "variant" and "invalid". The driver raises a group's cycles to what the resources inside it
+# take, a sum: wrapped at 16 bits it falls short of what llvm-mca subtracts from the group, and the
+# simulation never ends (17,000 cycles on each of four ports did, and took the blocks after it
+# along). MAX_VALUE is about ten times the largest stock value of the x86 models (a divide's
+# latency, about 100: room for any search) and far below every field; MAX_ENTRY_CYCLES over an
+# entry's resources keeps any group's sum (plus the few stock cycles the entry leaves alone) far
+# below 65,535. Simulated time grows with the values, so they also bound a block's time: at most
+# about MAX_VALUE times its stock cycles, seconds rather than never.
+MAX_VALUE = 1000  # latency, micro-ops, cycles on one resource
+MAX_ENTRY_CYCLES = 10_000  # an entry's cycles over all the resources it names
+MAX_ENTRIES = 4096  # opcodes in a table (BHive's Haswell blocks use about 750; the driver's room is 16-bit)
+MAX_RESOURCES = 64  # resources in one entry (an x86 model has a few dozen)
+MAX_DEPTH = 16  # nesting in a --params file: a table is 4 deep, its notes a little more
+MAX_FILE_BYTES = 64 << 20
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # opcode and resource names (LLVM's are identifiers)
 
 
 @dataclass(frozen=True)
@@ -85,10 +109,10 @@ def entry_of(instruction: Instruction) -> dict:
 def _bounds(column: str, default: int) -> tuple[int, int]:
     """The range a value may take: latency, micro-ops, or (any other column) cycles on a resource."""
     if column == "latency":
-        return 0, max(10, 2 * default)
+        return 0, min(MAX_VALUE, max(10, 2 * default))
     if column == "uops":
-        return min(1, default), max(4, 2 * default)
-    return min(1, default), max(3, 2 * default)  # cycles on a resource the stock entry lists
+        return min(1, default), min(MAX_VALUE, max(4, 2 * default))
+    return min(1, default), min(MAX_VALUE, max(3, 2 * default))  # cycles on a resource the stock entry lists
 
 
 def sample_entry(entry: Mapping, mode: str, rng: np.random.Generator) -> dict:
@@ -262,13 +286,46 @@ def dumps(table: Mapping) -> str:
     return json.dumps(table, sort_keys=True, separators=(",", ":"))
 
 
+def read_json(path: Path | str) -> object:
+    """A JSON file as Python values, or a one-line SurrogateOpsError naming the file: unreadable, not
+    JSON, a key given twice, nested deeper than MAX_DEPTH or larger than MAX_FILE_BYTES (Python's
+    parser would overflow its stack on deep nesting rather than say so)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise SurrogateOpsError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
+        text = raw.decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SurrogateOpsError(f"{path}: {exc}") from None
+    depth = deepest = 0
+    for bracket in re.findall(r"[\[\]{}]", re.sub(r'"(?:[^"\\]|\\.)*"', "", text)):  # strings left out
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            raise SurrogateOpsError(f"{path}: nested more than {MAX_DEPTH} levels deep")
+
+    def unique(pairs: list[tuple[str, object]]) -> dict:
+        found = dict(pairs)
+        if len(found) < len(pairs):  # JSON keeps the last of a key given twice: refused, not guessed
+            seen: set[str] = set()
+            twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise SurrogateOpsError(f"{path}: key {twice!r} is given twice")
+        return found
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SurrogateOpsError(f"{path}: not JSON: {exc}") from None
+
+
 def learned_file(name: str) -> dict:
     """A learned table file that ships with the package, notes included (`table_file`)."""
     path = PACKAGED / f"{name}.json"
-    if not path.is_file():
+    if not NAME.fullmatch(name) or not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in PACKAGED.glob("*.json"))) or "none"
         raise SurrogateOpsError(f"no learned table {name!r} ships with surrogate-ops (shipped: {shipped})")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def learned(name: str) -> dict:

@@ -9,20 +9,31 @@
 // the stock model resolves it to (zero idioms and other variants resolved by the stock subtarget
 // first), with its latency, micro-op count and cycles per processor resource replaced as given.
 //
-// Protocol (stdin, one item a line; stdout, one answer line per BLOCK):
+// Protocol (stdin, one item a line; stdout, one answer line per BLOCK, RESOURCES or OPCODES):
 //   TABLE                       start a new table: every override below replaces the previous table's
 //   OP <opcode> <field> <value> latency N | uops N | res <resource name> N   (e.g. OP IMUL64rr latency 10)
+//                               N from 0 to 1000; an opcode's cycles over all resources it names at most 10000
 //   KNOB <llvm-mca option> <value>  dispatch, micro-op-queue-size, decoder-throughput, register-file-size,
 //                               lqueue, squeue (0: the model's own or unbounded, as llvm-mca), noalias (0 or 1)
 //   BLOCK <n>                   then n lines of AT&T assembly: answered "<total cycles>" or "error <why>"
+//   RESOURCES                   answered at once: the -mcpu's processor resource names, space-separated
+//   OPCODES                     answered at once: every opcode name the X86 target knows, space-separated
 //   NAMES                       from here on, BLOCK is answered with its instructions' opcode names
 //   DEFAULTS                    from here on, BLOCK is answered with the stock entry of each instruction,
 //                               "; "-separated: <opcode> uops <n> [variant 1] [latency <n>] [<resource>[*] <cycles>]...
 //                               ("*": a group listed only to cover the resources inside it; an entry that
 //                               leaves it unnamed makes it follow them)
+// Outside a block's lines, a line is words separated by single spaces: names are identifiers
+// ([A-Za-z_][A-Za-z0-9_]*; an option [a-z-]+), values unsigned decimals. Anything else (a tab, a
+// doubled or trailing space, a stray word, a sign, a value out of range, an unknown name) is
+// answered "error <why>" and ends the run with exit status 1: a line the writer did not mean is
+// refused, never read another way.
 // Usage: parametric-mca -mcpu=haswell [-iterations=100]
 #include <algorithm>
+#include <cctype>
+#include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -64,6 +75,63 @@ extern "C" void LLVMInitializeX86TargetMCA();
 namespace {
 
 const char *Triple_ = "x86_64-unknown-linux-gnu";
+
+// Bounds on a table's values, the same that programs/parametric.py checks before it writes a line.
+// LLVM 14's MCSchedule.h keeps them in 16-bit fields: MCWriteProcResEntry::Cycles is uint16_t,
+// MCWriteLatencyEntry::Cycles int16_t, MCSchedClassDesc::NumMicroOps 14 bits whose two top values
+// mean "variant" and "invalid". A group's cycles are raised to what the resources inside it take,
+// a sum: wrapped at 16 bits it falls short of what llvm-mca subtracts from the group, the unsigned
+// difference underflows and the group is held forever (the simulation never ends). 1000 is about
+// ten times the largest stock value of the x86 models (a divide's latency, about 100) and keeps one
+// value far below every field; 10000 over an entry's resources keeps any group's sum (the stock
+// cycles of the resources the entry leaves alone add a few dozen) far below 65535. Simulated time
+// grows with the values: at the bounds a block takes at most ~1000 times its stock cycles.
+constexpr long MaxValue = 1000;
+constexpr long MaxEntryCycles = 10000;
+constexpr long MaxKnob = 65535;
+constexpr long MaxLines = 1000000;  // of one block
+constexpr long MaxIterations = 1000000;
+
+// A line's words, split at single spaces; false for anything else (an empty word: a doubled,
+// leading or trailing space; a tab, a carriage return or any byte outside printable ASCII).
+bool split(const std::string &Line, std::vector<std::string> &Words) {
+  Words.clear();
+  std::string Word;
+  for (char C : Line) {
+    if (C == ' ') {
+      if (Word.empty()) return false;
+      Words.push_back(Word);
+      Word.clear();
+    } else if (C < 0x21 || C > 0x7e) {
+      return false;
+    } else {
+      Word += C;
+    }
+  }
+  if (Word.empty()) return false;
+  Words.push_back(Word);
+  return true;
+}
+
+// An opcode or resource name: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters.
+bool isName(const std::string &W) {
+  if (W.empty() || W.size() > 128 || std::isdigit(static_cast<unsigned char>(W[0]))) return false;
+  return std::all_of(W.begin(), W.end(), [](char C) { return std::isalnum(static_cast<unsigned char>(C)) || C == '_'; });
+}
+
+// An llvm-mca option name: [a-z-]+, starting with a letter.
+bool isOption(const std::string &W) {
+  return !W.empty() && W.size() <= 64 && std::islower(static_cast<unsigned char>(W[0])) &&
+         std::all_of(W.begin(), W.end(), [](char C) { return std::islower(static_cast<unsigned char>(C)) || C == '-'; });
+}
+
+// An unsigned decimal from 0 to Max, written as a program writes it (no sign, no leading zero).
+bool number(const std::string &W, long Max, long &Value) {
+  if (W.empty() || W.size() > 12 || (W.size() > 1 && W[0] == '0')) return false;
+  if (!std::all_of(W.begin(), W.end(), [](char C) { return C >= '0' && C <= '9'; })) return false;
+  Value = std::stol(W);
+  return Value <= Max;
+}
 
 // Collects the instructions the assembly parser emits; everything else is ignored.
 class Collector : public MCStreamer {
@@ -200,6 +268,11 @@ struct Table {
         bool Implied = StockLeft.count(G) && StockLeft[G] == 0 && !O.Resources.count(G);
         Cycles[G] = Implied ? Taken : std::max(Cycles[G], Taken);
       }
+      for (const auto &[R, C] : Cycles)  // the bounds keep this far away; a wrapped value would hang llvm-mca
+        if (C > std::numeric_limits<uint16_t>::max()) {
+          Full = "cycles on a processor resource outgrew LLVM's 16-bit field: give smaller values";
+          return Stock;
+        }
       Mine.WriteProcResIdx = ProcRes.size();
       Mine.NumWriteProcResEntries = 0;
       for (const auto &[R, C] : Cycles)
@@ -250,8 +323,13 @@ class Simulator {
     MCIA.reset(Target->createMCInstrAnalysis(MCII.get()));
     for (unsigned Op = 0; Op < MCII->getNumOpcodes(); ++Op) Opcodes[MCII->getName(Op).str()] = Op;
     const MCSchedModel &SM = STI->getSchedModel();
-    for (unsigned R = 0; R < SM.getNumProcResourceKinds(); ++R) Resources[SM.getProcResource(R)->Name] = R;
+    for (unsigned R = 1; R < SM.getNumProcResourceKinds(); ++R)  // 0 is LLVM's invalid unit: no resource
+      Resources[SM.getProcResource(R)->Name] = R;
   }
+
+  // The names a table may use, space-separated: the -mcpu's processor resources, or every opcode.
+  std::string resourceNames() const { return joined(Resources); }
+  std::string opcodeNames() const { return joined(Opcodes); }
 
   void resetTable() {
     Overrides.clear();
@@ -266,7 +344,7 @@ class Simulator {
   } Knobs;
 
   std::string knob(const std::string &Name, long Value) {
-    if (Value < 0) return "negative value for " + Name;
+    if (Name == "noalias" && Value > 1) return "noalias is 0 or 1, not " + std::to_string(Value);
     if (Name == "dispatch") Knobs.Dispatch = Value;
     else if (Name == "micro-op-queue-size") Knobs.MicroOpQueue = Value;
     else if (Name == "decoder-throughput") Knobs.Decoders = Value;
@@ -281,14 +359,17 @@ class Simulator {
   std::string override(const std::string &Opcode, const std::string &Field, const std::string &Name, int Value) {
     auto Op = Opcodes.find(Opcode);
     if (Op == Opcodes.end()) return "unknown opcode " + Opcode;
+    if (Field == "res" && !Resources.count(Name)) return "unknown processor resource " + Name;
+    if (Field != "latency" && Field != "uops" && Field != "res") return "unknown field " + Field;
     Override &O = Overrides[Op->second];
     if (Field == "latency") O.Latency = Value;
     else if (Field == "uops") O.Uops = Value;
-    else if (Field == "res") {
-      auto R = Resources.find(Name);
-      if (R == Resources.end()) return "unknown processor resource " + Name;
-      O.Resources[R->second] = Value;
-    } else return "unknown field " + Field;
+    else O.Resources[Resources.at(Name)] = Value;
+    long Sum = 0;
+    for (const auto &[R, C] : O.Resources) Sum += C;
+    if (Sum > MaxEntryCycles)
+      return Opcode + " res: its cycles add up to " + std::to_string(Sum) + ", more than " +
+             std::to_string(MaxEntryCycles) + " over all its resources";
     Current.reset();
     return "";
   }
@@ -366,6 +447,12 @@ class Simulator {
   }
 
  private:
+  static std::string joined(const std::map<std::string, unsigned> &Names) {
+    std::string Line;
+    for (const auto &[Name, Index] : Names) Line += (Line.empty() ? "" : " ") + Name;
+    return Line;
+  }
+
   [[noreturn]] static void fail(const std::string &Message) {
     std::cerr << "parametric-mca: " << Message << "\n";
     std::exit(2);
@@ -463,14 +550,25 @@ class Simulator {
 
 }  // namespace
 
+// Refuses the input: the reason on stdout (where the answers go), exit status 1.
+[[noreturn]] void refuse(const std::string &Why) {
+  std::cout << "error " << Why << "\n" << std::flush;
+  std::exit(1);
+}
+
 int main(int argc, char **argv) {
   std::string CPU = "haswell";
-  unsigned Iterations = 100;
+  long Iterations = 100;
   for (int K = 1; K < argc; ++K) {
     std::string Arg = argv[K];
-    if (Arg.rfind("-mcpu=", 0) == 0) CPU = Arg.substr(6);
-    else if (Arg.rfind("-iterations=", 0) == 0) Iterations = std::stoul(Arg.substr(12));
-    else {
+    if (Arg.rfind("-mcpu=", 0) == 0) {
+      CPU = Arg.substr(6);
+    } else if (Arg.rfind("-iterations=", 0) == 0) {
+      if (!number(Arg.substr(12), MaxIterations, Iterations) || Iterations < 1) {
+        std::cerr << "parametric-mca: -iterations is a whole number from 1 to " << MaxIterations << "\n";
+        return 2;
+      }
+    } else {
       std::cerr << "parametric-mca: unknown argument " << Arg << "\n";
       return 2;
     }
@@ -482,41 +580,46 @@ int main(int argc, char **argv) {
   Simulator Sim(CPU, Iterations);
   std::ios::sync_with_stdio(false);
   std::string Line;
+  std::vector<std::string> W;
   while (std::getline(std::cin, Line)) {
-    std::istringstream Words(Line);
-    std::string Kind;
-    Words >> Kind;
-    if (Kind == "TABLE") {
+    if (!split(Line, W)) refuse("malformed line (words separated by single spaces, printable ASCII): " +
+                                Line.substr(0, 80));
+    const std::string &Kind = W[0];
+    long Value = 0;
+    if (Kind == "TABLE" && W.size() == 1) {
       Sim.resetTable();
-    } else if (Kind == "OP") {
-      std::string Opcode, Field, Name;
-      int Value = 0;
-      Words >> Opcode >> Field;
-      if (Field == "res") Words >> Name;
-      Words >> Value;
-      std::string Why = Sim.override(Opcode, Field, Name, Value);
-      if (!Why.empty()) {
-        std::cout << "error " << Why << "\n" << std::flush;
-        return 1;
-      }
-    } else if (Kind == "NAMES") {
+    } else if (Kind == "OP" && (W.size() == 4 || (W.size() == 5 && W[2] == "res"))) {
+      const std::string &Opcode = W[1], &Field = W[2], &Name = W.size() == 5 ? W[3] : "";
+      if (!isName(Opcode) || (W.size() == 5 && !isName(Name)))
+        refuse("malformed name in: " + Line.substr(0, 80));
+      if (!number(W.back(), MaxValue, Value))
+        refuse(Opcode + " " + Field + (Name.empty() ? "" : " " + Name) + ": " + W.back().substr(0, 20) +
+               " is not a whole number from 0 to " + std::to_string(MaxValue));
+      std::string Why = Sim.override(Opcode, Field, Name, static_cast<int>(Value));
+      if (!Why.empty()) refuse(Why);
+    } else if (Kind == "NAMES" && W.size() == 1) {
       Sim.Names = true;
-    } else if (Kind == "DEFAULTS") {
+    } else if (Kind == "DEFAULTS" && W.size() == 1) {
       Sim.Entries = true;
-    } else if (Kind == "KNOB") {
-      std::string Name;
-      long Value = -1;
-      Words >> Name >> Value;
-      std::string Why = Sim.knob(Name, Value);
-      if (!Why.empty()) {
-        std::cout << "error " << Why << "\n" << std::flush;
-        return 1;
-      }
-    } else if (Kind == "BLOCK") {
-      int Lines = 0;
-      Words >> Lines;
+    } else if (Kind == "RESOURCES" && W.size() == 1) {
+      std::cout << Sim.resourceNames() << "\n" << std::flush;
+    } else if (Kind == "OPCODES" && W.size() == 1) {
+      std::cout << Sim.opcodeNames() << "\n" << std::flush;
+    } else if (Kind == "KNOB" && W.size() == 3) {
+      if (!isOption(W[1])) refuse("malformed option name in: " + Line.substr(0, 80));
+      if (!number(W[2], MaxKnob, Value))
+        refuse(W[1] + ": " + W[2].substr(0, 20) + " is not a whole number from 0 to " + std::to_string(MaxKnob));
+      std::string Why = Sim.knob(W[1], Value);
+      if (!Why.empty()) refuse(Why);
+    } else if (Kind == "BLOCK" && W.size() == 2) {
+      long Lines = 0;
+      if (!number(W[1], MaxLines, Lines) || Lines < 1)
+        refuse("BLOCK takes its number of lines, from 1 to " + std::to_string(MaxLines));
       std::string Assembly, Text;
-      for (int K = 0; K < Lines && std::getline(std::cin, Text); ++K) Assembly += Text + "\n";
+      for (long K = 0; K < Lines; ++K) {
+        if (!std::getline(std::cin, Text)) refuse("the input ended inside a block");
+        Assembly += Text + "\n";
+      }
       std::string Why;
       long Cycles = Sim.simulate(Assembly, Why);
       if (Cycles == -2) {
@@ -529,9 +632,9 @@ int main(int argc, char **argv) {
         std::cout << Cycles << "\n";
       }
       std::cout << std::flush;
-    } else if (!Kind.empty()) {
-      std::cerr << "parametric-mca: unknown line " << Line << "\n";
-      return 2;
+    } else {
+      static const std::set<std::string> Kinds = {"TABLE", "OP", "NAMES", "DEFAULTS", "RESOURCES", "OPCODES", "KNOB", "BLOCK"};
+      refuse((Kinds.count(Kind) ? "malformed " + Kind + " line: " : "unknown line: ") + Line.substr(0, 80));
     }
   }
   return 0;
