@@ -89,14 +89,14 @@ def test_a_params_file_carries_a_table(tmp_path):
 
 
 @pytest.mark.parametrize("table, says", [
-    ({"NOTANOPCODE": {"latency": 2}}, "unknown opcode NOTANOPCODE"),
-    ({"ADD64rr": {"ports": {"HWPort9": 1}}}, "unknown processor resource HWPort9"),
+    ({"NOTANOPCODE": {"latency": 2}}, "X86 target has no opcode NOTANOPCODE"),
+    ({"ADD64rr": {"ports": {"HWPort9": 1}}}, "scheduling model has no resource HWPort9"),
     ({"ADD64rr": {"speed": 2}}, "an entry has only latency, uops, ports"),
     ({"ADD64rr": {"latency": -1}}, "a latency is whole cycles from 0 to 1000"),
 ])
 def test_bad_entries_are_named(table, says):
-    """Through the library: the values when the program is made, the names (which need the mcpu)
-    by the driver itself, which refuses an unknown one rather than run without it."""
+    """Through the library, when the program is made: the values, and the names against LLVM's
+    opcodes and the mcpu's resources (the driver refuses an unknown one too, a last guard)."""
     with pytest.raises(SurrogateOpsError, match=says):
         LlvmMca(params={"per_instruction": table}).run(["addq %rax, %rbx"])
 

@@ -111,7 +111,8 @@ class LlvmMca(Program):
         self.mcpu, self.iterations = mcpu, iterations
         params = dict(params or {})
         # per-opcode scheduling parameters run through the parametric driver (programs.parametric)
-        self.per_instruction = parametric.check_table(params.pop("per_instruction", None) or {})
+        table = params.pop("per_instruction", None) or {}  # names held to LLVM's and this mcpu's where there are any
+        self.per_instruction = parametric.check_table(table, self.path, mcpu) if table else {}
         self.params = self._check_params(params)
         self.cluster = cluster
         self.workers = workers or (cluster.cpus if cluster else default_workers())
