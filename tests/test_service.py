@@ -335,7 +335,7 @@ def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
     requirements = (root / "env" / "python" / "requirements.txt").read_text()
     assert f"onnxruntime=={onnxruntime.__version__}" in requirements and "torch" not in requirements
     assert "service:Surrogate" in bento.read_text()
-    assert json.loads((root / "src" / "params.json").read_text()) == {"dispatch": 3}  # the fallback's knobs
+    assert json.loads((root / "src" / "params.json").read_text()) == {"dispatch_width": 3}  # the fallback's knobs, checked
 
 
 def test_llvm_mca_answers_are_cached_and_counted(service):
