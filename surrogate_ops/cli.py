@@ -898,31 +898,47 @@ def tracking_uri_command() -> None:
 @click.option("--postgres-port", type=click.IntRange(1, 65535), default=5433, show_default=True,
               help="The PostgreSQL started in DIR (it listens on 127.0.0.1 only).")
 @click.option("--backend-store-uri", metavar="URI",
-              help="Use this database (postgresql://USER:PASSWORD@HOST/DB) instead of starting PostgreSQL in DIR.")
+              help="Use this database (postgresql://USER@HOST/DB, the password in PGPASSFILE or ~/.pgpass: "
+                   "ps shows command lines) instead of starting PostgreSQL in DIR.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="MLflow server workers.")
-def tracking_server(root, host, port, postgres_port, backend_store_uri, workers) -> None:
+@click.option("--no-auth", is_flag=True,
+              help="No MLflow accounts: anyone who reaches the server reads, deletes and moves everything.")
+def tracking_server(root, host, port, postgres_port, backend_store_uri, workers, no_auth) -> None:
     """Run a shared MLflow tracking server: PostgreSQL as its store, artifacts proxied to DIR.
 
-    Clients then need only the URL: `--tracking-uri http://HOST:PORT` on any command, or
-    `export MLFLOW_TRACKING_URI=http://HOST:PORT` (and `mlflow run`). Runs until Ctrl-C; started
-    again with the same DIR, everything is still there. deploy/mlflow-server.md runs it for a team.
+    It asks for MLflow's own accounts (basic auth): an admin, whose password is generated into
+    DIR/auth/admin-password. Clients set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD,
+    and `--tracking-uri http://HOST:PORT` on any command or `export MLFLOW_TRACKING_URI=...` (and
+    `mlflow run`). Runs until Ctrl-C; started again with the same DIR, everything is still there,
+    credentials too. deploy/mlflow-server.md runs it for a team.
     """
     from contextlib import ExitStack
 
     from surrogate_ops import config
-    from surrogate_ops.tracking_server import MlflowServer, Postgres
+    from surrogate_ops.tracking_server import ROLE, BasicAuth, MlflowServer, Postgres
 
     root = Path(root or config.work_dir() / "tracking-server").resolve()
     root.mkdir(parents=True, exist_ok=True)
+    if no_auth:
+        click.echo(f"warning: --no-auth: the server has no accounts; anyone who reaches http://{host}:{port} (every "
+                   "user of this host, and more when --host is not 127.0.0.1) can read every run and model, delete "
+                   "registered models and versions, and move aliases such as champion", err=True)
     with ExitStack() as stack:
+        env, auth_database = {}, f"sqlite:///{root / 'auth' / 'basic_auth.db'}"
         if backend_store_uri is None:
             database = stack.enter_context(Postgres(root / "postgres", postgres_port))
-            backend_store_uri = database.uri
-            click.echo(f"PostgreSQL in {database.data}, on 127.0.0.1:{postgres_port}")
+            backend_store_uri, auth_database, env = database.uri, database.auth_uri, database.env()
+            click.echo(f"PostgreSQL in {database.data}, on 127.0.0.1:{postgres_port} (password-only; "
+                       f"{database.passfile} holds the password of MLflow's role {ROLE})")
+        auth = None if no_auth else BasicAuth(root / "auth", auth_database)
         server = stack.enter_context(MlflowServer(backend_store_uri, root / "artifacts", port, host=host,
-                                                  workers=workers, log=root / "mlflow-server.log"))
+                                                  workers=workers, log=root / "mlflow-server.log", auth=auth, env=env))
         click.echo(f"MLflow tracking server at {server.url} (artifacts in {root / 'artifacts'}, log "
-                   f"{root / 'mlflow-server.log'})\npoint clients at it: export MLFLOW_TRACKING_URI={server.url}")
+                   f"{root / 'mlflow-server.log'})\npoint clients at it:\n  export MLFLOW_TRACKING_URI={server.url}")
+        if auth is not None:
+            click.echo(f"  export MLFLOW_TRACKING_USERNAME={auth.username}\n"
+                       f"  export MLFLOW_TRACKING_PASSWORD=$(cat {auth.password_file})\n"
+                       f"(MLflow's basic auth; the admin adds users at {server.url}/signup)")
         try:
             while server.process is not None and server.process.poll() is None:
                 time.sleep(1)
