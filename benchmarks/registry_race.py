@@ -115,7 +115,8 @@ def main() -> None:
                         result = race(server.url, args.clients, args.seconds)
                 else:
                     with Postgres(root / "postgres", free_port()) as database, \
-                            MlflowServer(database.uri, root / "artifacts", free_port(), workers=args.workers) as server:
+                            MlflowServer(database.uri, root / "artifacts", free_port(), workers=args.workers,
+                                         env=database.env()) as server:
                         result = race(server.url, args.clients, args.seconds)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
