@@ -376,12 +376,15 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
     memory; a local model directory, or a default already resolved and cached, starts without
     touching MLflow."""
     import csv
+    import itertools
 
     from surrogate_ops import config
     from surrogate_ops.blocks.inputs import chunks
     from surrogate_ops.serving import Limits, Server
 
     setting = _read_params(params, (mcpu,))
+    reading = chunks(input_path)
+    first = next(reading)  # a file that is not text or holds no block is refused here, before any work or output
     limits = Limits(max_instructions=1 << 30, mca_chunk=256)  # a file is not a request: no block is refused for its length
     if program:
         server = Server(None, limits=limits)
@@ -398,7 +401,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
     out = csv.writer(click.get_text_stream("stdout"), lineterminator="\n")
     out.writerow(["index", "cycles", "source", "reason", "estimated_error"])
     answered, sources = 0, {"surrogate": 0, "llvm-mca": 0, "error": 0}
-    for chunk in chunks(input_path):  # a chunk at a time: memory stays bounded on files of millions of blocks
+    for chunk in itertools.chain([first], reading):  # a chunk at a time: memory stays bounded on files of millions of blocks
         answers = server.answer(chunk.blocks, mcpu, exact=exact, first=chunk.start, fallback=not no_fallback,
                                 params=setting, max_error=max_error) if chunk.blocks else []
         for i, answer in enumerate(answers):
@@ -415,9 +418,6 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
                               "" if program else answer.get("reason", ""), answer.get("estimated_error", "")])
                 sources[answer["source"]] += 1
         answered += len(answers)
-    if not answered:
-        raise SurrogateOpsError(f"{input_path}: no blocks (assembly blocks separated by blank lines, or a CSV "
-                                "with a block or hex column)")
     if sources["llvm-mca"] and not program or sources["error"]:
         click.echo(f"{answered:,} blocks: " + ", ".join(f"{n:,} {source}" for source, n in sources.items() if n), err=True)
 

@@ -243,7 +243,11 @@ class Predictor:
         if self._pool is None:  # forked: the workers inherit this predictor, its vocabulary and its line cache as they are
             self._pool = fork_pool(self.workers, inherit=self)
         step = -(-len(blocks) // (4 * self.workers))
-        parts = self._pool.map(_encode_slice, [(list(blocks[s:s + step]), first, s) for s in range(0, len(blocks), step)])
+        try:
+            parts = self._pool.map(_encode_slice, [(list(blocks[s:s + step]), first, s) for s in range(0, len(blocks), step)])
+        except BaseException:  # interrupted, or a worker died: the next call forks a fresh pool
+            self.close()
+            raise
         errors = {i: why for part in parts for i, why in part[2].items()}
         return (Flat.concat([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), errors,
                 [i for part in parts for i in part[3]])

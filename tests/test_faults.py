@@ -208,3 +208,40 @@ def test_client_errors_are_one_line_in_the_log(home):
         wait_ready(url)
         log = url.log.read_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+def test_sigterm_to_the_process_group_ends_predict(tmp_path):
+    """What `timeout`, systemd and CI runners send: SIGTERM to predict and its encoding workers at
+    once. A worker killed while it held the pool's queue lock once left the parent waiting for it
+    for ever (issue 29): here it exits within seconds, interrupted, leaving no process behind. The
+    signal comes once the first chunk is answered, so the worker pool is up (idle or encoding)."""
+    from conftest import FIXTURES
+
+    blocks = [b for b in (FIXTURES / "blocks.s").read_text().split("\n\n") if b.strip()]
+    path = tmp_path / "many.s"
+    path.write_text("".join(f"{blocks[k % len(blocks)]}\naddq ${k}, %rax\n\n" for k in range(400_000)))
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)}
+    for delay in (0.0, 0.7, 1.4):
+        out = tmp_path / "out.csv"
+        with open(out, "w") as stdout:
+            proc = subprocess.Popen([sys.executable, "-m", "surrogate_ops", "predict", "--input", str(path)],
+                                    stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while out.stat().st_size < 4096 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first chunk's rows: its 50,000 blocks went through the worker pool
+        assert proc.poll() is None, "predict finished before the signal: make the input larger"
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGTERM)
+        stopped = time.monotonic()
+        try:
+            _, stderr = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"predict still running 10 s after SIGTERM to its process group ({delay} s after its first rows)")
+        elapsed = time.monotonic() - stopped
+        left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in left:
+            os.kill(int(pid), signal.SIGKILL)
+        assert proc.returncode == 130 and "interrupted" in stderr, (proc.returncode, stderr[-500:])
+        assert elapsed < 5 and not left, (elapsed, left)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -150,4 +151,78 @@ def test_errors_name_each_block_once_by_its_place_in_the_file(tmp_path):
     empty.write_text("\n\n")
     proc = subprocess.run([*CLI, "predict", "--input", str(empty)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
-    assert proc.returncode == 2 and "no blocks" in proc.stderr
+    assert proc.returncode == 2 and "holds no block" in proc.stderr and not proc.stdout
+
+
+# Runs a command and writes its peak RSS (KB) to argv[1]. A child's ru_maxrss counts the memory of
+# the process it was forked from (the mm it replaced at exec): measured from pytest, it would be
+# pytest's; from this small process, it is the command's own.
+_PEAK_RSS = """import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _measured(args: list[str], home, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float, float]:
+    """A command's result, its seconds, and its peak RSS in MB."""
+    record = home / "peak-rss"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(record), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "SURROGATE_OPS_HOME": str(home)})
+    return proc, time.monotonic() - start, int(record.read_text()) / 1024
+
+
+def test_a_block_without_an_end_is_refused_at_once_in_bounded_memory(tmp_path):
+    """200 MB without a blank line (issue 29: read whole, 4.29 GB and two minutes before its error):
+    the block is refused once past the line limit, named by block and line, and the rest of it read
+    past without being kept; the block after it is answered."""
+    from surrogate_ops.blocks.inputs import MAX_BLOCK_LINES
+
+    path = tmp_path / "endless.s"
+    with open(path, "w") as handle:
+        piece = "addq %rax, %rbx\n" * 65_536  # 1 MB
+        for _ in range(200):
+            handle.write(piece)
+        handle.write("\nimulq %rcx, %rdx\n")
+    assert path.stat().st_size > 200_000_000
+    proc, seconds, rss = _measured([*CLI, "predict", "--input", str(path)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [refused, answered] = rows(proc.stdout)
+    assert refused["source"] == "error" and refused["reason"] == (
+        f"block 0, line {MAX_BLOCK_LINES + 1}: over {MAX_BLOCK_LINES:,} lines without a blank line (blocks are "
+        "separated by blank lines)"), refused
+    assert answered["source"] == "surrogate" and float(answered["cycles"]) > 0
+    assert seconds < 5 and rss < 300, (seconds, rss)
+    path.unlink()
+
+
+def test_a_line_without_an_end_is_refused_by_its_line(tmp_path):
+    """A line past asm.MAX_LINE in a block still being read: the block is refused there, naming its
+    line, and read past up to the next blank line (here one of spaces and tabs, cut across reads)."""
+    for length, read_size in ((20_000_000, 1 << 22), (3_000, 7)):
+        path = tmp_path / "long-line.s"
+        path.write_text("addq %rax, %rbx\n\nmovq %rax, %rcx\n" + "a" * length + "\n \t\naddq %rax, %rbx\n")
+        pieces = list(chunks(str(path), read_size=read_size))
+        assert [b.strip() for c in pieces for b in c.blocks] == ["addq %rax, %rbx", "", "addq %rax, %rbx"]
+        assert {c.start + i: why for c in pieces for i, why in c.unreadable.items()} == {
+            1: f"block 1, line 2: a line of more than 256 characters, the limit ({'a' * 40!r}...)"}
+
+
+def test_empty_and_binary_files_are_refused_before_any_output(tmp_path):
+    """Refused up front, naming the file, with a hint; no CSV header (issue 29: an empty file printed
+    the header then failed, a binary passed as assembly was 'answered' with error rows)."""
+    (tmp_path / "empty.s").write_text("")
+    (tmp_path / "blank.s").write_text("\n \t\n\n")
+    (tmp_path / "header.csv").write_text("hex\n")
+    (tmp_path / "latin1.s").write_bytes("addq %rax, %rbx  # d\xe9j\xe0\n".encode("latin-1"))
+    shutil.copy(sys.executable, tmp_path / "program")  # an ELF binary
+    expected = {"empty.s": "holds no block", "blank.s": "holds no block", "header.csv": "holds no block",
+                "latin1.s": "is not UTF-8 text (byte 20)", "program": "is a binary file, not text (a NUL byte at byte"}
+    for name, why in expected.items():
+        proc = subprocess.run([*CLI, "predict", "--input", str(tmp_path / name)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
+        assert proc.returncode == 2 and proc.stdout == "", (name, proc.returncode, proc.stdout[:200])
+        [line] = proc.stderr.splitlines()
+        assert line.startswith(f"error: {tmp_path / name} {why}") and "surrogate-ops collect --binary" in line, line
