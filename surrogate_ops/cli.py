@@ -385,7 +385,8 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
     setting = _read_params(params, (mcpu,))
     reading = chunks(input_path)
     first = next(reading)  # a file that is not text or holds no block is refused here, before any work or output
-    limits = Limits(max_instructions=1 << 30, mca_chunk=256)  # a file is not a request: no block is refused for its length
+    # a file is not a request: no block is refused for its length, and a call may hold a core longer
+    limits = Limits(max_instructions=1 << 30, mca_chunk=256, mca_chunk_instructions=4096)
     if program:
         server = Server(None, limits=limits)
         exact = True
