@@ -108,7 +108,7 @@ def study(parent_uri: str, data: str | Path, out: Path, sizes: list[int] | None 
     out.mkdir(parents=True, exist_ok=True)
     with tracking.start_run(run_name=f"adaptation-{Path(data).stem}-{start.mcpu}"):
         mlflow.set_tags({"study": "adaptation", "parent_uri": start.uri, "mcpu": start.mcpu})
-        mlflow.log_params({"data": str(Path(data).resolve()), "sizes": sizes, "seeds": sweep.seeds,
+        tracking.log_params({"data": str(Path(data).resolve()), "sizes": sizes, "seeds": sweep.seeds,
                            "steps": sweep.steps, "batch_size": sweep.batch_size, "val_limit": sweep.val_limit,
                            "finetune_lr": FINETUNE_LR})
         table, reference = _sweep(start, sweep, progress)
@@ -149,7 +149,7 @@ def _report(table: pd.DataFrame, summary: pd.DataFrame, reference: dict, mcpu: s
     """The study's table, summary, markdown and plot, written to `out` and logged to the run."""
     from surrogate_ops import plots
 
-    mlflow.log_param("test_blocks", reference["blocks"])
+    tracking.log_params({"test_blocks": reference["blocks"]})
     mlflow.log_metrics({"llvm_mca_mape_vs_measured": reference["mape"], "llvm_mca_tau_vs_measured": reference["tau"]})
     table.to_csv(out / "adaptation_runs.csv", index=False)
     summary.to_csv(out / "adaptation.csv", index=False)

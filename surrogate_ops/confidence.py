@@ -171,7 +171,7 @@ def calibrate(model_uri: str, data: str | Path, mcpu: str | None = None, split: 
         raise SurrogateOpsError(f"{data} has no {split} rows labeled by llvm-mca on {mcpu}")
     with tracking.start_run(run_name=f"confidence-{mcpu}") as run:
         mlflow.set_tags({"program": "llvm-mca", "mcpu": mcpu, "mode": "confidence", "parent_uri": model_uri})
-        mlflow.log_params({"data": str(Path(data).resolve()), "split": split, "blocks": len(rows), "epochs": epochs})
+        tracking.log_params({"data": str(Path(data).resolve()), "split": split, "blocks": len(rows), "epochs": epochs})
         model, report = fit_error_head(parent, list(rows["block"]), rows[f"mca_cycles_{mcpu}"].to_numpy(),
                                        epochs=epochs, progress=progress)
         mlflow.log_metrics(report.metrics())

@@ -50,3 +50,7 @@ PRETRAINED = Path(__file__).resolve().parent / "pretrained"  # the bundled surro
 DEFAULT_MCPU = "haswell"
 DEFAULT_MODEL = model_name(DEFAULT_MCPU)  # the registered name of the bundled Haswell surrogate
 DEFAULT_MODEL_URI = model_uri(DEFAULT_MCPU)  # what single-model commands use by default
+
+
+if __name__ == "__main__":  # `python -m surrogate_ops.config`: the work directory (MLproject runs its commands there)
+    print(work_dir())

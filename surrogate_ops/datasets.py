@@ -55,8 +55,10 @@ from surrogate_ops.programs.base import Result, sample_settings, scale_settings
 from surrogate_ops.programs.cluster import Cluster
 
 SPLITS = (("train", 80), ("val", 90), ("test", 100))  # cumulative percent of the block hash
-DEFAULT_BINARIES = ("/usr/bin/ls", "/usr/bin/grep", "/usr/bin/tar", "/usr/bin/gzip", "/usr/bin/find", "/usr/bin/sed",
-                    "/usr/bin/bash", "/usr/bin/ssh", "/usr/bin/git", "/usr/bin/python3")
+# With no source: this machine's programs and libraries, at most DEFAULT_PER_BINARY blocks from each,
+# so 20,000 blocks come from about a hundred binaries, not from the first two
+DEFAULT_BINARIES = ("/usr/bin", "/usr/lib/x86_64-linux-gnu")
+DEFAULT_PER_BINARY = 200
 PART_ROWS = 2000
 
 
@@ -82,7 +84,7 @@ def read_hex_list(path: Path) -> set[str]:
 
 
 def default_binaries() -> list[str]:
-    return [p for p in DEFAULT_BINARIES if Path(p).is_file()] or ["/usr/bin"]
+    return [p for p in DEFAULT_BINARIES if Path(p).is_dir()] or ["/usr/bin"]
 
 
 @dataclass
@@ -146,7 +148,7 @@ class Generated:
 
 def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (), asm: Sequence[str | Path] = (),
            limit: int | None = None, progress: bool = False, measured_mcpu: str | None = None,
-           generated: Generated | None = None) -> list[Record]:
+           generated: Generated | None = None, per_binary: int | None = None) -> list[Record]:
     """Records from every source, in a stable order, cut to `limit`; hex sources disassembled.
     `measured_mcpu` names the microarchitecture of measurement files whose name does not (hsw.csv does)."""
     records: list[Record] = generated.records() if generated else []
@@ -157,7 +159,8 @@ def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = ()
     if binaries:
         remaining = None if limit is None else max(limit - len(records), 0)
         if remaining != 0:
-            records.extend(Record(None, h, src) for h, src in blocks_from_binaries(binaries, limit=remaining, progress=progress))
+            records.extend(Record(None, h, src) for h, src in blocks_from_binaries(binaries, limit=remaining, progress=progress,
+                                                                                   per_binary=per_binary))
     for path in map(Path, asm):
         if not path.is_file():
             raise SurrogateOpsError(f"--asm {path}: no such file")
@@ -326,8 +329,9 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     if generated and generated.seed >= generate.PROBE_SEED:
         raise SurrogateOpsError(f"generator seeds from {generate.PROBE_SEED} up are kept for held-out probe sets; "
                                 "train on a lower seed")
+    per_binary = None
     if not (bhive or binaries or asm or generated):
-        binaries = default_binaries()
+        binaries, per_binary = default_binaries(), DEFAULT_PER_BINARY
     mcpus = list(dict.fromkeys(mcpus))
     if sample_params and (len(mcpus) != 1 or params):
         raise SurrogateOpsError("--sample-params labels with one --mcpu and no --params (it draws the parameters itself)")
@@ -339,7 +343,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     else:
         sampling = _sampling(programs[mcpus[0]], sample_params, seed, spread) if sample_params else None
     alias = _may_alias(bhive, may_alias)
-    records = gather(bhive, binaries, asm, None if splits else limit, progress, measured_mcpu, generated)
+    records = gather(bhive, binaries, asm, None if splits else limit, progress, measured_mcpu, generated, per_binary)
     if splits:
         records = [r for r in records if r.block is None or split_of(r.block) in splits][:limit]
     if not records:

@@ -478,7 +478,7 @@ def _log_run(task: Problem, config: OptimizeConfig, outcomes: dict[str, Outcome]
     with tracking.start_run(run_name=f"optimize-{program.mcpu}") as run:
         mlflow.set_tags({"program": "llvm-mca", "mcpu": program.mcpu, "mode": "optimize", "model_uri": config.model,
                          "surrogate_parent": str(task.predictor.meta.get("parent", ""))})
-        mlflow.log_params({**{k: v for k, v in asdict(config).items() if k != "baselines"},
+        tracking.log_params({**{k: v for k, v in asdict(config).items() if k != "baselines"},
                            "baselines": ",".join(config.baselines), "baseline_trials": task.trials,
                            "train_blocks": len(task.train_rows), "test_blocks": len(task.test_rows),
                            "llvm_mca_version": program.version})

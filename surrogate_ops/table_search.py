@@ -403,7 +403,7 @@ def _log(config: TableSearchConfig, space: TableSpace, outcomes: dict[str, Outco
     name = f"llvm-mca-{config.mcpu}-table"
     with tracking.start_run(run_name=f"optimize-table-{config.mcpu}") as run:
         mlflow.set_tags({"program": "llvm-mca", "mcpu": config.mcpu, "mode": "optimize-table"})
-        mlflow.log_params({**{k: v for k, v in asdict(config).items() if k not in ("labels", "baselines")},
+        tracking.log_params({**{k: v for k, v in asdict(config).items() if k not in ("labels", "baselines")},
                            "labels": ",".join(config.labels), "baselines": ",".join(config.baselines),
                            "baseline_trials": trials, "train_blocks": train_blocks, "test_blocks": test_blocks,
                            "opcodes": len(space.opcodes), "tuned_values": space.size})

@@ -229,7 +229,7 @@ def _log_start(config: TrainConfig, prepared: Prepared, frame: pd.DataFrame, run
     params.update({"parameters": models.parameter_count(model), "vocab_size": len(prepared.tokenizer),
                    "train_blocks": len(prepared.train_rows), "val_blocks": len(prepared.val_rows),
                    "vocab_added": len(prepared.added), "threads": torch.get_num_threads()})
-    mlflow.log_params(params)
+    tracking.log_params(params)
     dataset = mlflow.data.from_pandas(frame.drop(columns=[c for c in ("hex",) if c in frame]),
                                       source=str(Path(config.data).resolve()), name=Path(config.data).name,
                                       targets=prepared.column)

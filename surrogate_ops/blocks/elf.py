@@ -95,16 +95,22 @@ def cut_blocks(listing: str, min_len: int = 1, max_len: int = 64) -> Iterator[st
 
 
 def blocks_from_binaries(paths: Iterable[str | Path], limit: int | None = None, max_len: int = 64,
-                         objdump: str | None = None, progress: bool = False) -> list[tuple[str, str]]:
-    """(hex, source path) of distinct basic blocks found in the given binaries, in a stable order."""
+                         objdump: str | None = None, progress: bool = False,
+                         per_binary: int | None = None) -> list[tuple[str, str]]:
+    """(hex, source path) of distinct basic blocks found in the given binaries, in a stable order;
+    `per_binary` takes at most that many from each, so a limit is spread over many programs."""
     tool = find_tool("llvm-objdump", objdump)
     seen: set[str] = set()
     out: list[tuple[str, str]] = []
     for path in tqdm(find_binaries(paths), desc="cutting binaries into blocks", unit="binary", disable=not progress):
+        taken = 0
         for block in cut_blocks(_objdump(path, tool), max_len=max_len):
             if block not in seen:
                 seen.add(block)
                 out.append((block, str(path)))
+                taken += 1
                 if limit is not None and len(out) >= limit:
                     return out
+                if per_binary is not None and taken >= per_binary:
+                    break
     return out
