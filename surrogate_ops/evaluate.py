@@ -2,16 +2,25 @@
 where the data has it, against measured throughput (BHive may-alias blocks excluded).
 
 Training logs these figures and `surrogate-ops evaluate` prints them: both go through `evaluate`.
+`evaluation_run` is the `evaluate` command: the figures it prints also go on its own MLflow run, as
+metrics, with the dataset's digest and a plot. `compare` scores several surrogates on the same
+blocks (those every one of them answered itself), as `promotion` needs. Data is a dataset from
+`collect` or a BHive-format CSV, read as `finetune` reads it (`load_data`). Every plot is in cycles
+per 100 iterations, the unit the CLI prints.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 
+from surrogate_ops import datasets, plots, registry, tracking
 from surrogate_ops.datasets import measured_rows, scaled_parameters
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.inference import Predictor
@@ -74,3 +83,146 @@ def evaluate(predictor: Predictor, frame: pd.DataFrame, mcpu: str, split: str = 
             metrics["mca_mape_vs_measured"] = mape(measured[mca], measured["measured"])
             metrics["mca_tau_vs_measured"] = kendall_tau(measured[mca], measured["measured"])
     return Evaluation(metrics, rows)
+
+
+def _predict(predictor: Predictor, rows: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """Cycles per row (NaN where the surrogate did not answer) and blocks per second."""
+    sampled = bool(predictor.parameter_names) and any(c.startswith("param_") for c in rows.columns)
+    scaled = scaled_parameters(rows, predictor.parameter_names) if sampled else None
+    start = time.perf_counter()
+    predicted = np.asarray(predictor.cycles(list(rows["block"]), scaled), dtype=float)
+    elapsed = time.perf_counter() - start
+    return predicted, len(rows) / elapsed if elapsed > 0 else float("inf")
+
+
+def load_data(data: str | Path, mcpu: str, progress: bool = True) -> pd.DataFrame:
+    """A dataset from `collect`, or a BHive-format CSV (hex,throughput) labeled by llvm-mca on `mcpu`
+    once and cached, as `finetune` reads it (`datasets.measured_dataset`; splits by block hash)."""
+    path = Path(data)
+    if path.suffix == ".csv":
+        path = datasets.measured_dataset(path, mcpu, progress)
+    return datasets.load(path)
+
+
+def dataset_input(frame: pd.DataFrame, data: str | Path) -> mlflow.data.Dataset:
+    """The data as an MLflow dataset: its digest is the one training tags its versions with."""
+    return mlflow.data.from_pandas(frame.drop(columns=[c for c in ("hex",) if c in frame]),
+                                   source=str(Path(data).resolve()), name=Path(data).name)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Surrogates scored on the same blocks of a split: the rows every one answered itself and that
+    have the reference figure. `figures[role]`: mape, tau (on those blocks), answered_share (of the
+    split's blocks) and blocks_per_s."""
+
+    target: str  # "mca" or "measured": the reference is llvm-mca's cycles or measured throughput
+    reference: str  # the reference column
+    split_blocks: int
+    figures: dict[str, dict[str, float]]
+    frame: pd.DataFrame  # the compared rows: the reference column and `predicted_<role>`
+
+    @property
+    def blocks(self) -> int:
+        return len(self.frame)
+
+    def metrics(self) -> dict[str, float]:
+        """As MLflow metrics: <role>_mape_vs_<target>, <role>_tau_vs_<target>, <role>_answered_share,
+        <role>_blocks_per_s, compared_blocks and split_blocks."""
+        out = {"compared_blocks": self.blocks, "split_blocks": self.split_blocks}
+        for role, f in self.figures.items():
+            out.update({f"{role}_mape_vs_{self.target}": f["mape"], f"{role}_tau_vs_{self.target}": f["tau"]})
+            out.update({f"{role}_{k}": f[k] for k in ("answered_share", "blocks_per_s") if k in f})
+        return out
+
+    def plot(self, path: Path, title: str, labels: dict[str, str]) -> Path:
+        """Each surrogate (and llvm-mca, against measured figures) against the reference."""
+        series = {labels.get(role, role): f"predicted_{role}" for role in self.figures}
+        return plots.comparison(self.frame, self.reference, series, path, title)
+
+
+def compare(predictors: dict[str, Predictor], frame: pd.DataFrame, mcpu: str, target: str = "mca",
+            split: str = "test") -> Comparison:
+    """Score each surrogate (by role, e.g. champion and challenger) on the same blocks of `split`:
+    the rows every one answered, against llvm-mca's cycles on `mcpu` (target "mca") or measured
+    throughput on `mcpu` (target "measured", may-alias blocks left out; llvm-mca's own figure on the
+    same blocks is added as the role "llvm-mca" when the data has it)."""
+    rows = select(frame, split)
+    reference = f"mca_cycles_{mcpu}" if target == "mca" else "measured"
+    if target == "measured":
+        rows = measured_rows(rows, mcpu)
+    elif reference not in rows:
+        raise SurrogateOpsError(f"the data has no llvm-mca figures for -mcpu={mcpu} (no {reference} column)")
+    rows = rows[rows[reference].notna() & (rows[reference] > 0)]
+    if rows.empty:
+        raise SurrogateOpsError(f"the {split} split has no {target} figures for -mcpu={mcpu} to compare on")
+    answered, speed = {}, {}
+    for role, predictor in predictors.items():
+        predicted, speed[role] = _predict(predictor, rows)
+        rows = rows.assign(**{f"predicted_{role}": predicted})
+        answered[role] = np.isfinite(predicted)
+    mca = f"mca_cycles_{mcpu}"
+    if target == "measured" and mca in rows and rows[mca].notna().all():
+        rows = rows.assign(**{"predicted_llvm-mca": rows[mca]})
+    both = np.logical_and.reduce(list(answered.values()))
+    compared = rows[both]
+    if compared.empty:
+        raise SurrogateOpsError(f"no block of the {split} split was answered by every surrogate")
+    figures = {}
+    for role in [*predictors, *(["llvm-mca"] if "predicted_llvm-mca" in rows else [])]:
+        predicted, truth = compared[f"predicted_{role}"], compared[reference]
+        figures[role] = {"mape": mape(predicted, truth), "tau": kendall_tau(predicted, truth)}
+        if role in predictors:
+            figures[role].update(answered_share=float(answered[role].mean()), blocks_per_s=speed[role])
+    keep = [reference, "block", *(f"predicted_{role}" for role in figures)]
+    return Comparison(target, reference, len(rows), figures, compared[keep])
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What `evaluation_run` did: the figures, and the MLflow run they went to."""
+
+    uri: str
+    evaluation: Evaluation
+    run_id: str
+
+
+def evaluation_run(model_uri: str | Path, data: str | Path, split: str = "test", mcpu: str | None = None,
+                   engine: str = "onnxruntime", progress: bool = True) -> Evaluated:
+    """Evaluate a registered surrogate (or a model directory) on `data`'s split in an MLflow run of
+    its own (the project's run under `mlflow run`): the printed figures as metrics (answered_share
+    among them: the share of the split's blocks the surrogate answered itself), the model, data,
+    split and dataset digest as parameters, the data as the run's evaluation input, and
+    plots/predicted_vs_<mca|measured>.png."""
+    with tracking.start_run(run_name=f"evaluate {model_uri}") as run:
+        # resolving inside the run: a bundled name registered now is a child of this run
+        model = registry.model_dir(model_uri)
+        predictor = Predictor(model, engine=engine)
+        mcpu = mcpu or predictor.meta["mcpu"]
+        frame = load_data(data, mcpu, progress)
+        result = evaluate(predictor, frame, mcpu, split)
+        dataset = dataset_input(frame, data)
+        mlflow.log_input(dataset, context="evaluation")
+        # names apart from the MLproject entry point's parameters, which `mlflow run` logs on this run as given
+        params = {"model_uri": str(model_uri), "data_path": str(Path(data).resolve()), "split": split,
+                  "labels_mcpu": mcpu, "engine_used": predictor.engine_name, "dataset_digest": dataset.digest}
+        if str(model_uri).startswith("models:/"):
+            name, version = registry.resolve_version(str(model_uri))
+            params.update(model_name=name, model_version=version)
+        mlflow.log_params(params)
+        mlflow.set_tags({"surrogate_ops.step": "evaluate", "dataset_digest": dataset.digest})
+        m = result.metrics
+        mlflow.log_metrics({**m, "answered_share": m["blocks"] / (m["blocks"] + m["skipped"])})
+        with tempfile.TemporaryDirectory() as tmp:
+            for target in [c for c in (f"mca_cycles_{mcpu}", "measured") if c in result.frame]:
+                rows = result.frame[np.isfinite(result.frame["predicted"]) & result.frame[target].notna()
+                                    & (result.frame[target] > 0)]
+                if target == "measured":
+                    rows = measured_rows(rows, mcpu)
+                if len(rows) > 1:
+                    name = "mca" if target.startswith("mca") else "measured"
+                    plots.comparison(rows, target, {str(model_uri): "predicted"},
+                                     Path(tmp) / f"predicted_vs_{name}.png",
+                                     f"{model_uri} on the {split} split of {Path(data).name}")
+            mlflow.log_artifacts(tmp, artifact_path="plots")
+    return Evaluated(str(model_uri), result, run.info.run_id)

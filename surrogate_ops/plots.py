@@ -1,4 +1,9 @@
-"""Plots people would rather look at than read: predicted against target, error by block length."""
+"""Plots people would rather look at than read: predicted against target, error by block length,
+surrogates compared on the same blocks.
+
+Cycles are drawn in the unit the CLI prints and datasets hold: cycles per 100 iterations (llvm-mca's
+Total Cycles at 100 iterations, BHive's throughput).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,42 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+UNIT = "cycles per 100 iterations"
+
+
+def comparison(frame: pd.DataFrame, reference: str, series: dict[str, str], path: Path, title: str) -> Path:
+    """Each series (label -> column of cycles: surrogates, llvm-mca) against the `reference` column
+    on the same rows: predicted against reference (log-log), and each one's signed relative error
+    as a histogram, its MAPE in the legend."""
+    ok = frame[frame[reference].notna() & (frame[reference] > 0)]
+    fig, (scatter, errors) = plt.subplots(1, 2, figsize=(11, 4.8))
+    for i, (label, column) in enumerate(series.items()):
+        rows = ok[np.isfinite(ok[column])]
+        error = 100 * (rows[column] - rows[reference]) / rows[reference]
+        scatter.scatter(rows[reference], rows[column], s=4, alpha=0.35, color=f"C{i}", label=label)
+        errors.hist(error.clip(-100, 100), bins=80, range=(-100, 100), histtype="step", linewidth=1.2,
+                    color=f"C{i}", label=f"{label}: MAPE {error.abs().mean():.2f}% ({len(rows):,} blocks)")
+    low, high = max(5.0, ok[reference].min()), max(5.0, ok[reference].max())
+    scatter.plot([low, high], [low, high], color="black", linewidth=0.8)
+    scatter.set(xscale="log", yscale="log", xlabel=f"{reference} ({UNIT})", ylabel=f"predicted ({UNIT})", title=title)
+    scatter.legend(fontsize=8, markerscale=3)
+    errors.axvline(0, color="black", linewidth=0.8)
+    errors.set(xlabel=f"error vs {reference} (%; beyond ±100 drawn at the edge)", ylabel="blocks",
+               title="relative error, same blocks")
+    errors.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
 
 def predicted_vs_target(frame: pd.DataFrame, target: str, path: Path, title: str) -> Path:
     ok = frame[np.isfinite(frame["predicted"]) & frame[target].notna()]
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(ok[target] / 100, ok["predicted"] / 100, s=3, alpha=0.3)
-    low, high = max(0.05, (ok[target] / 100).min()), (ok[target] / 100).max()
+    ax.scatter(ok[target], ok["predicted"], s=3, alpha=0.3)
+    low, high = max(5.0, ok[target].min()), ok[target].max()
     ax.plot([low, high], [low, high], color="black", linewidth=0.8)
-    ax.set(xscale="log", yscale="log", xlabel=f"{target} (cycles per iteration)", ylabel="predicted (cycles per iteration)",
-           title=title)
+    ax.set(xscale="log", yscale="log", xlabel=f"{target} ({UNIT})", ylabel=f"predicted ({UNIT})", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -4,12 +4,18 @@ A trained surrogate is logged as a pyfunc model (see `mlflow_model`) whose one a
 model directory, and registered as a new version of a named model, tagged with its program,
 program version, mcpu, architecture, dataset digest and metrics. A new version gets the alias
 `challenger`; the first version of a name also becomes `champion` (moving it later is
-`promotion`'s). Registrations may run side by side on one registry: MLflow sets aliases one call at
-a time, so after each write the aliases are read back and settled to what the rule says
-(`challenger` on the newest version, `champion` on the oldest when none is set); whichever writer
-writes last, it reads and corrects after writing, so the registry ends as the rule says and each
-writer reports the aliases its version really holds. Compiled builds are logged to the version's run under `builds/<platform>` and
-fetched with the model for the host's platform. This module speaks to MLflow only.
+`promotion`'s). A name the package bundles a surrogate for (`bundled_names`: llvm-mca-haswell,
+-skylake, ...) always starts with the bundled one: whatever touches such a name first (a
+registration, a resolution, a promotion) registers the bundled surrogate as version 1, champion, so
+a user's model enters as version 2, challenger, and serves only once `promote` moves it.
+
+Registrations may run side by side on one registry: MLflow sets aliases one call at a time, so
+after each write the aliases are read back and settled to what the rule says (`challenger` on the
+newest version, `champion` on the oldest when none is set); whichever writer writes last, it reads
+and corrects after writing, so the registry ends as the rule says and each writer reports the
+aliases its version really holds. Compiled builds are logged to the version's run under
+`builds/<platform>` and fetched with the model for the host's platform. This module speaks to
+MLflow only.
 """
 
 from __future__ import annotations
@@ -60,7 +66,14 @@ class Registered:
 def log_model(model_dir: ModelDir, example: list[str], name: str | None = None,
               tags: dict | None = None) -> Registered | None:
     """Log the model directory as this run's pyfunc model; with `name`, register it as a new version
-    (alias challenger, and champion when it is the first)."""
+    (alias challenger, and champion when it is the first). A bundled name gets its bundled surrogate
+    first (see `ensure_bundled`), so this one is never the first."""
+    if name is not None:
+        ensure_bundled(name)
+    return _log_model(model_dir, example, name, tags)
+
+
+def _log_model(model_dir: ModelDir, example: list[str], name: str | None, tags: dict | None) -> Registered | None:
     with tempfile.TemporaryDirectory() as tmp:
         # the package travels with the model, without the bundled weights and caches
         code = Path(tmp) / PACKAGE_DIR.name
@@ -129,6 +142,11 @@ def set_alias(name: str, alias: str, version: str) -> None:
     tracking.client().set_registered_model_alias(name, alias, version)
 
 
+def describe(name: str, version: str, description: str) -> None:
+    """The version's one-line description (what the MLflow UI shows beside it)."""
+    tracking.client().update_model_version(name, version, description=description)
+
+
 def set_version_tags(name: str, version: str, tags: dict) -> None:
     client = tracking.client()
     for key, value in tags.items():
@@ -150,8 +168,7 @@ def resolve_version(uri: str) -> tuple[str, str]:
     rest = uri.removeprefix("models:/")
     client = tracking.client()
     name = rest.split("@")[0].split("/")[0]
-    if (PRETRAINED / name).is_dir():
-        ensure_default(name)  # a bundled surrogate answers for its name on a fresh registry
+    ensure_bundled(name)  # a bundled surrogate answers for its name on a fresh registry
     try:
         if "@" in rest:
             name, alias = rest.split("@", 1)
@@ -222,10 +239,19 @@ def has_versions(name: str) -> bool:
         return False
 
 
+def ensure_bundled(name: str) -> Registered | None:
+    """For a name the package bundles a surrogate for, that surrogate as its version 1 (champion)
+    when the registry has none yet; other names are left alone. What was registered, or None."""
+    if name not in bundled_names():
+        return None
+    return ensure_default(name)
+
+
 def ensure_default(name: str = DEFAULT_MODEL, bundle: str | None = None) -> Registered | None:
     """Register a bundled pretrained surrogate (`bundle`, default: the one of that name) as version 1
     (champion) of `name` when the registry has no version of it; returns what was registered, or
-    None when nothing was needed."""
+    None when nothing was needed. Inside a run (a training that registers under the name, a
+    promotion, `mlflow run`'s project run) the bundled surrogate's run is a child of it."""
     if has_versions(name):
         return None
     folder = PRETRAINED / (bundle or name)
@@ -237,10 +263,14 @@ def ensure_default(name: str = DEFAULT_MODEL, bundle: str | None = None) -> Regi
     tags = {"program": meta["program"], "program_version": meta["program_version"], "mcpu": meta["mcpu"],
             "arch": meta["arch"], "target": meta["target"], "dataset_digest": meta.get("dataset_digest", ""),
             "source": "bundled with surrogate-ops", **{k: f"{v:.6g}" for k, v in metrics.items()}}
-    with tracking.start_run(run_name=f"bundled-{name}"):
+    with tracking.start_run(run_name=f"bundled-{name}", nested=mlflow.active_run() is not None):
         mlflow.set_tags({"source": "bundled with surrogate-ops", "arch": meta["arch"], "mcpu": meta["mcpu"]})
         mlflow.log_params({"arch": meta["arch"], **{f"size_{k}": v for k, v in meta["config"].items()}})
         if metrics:
             mlflow.log_metrics(metrics)
         example = ["movq (%rdi), %rax\naddq $1, %rax\nmovq %rax, 8(%rdi)"]
-        return log_model(bundled, example=example, name=name, tags=tags)
+        registered = _log_model(bundled, example, name, tags)
+    error = f"test MAPE vs llvm-mca {100 * metrics['test_mape_vs_mca']:.2f}%" if "test_mape_vs_mca" in metrics else ""
+    describe(name, registered.version, f"bundled with surrogate-ops: {meta['arch']} surrogate of llvm-mca "
+             f"-mcpu={meta['mcpu']}{', ' + error if error else ''}; the name's first version, champion")
+    return registered
