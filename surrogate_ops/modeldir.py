@@ -17,9 +17,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from surrogate_ops.config import PRETRAINED, model_name
 from surrogate_ops.errors import SurrogateOpsError
 
 META, VOCAB, CHECKPOINT, ONNX, STAMP = "surrogate.json", "vocab.json", "model.pt", "model.onnx", "VERSION"
+
+
+def bundled_names() -> list[str]:
+    """The registered names of the surrogates bundled with the package (`pretrained/<name>/`)."""
+    return sorted(p.name for p in PRETRAINED.iterdir() if ModelDir.holds_one(p)) if PRETRAINED.is_dir() else []
 
 
 @dataclass(frozen=True)
@@ -62,12 +68,26 @@ class ModelDir:
 
     @classmethod
     def open(cls, path: str | Path | ModelDir) -> ModelDir:
+        """A model directory; a bare name that is no directory here but a bundled surrogate's
+        (`llvm-mca-haswell`) opens the bundled one, from the package's own folder."""
         if isinstance(path, ModelDir):
             return path
         path = Path(path)
+        if not (path / META).is_file() and len(path.parts) == 1 and cls.holds_one(PRETRAINED / path):
+            path = PRETRAINED / path
         if not (path / META).is_file():
-            raise SurrogateOpsError(f"{path} is not a surrogate model directory (no {META})")
+            hint = f"; the bundled ones are {', '.join(bundled_names())}" if len(path.parts) == 1 else ""
+            raise SurrogateOpsError(f"{path} is not a surrogate model directory (no {META}){hint}")
         return cls(path, json.loads((path / META).read_text()))
+
+    @classmethod
+    def bundled(cls, name: str) -> ModelDir:
+        """A surrogate the package bundles, by registered name (`llvm-mca-haswell`) or by its mcpu
+        (`haswell`), wherever Python runs: `Predictor(ModelDir.bundled("haswell"))`."""
+        for folder in (PRETRAINED / name, PRETRAINED / model_name(name)):
+            if len(Path(name).parts) == 1 and cls.holds_one(folder):
+                return cls.open(folder)
+        raise SurrogateOpsError(f"no bundled surrogate {name!r}; the package bundles {', '.join(bundled_names())}")
 
     @staticmethod
     def holds_one(path: str | Path) -> bool:
