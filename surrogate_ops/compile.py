@@ -36,7 +36,7 @@ import numpy as np
 from surrogate_ops import datasets, emulation, engines
 from surrogate_ops.blocks import SAMPLE_BLOCKS
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.export import agreement, compare, example_batch
+from surrogate_ops.export import agreement, compare, example_batch, relax_module
 from surrogate_ops.modeldir import Builds, ModelDir
 
 EMULATED_RTOL = 1e-4  # a foreign build's largest relative difference from ONNX Runtime, run under emulation
@@ -108,10 +108,8 @@ def compile_model(model: ModelDir, platform: str, out_dir: Path, tvm_cpu: str | 
     `tune_minutes`, also a meta-schedule-tuned static-shape build `<platform>-tuned.so` (host only).
     A build that runs here is checked against ONNX Runtime on `check_tokens`; with `verify`, a
     foreign one too, run under emulation (`emulation`), and refused above `EMULATED_RTOL`."""
-    import onnx
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
     model = ModelDir.open(model)
     if model.arch in UNSUPPORTED:
@@ -125,7 +123,7 @@ def compile_model(model: ModelDir, platform: str, out_dir: Path, tvm_cpu: str | 
     if verify and not runs_here:
         emulation.emulator(platform)  # missing QEMU is said before the compile, not after
     start = time.time()
-    mod = _bounded_takes(from_onnx(onnx.load(str(model.onnx)), keep_params_in_input=False))
+    mod = relax_module(model.onnx)
     tvm_target = tvm.target.Target(spec)
     executable = tvm.compile(mod, tvm_target, relax_pipeline=relax.get_default_pipeline(tvm_target))
     out = Builds(Path(out_dir))
@@ -143,31 +141,6 @@ def compile_model(model: ModelDir, platform: str, out_dir: Path, tvm_cpu: str | 
         build = _tune(build, model, out, check_tokens, tune_minutes, tune_shape, tune_kernels, log)
     out.record_path(platform).write_text(json.dumps(asdict(build), indent=1))
     return build
-
-
-def _bounded_takes(mod):
-    """`mod` with every `take` in "fast" mode (the ONNX frontend's Gather: the embedding lookups)
-    made "clip": an id past the table clamps instead of reading outside it, and TVM no longer
-    warns, once per lookup at every compile, that fast mode segfaults on such ids. Answers for ids
-    in range are the same (checked against ONNX Runtime below), as fast within this machine's noise
-    (the bundled Haswell surrogate, medians of 3: 14,345 blocks/s fast, 16,742 clip)."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
-
-    @mutator
-    class Clip(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.take" and call.attrs.mode == "fast":
-                return relax.op.take(call.args[0], call.args[1], call.attrs.axis, mode="clip")
-            return call
-
-    clip = Clip(mod)
-    for var, function in mod.functions_items():
-        if isinstance(function, relax.Function):
-            mod[var] = clip.visit_expr(function)
-    return mod
 
 
 def install(out_dir: Path, platform: str, model: ModelDir) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from surrogate_ops import engines
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.export import compare
+from surrogate_ops.export import compare, relax_module
 from surrogate_ops.modeldir import ModelDir
 
 
@@ -76,10 +76,8 @@ def tune(model: ModelDir, tvm_target: dict, shape: tuple[int, int, int], minutes
          log=print) -> Tuning:
     """Tune `model`'s ONNX graph for `tvm_target` at `shape` for about `minutes`; write `out` (.so) with
     its tuning database beside it (`out`.with_suffix('.db')) and return the record."""
-    import onnx
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -89,7 +87,7 @@ def tune(model: ModelDir, tvm_target: dict, shape: tuple[int, int, int], minutes
     target = tvm.target.Target({**tvm_target, "num-cores": cores})  # meta-schedule's workers and threads
     work_dir = out.with_suffix(".db")
     work_dir.mkdir(parents=True, exist_ok=True)
-    mod = from_onnx(onnx.load(str(model.onnx)), shape_dict={"tokens": list(shape)}, keep_params_in_input=False)
+    mod = relax_module(model.onnx, shape_dict={"tokens": list(shape)})
     with target:
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                         relax.transform.CanonicalizeBindings(),
