@@ -106,7 +106,7 @@ def cli(llvm_mca: str | None) -> None:
                    "one to four registers, the loops people type first).")
 @click.option("--mcpu", multiple=True, default=("haswell",), show_default=True,
               help="llvm-mca -mcpu to label with; repeatable.")
-@click.option("--limit", type=click.IntRange(min=1), help="Keep at most this many blocks (in source order).")
+@click.option("--limit", type=click.IntRange(min=0), help="Keep at most this many blocks (in source order; 0: all).")
 @click.option("--workers", type=click.IntRange(min=1), help="llvm-mca processes in parallel [default: cores].")
 @click.option("--ray", "ray_address", metavar="local|ADDRESS",
               help="Label on a Ray cluster's CPUs: ADDRESS is its head (host:port, or auto); local starts one "
@@ -149,7 +149,7 @@ def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, w
 
     out = Path(out) if out else config.work_dir() / "datasets" / "default.parquet"
     cluster = _join_cluster(ray_address)
-    result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit, workers=workers,
+    result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit or None, workers=workers,
                               cluster=cluster,
                               may_alias=may_alias, params=_read_params(params, tuple(mcpu)), progress=not quiet,
                               part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None,
@@ -162,6 +162,10 @@ def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, w
     if cluster is not None:
         click.echo(_cluster_report(cluster))
     click.echo(datasets.summary(datasets.load(result.path)))
+    if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: the dataset is the step's artifact, for the next step
+        from surrogate_ops import tracking
+
+        click.echo(f"logged to run {tracking.log_dataset(result.path, result.rows)} as {tracking.DATASET}/{result.path.name}")
 
 
 def _join_cluster(address: str | None):
@@ -220,8 +224,8 @@ def _tracking_option(f=None, *, lazy: bool = False):
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True, help="Early stopping, in epochs.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-minutes", type=float, help="Stop training after this long (the best epoch is kept).")
-@click.option("--train-limit", type=click.IntRange(min=1), help="Use at most this many training blocks.")
+@click.option("--max-minutes", type=float, help="Stop training after this long (the best epoch is kept; 0: no limit).")
+@click.option("--train-limit", type=click.IntRange(min=0), help="Use at most this many training blocks (0: all).")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: cores].")
 @click.option("--init-from", metavar="URI",
               help=f"Start from this registered surrogate's weights and architecture (e.g. {DEFAULT_MODEL_URI}); "
@@ -257,7 +261,7 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
         arch, preset, parsed = shape["arch"], shape["preset"], shape["sizes"]
     config = training.TrainConfig(data=data, arch=arch, preset=preset, sizes=parsed, target=target, mcpu=mcpu,
                                   epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                                  max_minutes=max_minutes, train_limit=train_limit, threads=threads)
+                                  max_minutes=max_minutes, train_limit=train_limit or None, threads=threads)
     result = training.train(config, register=register, resume=resume, progress=not quiet,
                             init_from=parent, run_tags={"parent_uri": init_from} if init_from else None,
                             on_start=lambda run_id: click.echo(f"run {run_id} (if interrupted: --resume {run_id})"))
@@ -312,35 +316,52 @@ def confidence(model_uri, data, split, mcpu, epochs, register, save_dir, trackin
 @click.option("--model", "model_uri",
               help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory [default: the champion "
                    "surrogate of --mcpu, else of haswell].")
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Dataset from `collect`.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="A dataset from `collect`, or a BHive-format CSV (hex,throughput; labeled by llvm-mca once, "
+                   "as `finetune` reads it).")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
 @click.option("--mcpu", help="Microarchitecture to compare on [default: the model's].")
 @click.option("--engine", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
 @_tracking_option
 def evaluate(model_uri, data, split, mcpu, engine, tracking_uri) -> None:
-    """Print MAPE and Kendall's tau of a model against llvm-mca and measured throughput."""
-    from surrogate_ops import config, datasets, registry
-    from surrogate_ops.evaluate import evaluate as run_evaluation
-    from surrogate_ops.inference import Predictor
+    """Print MAPE and Kendall's tau of a model against llvm-mca and measured throughput.
+
+    The figures also go on an MLflow run of the evaluation's own (metrics, the dataset's digest,
+    plots/predicted_vs_mca.png in cycles per 100 iterations)."""
+    from surrogate_ops import config
+    from surrogate_ops.evaluate import evaluation_run
 
     model_uri = model_uri or config.model_uri(mcpu or config.DEFAULT_MCPU)
-    predictor = Predictor(registry.model_dir(model_uri), engine=engine)
-    result = run_evaluation(predictor, datasets.load(data), mcpu or predictor.meta["mcpu"], split)
+    done = evaluation_run(model_uri, data, split, mcpu, engine)
     click.echo(f"{model_uri} on the {split} split of {data}:")
-    for line in result.lines():
+    for line in done.evaluation.lines():
         click.echo("  " + line)
+    click.echo(f"  logged to run {done.run_id}")
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--data", type=click.Path(dir_okay=False), help="Held-out data [default: the challenger's dataset].")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Held-out data: a dataset from `collect` or a BHive-format CSV [default: the challenger's dataset].")
+@click.option("--force", is_flag=True,
+              help="Move champion to the challenger even when it is rejected (worse, or lacking what the "
+                   "champion serves); the figures are still taken and recorded.")
+@click.option("--check", is_flag=True, help="Only decide: exit 0 or 1, move no alias, record nothing on the version.")
 @_tracking_option
-def promote(name, data, tracking_uri) -> None:
+def promote(name, data, force, check, tracking_uri) -> None:
     """Evaluate challenger and champion of NAME on the same held-out blocks; move champion to the
-    challenger when it is no worse in error. The decision is recorded on the version."""
+    challenger when it is no worse in error and serves what the champion serves (mcpu, target, an
+    error head, llvm-mca parameters). The figures go on an MLflow run (metrics, plots/comparison.png),
+    the decision on the challenger's version (description and tags).
+
+    Exit status: 0 promoted (or already champion), 1 rejected (--check: would be), 2 an error."""
     from surrogate_ops import promotion
 
-    click.echo(str(promotion.promote(name, data)))
+    decision = promotion.promote(name, data, force=force, check=check)
+    click.echo(str(decision))
+    click.echo(f"logged to run {decision.run_id}")
+    if not decision.promoted:
+        sys.exit(promotion.EXIT_REJECTED)
 
 
 @cli.command()
@@ -536,9 +557,9 @@ def compile_command(model_uri, platform, tvm_cpu, out, verify, tune_minutes, tun
 @click.option("--register", metavar="NAME", help="Model name for the result [default: <parent>-<data>-measured].")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--train-limit", type=click.IntRange(min=1), help="Use at most this many training blocks.")
+@click.option("--train-limit", type=click.IntRange(min=0), help="Use at most this many training blocks (0: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-minutes", type=float, help="Stop after this long (the best epoch is kept).")
+@click.option("--max-minutes", type=float, help="Stop after this long (the best epoch is kept; 0: no limit).")
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, seed, max_minutes, tracking_uri,
@@ -553,7 +574,8 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
     name, _ = registry.resolve_version(parent_uri)
     register = register or adaptation.default_name(name, Path(data), target)
     result = adaptation.finetune(parent_uri, data, target=target, register=register, mcpu=mcpu, epochs=epochs, lr=lr,
-                                 train_limit=train_limit, seed=seed, max_minutes=max_minutes, progress=not quiet)
+                                 train_limit=train_limit or None, seed=seed, max_minutes=max_minutes or None,
+                                 progress=not quiet)
     m = result.metrics
     click.echo(f"fine-tuned {parent_uri} in {result.seconds:.0f} s ({result.epochs_run} epochs): "
                f"{100 * m['test_mape_vs_measured']:.2f}% MAPE vs measured (tau {m['test_tau_vs_measured']:.3f}); "
@@ -743,7 +765,8 @@ def study() -> None:
 @click.option("--val-limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="adaptation", show_default=True,
               help="Folder for adaptation.csv/.md/.png and the per-run table.")
-@click.option("--small", is_flag=True, help="A small, fast configuration (sizes 100,300; one seed; 150 steps).")
+@click.option("--small", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="A small, fast configuration (sizes 100,300; one seed; 150 steps); also --small true|false.")
 @_tracking_option
 def adaptation_command(parent_uri, data, mcpu, sizes, seeds, steps, val_limit, out, small, tracking_uri) -> None:
     """From scratch vs fine-tuned from the surrogate, over training-set sizes and seeds, scored on
@@ -973,7 +996,10 @@ def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str
     click.echo("== evaluate: the champion on the new data's test split")
     ctx.invoke(evaluate, model_uri=DEFAULT_MODEL_URI, data=str(data), tracking_uri=tracking_uri)
     click.echo("== promote")
-    ctx.invoke(promote, name=DEFAULT_MODEL, tracking_uri=tracking_uri)
+    from surrogate_ops import promotion
+
+    decision = promotion.promote(DEFAULT_MODEL)  # a rejection is an outcome here, not a failure of the job
+    click.echo(f"{decision}\nlogged to run {decision.run_id}")
     click.echo(f"see the runs and the registry: {tracking.ui_hint(tracking_uri)}")
 
 

@@ -209,7 +209,7 @@ def evaluation_run(model_uri: str | Path, data: str | Path, split: str = "test",
         if str(model_uri).startswith("models:/"):
             name, version = registry.resolve_version(str(model_uri))
             params.update(model_name=name, model_version=version)
-        mlflow.log_params(params)
+        tracking.log_params(params)
         mlflow.set_tags({"surrogate_ops.step": "evaluate", "dataset_digest": dataset.digest})
         m = result.metrics
         mlflow.log_metrics({**m, "answered_share": m["blocks"] / (m["blocks"] + m["skipped"])})

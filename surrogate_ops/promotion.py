@@ -134,7 +134,7 @@ def promote(name: str, data: str | None = None, split: str = "test", force: bool
         champion = registry.alias_version(name, CHAMPION)
         # parameter names apart from the MLproject entry point's, which `mlflow run` logs on this run as given
         mlflow.set_tags({"surrogate_ops.step": "promote", "force": str(force).lower(), "check": str(check).lower()})
-        mlflow.log_params({"model_name": name, "challenger_version": challenger, "champion_version": champion or ""})
+        tracking.log_params({"model_name": name, "challenger_version": challenger, "champion_version": champion or ""})
         if champion is None or champion == challenger:
             decision = Decision(name, challenger, None, True, math.nan, None, math.nan, None, "", 0, check=check,
                                 run_id=run.info.run_id)
@@ -176,7 +176,7 @@ def _decide(name: str, challenger: str, champion: str, data: str | None, split: 
                         check, {role: result.figures[role]["answered_share"] for role in models}, run_id)
     dataset = dataset_input(frame, data)
     mlflow.log_input(dataset, context="promotion")
-    mlflow.log_params({"data_path": str(Path(data).resolve()), "split": split, "labels_mcpu": mcpu,
+    tracking.log_params({"data_path": str(Path(data).resolve()), "split": split, "labels_mcpu": mcpu,
                        "metric": decision.metric, "dataset_digest": dataset.digest})
     mlflow.log_metrics({**result.metrics(), "promoted": int(decision.promoted), "no_worse": int(no_worse),
                         "lacking": len(missing)})

@@ -29,7 +29,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from surrogate_ops import pins, tracking
+from surrogate_ops import modeldir, pins, tracking
 from surrogate_ops.config import DEFAULT_MODEL, PRETRAINED, champion_uri
 from surrogate_ops.engines import HOST_PLATFORM
 from surrogate_ops.errors import SurrogateOpsError
@@ -44,7 +44,7 @@ BUNDLED = PRETRAINED / DEFAULT_MODEL
 
 def bundled_names() -> list[str]:
     """The registered names the package bundles a surrogate for (llvm-mca-haswell first)."""
-    return sorted((p.name for p in PRETRAINED.iterdir() if ModelDir.holds_one(p)), key=lambda n: (n != DEFAULT_MODEL, n))
+    return sorted(modeldir.bundled_names(), key=lambda n: (n != DEFAULT_MODEL, n))
 
 
 def bundled_uris() -> list[str]:
