@@ -8,6 +8,7 @@ real cluster's nodes do, so no ~/.ray/auth_token is read or written.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import socket
@@ -42,9 +43,11 @@ def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 def _alive_nodes(address: str, env: dict) -> int:
     probe = ("import ray; ray.init(address=%r, log_to_driver=False, logging_level='error'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
+             "print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))" % address)
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    return int(out.stdout.strip() or 0)
+    # Ray's own messages (a node marked dead) may come on stdout too
+    found = re.search(r"^alive nodes: (\d+)$", out.stdout, flags=re.MULTILINE)
+    return int(found.group(1)) if found else 0
 
 
 def _stop(node: subprocess.Popen) -> None:

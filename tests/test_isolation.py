@@ -171,15 +171,18 @@ def test_an_llvm_mca_that_crashes_on_every_simulation_is_remembered(home, tmp_pa
 
 
 def test_a_worker_killed_outright_leaves_no_llvm_mca_behind_and_is_logged(home, tmp_path):
-    mca = script(tmp_path, "llvm-mca", f'#!/bin/sh\ncase "$*" in *-iterations=*) sleep 987653 & wait;; esac\n'
+    """llvm-mca (here a wrapper whose child would outlive it) is running for a request when the
+    worker is killed with SIGKILL: the worker that replaces it says so in the log and ends what it
+    left; the service answers again."""
+    marker = f"sleep {900_000 + os.getpid() % 99_999}"  # this run's own: nothing left by another run matches
+    mca = script(tmp_path, "llvm-mca", f'#!/bin/sh\ncase "$*" in *-iterations=*) {marker} & wait;; esac\n'
                                        f'exec {LlvmMca().path} "$@"\n')
     with running(home, "--model", MODEL, SURROGATE_OPS_LLVM_MCA=mca, SURROGATE_OPS_MCA_TIMEOUT="600") as url:
         with ThreadPoolExecutor(1) as pool:
-            pool.submit(post, url, {"blocks": GOOD[:1], "exact": True})
+            pool.submit(post, url, {"blocks": GOOD[:1], "exact": True})  # its connection dies with the worker
             deadline = time.monotonic() + 30
-            while not (stuck := _pids("sleep 987653")) and time.monotonic() < deadline:
+            while not (_pids(marker) and _pids(mca)) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert stuck, "llvm-mca never started"
             worker = _worker_of(mca)
             os.kill(worker, signal.SIGKILL)
             deadline = time.monotonic() + 60
@@ -187,8 +190,9 @@ def test_a_worker_killed_outright_leaves_no_llvm_mca_behind_and_is_logged(home, 
                 time.sleep(0.5)
             log = url.log.read_text()
             assert f"the previous worker (pid {worker}" in log and "ended 1 llvm-mca process group" in log, log[-3000:]
-            assert not _pids("sleep 987653")
-            assert status(url)["ready"]
+            assert not _pids(marker)
+            assert status(url)["ready"] and post(url, {"blocks": GOOD[:1]})[0] == 200
+    assert not _pids(marker)
 
 
 def _pids(pattern: str) -> list[int]:
@@ -198,5 +202,7 @@ def _pids(pattern: str) -> list[int]:
 
 def _worker_of(tool: str) -> int:
     """The service worker that started `tool` (its parent)."""
-    (pid,) = _pids(tool)
+    pids = _pids(tool)
+    assert len(pids) == 1, f"llvm-mca should be running once for the request: {pids}"
+    pid = pids[0]
     return int(Path(f"/proc/{pid}/status").read_text().split("PPid:")[1].split()[0])
