@@ -187,7 +187,7 @@ def test_mlflow_run_entry_point(home, dataset):
     proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(root), "-e", "train", "--env-manager", "local",
                            "-P", f"data={dataset}", "-P", "preset=tiny",
                            "-P", "epochs=1", "-P", "register=from-project"],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=600, cwd=home)  # its ./mlruns in the home
     assert proc.returncode == 0, proc.stderr[-3000:]
     version = MlflowClient().get_model_version_by_alias("from-project", "champion")
     run = mlflow.get_run(version.run_id)
