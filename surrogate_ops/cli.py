@@ -907,9 +907,11 @@ def build_native(force: bool) -> None:
 
 @cli.command("tracking-uri")
 def tracking_uri_command() -> None:
-    """Print the default MLflow tracking URI (for `export MLFLOW_TRACKING_URI=...` before `mlflow run`)."""
-    from surrogate_ops import config
+    """Print the default MLflow tracking URI (for `export MLFLOW_TRACKING_URI=...` before `mlflow run`),
+    creating the store when it does not exist yet, its artifacts in the work directory."""
+    from surrogate_ops import config, tracking
 
+    tracking.local_store(config.default_store_uri())
     click.echo(config.default_store_uri())
 
 

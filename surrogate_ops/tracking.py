@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -44,12 +45,29 @@ def _quiet() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
+def local_store(uri: str) -> None:
+    """Create a SQLite store that does not exist yet with its artifacts beside it (`mlruns/` next to
+    the database). Left to MLflow, its Default experiment would keep them in `./mlruns` of whatever
+    directory first opened the store: `mlflow run .` in a fresh clone wrote into the checkout."""
+    if not uri.startswith("sqlite:///"):
+        return
+    database = Path(uri[len("sqlite:///"):])
+    if database.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    _quiet()  # its table migrations' log lines
+    database.parent.mkdir(parents=True, exist_ok=True)
+    SqlAlchemyStore(uri, (database.parent / "mlruns").as_uri())
+
+
 def configure(tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the given store (or MLFLOW_TRACKING_URI, or the work directory's) and select
     the experiment, creating it with its artifacts in the work directory when the store is local."""
     global _configured
     _quiet()
     uri = store_uri(tracking_uri)
+    local_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     _configured = uri
