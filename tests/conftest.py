@@ -71,6 +71,17 @@ def in_home(home: Path):
         os.environ.update(saved)
 
 
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch) -> Path:
+    """A fresh work directory for one test, hence a fresh MLflow store and registry."""
+    from surrogate_ops import tracking
+
+    monkeypatch.setenv("SURROGATE_OPS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure()
+    return tmp_path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_mlflow_environment():
     """mlflow.set_tracking_uri and set_experiment write MLFLOW_* variables into os.environ; keep one

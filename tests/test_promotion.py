@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from surrogate_ops import datasets, promotion, registry, tracking
+from surrogate_ops import datasets, promotion, registry
 
 from conftest import in_home
 
@@ -30,12 +30,8 @@ def data(tmp_path_factory, tiny_binary) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A fresh work directory: an empty MLflow store and registry."""
-    monkeypatch.setenv("SURROGATE_OPS_HOME", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.configure()
-    return tmp_path
+def home(fresh_home) -> Path:
+    return fresh_home
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:

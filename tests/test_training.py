@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from surrogate_ops import config, datasets, promotion, registry, tracking
+from surrogate_ops import config, datasets, promotion, registry
 from surrogate_ops.inference import Predictor
 from surrogate_ops.train import TrainConfig, train
 
@@ -41,12 +41,8 @@ def dataset(tmp_path_factory, tiny_binary) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A fresh work directory, hence a fresh MLflow store and registry."""
-    monkeypatch.setenv("SURROGATE_OPS_HOME", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.configure()
-    return tmp_path
+def home(fresh_home) -> Path:
+    return fresh_home
 
 
 def quick(data: Path, **overrides) -> TrainConfig:
