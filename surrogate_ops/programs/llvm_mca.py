@@ -266,8 +266,7 @@ class LlvmMca(Program):
         why = fails(self.command())
         if why is None:
             return None
-        plain = self.command()[:4] if self.params else None
-        if plain is not None and fails(plain) is None:  # only this setting fails
+        if self.params and fails(self.with_params(None).command()) is None:  # only this setting fails
             return f"llvm-mca {why} under this setting ({json.dumps(self.params, sort_keys=True)})"
         retry = llvm_tools.RETRY if self.retry is None else self.retry
         why = f"llvm-mca {why}; tried again after {retry:g} s"
