@@ -94,6 +94,12 @@ def cli(llvm_mca: str | None) -> None:
               help="ELF binary or directory of them to cut into basic blocks; repeatable.")
 @click.option("--asm", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="Text file of assembly blocks separated by blank lines; repeatable.")
+@click.option("--per-binary", type=click.IntRange(min=1), metavar="N",
+              help="At most N blocks from each binary, spread evenly over its code [default: all; 200 when "
+                   "no source is given].")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Leave out binaries whose path matches (e.g. '*/libc.so*'): libraries held out of "
+                   "training, to measure on later; repeatable.")
 @click.option("--generate", type=click.IntRange(min=1), metavar="N",
               help="Add N synthetic blocks with controlled dependency structure (chains, loop-carried "
                    "dependencies, pointer chases, long-latency instructions; see blocks/generate.py).")
@@ -134,8 +140,8 @@ def cli(llvm_mca: str | None) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--part-rows", type=click.IntRange(min=1), default=2000, hidden=True,
               help="Blocks per resumable part file.")
-def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, workers, ray_address, may_alias, params,
-            sample_params, per_instruction, seed, spread, splits, out, quiet, part_rows) -> None:
+def collect(bhive, binary, asm, per_binary, exclude, generate, generate_seed, density, mcpu, limit, workers, ray_address,
+            may_alias, params, sample_params, per_instruction, seed, spread, splits, out, quiet, part_rows) -> None:
     """Build a labeled dataset: blocks from sources, labeled by llvm-mca, as Parquet.
 
     With no source, cuts basic blocks out of binaries found on this machine; --generate adds
@@ -153,7 +159,7 @@ def collect(bhive, binary, asm, generate, generate_seed, density, mcpu, limit, w
                               cluster=cluster,
                               may_alias=may_alias, params=_read_params(params, tuple(mcpu)), progress=not quiet,
                               part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None,
-                              spread=spread, per_instruction=per_instruction,
+                              spread=spread, per_instruction=per_instruction, per_binary=per_binary, exclude=exclude,
                               generated=datasets.Generated(generate, generate_seed, density) if generate else None)
     click.echo(f"wrote {result.path} ({result.rows:,} blocks"
                + (f", {result.resumed_rows:,} resumed from an earlier run" if result.resumed_rows else "") + ")")

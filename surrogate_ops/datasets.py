@@ -148,7 +148,8 @@ class Generated:
 
 def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (), asm: Sequence[str | Path] = (),
            limit: int | None = None, progress: bool = False, measured_mcpu: str | None = None,
-           generated: Generated | None = None, per_binary: int | None = None) -> list[Record]:
+           generated: Generated | None = None, per_binary: int | None = None,
+           exclude: Sequence[str] = ()) -> list[Record]:
     """Records from every source, in a stable order, cut to `limit`; hex sources disassembled.
     `measured_mcpu` names the microarchitecture of measurement files whose name does not (hsw.csv does)."""
     records: list[Record] = generated.records() if generated else []
@@ -160,7 +161,7 @@ def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = ()
         remaining = None if limit is None else max(limit - len(records), 0)
         if remaining != 0:
             records.extend(Record(None, h, src) for h, src in blocks_from_binaries(binaries, limit=remaining, progress=progress,
-                                                                                   per_binary=per_binary))
+                                                                                   per_binary=per_binary, exclude=exclude))
     for path in map(Path, asm):
         if not path.is_file():
             raise SurrogateOpsError(f"--asm {path}: no such file")
@@ -313,7 +314,8 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
             progress: bool = True, part_rows: int = PART_ROWS, measured_mcpu: str | None = None,
             sample_params: int = 0, seed: int = 0, splits: Sequence[str] | None = None,
             spread: float = 1.0, generated: Generated | None = None,
-            per_instruction: str | None = None, cluster: Cluster | None = None) -> CollectResult:
+            per_instruction: str | None = None, cluster: Cluster | None = None, per_binary: int | None = None,
+            exclude: Sequence[str] = ()) -> CollectResult:
     """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
     and `<out stem>.rejected.csv` for blocks that could not be labeled. `sample_params=N` labels
     each block under one of N random parameter settings (drawn with `seed`, within `spread` of the
@@ -324,14 +326,15 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     `per_instruction` ("centred" or "wide", with `sample_params=N`) draws N per-instruction
     tables instead (`programs.tables`), labels through the parametric driver, and adds the columns
     `table` and `instructions` that a per-instruction surrogate learns from (`table_search`).
-    `cluster` labels on a Ray cluster's CPUs (`programs.cluster`): the same labels, more cores."""
+    `cluster` labels on a Ray cluster's CPUs (`programs.cluster`): the same labels, more cores.
+    `per_binary` takes at most that many blocks from each binary, spread over its code; `exclude`
+    leaves out binaries whose path matches one of these globs (libraries held out of training)."""
     out = Path(out)
     if generated and generated.seed >= generate.PROBE_SEED:
         raise SurrogateOpsError(f"generator seeds from {generate.PROBE_SEED} up are kept for held-out probe sets; "
                                 "train on a lower seed")
-    per_binary = None
     if not (bhive or binaries or asm or generated):
-        binaries, per_binary = default_binaries(), DEFAULT_PER_BINARY
+        binaries, per_binary = default_binaries(), per_binary or DEFAULT_PER_BINARY
     mcpus = list(dict.fromkeys(mcpus))
     if sample_params and (len(mcpus) != 1 or params):
         raise SurrogateOpsError("--sample-params labels with one --mcpu and no --params (it draws the parameters itself)")
@@ -343,7 +346,8 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     else:
         sampling = _sampling(programs[mcpus[0]], sample_params, seed, spread) if sample_params else None
     alias = _may_alias(bhive, may_alias)
-    records = gather(bhive, binaries, asm, None if splits else limit, progress, measured_mcpu, generated, per_binary)
+    records = gather(bhive, binaries, asm, None if splits else limit, progress, measured_mcpu, generated, per_binary,
+                     exclude)
     if splits:
         records = [r for r in records if r.block is None or split_of(r.block) in splits][:limit]
     if not records:
@@ -354,6 +358,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
                 **({"sample_params": sample_params, "seed": seed, "spread": spread} if sampling else {}),
                 **({"per_instruction": per_instruction} if per_instruction else {}),
                 **({"splits": sorted(splits)} if splits else {}),
+                **({"per_binary": per_binary} if per_binary else {}), **({"exclude": sorted(exclude)} if exclude else {}),
                 **({"generated": dataclasses.asdict(generated)} if generated else {})}
     partial = _partial(out, settings)
     if cluster is not None:  # a part's chunks keep every CPU of the cluster busy (parts are labeled one after another)

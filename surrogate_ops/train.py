@@ -55,6 +55,7 @@ class TrainConfig:
     max_minutes: float | None = None
     train_limit: int | None = None  # use at most this many training blocks
     val_limit: int | None = None  # validate (early stopping) on at most this many blocks
+    backoff: float = 0.05  # share of training tokens read as their relative (a v2 vocabulary's family or class)
     threads: int | None = None
 
     def loop_config(self, started: float) -> loop.LoopConfig:
@@ -129,9 +130,10 @@ def prepare(config: TrainConfig, frame: pd.DataFrame, parent: ModelDir | None, s
     if state is not None:
         tokenizer, model = Tokenizer.from_dict(state["tokenizer"]), models.from_checkpoint(state["model"])
     elif parent is not None:
-        tokenizer = parent.tokenizer()
-        added = tokenizer.extend(train_rows["block"])
-        model = _grow_vocabulary(base, len(tokenizer))
+        old = parent.tokenizer()
+        tokenizer = old.upgraded()  # a v1 parent gains backoff: same ids, its tokens' relatives after them
+        added = [t for t in tokenizer.vocab if t not in old.vocab] + tokenizer.extend(train_rows["block"])
+        model = _grow_vocabulary(base, len(tokenizer), tokenizer.backoff_ids())
     else:
         tokenizer = Tokenizer.build(train_rows["block"], **models.tokenizer_options(base.config))
         model = models.build(config.arch, vocab_size=len(tokenizer), preset=config.preset, **config.sizes)
@@ -193,8 +195,10 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
             on_start(run_id)
         if state is None:
             _log_start(config, prepared, frame, run_tags)
+        batches = BackoffBatches(encoded, targets, scaled, config.batch_size, prepared.tokenizer.backoff_ids(),
+                                 config.backoff)
         model, history = loop.fit(
-            prepared.model, loop.BlockBatches(encoded, targets, scaled, config.batch_size), config.loop_config(started), rng,
+            prepared.model, batches, config.loop_config(started), rng,
             validate=lambda m: mape(loop.predict(m, val_encoded, val_units), val_targets),
             resume=state["loop"] if state is not None else None, progress=progress, desc=f"training {config.arch}",
             on_epoch=_epoch_logger(run_id, config, prepared.tokenizer, prepared.model))
@@ -213,6 +217,24 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
             registered = registry.log_model(model_dir, example=list(prepared.val_rows["block"][:2]), name=register,
                                             tags=tags)
     return TrainResult(run_id, model_dir, metrics, registered, history.epochs_run, metrics["train_seconds"])
+
+
+class BackoffBatches(loop.BlockBatches):
+    """Training batches in which each token is read as its relative (`Tokenizer.backoff_ids`) with
+    probability `share`, so that a family or register class the service backs off to has learned
+    what its members cost."""
+
+    def __init__(self, encoded, targets, scaled, batch_size: int, backoff: list[int], share: float):
+        super().__init__(encoded, targets, scaled, batch_size)
+        self.backoff = torch.tensor(backoff, dtype=torch.long)
+        self.share = share if bool((self.backoff != torch.arange(len(backoff))).any()) else 0.0
+
+    def epoch(self, rng: np.random.Generator):
+        for (tokens, *extra), target in super().epoch(rng):
+            if self.share:
+                swap = torch.from_numpy(rng.random(tokens.shape) < self.share)
+                tokens = torch.where(swap, self.backoff[tokens], tokens)
+            yield (tokens, *extra), target
 
 
 def _run_name(config: TrainConfig) -> str:
@@ -305,8 +327,9 @@ def _save_checkpoint(run_id: str, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _grow_vocabulary(model: torch.nn.Module, vocab_size: int) -> torch.nn.Module:
-    """The same model with room for `vocab_size` tokens: learned rows kept, new rows fresh."""
+def _grow_vocabulary(model: torch.nn.Module, vocab_size: int, backoff: list[int] | None = None) -> torch.nn.Module:
+    """The same model with room for `vocab_size` tokens: learned rows kept, new rows fresh; a new
+    relative (`backoff`: per id, its relative's id) starts as the mean of the learned tokens that back off to it."""
     checkpoint = models.to_checkpoint(model)
     conditioned = models.is_conditioned(model)
     key = "block.token.weight" if conditioned else "token.weight"
@@ -314,5 +337,11 @@ def _grow_vocabulary(model: torch.nn.Module, vocab_size: int) -> torch.nn.Module
     if vocab_size == old.shape[0]:
         return model
     (checkpoint["config"]["base_config"] if conditioned else checkpoint["config"])["vocab_size"] = vocab_size
-    return models.from_checkpoint({**checkpoint, "state_dict": {**checkpoint["state_dict"],
-                                   key: torch.cat([old, torch.randn(vocab_size - old.shape[0], old.shape[1]) * 0.02])}})
+    grown = torch.cat([old, torch.randn(vocab_size - old.shape[0], old.shape[1]) * 0.02])
+    members: dict[int, list[int]] = {}
+    for i, r in enumerate(backoff or []):
+        if i < old.shape[0] <= r:
+            members.setdefault(r, []).append(i)
+    for r, rows in members.items():
+        grown[r] = old[rows].mean(0)
+    return models.from_checkpoint({**checkpoint, "state_dict": {**checkpoint["state_dict"], key: grown}})

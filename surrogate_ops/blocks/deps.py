@@ -39,6 +39,8 @@ _PARTIAL = {"ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "al", "bl", "cl", "d
 _NUMBERED = re.compile(r"^r(\d+)([dwb]?)$")
 _VECTOR = re.compile(r"^[xyz]mm(\d+)$")
 _REGISTER_NAMES = re.compile(r"%\w+")
+_STRING = re.compile(r"^(?:stos|lods|scas|movs|cmps)[bwlq]$")  # string instructions (not SSE's movsd/cmpsd with operands)
+_REPEATS = frozenset({"rep", "repe", "repz", "repne", "repnz"})
 
 # mnemonic stems whose destination is written, not read (AT&T: the last operand)
 _WRITE_ONLY = ("mov", "lea", "set", "cvt", "pop", "lzcnt", "tzcnt", "popcnt", "pshuf", "sqrtp", "rcpp", "rsqrtp",
@@ -105,7 +107,7 @@ _REGISTERS = {  # the common names, looked up; `_register` falls back to the pat
 def _address(operand: str) -> tuple[str, tuple[str, ...]] | None:
     """(address expression, registers it reads) of a memory operand, or None."""
     operand = operand.lstrip("*").split("{")[0].strip()
-    if "(" not in operand and not (":" in operand and not operand.startswith("%")):
+    if "(" not in operand and ":" not in operand:
         return None
     registers = {r for r in map(_register, _REGISTER_NAMES.findall(operand.split(":")[-1])) if r}
     return operand, tuple({family for family, _ in registers if family != "rip"})
@@ -114,6 +116,8 @@ def _address(operand: str) -> tuple[str, tuple[str, ...]] | None:
 @bounded_memo(1 << 14)
 def _operand(operand: str) -> tuple[tuple[str, bool] | None, tuple[str, tuple[str, ...]] | None]:
     """(register, address) of one operand, either None; operands repeat far more than lines do."""
+    if operand.startswith("%") and ":" in operand:  # %fs:40, %es:(%rdi): memory through a segment
+        return None, _address(operand)
     return (_register(operand) if operand.startswith("%") else None,
             _address(operand) if not operand.startswith(("%", "$")) else None)
 
@@ -148,6 +152,14 @@ def _traits(mnemonic: str, count: int) -> _Traits:
     elif mnemonic in ("cqto", "cltq", "cwtl", "cltd"):
         reads.add("rax")
         writes.add("rdx" if mnemonic in ("cqto", "cltd") else "rax")
+    elif _STRING.match(mnemonic):  # implicit %rsi / %rdi, both stepped; the count is the rep prefix's
+        pointers = {"stos": ("rdi",), "scas": ("rdi",), "lods": ("rsi",)}.get(mnemonic[:4], ("rsi", "rdi"))
+        reads.update(pointers)
+        writes.update(pointers)
+        reads.add("rax") if mnemonic.startswith(("stos", "scas")) else None
+        writes.add("rax") if mnemonic.startswith("lods") else None
+        loads.update(f"({p})" for p in pointers if not mnemonic.startswith("stos") and not (mnemonic[:4] == "movs" and p == "rdi"))
+        stores.update(f"({p})" for p in pointers if mnemonic.startswith(("stos", "movs")) and p == "rdi")
     elif mnemonic.startswith(("push", "pop")):
         reads.add("rsp")
         writes.add("rsp")
@@ -178,14 +190,19 @@ def uses_defs(instruction: str) -> UsesDefs:
     """The keys one canonical instruction reads and writes, as a pair of plain tuples of strings:
     every distinct line makes one, and plain tuples of strings drop out of the garbage collector's sight."""
     mnemonic, _, rest = instruction.partition(" ")
+    repeated = False
     while rest and mnemonic in PREFIXES:
+        repeated = repeated or mnemonic in _REPEATS
         mnemonic, _, rest = rest.partition(" ")
     if not mnemonic:
         return (), ()
     mnemonic = mnemonic.lower()
-    operands = canonical_operands(rest) if rest else []
+    operands = canonical_operands(rest) if rest and not _STRING.match(mnemonic) else []  # a string op's are implicit
     traits = _traits(mnemonic, len(operands))
     reads, writes, loads, stores = set(traits.reads), set(traits.writes), set(traits.loads), set(traits.stores)
+    if repeated:
+        reads.add("rcx")
+        writes.add("rcx")
     registers, addresses = zip(*map(_operand, operands)) if operands else ((), ())
     for address in addresses:
         if address:

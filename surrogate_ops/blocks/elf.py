@@ -9,9 +9,11 @@ disassembled again by llvm-mc (`hexcode`), so binaries and BHive share one canon
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -96,21 +98,30 @@ def cut_blocks(listing: str, min_len: int = 1, max_len: int = 64) -> Iterator[st
 
 def blocks_from_binaries(paths: Iterable[str | Path], limit: int | None = None, max_len: int = 64,
                          objdump: str | None = None, progress: bool = False,
-                         per_binary: int | None = None) -> list[tuple[str, str]]:
+                         per_binary: int | None = None, exclude: Iterable[str] = ()) -> list[tuple[str, str]]:
     """(hex, source path) of distinct basic blocks found in the given binaries, in a stable order;
-    `per_binary` takes at most that many from each, so a limit is spread over many programs."""
+    `per_binary` takes at most that many from each, spread evenly over the binary's code (not its
+    first functions), so a limit is spread over many programs. `exclude`: glob patterns
+    (`fnmatch`, on the whole path) of binaries to leave out, such as libraries held out of training."""
     tool = find_tool("llvm-objdump", objdump)
     seen: set[str] = set()
     out: list[tuple[str, str]] = []
-    for path in tqdm(find_binaries(paths), desc="cutting binaries into blocks", unit="binary", disable=not progress):
-        taken = 0
-        for block in cut_blocks(_objdump(path, tool), max_len=max_len):
-            if block not in seen:
+    found = [p for p in find_binaries(paths) if not any(fnmatch.fnmatch(str(p), pattern) for pattern in exclude)]
+
+    def cut(path: Path) -> list[str]:  # llvm-objdump runs a binary per core; blocks are kept in the binaries' order
+        return list(dict.fromkeys(cut_blocks(_objdump(path, tool), max_len=max_len)))
+
+    with ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0)))) as pool:
+        for path, cut_out in zip(found, tqdm(pool.map(cut, found), total=len(found), desc="cutting binaries into blocks",
+                                             unit="binary", disable=not progress)):
+            mine = [b for b in cut_out if b not in seen]
+            if per_binary is not None and len(mine) > per_binary:
+                step = len(mine) / per_binary
+                mine = [mine[int(k * step)] for k in range(per_binary)]
+            for block in mine:
                 seen.add(block)
                 out.append((block, str(path)))
-                taken += 1
                 if limit is not None and len(out) >= limit:
+                    pool.shutdown(cancel_futures=True)
                     return out
-                if per_binary is not None and taken >= per_binary:
-                    break
     return out
