@@ -18,8 +18,9 @@ llvm-mca's parameters instead of the defaults, and the row also carries `setting
 
 Labeling writes parts to `<out>.partial/` as it goes; an interrupted run resumes from them, and
 the final file replaces the parts in one rename. Blocks that cannot be disassembled or that
-llvm-mca rejects are kept out of the dataset and listed, with the reason, in
-`<out stem>.rejected.csv`.
+llvm-mca rejects on every requested CPU are kept out of the dataset and listed, with the reason, in
+`<out stem>.rejected.csv`; a block some CPUs reject (AVX2 code on Ivy Bridge) is kept with no
+labels for those.
 """
 
 from __future__ import annotations
@@ -262,14 +263,16 @@ def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[s
         else:
             results = _run_sampled(program, blocks, sampling, bar)
         for block, res in zip(blocks, results, strict=True):
-            if not res.ok:
-                errors.setdefault(block, f"llvm-mca -mcpu={mcpu}: {res.error}")
+            if not res.ok:  # labeled for the CPUs that take it (an AVX2 block has no Ivy Bridge label)
+                errors.setdefault(block, []).append(f"llvm-mca -mcpu={mcpu}: {res.error}")
+                continue
             columns.setdefault(block, {}).update({
                 f"mca_cycles_{mcpu}": res.cycles, f"mca_uops_{mcpu}": res.uops, f"mca_rthroughput_{mcpu}": res.rthroughput,
             })
     rows = []
     for r in records:
-        error = r.error or (errors.get(r.block) if r.block else "no block")
+        refused = errors.get(r.block, []) if r.block else []
+        error = r.error or ("no block" if not r.block else "; ".join(refused) if len(refused) == len(programs) else None)
         rows.append({
             "key": r.key, "block": r.block, "hex": r.hex, "source": r.source, "measured": r.measured,
             "measured_mcpu": r.measured_mcpu, "may_alias": bool(r.hex and r.hex in may_alias),

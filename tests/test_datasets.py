@@ -101,3 +101,19 @@ def test_default_source_is_local_binaries(tmp_path):
     result = datasets.collect(tmp_path / "d.parquet", limit=50, progress=False)
     frame = datasets.load(result.path)
     assert len(frame) == 50 and frame["source"].str.startswith("/").all()
+
+
+def test_a_block_some_cpus_refuse_keeps_the_others_labels(tmp_path):
+    """AVX-512 code has no Haswell label (llvm-mca's Haswell model refuses it) but keeps its Ivy
+    Bridge one (whose model is incomplete and takes it); a block every CPU refuses is rejected."""
+    asm = tmp_path / "avx512.s"
+    asm.write_text("vmovdqa32 %zmm1, %zmm2 {%k1}\nvpaddd %zmm2, %zmm3, %zmm3\n\naddq %rax, %rbx\n")
+    frame = datasets.load(datasets.collect(tmp_path / "ds.parquet", asm=[asm], mcpus=["haswell", "ivybridge"],
+                                           progress=False).path)
+    zmm = frame[frame["block"].str.startswith("vmovdqa32")].iloc[0]
+    assert zmm["mca_cycles_ivybridge"] > 0 and zmm["mca_cycles_haswell"] != zmm["mca_cycles_haswell"]  # NaN
+    assert frame[frame["block"] == "addq %rax, %rbx"][["mca_cycles_haswell", "mca_cycles_ivybridge"]].notna().all(axis=None)
+    frame = datasets.load(datasets.collect(tmp_path / "both.parquet", asm=[asm], mcpus=["haswell", "skylake"],
+                                           progress=False).path)
+    assert list(frame["block"]) == ["addq %rax, %rbx"]
+    assert "-mcpu=haswell" in (tmp_path / "both.rejected.csv").read_text()
