@@ -22,7 +22,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from surrogate_ops import datasets, registry, tracking
+from surrogate_ops import datasets, loop, registry, tracking
+from surrogate_ops.config import Device
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.train import TrainConfig, TrainResult, train, training_rows
@@ -65,11 +66,13 @@ def default_name(parent: str, data: Path, target: str) -> str:
 
 def finetune(parent_uri: str, data: str | Path, target: str = "measured", register: str | None = None,
              mcpu: str | None = None, epochs: int = 30, lr: float = FINETUNE_LR, train_limit: int | None = None,
-             seed: int = 0, max_minutes: float | None = None, progress: bool = True) -> TrainResult:
-    """Fine-tune the registered surrogate `parent_uri` on `data`'s `target`; register as `register`."""
+             seed: int = 0, max_minutes: float | None = None, progress: bool = True,
+             device: Device = "cpu") -> TrainResult:
+    """Fine-tune the registered surrogate `parent_uri` on `data`'s `target` (on `device`); register as `register`."""
+    loop.device(device)  # a missing GPU fails before the parent is resolved and the data labeled
     start = parent(parent_uri, data, mcpu, progress)
     config = TrainConfig(data=str(start.data), **start.model.shape(), target=target, mcpu=start.mcpu, epochs=epochs,
-                         lr=lr, seed=seed, max_minutes=max_minutes, train_limit=train_limit)
+                         lr=lr, seed=seed, max_minutes=max_minutes, train_limit=train_limit, device=device)
     tags = {**start.tags(), "mode": "finetune"}
     return train(config, register=register, progress=progress, init_from=start.model, run_tags=tags, version_tags=tags)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from surrogate_ops import presets
-from surrogate_ops.config import DEFAULT_MODEL, DEFAULT_MODEL_URI
+from surrogate_ops.config import DEFAULT_MODEL, DEFAULT_MODEL_URI, DEVICES
 from surrogate_ops.errors import SurrogateOpsError
 
 # Choices come from the preset tables (data), read without importing torch or TVM, so --help is quick.
@@ -233,6 +233,8 @@ def _tracking_option(f=None, *, lazy: bool = False):
 @click.option("--max-minutes", type=float, help="Stop training after this long (the best epoch is kept; 0: no limit).")
 @click.option("--train-limit", type=click.IntRange(min=0), help="Use at most this many training blocks (0: all).")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: cores].")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU.")
 @click.option("--init-from", metavar="URI",
               help=f"Start from this registered surrogate's weights and architecture (e.g. {DEFAULT_MODEL_URI}); "
                    "on data from `collect --sample-params` it becomes a parameter-conditioned surrogate.")
@@ -242,7 +244,7 @@ def _tracking_option(f=None, *, lazy: bool = False):
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patience, seed, max_minutes, train_limit,
-          threads, init_from, register, resume, save_dir, tracking_uri, quiet) -> None:
+          threads, device, init_from, register, resume, save_dir, tracking_uri, quiet) -> None:
     """Train a surrogate, log the run to MLflow and optionally register it.
 
     Loss: mean absolute percentage error; early stopping on the validation split; figures on the
@@ -267,7 +269,8 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
         arch, preset, parsed = shape["arch"], shape["preset"], shape["sizes"]
     config = training.TrainConfig(data=data, arch=arch, preset=preset, sizes=parsed, target=target, mcpu=mcpu,
                                   epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                                  max_minutes=max_minutes, train_limit=train_limit or None, threads=threads)
+                                  max_minutes=max_minutes, train_limit=train_limit or None, threads=threads,
+                                  device=device)
     result = training.train(config, register=register, resume=resume, progress=not quiet,
                             init_from=parent, run_tags={"parent_uri": init_from} if init_from else None,
                             on_start=lambda run_id: click.echo(f"run {run_id} (if interrupted: --resume {run_id})"))
@@ -566,10 +569,12 @@ def compile_command(model_uri, platform, tvm_cpu, out, verify, tune_minutes, tun
 @click.option("--train-limit", type=click.IntRange(min=0), help="Use at most this many training blocks (0: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-minutes", type=float, help="Stop after this long (the best epoch is kept; 0: no limit).")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU.")
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, seed, max_minutes, tracking_uri,
-             quiet) -> None:
+def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, seed, max_minutes, device,
+             tracking_uri, quiet) -> None:
     """Fine-tune a registered llvm-mca surrogate on measured throughputs (surrogate adaptation).
 
     The vocabulary grows for unseen tokens (learned ones keep their ids and weights); training
@@ -581,7 +586,7 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
     register = register or adaptation.default_name(name, Path(data), target)
     result = adaptation.finetune(parent_uri, data, target=target, register=register, mcpu=mcpu, epochs=epochs, lr=lr,
                                  train_limit=train_limit or None, seed=seed, max_minutes=max_minutes or None,
-                                 progress=not quiet)
+                                 progress=not quiet, device=device)
     m = result.metrics
     click.echo(f"fine-tuned {parent_uri} in {result.seconds:.0f} s ({result.epochs_run} epochs): "
                f"{100 * m['test_mape_vs_measured']:.2f}% MAPE vs measured (tau {m['test_tau_vs_measured']:.3f}); "

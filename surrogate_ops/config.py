@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 
 def work_dir() -> Path:
@@ -50,6 +51,8 @@ PRETRAINED = Path(__file__).resolve().parent / "pretrained"  # the bundled surro
 DEFAULT_MCPU = "haswell"
 DEFAULT_MODEL = model_name(DEFAULT_MCPU)  # the registered name of the bundled Haswell surrogate
 DEFAULT_MODEL_URI = model_uri(DEFAULT_MCPU)  # what single-model commands use by default
+Device = Literal["cpu", "cuda", "auto"]  # where training runs (`loop.device`); auto: cuda where torch sees a GPU
+DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")  # here, not in `loop`, so the CLI lists them without torch
 
 
 if __name__ == "__main__":  # `python -m surrogate_ops.config`: the work directory (MLproject runs its commands there)

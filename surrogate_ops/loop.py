@@ -8,6 +8,11 @@ adaptation study go through that stage, and the optimizer's refits call `fit` di
 
 A loop's whole state (`on_epoch`'s second argument) can be saved and handed back as `resume`, so
 an interrupted run continues exactly where its last epoch ended.
+
+`LoopConfig.device` says where the network trains: each batch is moved there, the best epoch's
+weights are kept on the host, and `fit` hands the model back on the CPU (export and ONNX expect it
+there). `predict` runs on whatever device the module is on, so a validation function that calls it
+runs beside the training.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from surrogate_ops.batching import buckets, pad, run_batched
+from surrogate_ops.config import DEVICES, Device
+from surrogate_ops.errors import SurrogateOpsError
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (the model's inputs, target cycles)
 
@@ -45,6 +52,7 @@ class LoopConfig:
     patience: int = 4  # epochs without a better validation error before stopping
     clip: float | None = 1.0  # gradient norm
     deadline: float | None = None  # time.time() past which training stops (the best epoch is kept)
+    device: Device = "cpu"  # where the network trains (`device`)
 
 
 @dataclass
@@ -63,6 +71,20 @@ def mape_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if not bool(ok.all()):
         predicted, target = predicted[ok], target[ok]
     return (torch.abs(predicted - target) / target).mean()
+
+
+def device(name: Device) -> torch.device:
+    """The torch device `name` stands for; SurrogateOpsError for cuda where torch sees no GPU."""
+    if name not in DEVICES:
+        raise SurrogateOpsError(f"unknown device {name!r}: use {', '.join(DEVICES)}")
+    if name == "cpu" or name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        why = ("this torch build has no CUDA support" if torch.version.cuda is None
+               else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU")
+        raise SurrogateOpsError(f"device cuda: {why}; train on the CPU (--device cpu), or with --device auto, "
+                                "which takes a GPU where there is one")
+    return torch.device("cuda")
 
 
 def schedule(warmup: int, total: int, decay: bool = True) -> Callable[[int], float]:
@@ -99,24 +121,27 @@ class BlockBatches:
 
 
 def predict(model: nn.Module, encoded: Sequence, scaled: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
-    """The module's cycles for tokenized blocks, in order."""
+    """The module's cycles for tokenized blocks, in order, computed on the device the module is on."""
     model.eval()
+    on = next(model.parameters()).device
     with torch.inference_mode():
-        return run_batched(lambda *inputs: model(*map(torch.from_numpy, inputs)).numpy(), encoded, batch_size, scaled)
+        return run_batched(lambda *inputs: model(*(torch.from_numpy(x).to(on) for x in inputs)).cpu().numpy(),
+                           encoded, batch_size, scaled)
 
 
 def fit(model: nn.Module, batches: Batches, config: LoopConfig, rng: np.random.Generator,
         validate: Callable[[nn.Module], float] | None = None, resume: dict | None = None,
         on_epoch: Callable[[dict, dict], None] | None = None, progress: bool = False,
         desc: str = "training") -> tuple[nn.Module, History]:
-    """Train `model` in place and return it with the best epoch's weights (by `validate`, else by
-    training error) and the history. `on_epoch(record, state)` follows every epoch; `state` is
-    what `resume` takes to continue."""
+    """Train `model` in place on `config.device` and return it, on the CPU, with the best epoch's
+    weights (by `validate`, else by training error) and the history. `on_epoch(record, state)`
+    follows every epoch; `state` is what `resume` takes to continue."""
+    model.to(device(config.device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = len(batches) * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, schedule(max(1, min(config.warmup_steps, total // 10)), total, config.decay))
-    history, best_state, stale = History(), copy.deepcopy(model.state_dict()), 0
+    history, best_state, stale = History(), _host_copy(model), 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -130,7 +155,7 @@ def fit(model: nn.Module, batches: Batches, config: LoopConfig, rng: np.random.G
         train_mape = _epoch(model, batches, optimizer, scheduler, rng, config, progress, history.epochs_run + 1)
         val = validate(model) if validate is not None else train_mape
         if val < history.best_val:
-            history.best_val, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
+            history.best_val, best_state, stale = val, _host_copy(model), 0
         else:
             stale += 1
         record = {"train_mape": train_mape, "val_mape": val, "lr": scheduler.get_last_lr()[0],
@@ -144,7 +169,17 @@ def fit(model: nn.Module, batches: Batches, config: LoopConfig, rng: np.random.G
                               "stale": stale, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
     bar.close()
     model.load_state_dict(best_state)
-    return model.eval(), history
+    return model.cpu().eval(), history
+
+
+def _host_copy(model: nn.Module) -> dict:
+    """A copy of the weights on the CPU: the best epoch costs no accelerator memory, and a checkpoint
+    loads anywhere (on the CPU, the same copy `copy.deepcopy(model.state_dict())` makes)."""
+    state = model.state_dict()
+    copied = copy.copy(state)  # the same OrderedDict, with the `_metadata` that load_state_dict reads
+    for key, value in state.items():
+        copied[key] = value.detach().to("cpu", copy=True)
+    return copied
 
 
 def _past(deadline: float | None) -> bool:
@@ -155,9 +190,11 @@ def _epoch(model: nn.Module, batches: Batches, optimizer, scheduler, rng: np.ran
            progress: bool, number: int) -> float:
     """One pass over the batches; the mean training error per target."""
     model.train()
+    on = next(model.parameters()).device
     total, count = 0.0, 0
     for inputs, target in tqdm(batches.epoch(rng), total=len(batches), desc=f"epoch {number}", leave=False,
                                disable=not progress, unit="batch"):
+        inputs, target = tuple(x.to(on) for x in inputs), target.to(on)  # on the CPU: the same tensors
         loss = mape_loss(model(*inputs), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

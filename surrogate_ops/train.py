@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from surrogate_ops import datasets, loop, models, plots, registry, tracking
-from surrogate_ops.config import work_dir
+from surrogate_ops.config import Device, work_dir
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.evaluate import evaluate
 from surrogate_ops.export import save_model_dir
@@ -57,11 +57,13 @@ class TrainConfig:
     val_limit: int | None = None  # validate (early stopping) on at most this many blocks
     backoff: float = 0.05  # share of training tokens read as their relative (a v2 vocabulary's family or class)
     threads: int | None = None
+    device: Device = "cpu"  # where the network trains: cpu, cuda, or auto (cuda where there is a GPU)
 
     def loop_config(self, started: float) -> loop.LoopConfig:
         return loop.LoopConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
                                warmup_steps=self.warmup_steps, patience=self.patience,
-                               deadline=started + 60 * self.max_minutes if self.max_minutes else None)
+                               deadline=started + 60 * self.max_minutes if self.max_minutes else None,
+                               device=self.device)
 
 
 @dataclass
@@ -180,6 +182,7 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
     state = _load_checkpoint(resume) if resume else None
     if state is not None:
         config = TrainConfig(**state["config"])
+    loop.device(config.device)  # a missing GPU fails here, before the data is read
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)

@@ -1,0 +1,70 @@
+"""The training loop's device (`LoopConfig.device`): on the CPU it trains exactly as before, a GPU
+that is not there is a one-line SurrogateOpsError, and the model always comes back on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from surrogate_ops import loop, models
+from surrogate_ops.errors import SurrogateOpsError
+
+NO_GPU = not torch.cuda.is_available()
+
+
+def _tiny_fit(**device) -> tuple[list[dict], dict[str, torch.Tensor], torch.nn.Module]:
+    """Three epochs of a tiny network on 32 random blocks, seeded: history, weights, the model."""
+    rng = np.random.default_rng(7)
+    encoded = [[tuple(rng.integers(1, 30, size=int(rng.integers(1, 4)))) for _ in range(int(rng.integers(1, 5)))]
+               for _ in range(32)]
+    targets = rng.uniform(100, 400, size=len(encoded))
+    torch.manual_seed(0)
+    model = models.build("dep", vocab_size=30, preset="tiny")
+    model, history = loop.fit(model, loop.BlockBatches(encoded, targets, None, 8),
+                              loop.LoopConfig(epochs=3, warmup_steps=2, **device), np.random.default_rng(0),
+                              validate=lambda m: float(np.mean(np.abs(loop.predict(m, encoded[:8]) / targets[:8] - 1))))
+    return history.epochs, {k: v.clone() for k, v in model.state_dict().items()}, model
+
+
+def _losses(epochs: list[dict]) -> list[tuple[float, float, float]]:
+    return [(e["train_mape"], e["val_mape"], e["lr"]) for e in epochs]
+
+
+def test_cpu_device_trains_exactly_as_the_default():
+    before, weights, _ = _tiny_fit()
+    for device in ("cpu", *(("auto",) if NO_GPU else ())):  # auto is the CPU where torch sees no GPU
+        again, same, model = _tiny_fit(device=device)
+        assert _losses(again) == _losses(before), device
+        assert all(torch.equal(same[k], weights[k]) for k in weights), device
+        assert next(model.parameters()).device.type == "cpu"
+    assert len(before) == 3 and all(np.isfinite(e["train_mape"]) for e in before)
+
+
+@pytest.mark.skipif(not NO_GPU, reason="torch sees a GPU here")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(SurrogateOpsError, match=r"device cuda: .*--device cpu"):
+        _tiny_fit(device="cuda")
+    with pytest.raises(SurrogateOpsError, match="unknown device"):
+        loop.device("gpu")
+
+
+@pytest.mark.skipif(not NO_GPU, reason="torch sees a GPU here")
+def test_train_command_refuses_cuda_before_reading_data(tmp_path):
+    """One line on stderr, exit status 2, before the (missing) dataset is opened."""
+    done = subprocess.run([sys.executable, "-m", "surrogate_ops", "train", "--data", str(tmp_path / "none.parquet"),
+                           "--device", "cuda", "--quiet"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: device cuda: ") and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(NO_GPU, reason="no GPU here")
+def test_cuda_trains_and_hands_the_model_back_on_the_cpu():
+    epochs, _, model = _tiny_fit(device="cuda")
+    assert len(epochs) == 3 and all(np.isfinite(e["train_mape"]) for e in epochs)
+    assert next(model.parameters()).device.type == "cpu"
