@@ -105,11 +105,13 @@ def cli(llvm_mca: str | None) -> None:
                    "dependencies, pointer chases, long-latency instructions; see blocks/generate.py).")
 @click.option("--generate-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the generated blocks (seeds from 9000 up are kept for held-out probes).")
-@click.option("--density", type=click.Choice(["mixed", "dense", "sparse", "unrolled", "loops"]),
+@click.option("--density", type=click.Choice(["mixed", "dense", "sparse", "unrolled", "loops", "corners"]),
               default="mixed", show_default=True,
               help="How densely generated blocks reuse registers (dense: dependencies everywhere; unrolled: one to "
                    "three instruction forms repeated, as in an unrolled loop; loops: one to four instructions over "
-                   "one to four registers, the loops people type first).")
+                   "one to four registers, the loops people type first) or corners: small blocks around llvm-mca's "
+                   "scheduling corner cases (zero idioms, move elimination, partial registers, load folding, "
+                   "mulx/div, flags). With one --mcpu, the blocks use its whole instruction set.")
 @click.option("--mcpu", multiple=True, default=("haswell",), show_default=True,
               help="llvm-mca -mcpu to label with; repeatable.")
 @click.option("--limit", type=click.IntRange(min=0), help="Keep at most this many blocks (in source order; 0: all).")
@@ -160,7 +162,8 @@ def collect(bhive, binary, asm, per_binary, exclude, generate, generate_seed, de
                               may_alias=may_alias, params=_read_params(params, tuple(mcpu)), progress=not quiet,
                               part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None,
                               spread=spread, per_instruction=per_instruction, per_binary=per_binary, exclude=exclude,
-                              generated=datasets.Generated(generate, generate_seed, density) if generate else None)
+                              generated=datasets.Generated(generate, generate_seed, density, mcpu[0] if len(mcpu) == 1 else None)
+                              if generate else None)
     click.echo(f"wrote {result.path} ({result.rows:,} blocks"
                + (f", {result.resumed_rows:,} resumed from an earlier run" if result.resumed_rows else "") + ")")
     if result.rejected_path:
@@ -346,6 +349,55 @@ def evaluate(model_uri, data, split, mcpu, engine, tracking_uri) -> None:
     for line in done.evaluation.lines():
         click.echo("  " + line)
     click.echo(f"  logged to run {done.run_id}")
+
+
+@cli.command()
+@click.option("--binary", multiple=True, type=click.Path(exists=True), metavar="PATH",
+              help="ELF binary or directory of them to cut into basic blocks; repeatable.")
+@click.option("--asm", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Text file of assembly blocks separated by blank lines; repeatable.")
+@click.option("--mcpu", multiple=True, metavar="CPU",
+              help="CPU to cover; repeatable [default: the model's, else every CPU a surrogate is bundled for].")
+@click.option("--model", "model_uri",
+              help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model directory [default: the champion "
+                   "surrogate of each CPU, as `predict` uses].")
+@click.option("--limit", type=click.IntRange(min=0), default=5000, show_default=True,
+              help="At most this many blocks from each binary (spread over its code) and assembly file (0: all).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write a CSV of every block's answer per CPU.")
+@click.option("--no-log", is_flag=True, help="Log nothing to MLflow.")
+@_tracking_option(lazy=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def coverage(binary, asm, mcpu, model_uri, limit, out, no_log, tracking_uri, quiet) -> None:
+    """How much of your own code the surrogate of each CPU answers itself.
+
+    The blocks of --binary and --asm are answered, per CPU, under the fallback policy `predict` and
+    the service follow; a block the surrogate is not trusted on goes to llvm-mca, and the rules that
+    sent them are counted (with the unknown tokens themselves). llvm-mca also runs on every block,
+    so the surrogate's own answers are scored against it (MAPE, Kendall's tau), never llvm-mca's
+    answers behind its back. The figures also go on an MLflow run of their own (metrics per CPU:
+    <cpu>_answered_share, <cpu>_mape_vs_mca, ...; artifacts coverage.csv and reasons.json)."""
+    from surrogate_ops import coverage as stage
+    from surrogate_ops.modeldir import ModelDir
+
+    if not binary and not asm:
+        raise click.UsageError("give the code to cover: --binary PATH or --asm FILE")
+    if model_uri:  # one surrogate: its CPU (another is refused, naming the one it imitates)
+        model = ModelDir.open(_surrogate_dir(model_uri, "", tracking_uri))
+        surrogates = {m: model for m in mcpu or [model.mcpu]}
+    else:
+        surrogates = {m: _surrogate_dir(None, m, tracking_uri) for m in mcpu or stage.bundled_mcpus()}
+    if not no_log:  # after the surrogates are found: a store that is not there yet needs no registration for them
+        from surrogate_ops import tracking
+
+        tracking.configure(tracking_uri)
+    report = stage.coverage_run(binary, asm, surrogates, limit=limit or None, out=out, log=not no_log,
+                                progress=not quiet)
+    for line in report.lines():
+        click.echo(line)
+    if out:
+        click.echo(f"per-block answers written to {out}")
+    if report.run_id:
+        click.echo(f"logged to run {report.run_id}")
 
 
 @cli.command()

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from surrogate_ops import presets
 from surrogate_ops.config import work_dir
 from surrogate_ops.blocks.asm import BlockError, normalize_block, read_asm_file
-from surrogate_ops.blocks import generate
+from surrogate_ops.blocks import corners, generate
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
@@ -136,15 +136,22 @@ def _read_bhive(path: Path, measured_mcpu: str | None = None) -> list[Record]:
 
 @dataclass(frozen=True)
 class Generated:
-    """Synthetic blocks for `collect`: `count` blocks of `blocks.generate`'s stream for `seed` and `density`."""
+    """Synthetic blocks for `collect`: `count` blocks of `blocks.generate`'s stream for `seed` and
+    `density` (or of `blocks.corners`' when the density is "corners"); `mcpu`, the CPU whose
+    instruction set they use (None: forms every served CPU takes)."""
 
     count: int
     seed: int = 0
     density: str = "mixed"
+    mcpu: str | None = None
 
     def records(self) -> list[Record]:
         source = f"generated:{self.density}:{self.seed}"
-        return [Record(block, None, source) for block in generate.iter_blocks(self.count, self.seed, self.density)]
+        if self.density == "corners":
+            blocks = corners.iter_blocks(self.count, self.seed, mcpu=self.mcpu)
+        else:
+            blocks = generate.iter_blocks(self.count, self.seed, self.density)
+        return [Record(block, None, source) for block in blocks]
 
 
 def gather(bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (), asm: Sequence[str | Path] = (),
