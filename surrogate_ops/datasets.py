@@ -150,7 +150,7 @@ class Generated:
         if self.density == "corners":
             blocks = corners.iter_blocks(self.count, self.seed, mcpu=self.mcpu)
         else:
-            blocks = generate.iter_blocks(self.count, self.seed, self.density)
+            blocks = generate.iter_blocks(self.count, self.seed, self.density, mcpu=self.mcpu)
         return [Record(block, None, source) for block in blocks]
 
 
