@@ -26,6 +26,7 @@ rules and refuses any line it was not meant to read, so a name can never smuggle
 The driver is compiled once per source and LLVM version, with g++ against the LLVM development
 package of the llvm-mca in use (`apt-get install llvm-14-dev` for llvm-mca 14), into
 `~/.cache/surrogate-ops/bin`; `surrogate-ops build-native` does it ahead of time (CI's set-up runs it).
+`compile_native` is that build, for any program of `native/` (`x86_forms` has one too).
 """
 
 from __future__ import annotations
@@ -70,31 +71,35 @@ _built: dict[str, Path] = {}  # llvm-mca path -> its driver, found or built once
 def build(llvm_mca: str, force: bool = False) -> Path:
     """The driver's binary for the LLVM of `llvm_mca`, compiled on first use (about 10 s); looked
     up once per process, not per call (LlvmMca asks for every chunk)."""
-    if llvm_mca in _built and not force:
-        return _built[llvm_mca]
+    if llvm_mca not in _built or force:
+        _built[llvm_mca] = compile_native(SOURCE, "parametric-mca", llvm_mca, force)
+    return _built[llvm_mca]
+
+
+def compile_native(source: Path, stem: str, llvm_mca: str, force: bool = False) -> Path:
+    """`source`, a C++ program of `native/` linked against libLLVM, compiled with g++ against the
+    LLVM of `llvm_mca` into `CACHE` as `<stem>-<digest>`: once per source and LLVM version."""
     tool, version = llvm_config(llvm_mca)
-    digest = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:12]
-    binary = CACHE / f"parametric-mca-{digest}"
+    digest = hashlib.sha256(source.read_bytes() + version.encode()).hexdigest()[:12]
+    binary = CACHE / f"{stem}-{digest}"
     if binary.is_file() and not force:
-        _built[llvm_mca] = binary
         return binary
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
-        raise SurrogateOpsError("per-instruction parameters need a C++ compiler for the driver: apt-get install g++")
+        raise SurrogateOpsError(f"{source.name} is built with a C++ compiler: apt-get install g++")
     flags = subprocess.run([tool, "--cxxflags", "--ldflags", "--libs"], capture_output=True, text=True,
                            check=True).stdout.split()
     binary.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=binary.parent, delete=False) as out:
         partial = Path(out.name)
     # after llvm-config's flags: C++17 (it asks for 14) and NDEBUG (libLLVM is a release build)
-    command = [compiler, str(SOURCE), *flags, "-std=c++17", "-O2", "-DNDEBUG", "-fno-rtti", "-o", str(partial)]
+    command = [compiler, str(source), *flags, "-std=c++17", "-O2", "-DNDEBUG", "-fno-rtti", "-o", str(partial)]
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise SurrogateOpsError(f"building the parametric llvm-mca driver failed:\n{proc.stderr[-2000:]}")
+        raise SurrogateOpsError(f"building {source.name} failed:\n{proc.stderr[-2000:]}")
     partial.chmod(0o755)
     os.replace(partial, binary)  # whole or not at all: another process may be building it too
-    _built[llvm_mca] = binary
     return binary
 
 
