@@ -458,6 +458,29 @@ def _finish(out: Path, parts: list[Path], records: list[Record], metadata: dict[
     return len(good), len(bad), rejected_path if len(bad) else None
 
 
+def combine(paths: Sequence[str | Path], out: str | Path, leave_out: Sequence[str | Path] = ()) -> tuple[int, int]:
+    """One training set from several datasets (a CPU's labels where its dataset has them, none
+    elsewhere), written with their metadata; rows whose block is in a `leave_out` dataset (held-out
+    libraries) are dropped, wherever they came from. Returns (rows written, rows dropped)."""
+    frames = [load(p) for p in paths]
+    versions = {f.attrs.get("program_version") for f in frames}
+    if len(versions) > 1:
+        raise SurrogateOpsError(f"the datasets were labeled by different llvm-mca versions: {', '.join(map(str, versions))}")
+    frame = pd.concat(frames, ignore_index=True)
+    held = {b for p in leave_out for b in load(p)["block"]}
+    kept = frame[~frame["block"].isin(held)] if held else frame
+    mcpus = list(dict.fromkeys(m for f in frames for m in mcpus_of(f)))
+    metadata = {**frames[0].attrs, "mcpus": ",".join(mcpus), "combined_from": ",".join(map(str, paths))}
+    table = pa.Table.from_pandas(kept.reset_index(drop=True), preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           **{f"surrogate_ops.{k}".encode(): str(v).encode() for k, v in metadata.items()}})
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    return len(kept), len(frame) - len(kept)
+
+
 def measured_rows(frame: pd.DataFrame, mcpu: str) -> pd.DataFrame:
     """The rows measured on `mcpu`, BHive's may-alias blocks left out: every error figure against
     measured throughput is taken on these."""
@@ -555,5 +578,5 @@ def summary(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Generated", "collect", "table_sampled", "gather", "load", "measured_blocks", "measured_dataset", "measured_rows", "parameter_columns",
+__all__ = ["Generated", "collect", "combine", "table_sampled", "gather", "load", "measured_blocks", "measured_dataset", "measured_rows", "parameter_columns",
            "scaled_parameters", "split_of", "summary"]

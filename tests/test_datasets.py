@@ -117,3 +117,20 @@ def test_a_block_some_cpus_refuse_keeps_the_others_labels(tmp_path):
                                            progress=False).path)
     assert list(frame["block"]) == ["addq %rax, %rbx"]
     assert "-mcpu=haswell" in (tmp_path / "both.rejected.csv").read_text()
+
+
+def test_combine_keeps_every_cpus_labels_and_leaves_held_out_blocks_out(tmp_path):
+    one, two, held = (tmp_path / f"{n}.s" for n in ("one", "two", "held"))
+    one.write_text("addq %rax, %rbx\n\nimulq %rcx, %rdx\n")
+    two.write_text("addq %rax, %rbx\n\nvaddps %ymm0, %ymm1, %ymm2\n")
+    held.write_text("imulq %rcx, %rdx\n")
+    a = datasets.collect(tmp_path / "a.parquet", asm=[one], mcpus=["haswell"], progress=False).path
+    b = datasets.collect(tmp_path / "b.parquet", asm=[two], mcpus=["znver3"], progress=False).path
+    h = datasets.collect(tmp_path / "h.parquet", asm=[held], mcpus=["haswell"], progress=False).path
+    kept, dropped = datasets.combine([a, b], tmp_path / "mix.parquet", leave_out=[h])
+    mix = datasets.load(tmp_path / "mix.parquet")
+    assert (kept, dropped) == (3, 1) and "imulq %rcx, %rdx" not in set(mix["block"])
+    assert datasets.mcpus_of(mix) == ["haswell", "znver3"] and mix.attrs["mcpus"] == "haswell,znver3"
+    assert mix.attrs["program_version"] == datasets.load(a).attrs["program_version"]
+    added = mix[mix["block"] == "addq %rax, %rbx"]  # a row per source, each with its own CPU's label
+    assert added["mca_cycles_haswell"].notna().sum() == 1 and added["mca_cycles_znver3"].notna().sum() == 1
