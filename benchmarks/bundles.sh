@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The bundled surrogates' recipe (issue 31): the data they were fine-tuned on, and the fine-tunes.
-# Not part of the tests; about 40 minutes of labeling and 75 of training on 2 cores. Run from an
+# Not part of the tests; about an hour of labeling and 80 minutes of training on 2 cores. Run from an
 # empty directory: bash /path/to/benchmarks/bundles.sh /path/to/shared/data/bhive
 #
 # Data: BHive's three measurement files; generated blocks of every density (forms: LLVM's
@@ -58,16 +58,36 @@ names = ["x86", "dense", "sparse", "unrolled", "loops", "libs_big", "libs_small"
 # no block of a held-out library, wherever it came from
 print(datasets.combine([f"{n}.parquet" for n in names], "mix.parquet", leave_out=["heldout.parquet"]))
 EOF
+# round 2's extra data: system and I/O instructions beside ordinary ones, every AVX-512 form labeled by
+# the CPUs whose llvm-mca takes it, and more of the SIMD-heavy libraries
+python "$(dirname "$0")/system_blocks.py" system.s
+surrogate-ops collect --asm system.s $ALL --out system.parquet --quiet
+python -c "from surrogate_ops import datasets; datasets.collect('forms512.parquet', mcpus='$ALL'.split()[1::2], progress=False,
+  generated=datasets.Generated(30000, 13, 'forms', 'skylake-avx512'))"
+grep -E 'libx265|libSvtAv1|libaom|libonnxruntime.so|_multiarray_umath|libarrow_compute|libxgboost|libavif|libwebp|libjpeg|libpng' \
+  big.txt small.txt | cut -d: -f2 > simd.txt
+surrogate-ops collect $(binaries simd.txt) --per-binary 3000 $ALL --out simd.parquet --quiet
+python - <<'EOF'
+from surrogate_ops import datasets
+names = ["x86", "dense", "sparse", "unrolled", "loops", "libs_big", "libs_small"] + \
+        [f"{k}-{c}" for k in ("corners", "forms") for c in ("haswell", "skylake", "ivybridge", "znver2", "znver3")]
+names += ["system", "forms512", "simd"]
+print(datasets.combine([f"{n}.parquet" for n in names], "mix2.parquet", leave_out=["heldout.parquet"]))
+EOF
 
-# two fine-tunes side by side, one thread each (a tiny network trains faster so than on two threads)
+# two fine-tunes side by side, one thread each (a tiny network trains faster so than on two threads):
+# round 1 from the previous bundle on mix.parquet (8 epochs at 1e-3), round 2 from round 1's network
+# on mix2.parquet (6 epochs at 5e-4), then the error head
 finetune() {
   while [ "$#" -gt 0 ]; do
     cpu=$1; minutes=$2; shift 2
     cp -r "$PRETRAINED/llvm-mca-$cpu" "previous-$cpu"
-    SURROGATE_OPS_HOME=$PWD/home-$cpu surrogate-ops train --data mix.parquet --init-from "previous-$cpu" --mcpu "$cpu" \
+    export SURROGATE_OPS_HOME=$PWD/home-$cpu
+    surrogate-ops train --data mix.parquet --init-from "previous-$cpu" --mcpu "$cpu" \
       --epochs 8 --patience 3 --lr 1e-3 --max-minutes "$minutes" --threads 1 --save-dir "net-$cpu" --quiet
-    SURROGATE_OPS_HOME=$PWD/home-$cpu surrogate-ops confidence --model "net-$cpu" --data mix.parquet \
-      --save-dir "llvm-mca-$cpu" --quiet
+    surrogate-ops train --data mix2.parquet --init-from "net-$cpu" --mcpu "$cpu" \
+      --epochs 6 --patience 3 --lr 5e-4 --max-minutes 9 --threads 1 --save-dir "net2-$cpu" --quiet
+    surrogate-ops confidence --model "net2-$cpu" --data mix2.parquet --save-dir "llvm-mca-$cpu" --quiet
   done
 }
 finetune haswell 13 znver2 13 ivybridge 13 & finetune skylake 13 znver3 18 & wait
