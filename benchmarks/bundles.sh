@@ -58,20 +58,17 @@ names = ["x86", "dense", "sparse", "unrolled", "loops", "libs_big", "libs_small"
 # no block of a held-out library, wherever it came from
 print(datasets.combine([f"{n}.parquet" for n in names], "mix.parquet", leave_out=["heldout.parquet"]))
 EOF
-# round 2's extra data: system and I/O instructions beside ordinary ones, every AVX-512 form labeled by
-# the CPUs whose llvm-mca takes it, and more of the SIMD-heavy libraries
+# round 2's extra data: system and I/O instructions beside ordinary ones, and AVX-512 forms labeled by
+# the CPUs whose llvm-mca takes them
 python "$(dirname "$0")/system_blocks.py" system.s
 surrogate-ops collect --asm system.s $ALL --out system.parquet --quiet
 python -c "from surrogate_ops import datasets; datasets.collect('forms512.parquet', mcpus='$ALL'.split()[1::2], progress=False,
-  generated=datasets.Generated(30000, 13, 'forms', 'skylake-avx512'))"
-grep -E 'libx265|libSvtAv1|libaom|libonnxruntime.so|_multiarray_umath|libarrow_compute|libxgboost|libavif|libwebp|libjpeg|libpng' \
-  big.txt small.txt | cut -d: -f2 > simd.txt
-surrogate-ops collect $(binaries simd.txt) --per-binary 3000 $ALL --out simd.parquet --quiet
+  generated=datasets.Generated(12000, 13, 'forms', 'skylake-avx512'))"
 python - <<'EOF'
 from surrogate_ops import datasets
 names = ["x86", "dense", "sparse", "unrolled", "loops", "libs_big", "libs_small"] + \
         [f"{k}-{c}" for k in ("corners", "forms") for c in ("haswell", "skylake", "ivybridge", "znver2", "znver3")]
-names += ["system", "forms512", "simd"]
+names += ["system", "forms512"]
 print(datasets.combine([f"{n}.parquet" for n in names], "mix2.parquet", leave_out=["heldout.parquet"]))
 EOF
 
