@@ -77,15 +77,15 @@ EOF
 # on mix2.parquet (6 epochs at 5e-4), then the error head
 finetune() {
   while [ "$#" -gt 0 ]; do
-    cpu=$1; minutes=$2; shift 2
+    cpu=$1; minutes=$2; minutes2=$3; shift 3
     cp -r "$PRETRAINED/llvm-mca-$cpu" "previous-$cpu"
     export SURROGATE_OPS_HOME=$PWD/home-$cpu
     surrogate-ops train --data mix.parquet --init-from "previous-$cpu" --mcpu "$cpu" \
       --epochs 8 --patience 3 --lr 1e-3 --max-minutes "$minutes" --threads 1 --save-dir "net-$cpu" --quiet
     surrogate-ops train --data mix2.parquet --init-from "net-$cpu" --mcpu "$cpu" \
-      --epochs 6 --patience 3 --lr 5e-4 --max-minutes 9 --threads 1 --save-dir "net2-$cpu" --quiet
+      --epochs 6 --patience 3 --lr 5e-4 --max-minutes "$minutes2" --threads 1 --save-dir "net2-$cpu" --quiet
     surrogate-ops confidence --model "net2-$cpu" --data mix2.parquet --save-dir "llvm-mca-$cpu" --quiet
   done
 }
-finetune haswell 13 znver2 13 ivybridge 13 & finetune skylake 13 znver3 18 & wait
+finetune haswell 13 7 znver2 13 7 ivybridge 13 7 & finetune skylake 13 7 znver3 18 9 & wait
 echo "copy llvm-mca-<cpu>/ over $PRETRAINED/llvm-mca-<cpu>/ once benchmarks/real_code.py and fidelity.py approve them"
