@@ -63,7 +63,7 @@ EOF
 python "$(dirname "$0")/system_blocks.py" system.s
 surrogate-ops collect --asm system.s $ALL --out system.parquet --quiet
 python -c "from surrogate_ops import datasets; datasets.collect('forms512.parquet', mcpus='$ALL'.split()[1::2], progress=False,
-  generated=datasets.Generated(12000, 13, 'forms', 'skylake-avx512'))"
+  generated=datasets.Generated(8000, 13, 'forms', 'skylake-avx512'))"  # slow: a CPU refusing a block bisects its chunk
 python - <<'EOF'
 from surrogate_ops import datasets
 names = ["x86", "dense", "sparse", "unrolled", "loops", "libs_big", "libs_small"] + \

@@ -20,7 +20,7 @@ from surrogate_ops.serving import wait_ready
 
 CLI = [sys.executable, "-m", "surrogate_ops"]
 GOOD = [b["block"] for b in json.loads((FIXTURES / "blocks.json").read_text())["blocks"]]
-UNKNOWN = "pclmulqdq $0, %xmm1, %xmm2\naddq %rax, %rbx"  # pclmulqdq: outside the bundled vocabulary
+UNKNOWN = "invlpg (%rax)\naddq %rax, %rbx"  # invlpg (privileged, in no training set): outside the bundled vocabulary
 LONG = "\n".join(["addq %rax, %rbx", "imulq %rcx, %rdx"] * 40)  # 80 instructions, over the model's 64
 
 

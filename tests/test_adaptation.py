@@ -19,13 +19,13 @@ CLI = [sys.executable, "-m", "surrogate_ops"]
 
 @pytest.fixture(scope="module")
 def measurements(tmp_path_factory) -> Path:
-    """A tiny BHive-format CSV (hex,throughput): 160 distinct blocks, some with pclmulqdq, which the
+    """A tiny BHive-format CSV (hex,throughput): 160 distinct blocks, some with invlpg, which the
     bundled vocabulary lacks; 'measured' throughput is a made-up function of the block."""
     blocks = []
     for i in range(160):
-        body = [f"addq ${i}, %rax", "imulq %rcx, %rdx"] if i % 4 else [f"pclmulqdq ${i % 16}, %xmm1, %xmm2", f"addq ${i}, %rax"]
+        body = [f"addq ${i}, %rax", "imulq %rcx, %rdx"] if i % 4 else [f"invlpg {8 * (i % 16)}(%rsi)", f"addq ${i}, %rax"]
         blocks.append(body + ([f"movq {8 * i}(%rdi), %rsi"] if i % 3 == 0 else []))
-    throughputs = [100 * (1.5 * len(block) + (6 if "pclmulqdq" in block[0] else 0)) for block in blocks]
+    throughputs = [100 * (1.5 * len(block) + (6 if "invlpg" in block[0] else 0)) for block in blocks]
     return bhive_csv(tmp_path_factory.mktemp("data") / "lab-measurements.csv", blocks, throughputs)
 
 
@@ -52,7 +52,7 @@ def test_finetune_extends_the_vocabulary_and_registers_with_lineage(measurements
 
     old = ModelDir.open(BUNDLED).tokenizer()
     new = registry.model_dir("models:/llvm-mca-haswell-lab-measured@challenger").tokenizer()
-    assert "pclmulqdq" not in old.vocab and "pclmulqdq" in new.vocab
+    assert "invlpg" not in old.vocab and "invlpg" in new.vocab
     assert all(new.vocab[token] == index for token, index in old.vocab.items())  # learned ids untouched
     meta = registry.model_dir(f"models:/llvm-mca-haswell-lab-measured/{version.version}").meta
     assert meta["target"] == "measured" and meta["metrics"]["test_mape_vs_measured"] > 0

@@ -20,8 +20,8 @@ from surrogate_ops.programs import LlvmMca
 KNOWN = "addq %rax, %rbx\nimulq %rcx, %rbx\nmovq (%rdi), %rdx"
 ASM = "\n\n".join([
     KNOWN,
-    "pdepq %rax, %rbx, %rcx\naddq %rcx, %rdx",  # pdepq: outside the bundled vocabularies
-    "movq 16(%rip), %rax\naddq %rax, %rbx",  # so is %rip
+    "invlpg (%rax)\naddq %rcx, %rdx",  # invlpg (privileged, in no training set): outside the bundled vocabularies
+    "lgdt 16(%rip)\naddq %rax, %rbx",  # so is lgdt
     "\n".join(["addq %rax, %rbx"] * 70),  # over the surrogates' 64 instructions
     ".p2align 4\naddq %rax, %rbx",  # a directive: unreadable
 ]) + "\n"
@@ -53,10 +53,10 @@ def test_each_cpu_answers_most_blocks_itself_and_names_why_not_the_rest(user_cod
         assert list(reasons.values()) == sorted(reasons.values(), reverse=True)
         assert cpu.answered + sum(reasons.values()) == cpu.blocks
         tokens = dict(cpu.unknown_tokens())
-        assert tokens["pdepq"] == 1 and tokens["%rip"] >= 1
+        assert tokens["invlpg"] == 1 and tokens["lgdt"] >= 1
         mine = rows[rows["file"] == str(asm)].reset_index(drop=True)
         assert list(mine["source"]) == ["surrogate", "llvm-mca", "llvm-mca", "llvm-mca", "error"]
-        assert "pdepq" in mine.loc[1, "reason"] and "over the model's limit of 64" in mine.loc[3, "reason"]
+        assert "invlpg" in mine.loc[1, "reason"] and "over the model's limit of 64" in mine.loc[3, "reason"]
         # the surrogate's answer is the Predictor's; a fallback's is llvm-mca's own
         reference = Predictor(ModelDir.bundled(cpu.mcpu)).cycles([KNOWN])[0]
         assert mine.loc[0, "cycles"] == pytest.approx(reference, rel=1e-4)
@@ -85,7 +85,7 @@ def test_command_prints_the_table_writes_rows_and_logs_figures(user_code, fresh_
     rows = pd.read_csv(out)
     share = (rows["source"] == "surrogate").mean()
     assert figures[2] == f"{100 * share:.1f}%"
-    assert any(line.strip().startswith("skylake: unknown_tokens") and "pdepq 1" in line for line in lines)
+    assert any(line.strip().startswith("skylake: unknown_tokens") and "invlpg 1" in line for line in lines)
     run_id = lines[-1].removeprefix("logged to run ")
     metrics = mlflow.get_run(run_id).data.metrics
     assert metrics["skylake_answered_share"] == pytest.approx(share)

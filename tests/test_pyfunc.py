@@ -54,7 +54,7 @@ def test_pyfunc_answers_as_predict_does(model):
     assert good["estimated_error"] == pytest.approx(estimated[0], abs=1e-4)  # the error head's estimate
     truth = LlvmMca(mcpu="haswell").run([UNKNOWN, LONG])
     assert unknown["source"] == "llvm-mca" and unknown["cycles"] == truth[0].cycles
-    assert unknown["reason"] == "tokens outside the model's vocabulary: pclmulqdq"
+    assert unknown["reason"] == "tokens outside the model's vocabulary: invlpg"
     assert long["source"] == "llvm-mca" and long["cycles"] == truth[1].cycles
     assert long["reason"] == "80 instructions, over the model's limit of 64"
     assert vfoo["source"] == "error" and "invalid instruction mnemonic 'vfoo'" in vfoo["error"]  # llvm-mca's refusal
@@ -70,7 +70,7 @@ def test_pyfunc_without_llvm_mca_refuses_untrusted_blocks(model, monkeypatch):
     good, unknown, directive = rows(model, [GOOD[1], UNKNOWN, DIRECTIVE])
     assert good["source"] == "surrogate" and good["estimated_error"] is not None
     assert unknown["source"] == "error" and unknown["cycles"] is None
-    assert unknown["error"] == "block 1: not answered without llvm-mca: tokens outside the model's vocabulary: pclmulqdq"
+    assert unknown["error"] == "block 1: not answered without llvm-mca: tokens outside the model's vocabulary: invlpg"
     assert directive["source"] == "error" and "'.p2align' is not allowed" in directive["error"]
 
 
