@@ -279,7 +279,8 @@ def _label(records: list[Record], programs: dict[str, LlvmMca], may_alias: set[s
     rows = []
     for r in records:
         refused = errors.get(r.block, []) if r.block else []
-        error = r.error or ("no block" if not r.block else "; ".join(refused) if len(refused) == len(programs) else None)
+        error = r.error or ("no block" if not r.block else "; ".join(refused) if refused and len(refused) == len(programs)
+                            else None)
         rows.append({
             "key": r.key, "block": r.block, "hex": r.hex, "source": r.source, "measured": r.measured,
             "measured_mcpu": r.measured_mcpu, "may_alias": bool(r.hex and r.hex in may_alias),
