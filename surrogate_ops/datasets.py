@@ -449,14 +449,19 @@ def _finish(out: Path, parts: list[Path], records: list[Record], metadata: dict[
         bad[["source", "hex", "block", "error"]].to_csv(rejected_path, index=False)
     elif rejected_path.exists():
         rejected_path.unlink()
-    table = pa.Table.from_pandas(good, preserve_index=False)
+    _write(good, out, metadata)
+    return len(good), len(bad), rejected_path if len(bad) else None
+
+
+def _write(frame: pd.DataFrame, out: Path, metadata: dict[str, str]) -> None:
+    """A dataset file with its metadata (`surrogate_ops.<key>` in the Parquet schema), in one rename."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           **{f"surrogate_ops.{k}".encode(): v.encode() for k, v in metadata.items()}})
+                                           **{f"surrogate_ops.{k}".encode(): str(v).encode() for k, v in metadata.items()}})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, out)
-    return len(good), len(bad), rejected_path if len(bad) else None
 
 
 def combine(paths: Sequence[str | Path], out: str | Path, leave_out: Sequence[str | Path] = ()) -> tuple[int, int]:
@@ -472,13 +477,7 @@ def combine(paths: Sequence[str | Path], out: str | Path, leave_out: Sequence[st
     kept = frame[~frame["block"].isin(held)] if held else frame
     mcpus = list(dict.fromkeys(m for f in frames for m in mcpus_of(f)))
     metadata = {**frames[0].attrs, "mcpus": ",".join(mcpus), "combined_from": ",".join(map(str, paths))}
-    table = pa.Table.from_pandas(kept.reset_index(drop=True), preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           **{f"surrogate_ops.{k}".encode(): str(v).encode() for k, v in metadata.items()}})
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    _write(kept.reset_index(drop=True), Path(out), metadata)
     return len(kept), len(frame) - len(kept)
 
 
