@@ -58,6 +58,25 @@ def test_block_that_aborts_llvm_mca_is_bisected_out(fixture_blocks):
     assert [r for i, r in enumerate(results) if i != 5] == LlvmMca(mcpu="skylake").run(good)
 
 
+def test_refused_shapes_are_split_out_not_bisected(fixture_blocks, tmp_path):
+    """Blocks with instructions skylake's model lacks (AVX-512) cost a call each, not a bisection of
+    their chunk: the shape llvm-mca named runs apart from the rest, in this and later chunks; every
+    answer, the refusals' words included, is the one the block gets alone."""
+    real, calls = LlvmMca().path, tmp_path / "calls"
+    path = script(tmp_path, "llvm-mca", f'#!/bin/sh\ncase "$*" in *-iterations=*) echo run >> {calls};; esac\nexec {real} "$@"\n')
+    good = [b["block"] for b in fixture_blocks] * 3
+    bad = ["vpaddd %zmm1, %zmm2, %zmm3", "addq %rax, %rbx\nvpaddd %zmm4, %zmm5, %zmm6", "vpaddd (%rax), %zmm5, %zmm5"]
+    blocks = good[:4] + bad[:1] + good[4:9] + bad[1:] + good[9:]
+    results = LlvmMca(mcpu="skylake", path=path, workers=1, chunk_size=len(blocks)).run(blocks)
+    alone = LlvmMca(mcpu="skylake", workers=1, chunk_size=1).run(blocks)
+    assert results == alone
+    assert sum("unsupported instruction" in (r.error or "") for r in results) == 3
+    assert calls.read_text().count("run") <= 7  # a bisection takes more than twice as many
+    calls.unlink()
+    again = LlvmMca(mcpu="skylake", path=path, workers=1, chunk_size=len(blocks)).run(blocks)
+    assert again == alone and calls.read_text().count("run") == 4  # the shape is known: one call for the rest, one per suspect
+
+
 @pytest.mark.parametrize(
     ("block", "reason"),
     [

@@ -18,6 +18,13 @@ first (`--version`, then one instruction under the same setting): an llvm-mca th
 marked unavailable for `retry` seconds, with the reason, and every chunk in that time fails at once
 (no bisection into hundreds of doomed calls). One that passes was slowed by the chunk: a timed-out
 chunk is run again once as two halves, a lone block that times out fails with the timeout.
+
+An instruction the CPU's scheduling model lacks (AVX-512 on most models) aborts the whole run, naming
+the instruction. Its opcode's shape (`signature`: mnemonic, register classes, operand kinds) is
+remembered per llvm-mca and CPU; a failed chunk, and every later chunk, is split into the blocks with
+an instruction of a refused shape and the rest, so that the rest runs in one call and each suspect alone (its answer, a refusal included, is then
+llvm-mca's words for it, whatever ran beside it); only when no block holds the instruction as
+llvm-mca prints it is the chunk bisected. Blocks of real SIMD code label in a few calls instead of a bisection per chunk.
 """
 
 from __future__ import annotations
@@ -70,6 +77,21 @@ def _known_cpus(path: str, timeout: float) -> frozenset[str]:
 
 
 _hanging: dict[str, tuple[float, str]] = {}  # llvm-mca path -> (monotonic time to try again, why)
+_UNSUPPORTED = re.compile(r"error: found an unsupported instruction.*\n\s*note: instruction:\s*(.+)")
+_refused: dict[tuple[str, str], set[str]] = {}  # (llvm-mca path, mcpu) -> signatures of refused instructions
+_SHAPES = [(re.compile(p), r) for p, r in (
+    (r"\{%k[0-7]\}", "{k}"), (r"%([xyz]mm)(?:1[6-9]|[23]\d)\b", r"%\1hi"), (r"%([xyz]mm)\d+", r"%\1"),
+    (r"%k[0-7]", "%k"), (r"%mm[0-7]", "%mm"), (r"%st\(\d\)", "%st"), (r"%r(?:[89]|1[0-5])([bwd]?)\b", r"%rN\1"),
+    (r"\$-?(?:0x)?[0-9a-f]+", "$I"), (r"-?(?:0x)?[0-9a-f]+\(", "("))]
+
+
+def signature(instruction: str) -> str:
+    """An instruction's shape: its opcode's, as far as its text tells (mnemonic, register classes,
+    operand kinds), with register numbers, immediates and displacements left out."""
+    text = " ".join(instruction.split())
+    for pattern, replacement in _SHAPES:
+        text = pattern.sub(replacement, text)
+    return text
 PROBE_BLOCK = "addq %rax, %rbx"  # what any working llvm-mca simulates in milliseconds
 
 
@@ -223,6 +245,11 @@ class LlvmMca(Program):
             return [Result(error=f"llvm-mca unavailable: {why}")] * len(blocks)
         if self.per_instruction:
             return self._run_parametric(blocks)
+        refused = _refused.get((self.path, self.mcpu), set())
+        suspects = [i for i, block in enumerate(blocks) if refused and
+                    any(signature(line) in refused for line in block.split("\n"))]
+        if 0 < len(suspects) < len(blocks):  # a refused shape's blocks run apart from the rest
+            return self._apart(blocks, suspects, retried, checked)
         lines: list[str] = []
         starts: list[int] = []  # 1-based input line of each block's first instruction
         for i, block in enumerate(blocks):
@@ -241,6 +268,9 @@ class LlvmMca(Program):
                 return [Result(error=broken)] * len(blocks)
             if len(blocks) == 1:
                 return [Result(error=self._failure_message(proc.stderr, starts[0], proc.returncode))]
+            refusal = _UNSUPPORTED.search(proc.stderr)
+            if refusal:
+                return self._refused(blocks, " ".join(refusal.group(1).split()))
             return self._bisect(blocks)
         sizes = [block.count("\n") + 1 for block in blocks]
         results, isolated = self._parse(proc.stdout, proc.stderr, starts, sizes)
@@ -304,6 +334,24 @@ class LlvmMca(Program):
         mid = len(blocks) // 2  # once, in halves: the blocks beside a slow one still get answers
         return (self._run_chunk(blocks[:mid], retried=True, checked=True)
                 + self._run_chunk(blocks[mid:], retried=True, checked=True))
+
+    def _refused(self, blocks: list[str], instruction: str) -> list[Result]:
+        """A chunk llvm-mca aborted on `instruction`, which its model lacks: the blocks holding it run
+        alone (each gets llvm-mca's own words for itself), the rest again, its shape's other blocks apart."""
+        _refused.setdefault((self.path, self.mcpu), set()).add(signature(instruction))
+        held = {i for i, block in enumerate(blocks) if instruction in (" ".join(line.split()) for line in block.split("\n"))}
+        if not held:  # printed otherwise than the block has it: its shape's blocks run apart, bisected there
+            return self._bisect(blocks)
+        rest = iter(self._run_chunk([b for i, b in enumerate(blocks) if i not in held], checked=True)
+                    if len(held) < len(blocks) else [])
+        return [self._run_chunk([b], checked=True)[0] if i in held else next(rest) for i, b in enumerate(blocks)]
+
+    def _apart(self, blocks: list[str], suspects: list[int], retried: bool, checked: bool) -> list[Result]:
+        """The blocks at `suspects` each alone (llvm-mca most likely refuses them), the others in one
+        call; answers in order."""
+        inside = set(suspects)  # the others first: when llvm-mca itself fails, their call finds out
+        rest = iter(self._run_chunk([b for i, b in enumerate(blocks) if i not in inside], retried, checked))
+        return [self._run_chunk([b], retried, True)[0] if i in inside else next(rest) for i, b in enumerate(blocks)]
 
     def _bisect(self, blocks: list[str]) -> list[Result]:
         mid = len(blocks) // 2
