@@ -105,12 +105,13 @@ def cli(llvm_mca: str | None) -> None:
                    "dependencies, pointer chases, long-latency instructions; see blocks/generate.py).")
 @click.option("--generate-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the generated blocks (seeds from 9000 up are kept for held-out probes).")
-@click.option("--density", type=click.Choice(["mixed", "dense", "sparse", "unrolled", "loops", "forms", "corners"]),
+@click.option("--density", type=click.Choice(["mixed", "dense", "sparse", "unrolled", "loops", "forms", "vectors", "corners"]),
               default="mixed", show_default=True,
               help="How densely generated blocks reuse registers (dense: dependencies everywhere; unrolled: one to "
                    "three instruction forms repeated, as in an unrolled loop; loops: one to four instructions over "
                    "one to four registers, the loops people type first); forms: the breadth of the instruction set, drawn "
-                   "over every form of LLVM's x86 target that llvm-mca takes; corners: small blocks around llvm-mca's "
+                   "over every form of LLVM's x86 target that llvm-mca takes; vectors: those forms held to vector instructions, over "
+                   "few vector registers (SIMD kernels' chains); corners: small blocks around llvm-mca's "
                    "scheduling corner cases (zero idioms, move elimination, partial registers, load folding, "
                    "mulx/div, flags). With one --mcpu, the blocks use its whole instruction set.")
 @click.option("--mcpu", multiple=True, default=("haswell",), show_default=True,

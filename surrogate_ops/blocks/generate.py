@@ -17,6 +17,8 @@ breadth of the ISA: most instructions drawn uniformly over every form LLVM's X86
 llvm-mca accepts for the CPU (`presets/llvm_forms.json`, made by `programs.x86_forms`: pmaddubsw,
 aesenc, shld, rorx, rep stos, byte registers, AVX-512 masks ...), the rest from the hand list so that
 the blocks still read as code; its addresses are now and then RIP-relative or segment-based.
+"vectors" is "forms" held to the vector instructions (an operand in xmm, ymm or zmm registers),
+over few vector registers: the long shuffle, integer and FMA chains of SIMD kernels.
 
 The LLVM forms have slots of their own, filled from the same pools, so that pool sizes still set
 the chains: {w} and {l} are the 16- and 8-bit names of the block's general registers, {zmm}, {mm},
@@ -63,6 +65,7 @@ class Density:
     forms: tuple[int, ...] = ()  # distinct forms a block repeats (an unrolled loop); () draws every instruction
     longest: int = 0  # at most this many instructions; 0: the usual lengths, mostly short, a tail to the limit
     llvm: float = 0.0  # the share of instructions drawn uniformly over LLVM's forms (`llvm_forms`), not the hand list
+    vector: bool = False  # only forms with a vector register operand, of both lists
 
 
 DENSITIES = {
@@ -72,7 +75,14 @@ DENSITIES = {
     "unrolled": Density(gprs=(2, 4, 8, 15), vectors=(2, 4, 8, 16), addresses=(1, 2, 4), forms=(1, 1, 2, 3)),
     "loops": Density(gprs=(1, 2, 2, 3, 4), vectors=(1, 2, 3, 4), addresses=(1, 1, 2), forms=(1, 2, 3, 4), longest=4),
     "forms": Density(gprs=(1, 2, 3, 4, 6, 9, 15), vectors=(1, 2, 3, 4, 8, 16), addresses=(1, 2, 3, 6), llvm=0.6),
+    "vectors": Density(gprs=(2, 3, 4, 6), vectors=(1, 2, 3, 4, 6), addresses=(1, 2, 3), llvm=0.7, vector=True),
 }
+_VECTOR = re.compile(r"\{(?:x|y|zmm)\}|%[xyz]mm")
+
+
+def _vector_only(forms: list[str], weights: list[float]) -> tuple[list[str], list[float]]:
+    kept = [(f, w) for f, w in zip(forms, weights, strict=True) if _VECTOR.search(f)]
+    return [f for f, _ in kept], [w for _, w in kept]
 
 
 def _forms() -> tuple[list[str], list[float]]:
@@ -211,6 +221,9 @@ def iter_blocks(count: int, seed: int = 0, density: str = "mixed", max_instructi
     forms, weights = _forms()
     mix = DENSITIES[density]
     wide = llvm_forms(mcpu) if mix.llvm else ()
+    if mix.vector:
+        forms, weights = _vector_only(forms, weights)
+        wide = tuple(f for f in wide if _VECTOR.search(f))
     for index in range(start, start + count):
         rng = random.Random(f"{seed}/{density}/{index}")  # a block is a function of (seed, density, index)
         block = _Block(rng, mix)
