@@ -204,6 +204,20 @@ def summary(dataset: str) -> None:
     click.echo(datasets.summary(datasets.load(dataset)))
 
 
+def _weights(items: tuple[str, ...]) -> dict[str, float]:
+    """--weight SOURCE=FACTOR items as {glob: factor}, in the order given."""
+    parsed = {}
+    for item in items:
+        glob, _, factor = item.rpartition("=")
+        try:
+            parsed[glob] = float(factor)
+        except ValueError:
+            raise SurrogateOpsError(f"--weight {item!r}: expected SOURCE=FACTOR, e.g. 'generated:loops:*=3'") from None
+        if not glob or not parsed[glob] > 0:
+            raise SurrogateOpsError(f"--weight {item!r}: expected SOURCE=FACTOR with a glob and a positive factor")
+    return parsed
+
+
 def _configure_tracking(ctx, param, value: str | None) -> str:
     from surrogate_ops import tracking
 
@@ -237,6 +251,9 @@ def _tracking_option(f=None, *, lazy: bool = False):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-minutes", type=float, help="Stop training after this long (the best epoch is kept; 0: no limit).")
 @click.option("--train-limit", type=click.IntRange(min=0), help="Use at most this many training blocks (0: all).")
+@click.option("--weight", "weights", multiple=True, metavar="SOURCE=FACTOR",
+              help="Count training blocks whose source matches the glob this many times (e.g. "
+                   "'generated:loops:*=3'; 0.5 keeps half); repeatable, the first match decides.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: cores].")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU.")
@@ -249,7 +266,7 @@ def _tracking_option(f=None, *, lazy: bool = False):
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patience, seed, max_minutes, train_limit,
-          threads, device, init_from, register, resume, save_dir, tracking_uri, quiet) -> None:
+          weights, threads, device, init_from, register, resume, save_dir, tracking_uri, quiet) -> None:
     """Train a surrogate, log the run to MLflow and optionally register it.
 
     Loss: mean absolute percentage error; early stopping on the validation split; figures on the
@@ -275,7 +292,7 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
     config = training.TrainConfig(data=data, arch=arch, preset=preset, sizes=parsed, target=target, mcpu=mcpu,
                                   epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
                                   max_minutes=max_minutes, train_limit=train_limit or None, threads=threads,
-                                  device=device)
+                                  device=device, weights=_weights(weights))
     result = training.train(config, register=register, resume=resume, progress=not quiet,
                             init_from=parent, run_tags={"parent_uri": init_from} if init_from else None,
                             on_start=lambda run_id: click.echo(f"run {run_id} (if interrupted: --resume {run_id})"))

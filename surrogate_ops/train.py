@@ -13,6 +13,7 @@ test-split figures.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import tempfile
@@ -56,6 +57,7 @@ class TrainConfig:
     train_limit: int | None = None  # use at most this many training blocks
     val_limit: int | None = None  # validate (early stopping) on at most this many blocks
     backoff: float = 0.05  # share of training tokens read as their relative (a v2 vocabulary's family or class)
+    weights: dict = field(default_factory=dict)  # {source glob: factor}: matching training rows count this many times
     threads: int | None = None
     device: Device = "cpu"  # where the network trains: cpu, cuda, or auto (cuda where there is a GPU)
 
@@ -163,9 +165,31 @@ def _split_rows(config: TrainConfig, frame: pd.DataFrame, max_instructions: int,
         train_rows = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.train_limit])]
     if config.val_limit is not None and len(val_rows) > config.val_limit:
         val_rows = val_rows.iloc[: config.val_limit]
+    train_rows = weighted(train_rows, config.weights, rng)
     if train_rows.empty or val_rows.empty:
         raise SurrogateOpsError(f"need rows in both train and val splits (have {len(train_rows)} and {len(val_rows)})")
     return train_rows, val_rows
+
+
+def weighted(rows: pd.DataFrame, weights: dict[str, float], rng: np.random.Generator) -> pd.DataFrame:
+    """`rows` with those whose source matches a glob of `weights` repeated: factor 3 three times, 1.5
+    once and half of them again, 0.5 half of them (the first glob a source matches decides)."""
+    if not weights:
+        return rows
+    for glob, factor in weights.items():
+        if not factor > 0:
+            raise SurrogateOpsError(f"weight {glob}={factor}: a factor must be positive")
+    sources = rows["source"].astype(str) if "source" in rows else pd.Series("", index=rows.index)
+    factors = pd.Series(1.0, index=rows.index)
+    decided = pd.Series(False, index=rows.index)
+    for glob, factor in weights.items():
+        hit = sources.map(lambda s, g=glob: fnmatch.fnmatchcase(s, g)) & ~decided
+        if not hit.any():
+            raise SurrogateOpsError(f"weight {glob}={factor}: no training row's source matches {glob!r}")
+        factors[hit], decided = float(factor), decided | hit
+    whole = np.floor(factors.to_numpy()).astype(int)
+    whole += rng.random(len(rows)) < factors.to_numpy() - whole
+    return rows.iloc[np.repeat(np.arange(len(rows)), whole)]
 
 
 def train(config: TrainConfig, register: str | None = None, resume: str | None = None, progress: bool = True,

@@ -175,6 +175,26 @@ def test_bad_training_inputs_are_clear(home, dataset):
         train(quick(dataset), resume="0123", progress=False)
 
 
+def test_source_weights_repeat_training_rows(home, dataset):
+    """--weight counts a source's training rows several times (or a share of them); the validation
+    split is left alone; a glob no source matches, or a factor that is not positive, is an error."""
+    import pandas as pd
+
+    from surrogate_ops.errors import SurrogateOpsError
+    from surrogate_ops.train import weighted
+
+    rows = pd.DataFrame({"block": [f"b{i}" for i in range(1000)],
+                         "source": ["generated:loops:5"] * 100 + ["bhive:hsw.csv"] * 900})
+    out = weighted(rows, {"generated:loops:*": 3, "bhive:*": 0.5}, np.random.default_rng(0))
+    assert (out["source"] == "generated:loops:5").sum() == 300
+    assert 400 < (out["source"] == "bhive:hsw.csv").sum() < 500
+    assert weighted(rows, {}, np.random.default_rng(0)) is rows
+    with pytest.raises(SurrogateOpsError, match="no training row's source matches"):
+        weighted(rows, {"corners-*": 2}, np.random.default_rng(0))
+    result = subprocess.run([*CLI, "train", "--data", str(dataset), "--weight", "bhive=x"], capture_output=True, text=True)
+    assert result.returncode != 0 and "expected SOURCE=FACTOR" in result.stderr
+
+
 def test_mlflow_run_entry_point(home, dataset):
     """`mlflow run . -e train --env-manager local` trains and registers through the CLI."""
     root = Path(__file__).resolve().parents[1]
