@@ -744,6 +744,9 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, ro
 @click.option("--lr", type=float, default=0.05, show_default=True, help="Adam step on the relaxed table.")
 @click.option("--verify", type=click.IntRange(min=1), default=6, show_default=True,
               help="Rounded tables from along the descent checked with the real driver (charged to the surrogate).")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Descents, each on its own minibatch order, --verify tables of each checked (at a small "
+                   "--steps the order decides whether any table beats the stock one).")
 @click.option("--search-blocks", type=click.IntRange(min=10), default=2000, show_default=True,
               help="Training blocks each check and each baseline trial runs (trials = the surrogate's budget / this).")
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["opentuner", "optuna", "none"]),
@@ -757,7 +760,7 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, ro
               help="Run llvm-mca's checks on a Ray cluster's CPUs (ADDRESS: its head, or local).")
 @_tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, verify, search_blocks, baselines, seed,
+def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, verify, restarts, search_blocks, baselines, seed,
                    test_limit, out, no_register, ray_address, tracking_uri, quiet) -> None:
     """Tune llvm-mca's per-instruction scheduling table (each opcode's latency, micro-ops and port
     cycles: DiffTune's space) by gradient descent through a per-instruction surrogate.
@@ -773,8 +776,8 @@ def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, 
     chosen = () if "none" in baselines else tuple(baselines) or table_search.BASELINES
     config = table_search.TableSearchConfig(data=data, labels=tuple(labels), mcpu=mcpu, model=model_uri,
                                             min_count=min_count, epochs=epochs, steps=steps, descent_lr=lr,
-                                            verify=verify, search_blocks=search_blocks, baselines=chosen, seed=seed,
-                                            test_limit=test_limit)
+                                            verify=verify, restarts=restarts, search_blocks=search_blocks,
+                                            baselines=chosen, seed=seed, test_limit=test_limit)
     result = table_search.search(config, progress=not quiet, register=not no_register,
                                  cluster=_join_cluster(ray_address))
     click.echo(f"space: {len(result.space.opcodes)} opcodes, {result.space.size} values; held-out llvm-mca error on "

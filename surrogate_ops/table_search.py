@@ -61,6 +61,7 @@ class TableSearchConfig:
     descent_batch: int = 1024  # training blocks per descent step
     checkpoints: int = 12  # rounded tables taken along the descent, `verify` of them checked
     verify: int = 6
+    restarts: int = 1  # descents, each on its own minibatch order; `verify` tables of each checked
     search_blocks: int = 2000  # the fixed sample of training blocks every check and trial runs
     baselines: tuple[str, ...] = BASELINES
     seed: int = 0
@@ -227,17 +228,19 @@ class Descent:
         predicted = cycles * self._predict(b, values) / self.at_defaults[b]
         return (torch.abs(predicted - measured) / measured).mean()
 
-    def run(self, config: TableSearchConfig, progress: bool = True) -> tuple[list[np.ndarray], list]:
+    def run(self, config: TableSearchConfig, progress: bool = True, restart: int = 0) -> tuple[list[np.ndarray], list]:
         """Adam from the stock table; the distinct rounded tables at `checkpoints` points along the
-        way, in order, and the trace of (step, minibatch objective)."""
+        way, in order, and the trace of (step, minibatch objective). `restart` k draws its minibatches
+        from seed + k."""
         span = (self.high - self.low).clamp(min=1)
         start = ((torch.tensor(self.space.defaults, dtype=torch.float32) - self.low) / span).clamp(0.02, 0.98)
         logits = torch.logit(start).requires_grad_(True)
         optimizer = torch.optim.Adam([logits], lr=config.descent_lr)
-        generator = np.random.default_rng(config.seed)
+        generator = np.random.default_rng(config.seed + restart)
         trace, found, seen = [], [], set()
         marks = {int(round(config.steps * (k + 1) / config.checkpoints)) - 1 for k in range(config.checkpoints)}
-        for step in tqdm(range(config.steps), desc="descending", unit="step", disable=not progress):
+        for step in tqdm(range(config.steps), desc=f"descending{f' ({restart + 1})' if restart else ''}", unit="step",
+                         disable=not progress):
             b = int(generator.integers(len(self.batches)))
             loss = self.loss(self.values(logits), b)
             optimizer.zero_grad()
@@ -332,8 +335,14 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
     outcomes["defaults"].objective, _ = driver_mape(program, {}, sample_blocks, sample_measured)
 
     descent = Descent(surrogate, blocks, config.descent_batch)
-    found, trace = descent.run(config, progress)
-    checked = _spread(found, config.verify)
+    checked, trace, seen = [], [], set()
+    for restart in range(config.restarts):  # the minibatch order decides where a short descent ends: try several
+        found, steps = descent.run(config, progress, restart)
+        trace += [(restart * config.steps + step, value) for step, value in steps]
+        for values in _spread(found, config.verify):
+            if values.tobytes() not in seen:
+                seen.add(values.tobytes())
+                checked.append(values)
     # charged: its labels, the anchors (stock llvm-mca on every training block) and its checks
     cost = len(labels) + len(train_rows) + len(checked) * len(sample)
     best = Outcome("surrogate", {}, cost, outcomes["defaults"].objective, trace=trace)

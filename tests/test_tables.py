@@ -187,9 +187,9 @@ def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path,
     """'Measured' throughputs are the driver's under a planted table (loads two cycles slower,
     shifts on a single port): the search must find a table that the real driver scores better
     than the stock one on its training sample, beat or match the stock table on held-out blocks,
-    log every artifact and register the table with its figures. At this small budget the search
-    depends on its seed: from the bundle of issue 31, seeds 1 and 2 find the change, seed 0 keeps
-    the stock table (the bundle before found it from seed 0)."""
+    log every artifact and register the table with its figures. At this small budget one descent
+    depends on its minibatch order (from the bundle of issue 31, seed 0's alone keeps the stock
+    table, seeds 1 and 2 find the change): three restarts from seed 0 find it."""
     hexes, blocks = local_blocks
     planted = {"MOV64rm": {"latency": 7}, "MOV32rm": {"latency": 7}, "SHL64ri": {"ports": {"HWPort06": 2}}}
     measured = [r.cycles for r in LlvmMca(params={"per_instruction": planted}).run(blocks)]
@@ -205,7 +205,7 @@ def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path,
     table_out = tmp_path / "table.json"
     proc = subprocess.run([*CLI, "optimize-table", "--data", str(csv), "--labels", str(labels), "--min-count", "5",
                            "--epochs", "3", "--steps", "150", "--verify", "3", "--search-blocks", "300",
-                           "--baseline", "optuna", "--seed", "1", "--quiet", "--out", str(table_out)],
+                           "--restarts", "3", "--baseline", "optuna", "--seed", "0", "--quiet", "--out", str(table_out)],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "registered llvm-mca-haswell-table v1" in proc.stdout
