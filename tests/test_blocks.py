@@ -12,7 +12,7 @@ from surrogate_ops.blocks.elf import blocks_from_binaries, find_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 
-from conftest import FIXTURES
+from support.data import BHIVE, BHIVE_FILES, FIXTURES
 
 
 @pytest.mark.parametrize("in_process", [True, False], ids=["libLLVM", "llvm-mc"])
@@ -37,13 +37,13 @@ def test_hex_batch_keeps_good_blocks_around_bad_ones(fixture_blocks, in_process)
     assert result.blocks[9].startswith("lock ")  # a prefix joins the instruction it prefixes
 
 
+@pytest.mark.shared_data
 def test_the_in_process_disassembler_prints_what_llvm_mc_prints(tiny_binary):
     """libLLVM's C disassembler and llvm-mc give the same canonical text and the same failures, on
-    blocks cut from binaries, on every shared BHive block where the data is here, and on bytes
-    chosen to fail (truncated, invalid, a bare prefix)."""
+    blocks cut from binaries, on every BHive block of ../shared (skipped without them), and on
+    bytes chosen to fail (truncated, invalid, a bare prefix)."""
     import csv
 
-    from conftest import BHIVE
     from surrogate_ops.blocks.elf import blocks_from_binaries
     from surrogate_ops.blocks.hexcode import llvm_disasm
     from surrogate_ops.llvm_tools import find_tool
@@ -51,10 +51,9 @@ def test_the_in_process_disassembler_prints_what_llvm_mc_prints(tiny_binary):
     assert llvm_disasm.load(find_tool("llvm-mc")) is not None  # Debian's llvm links libLLVM: the fast path is taken
     hexes = [h for h, _ in blocks_from_binaries([tiny_binary, "/usr/bin/ls"])]
     hexes += ["4801", "48", "ffff", "f0", "0f0b", "c5", "c5fc", "62f1"]
-    for name in ("hsw.csv", "skl.csv", "ivb.csv"):
-        if (BHIVE / name).is_file():
-            with open(BHIVE / name, newline="") as handle:
-                hexes += [row["hex"] for row in csv.DictReader(handle)]
+    for name in BHIVE_FILES:  # hsw, skl, ivb
+        with open(BHIVE / name, newline="") as handle:
+            hexes += [row["hex"] for row in csv.DictReader(handle)]
     hexes = list(dict.fromkeys(hexes))
     fast, reference = disassemble(hexes), disassemble(hexes, in_process=False)
     assert fast.blocks == reference.blocks

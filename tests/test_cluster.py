@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from support.cli import CLI, COMMAND_TIMEOUT
 from surrogate_ops import datasets
 from surrogate_ops.programs.cluster import LOOPBACK
 
+pytestmark = pytest.mark.system  # every test runs `surrogate-ops collect`
 RAY = Path(sys.executable).with_name("ray")
-CLI = [sys.executable, "-m", "surrogate_ops"]
 NODE = ["--node-ip-address", LOOPBACK, "--num-cpus", "1", "--object-store-memory", str(100 * 1024 * 1024),
         "--disable-usage-stats", "--block"]
 
@@ -88,10 +89,12 @@ def _collect(out: Path, *extra: str) -> list[str]:
 def local_labels(tmp_path_factory) -> Path:
     """The same blocks labeled on this machine's cores, the reference every cluster run must equal."""
     out = tmp_path_factory.mktemp("local") / "local.parquet"
-    subprocess.run(_collect(out), check=True, capture_output=True, timeout=600)
+    subprocess.run(_collect(out), check=True, capture_output=True, timeout=COMMAND_TIMEOUT)
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_a_killed_worker_node_loses_no_block(cluster, local_labels, tmp_path):
     """The worker node dies mid-run (its raylet, object store and workers, by SIGKILL); its
     chunks run again on the head, and the dataset equals the local run's, row for row."""
@@ -105,7 +108,7 @@ def test_a_killed_worker_node_loses_no_block(cluster, local_labels, tmp_path):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()  # still labeling when the node goes
     _stop(worker)
-    stdout, stderr = proc.communicate(timeout=600)
+    stdout, stderr = proc.communicate(timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, stderr
     assert "chunks answered by 2 Ray node(s)" in stdout  # the worker took chunks before it died
     assert datasets.load(out).equals(datasets.load(local_labels))
@@ -115,6 +118,8 @@ def test_a_killed_worker_node_loses_no_block(cluster, local_labels, tmp_path):
         time.sleep(2)
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_an_interrupted_cluster_run_resumes(cluster, local_labels, tmp_path):
     address, env, _ = cluster
     out = tmp_path / "ray.parquet"
@@ -129,19 +134,22 @@ def test_an_interrupted_cluster_run_resumes(cluster, local_labels, tmp_path):
     assert proc.returncode == 130 and "run the same command again to resume" in err, err
     written = len(list(partial.glob("part-*.parquet")))
     assert written >= 1 and not out.exists()
-    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from an earlier run" in resumed.stdout
     assert datasets.load(out).equals(datasets.load(local_labels))
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_ray_local_labels_as_the_local_cores_do(local_labels, tmp_path):
     """`--ray local` starts a Ray instance of its own on loopback and writes no token to ~/.ray."""
     home = tmp_path / "home"
     out = tmp_path / "ray.parquet"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HOME"] = str(home)
-    proc = subprocess.run(_collect(out, "--ray", "local"), env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_collect(out, "--ray", "local"), env=env, capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "chunks answered by 1 Ray node(s)" in proc.stdout
     assert datasets.load(out).equals(datasets.load(local_labels))

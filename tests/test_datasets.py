@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
 import pyarrow.parquet as pq
+import pytest
 
 from surrogate_ops import datasets
 from surrogate_ops.programs import LlvmMca
 
-from conftest import FIXTURES, interruptible
-
-CLI = [sys.executable, "-m", "surrogate_ops"]
+from support.cli import CLI, COMMAND_TIMEOUT, interruptible
+from support.data import FIXTURES
 
 
 def test_collect_from_asm_and_binary(tmp_path, tiny_binary, fixture_blocks):
@@ -68,6 +67,8 @@ def test_split_is_by_block_and_balanced():
     assert datasets.split_of(blocks[5]) == datasets.split_of(str(blocks[5]))
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_interrupted_collection_resumes(tmp_path):
     out = tmp_path / "bin.parquet"
     args = [*CLI, "collect", "--binary", "/usr/bin", "--limit", "3000", "--mcpu", "haswell", "--mcpu", "skylake",
@@ -84,14 +85,14 @@ def test_interrupted_collection_resumes(tmp_path):
     written = len(list(partial.glob("part-*.parquet")))
     assert written >= 1 and not out.exists()
 
-    other = subprocess.run([*args, "--mcpu", "skylake-avx512"], capture_output=True, text=True, timeout=600)
+    other = subprocess.run([*args, "--mcpu", "skylake-avx512"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert other.returncode == 2 and "interrupted collection with other settings" in other.stderr
     assert len(list(partial.glob("part-*.parquet"))) == written  # nothing lost
-    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{written * 200:,} resumed from an earlier run" in resumed.stdout
     fresh = tmp_path / "fresh.parquet"
-    subprocess.run([*args[:-1], str(fresh)], check=True, capture_output=True, timeout=600)
+    subprocess.run([*args[:-1], str(fresh)], check=True, capture_output=True, timeout=COMMAND_TIMEOUT)
     a, b = datasets.load(out), datasets.load(fresh)
     assert len(a) == 3000 and a["hex"].is_unique
     assert a.equals(b)

@@ -12,9 +12,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import BHIVE
-from service_helpers import CLI, free_port
 
+from support.cli import CLI, COMMAND_TIMEOUT
+from support.data import BHIVE
+from support.servers import free_port
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
@@ -34,20 +35,22 @@ def driven(driver, blocks: list[str], table: dict, knobs: dict | None = None) ->
     chunks = [blocks[s:s + 2000] for s in range(0, len(blocks), 2000)]
 
     def one(chunk):
-        return parametric.run(driver, "haswell", 100, parametric.job_text(knobs or {}, table, chunk), len(chunk), 600)
+        return parametric.run(driver, "haswell", 100, parametric.job_text(knobs or {}, table, chunk), len(chunk),
+                              COMMAND_TIMEOUT)
 
     with ThreadPoolExecutor(2) as pool:
         return [cycles for part in pool.map(one, chunks) for cycles, _ in part]
 
 
+@pytest.mark.shared_data
+@pytest.mark.slow
 def test_stock_tables_give_stock_cycles_on_every_block(driver):
     """Without entries, and with an entry of no changes for every opcode the blocks use (each opcode
     then runs on a scheduling class of its own), the cycles are stock llvm-mca's, block for block:
-    every shared BHive Haswell block and the blocks of a local binary."""
+    every BHive Haswell block of ../shared (skipped without them) and the blocks of a local binary."""
     hexes = [h for h, _ in blocks_from_binaries(["/usr/bin/ls"])]
-    if (BHIVE / "hsw.csv").is_file():
-        with open(BHIVE / "hsw.csv", newline="") as handle:
-            hexes += [row["hex"] for row in csv.DictReader(handle)]
+    with open(BHIVE / "hsw.csv", newline="") as handle:
+        hexes += [row["hex"] for row in csv.DictReader(handle)]
     blocks = [b for b in disassemble(list(dict.fromkeys(hexes))).blocks if b]
     stock = [r.cycles for r in LlvmMca().run(blocks)]
     assert sum(c is not None for c in stock) > 0.99 * len(blocks)
@@ -169,6 +172,7 @@ BAD_TABLES = {  # name: (a --params file's text, what its one-line message says)
 
 
 @pytest.mark.parametrize("name", BAD_TABLES)
+@pytest.mark.system
 def test_predict_refuses_a_bad_table_in_one_line(tmp_path, name):
     """predict --params with each of the tester's bad tables: exit status non-zero, one line naming
     the culprit (opcode, field, value, range), no traceback, no rows (it used to answer a row of
@@ -186,6 +190,7 @@ def test_predict_refuses_a_bad_table_in_one_line(tmp_path, name):
     assert re.search(f"^error: --params {re.escape(str(params))}: .*{says}", proc.stderr), proc.stderr
 
 
+@pytest.mark.system
 def test_collect_and_serve_refuse_a_bad_table_before_they_start(tmp_path):
     """collect --params and serve --params with an unknown port: refused at once, in one line, before
     any block is labelled or the service says it serves (serve used to come up healthy and fail

@@ -7,20 +7,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import rows
 
+from support.cli import CLI, COMMAND_TIMEOUT, rows
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.programs import LlvmMca, parametric, tables
-
-CLI = [sys.executable, "-m", "surrogate_ops"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +36,7 @@ def annotated(local_blocks):
     return parametric.annotate(LlvmMca().path, local_blocks[1])
 
 
+@pytest.mark.slow  # every block of /usr/bin/ls under five tables
 def test_sampled_tables_run_and_stock_entries_change_nothing(local_blocks, annotated):
     """Both samplers' tables run on every block (the driver never crashes on them: a table names
     only the resources that carry cycles of their own, and groups follow), the stock entries
@@ -87,11 +85,12 @@ def test_table_space_round_trips(annotated):
     assert again.opcodes == space.opcodes and (again.high == space.high).all() and (again.tunable == space.tunable).all()
 
 
+@pytest.mark.system
 def test_collect_labels_each_block_under_its_drawn_table(tmp_path, tiny_binary):
     out = tmp_path / "tables.parquet"
     proc = subprocess.run([*CLI, "collect", "--binary", str(tiny_binary), "--binary", "/usr/bin/ls", "--limit", "300",
                            "--sample-params", "1000", "--per-instruction", "wide", "--seed", "5", "--quiet",
-                           "--out", str(out)], capture_output=True, text=True)
+                           "--out", str(out)], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "random per-instruction tables (wide)" in proc.stdout
     frame = pd.read_parquet(out)
@@ -102,14 +101,17 @@ def test_collect_labels_each_block_under_its_drawn_table(tmp_path, tiny_binary):
         again = LlvmMca(params={"per_instruction": table}).run([row.block])[0]
         assert again.cycles == row.mca_cycles_haswell
     proc = subprocess.run([*CLI, "collect", "--binary", str(tiny_binary), "--per-instruction", "centred",
-                           "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True)
+                           "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT)
     assert proc.returncode != 0 and "give --sample-params N as well" in proc.stderr
     # such labels train the per-instruction surrogate of optimize-table, never a plain one
     proc = subprocess.run([*CLI, "train", "--data", str(out), "--epochs", "1", "--quiet"], capture_output=True,
-                          text=True, env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")})
+                          text=True, env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")},
+                          timeout=COMMAND_TIMEOUT)
     assert proc.returncode != 0 and "optimize-table --labels" in proc.stderr
 
 
+@pytest.mark.system
 def test_the_learned_haswell_table_ships_and_runs_everywhere_params_go(tmp_path, local_blocks):
     learned = tables.learned("haswell")["per_instruction"]
     assert len(learned) > 20
@@ -117,21 +119,21 @@ def test_the_learned_haswell_table_ships_and_runs_everywhere_params_go(tmp_path,
     asm = tmp_path / "blocks.s"
     asm.write_text("\n\n".join(blocks) + "\n")
     proc = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--params", "learned:haswell", "--input", str(asm)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     answered = [float(r["cycles"]) for r in rows(proc.stdout)]
     assert answered == [r.cycles for r in LlvmMca(params={"per_instruction": learned}).run(blocks)]
     assert answered != [r.cycles for r in LlvmMca().run(blocks)]
     proc = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--params", "learned:pentium", "--input", str(asm)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert proc.returncode != 0 and "no learned table 'pentium'" in proc.stderr and "haswell" in proc.stderr
     proc = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--mcpu", "skylake", "--params", "learned:haswell",
-                           "--input", str(asm)], capture_output=True, text=True)
+                           "--input", str(asm)], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert proc.returncode != 0 and "a table for -mcpu=haswell, not for skylake" in proc.stderr
     # collect labels with it too
     out = tmp_path / "learned.parquet"
     proc = subprocess.run([*CLI, "collect", "--asm", str(asm), "--params", "learned:haswell", "--quiet", "--out", str(out)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     frame = pd.read_parquet(out).set_index("block")
     assert [frame.loc[b, "mca_cycles_haswell"] for b in blocks[:50]] == answered[:50]
@@ -165,10 +167,11 @@ def test_every_table_that_ships_or_a_search_writes_passes_the_strict_check(tmp_p
         _read_params(str(path))
 
 
+@pytest.mark.system
 def test_table_diff_lists_and_draws_every_change(tmp_path):
     learned = tables.learned("haswell")["per_instruction"]
     proc = subprocess.run([*CLI, "table-diff", "learned:haswell", "--csv", str(tmp_path / "d.csv"),
-                           "--plot", str(tmp_path / "d.png")], capture_output=True, text=True)
+                           "--plot", str(tmp_path / "d.png")], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"{len(learned)} opcodes changed")
     changes = pd.read_csv(tmp_path / "d.csv")
@@ -179,10 +182,12 @@ def test_table_diff_lists_and_draws_every_change(tmp_path):
     assert {**entry, **entry.get("ports", {})}[row["column"]] == row["learned"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"per_instruction": {}}))
-    proc = subprocess.run([*CLI, "table-diff", str(bad)], capture_output=True, text=True)
+    proc = subprocess.run([*CLI, "table-diff", str(bad)], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert proc.returncode != 0 and "not a learned table file" in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path, local_blocks, annotated):
     """'Measured' throughputs are the driver's under a planted table (loads two cycles slower,
     shifts on a single port): the search must find a table that the real driver scores better
@@ -200,13 +205,13 @@ def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path,
     labels = tmp_path / "labels.parquet"
     proc = subprocess.run([*CLI, "collect", "--bhive", str(csv), "--split", "train", "--sample-params", "100000",
                            "--per-instruction", "centred", "--quiet", "--out", str(labels)],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     table_out = tmp_path / "table.json"
     proc = subprocess.run([*CLI, "optimize-table", "--data", str(csv), "--labels", str(labels), "--min-count", "5",
                            "--epochs", "3", "--steps", "150", "--verify", "3", "--search-blocks", "300",
                            "--restarts", "3", "--baseline", "optuna", "--seed", "0", "--quiet", "--out", str(table_out)],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "registered llvm-mca-haswell-table v1" in proc.stdout
     learned = json.loads(table_out.read_text())["per_instruction"]
