@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
-from conftest import FIXTURES, rows
+import pytest
 
-CLI = [sys.executable, "-m", "surrogate_ops"]
+from support.cli import CLI, rows
+from support.data import FIXTURES
+
+pytestmark = pytest.mark.system  # every test runs the command line
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -50,6 +52,7 @@ def test_bad_input_paths_are_clear_errors(tmp_path):
     assert proc.returncode == 2 and "no such file" in proc.stderr
 
 
+@pytest.mark.slow
 def test_quickstart_runs_the_whole_main_job(tmp_path):
     proc = run("quickstart", "--minutes", "0.1", "--limit", "1500", env={"SURROGATE_OPS_HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from support.cli import CLI
 from surrogate_ops import coverage
 from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import mape
@@ -28,7 +28,7 @@ ASM = "\n\n".join([
 
 
 def _coverage(home, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "surrogate_ops", "coverage", *args], capture_output=True, text=True,
+    return subprocess.run([*CLI, "coverage", *args], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "SURROGATE_OPS_HOME": str(home)})
 
 
@@ -72,6 +72,7 @@ def test_each_cpu_answers_most_blocks_itself_and_names_why_not_the_rest(user_cod
         assert cpu.metrics()[f"{cpu.mcpu}_answered_share"] == cpu.answered_share
 
 
+@pytest.mark.system
 def test_command_prints_the_table_writes_rows_and_logs_figures(user_code, fresh_home, tmp_path):
     import mlflow
 
@@ -93,6 +94,7 @@ def test_command_prints_the_table_writes_rows_and_logs_figures(user_code, fresh_
     assert metrics["skylake_fallback_too_long"] == 1
 
 
+@pytest.mark.system
 def test_a_model_answers_for_its_own_cpu_only(user_code, fresh_home):
     done = _coverage(fresh_home, "--asm", str(user_code[1]), "--model", str(ModelDir.bundled("haswell").path),
                      "--mcpu", "znver3", "--no-log")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from support.cli import CLI
 from surrogate_ops import loop, models
 from surrogate_ops.errors import SurrogateOpsError
 
@@ -54,9 +54,10 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 
 @pytest.mark.skipif(not NO_GPU, reason="torch sees a GPU here")
+@pytest.mark.system
 def test_train_command_refuses_cuda_before_reading_data(tmp_path):
     """One line on stderr, exit status 2, before the (missing) dataset is opened."""
-    done = subprocess.run([sys.executable, "-m", "surrogate_ops", "train", "--data", str(tmp_path / "none.parquet"),
+    done = subprocess.run([*CLI, "train", "--data", str(tmp_path / "none.parquet"),
                            "--device", "cuda", "--quiet"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
     assert done.returncode == 2, done.stderr

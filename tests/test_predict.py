@@ -11,14 +11,15 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from surrogate_ops.blocks.asm import split_asm_text
 from surrogate_ops.blocks.generate import generate
 from surrogate_ops.blocks.inputs import chunks, read_blocks
 
-from conftest import FIXTURES, in_home, rows
-
-CLI = [sys.executable, "-m", "surrogate_ops"]
+from support.cli import CLI, rows
+from support.data import BHIVE, BHIVE_FILES, FIXTURES
+from support.stores import in_home
 
 
 def test_text_files_read_in_chunks_give_the_blocks_of_a_whole_read(tmp_path):
@@ -53,6 +54,7 @@ def _predict(home, *args) -> list[float]:
     return [float(r["cycles"]) for r in rows(proc.stdout)]
 
 
+@pytest.mark.system
 def test_the_default_follows_promotions_past_its_pin(tmp_path):
     """The first predict of a fresh home answers from the bundle without a store; once the store
     exists the champion is resolved through MLflow and pinned; a promotion changes the store, so
@@ -92,13 +94,13 @@ def test_the_default_follows_promotions_past_its_pin(tmp_path):
         assert pins.resolve("models:/llvm-mca-haswell@champion").name == second.version
 
 
+@pytest.mark.shared_data
 def test_the_fast_front_end_gives_the_reference_ids(tiny_binary, fixture_blocks):
     """The predictor's per-line caches and hex decoding give exactly the ids of the plain path
     (normalize the block, then tokenize it) on blocks cut from binaries, generated blocks, the
-    fixtures and, where the shared data is here, every BHive block."""
+    fixtures and every BHive block of ../shared (skipped without them)."""
     import csv
 
-    from conftest import BHIVE
     from surrogate_ops.blocks import normalize_block
     from surrogate_ops.blocks.elf import blocks_from_binaries
     from surrogate_ops.blocks.hexcode import disassemble
@@ -108,10 +110,9 @@ def test_the_fast_front_end_gives_the_reference_ids(tiny_binary, fixture_blocks)
 
     texts = generate(2000, seed=12, density="dense") + [b["block"] for b in fixture_blocks]
     hexes = [h for h, _ in blocks_from_binaries([tiny_binary, "/usr/bin/ls"])] + [b["hex"] for b in fixture_blocks]
-    for name in ("hsw.csv", "skl.csv", "ivb.csv"):
-        if (BHIVE / name).is_file():
-            with open(BHIVE / name, newline="") as handle:
-                hexes += [row["hex"] for row in csv.DictReader(handle)]
+    for name in BHIVE_FILES:  # hsw, skl, ivb
+        with open(BHIVE / name, newline="") as handle:
+            hexes += [row["hex"] for row in csv.DictReader(handle)]
     hexes = list(dict.fromkeys(hexes))
     decoded = disassemble(hexes)
     texts += [b for b in decoded.blocks if b]
@@ -130,6 +131,7 @@ def test_the_fast_front_end_gives_the_reference_ids(tiny_binary, fixture_blocks)
     assert checked > 0.9 * len(texts)
 
 
+@pytest.mark.system
 def test_errors_name_each_block_once_by_its_place_in_the_file(tmp_path):
     from surrogate_ops.config import PRETRAINED
     from surrogate_ops.inference import Predictor
@@ -174,6 +176,7 @@ def _measured(args: list[str], home, timeout: float = 60) -> tuple[subprocess.Co
     return proc, time.monotonic() - start, int(record.read_text()) / 1024
 
 
+@pytest.mark.system
 def test_a_block_without_an_end_is_refused_at_once_in_bounded_memory(tmp_path):
     """200 MB without a blank line (issue 29: read whole, 4.29 GB and two minutes before its error):
     the block is refused once past the line limit, named by block and line, and the rest of it read
@@ -210,6 +213,7 @@ def test_a_line_without_an_end_is_refused_by_its_line(tmp_path):
             1: f"block 1, line 2: a line of more than 256 characters, the limit ({'a' * 40!r}...)"}
 
 
+@pytest.mark.system
 def test_empty_and_binary_files_are_refused_before_any_output(tmp_path):
     """Refused up front, naming the file, with a hint; no CSV header (issue 29: an empty file printed
     the header then failed, a binary passed as assembly was 'answered' with error rows)."""

@@ -49,6 +49,7 @@ def test_every_instruction_class_is_answered_by_the_surrogate(served):
     assert errors[len(errors) // 2] < 0.15 and errors[3 * len(errors) // 4] < 0.35, f"{mcpu}: {errors}"
 
 
+@pytest.mark.slow  # labels 2,800 blocks of 8 programs, trains 4 epochs
 def test_a_held_out_library_is_covered_by_a_small_model(fresh_home, tmp_path):
     """Train a tiny surrogate on blocks of a few programs, then measure a library it never saw
     (zlib): the surrogate answers nearly all of it itself, and backoff is what makes the difference."""
