@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import bhive_csv
+from support.cli import CLI, COMMAND_TIMEOUT
+from support.data import bhive_csv
 from surrogate_ops.registry import BUNDLED
 from surrogate_ops.modeldir import ModelDir
 
-CLI = [sys.executable, "-m", "surrogate_ops"]
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # fine-tuning and a study, through the command line
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_finetune_extends_the_vocabulary_and_registers_with_lineage(measurements
 
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     out = subprocess.run([*CLI, "finetune", "--data", str(measurements), "--epochs", "4", "--quiet"],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "registered llvm-mca-haswell-lab-measured v1" in out.stdout and "MAPE vs measured" in out.stdout
 
@@ -65,7 +65,8 @@ def test_adaptation_experiment_small_writes_its_table_and_plot(measurements, tmp
 
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     out = subprocess.run([*CLI, "study", "adaptation", "--data", str(measurements), "--small", "--sizes", "40,120",
-                          "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=900)
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                         timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = (tmp_path / "out" / "adaptation.csv").read_text().splitlines()
     assert summary[0].startswith("train_size,scratch_mape,scratch_std,finetune_mape") and len(summary) == 3

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -19,9 +18,9 @@ from surrogate_ops.inference import Predictor
 from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.programs import LlvmMca
 
-from conftest import in_home, rows
+from support.cli import CLI, COMMAND_TIMEOUT, rows
+from support.stores import in_home
 
-CLI = [sys.executable, "-m", "surrogate_ops"]
 BUNDLE = config.PRETRAINED / "llvm-mca-haswell"
 
 
@@ -78,13 +77,16 @@ def test_routed_cut_counts_the_error_removed():
     assert confidence.routed_cut(np.zeros(4), errors, 0.5) == 0.0
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_the_command_fits_registers_and_predict_routes_above_max_error(tmp_path, plain):
     blocks, truth = labeled(150, seed=33)
     data = tmp_path / "residuals.parquet"
     pd.DataFrame({"block": blocks, "mca_cycles_haswell": truth, "split": "val"}).to_parquet(data)
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     proc = subprocess.run([*CLI, "confidence", "--model", str(plain), "--data", str(data), "--epochs", "20",
-                           "--register", "conf-test", "--quiet"], capture_output=True, text=True, timeout=600, env=env)
+                           "--register", "conf-test", "--quiet"], capture_output=True, text=True, env=env,
+                          timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "error head on 90 held-out blocks" in proc.stdout and "registered models:/conf-test/1" in proc.stdout
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BHIVE
+from support.cli import COMMAND_TIMEOUT
+from support.data import BHIVE
 
+pytestmark = [pytest.mark.slow, pytest.mark.system]  # `mlflow run` of every entry point
 ROOT = Path(__file__).resolve().parents[1]
 HSW = BHIVE / "hsw.csv"
 
@@ -37,7 +39,8 @@ def store(tmp_path_factory):
 
 def mlflow_run(store, argv: list[str]):
     """Run `mlflow run ...` (argv after `mlflow`) in the checkout; the newest run of its entry point."""
-    out = subprocess.run(["mlflow", *argv], cwd=ROOT, env=store["env"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(["mlflow", *argv], cwd=ROOT, env=store["env"], capture_output=True, text=True,
+                         timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     entry = argv[argv.index("-e") + 1]
     runs = store["client"].search_runs([e.experiment_id for e in store["client"].search_experiments()],
@@ -127,12 +130,14 @@ def test_pipeline_chains_its_steps_and_reuses_finished_ones(store):
     assert reused == steps  # promote too: it runs again only when train did
 
 
+@pytest.mark.shared_data
 def test_finetune_with_declared_limits(store, hsw_slice):
     run = entry(store, "finetune", measurements=hsw_slice, epochs=1, max_minutes=0.1, train_limit=100)
     assert run.data.params["train_limit"] == "100" and "test_mape_vs_measured" in run.data.metrics
     assert store["client"].search_model_versions(f"run_id='{run.info.run_id}'")
 
 
+@pytest.mark.shared_data
 def test_adaptation_small_with_sizes(store, hsw_slice):
     """Before: `-P sizes=40` clashed with the study's own `sizes` ([40]) and the run failed."""
     run = entry(store, "adaptation", measurements=hsw_slice, small="true", sizes="40", step_budget=20)
@@ -141,6 +146,7 @@ def test_adaptation_small_with_sizes(store, hsw_slice):
     assert (store["home"] / "adaptation" / "adaptation.md").is_file()
 
 
+@pytest.mark.shared_data
 def test_collect_tables_then_optimize_table(store, hsw_slice):
     run = entry(store, "collect_tables", measurements=hsw_slice, limit=300, out="datasets/tables.parquet")
     assert (store["home"] / "datasets" / "tables.parquet").is_file() and run.data.metrics["blocks"] > 0
@@ -149,6 +155,7 @@ def test_collect_tables_then_optimize_table(store, hsw_slice):
     assert "surrogate_test_mape" in run.data.metrics and (store["home"] / "table.json").is_file()
 
 
+@pytest.mark.shared_data
 def test_optimize(store, hsw_slice):
     sampled = store["home"] / "datasets" / "sampled.parquet"
     cli = ["python", "-m", "surrogate_ops"]
@@ -156,7 +163,7 @@ def test_optimize(store, hsw_slice):
                      "train", "--out", str(sampled), "--quiet"],
                     ["train", "--data", str(sampled), "--init-from", "models:/llvm-mca-haswell/1", "--epochs", "1",
                      "--register", "llvm-mca-haswell-params", "--quiet"]):
-        out = subprocess.run(cli + command, env=store["env"], capture_output=True, text=True, timeout=600)
+        out = subprocess.run(cli + command, env=store["env"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
         assert out.returncode == 0, out.stderr[-3000:]
     run = entry(store, "optimize", measurements=hsw_slice, evaluations=300, checked=0, baseline="none", steps=5,
                 restarts=0, rounds=1, **{"search-blocks": 50, "test-limit": 50})

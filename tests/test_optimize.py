@@ -7,18 +7,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import bhive_csv, in_home, rows
+from support.cli import CLI, COMMAND_TIMEOUT, rows
+from support.data import bhive_csv
+from support.stores import in_home
 from surrogate_ops.datasets import split_of
 from surrogate_ops.programs import LlvmMca
 
-CLI = [sys.executable, "-m", "surrogate_ops"]
 PLANTED = {"dispatch_width": 2, "noalias": False}  # the 'machine' the measurements come from
 TEMPLATES = ["addq ${i}, %rax", "imulq %rcx, %rdx", "movq {o}(%rdi), %rsi", "movq %rbx, {o}(%rdi)",
              "vaddps %ymm1, %ymm2, %ymm{r}", "leaq {o}(%rsi,%rcx,4), %r8", "xorl %eax, %eax", "subq %rsi, %r9",
@@ -48,7 +48,7 @@ def lab(tmp_path_factory):
                      "--split", "train", "--out", str(sampled), "--quiet"],
                     ["train", "--data", str(sampled), "--init-from", "models:/llvm-mca-haswell@champion",
                      "--epochs", "3", "--register", "planted-params", "--quiet"]):
-        out = subprocess.run([*CLI, *command], capture_output=True, text=True, env=env, timeout=600)
+        out = subprocess.run([*CLI, *command], capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
         assert out.returncode == 0, out.stderr[-3000:]
     return {"root": root, "env": env, "csv": measurements, "sampled": sampled, "blocks": blocks}
 
@@ -89,6 +89,7 @@ def test_settings_llvm_mca_runs_alike_get_the_same_units(fixture_blocks):
     assert cycles[2] != cycles[3] and not (scaled[2] == scaled[3]).all()
 
 
+@pytest.mark.system
 def test_params_file_round_trip_into_llvm_mca(tmp_path, fixture_blocks):
     """optimize's params.json format, read by predict --program llvm-mca, gives what the llvm-mca
     binary itself answers when given those options on its command line."""
@@ -101,7 +102,8 @@ def test_params_file_round_trip_into_llvm_mca(tmp_path, fixture_blocks):
     block = fixture_blocks[1]["block"]
     (tmp_path / "blocks.s").write_text(block + "\n")
     out = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--params", str(params), "--input",
-                          str(tmp_path / "blocks.s")], capture_output=True, text=True, check=True)
+                          str(tmp_path / "blocks.s")], capture_output=True, text=True, check=True,
+                         timeout=COMMAND_TIMEOUT)
     ours = float(rows(out.stdout)[0]["cycles"])
     raw = subprocess.run(["llvm-mca", "-mtriple=x86_64-unknown-linux-gnu", "-mcpu=haswell", "-iterations=100",
                           "--dispatch=2", "--lqueue=3", "--noalias=false"], input=block + "\n",
@@ -110,6 +112,8 @@ def test_params_file_round_trip_into_llvm_mca(tmp_path, fixture_blocks):
     assert ours != LlvmMca("haswell").run([block])[0].cycles
 
 
+@pytest.mark.slow  # `lab`: labels and trains a conditioned surrogate through the command line
+@pytest.mark.system
 def test_sampled_collection_labels_each_block_under_its_setting(lab):
     from surrogate_ops import datasets
 
@@ -123,6 +127,8 @@ def test_sampled_collection_labels_each_block_under_its_setting(lab):
         assert LlvmMca("haswell", params=setting).run([row["block"]])[0].cycles == row["mca_cycles_haswell"]
 
 
+@pytest.mark.slow  # `lab`
+@pytest.mark.system
 def test_conditioned_surrogate_takes_parameters(lab):
     from surrogate_ops import registry
     from surrogate_ops.errors import SurrogateOpsError
@@ -142,6 +148,8 @@ def test_conditioned_surrogate_takes_parameters(lab):
         onnx.cycles(blocks, {"dispatch": 99})
 
 
+@pytest.mark.slow  # `lab`
+@pytest.mark.system
 def test_optimize_end_to_end_with_both_tuners(lab):
     import mlflow
 
@@ -151,7 +159,8 @@ def test_optimize_end_to_end_with_both_tuners(lab):
     budget = 1200
     out = subprocess.run([*CLI, "optimize", "--model", "models:/planted-params@champion", "--data", str(lab["csv"]),
                           "--budget", str(budget), "--search-blocks", "60", "--steps", "50", "--restarts", "4",
-                          "--out", str(out_json), "--quiet"], capture_output=True, text=True, env=lab["env"], timeout=600)
+                          "--out", str(out_json), "--quiet"], capture_output=True, text=True, env=lab["env"],
+                         timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out_json.read_text())
     LlvmMca("haswell", params=found)  # valid llvm-mca options and values
@@ -181,20 +190,26 @@ def test_optimize_end_to_end_with_both_tuners(lab):
     assert settings["surrogate"]["options"] == found
 
 
+@pytest.mark.slow  # `lab`
+@pytest.mark.system
+@pytest.mark.server  # --ray local: a Ray instance on loopback
 def test_optimize_checks_on_a_ray_cluster_find_what_local_checks_find(lab):
     """`--ray local`: every llvm-mca run of the search and of the held-out scoring goes to Ray's
     tasks; llvm-mca answers alike there, so the search ends where the local one does."""
     args = [*CLI, "optimize", "--model", "models:/planted-params@champion", "--data", str(lab["csv"]),
             "--budget", "1200", "--search-blocks", "60", "--steps", "30", "--restarts", "2", "--baseline", "optuna",
             "--quiet"]
-    local = subprocess.run(args, capture_output=True, text=True, env=lab["env"], timeout=600)
-    on_ray = subprocess.run([*args, "--ray", "local"], capture_output=True, text=True, env=lab["env"], timeout=600)
+    local = subprocess.run(args, capture_output=True, text=True, env=lab["env"], timeout=COMMAND_TIMEOUT)
+    on_ray = subprocess.run([*args, "--ray", "local"], capture_output=True, text=True, env=lab["env"],
+                            timeout=COMMAND_TIMEOUT)
     assert local.returncode == 0 and on_ray.returncode == 0, on_ray.stderr[-3000:]
     assert "llvm-mca on the Ray cluster at local" in on_ray.stderr
     table = [line for line in local.stdout.splitlines() if line.startswith("  ")]
     assert len(table) == 3 and table == [line for line in on_ray.stdout.splitlines() if line.startswith("  ")]
 
 
+@pytest.mark.slow  # `lab`
+@pytest.mark.system
 def test_optimize_refuses_a_budget_below_the_surrogate_cost(lab):
     out = subprocess.run([*CLI, "optimize", "--model", "models:/planted-params@champion", "--data", str(lab["csv"]),
                           "--budget", "10", "--quiet"], capture_output=True, text=True, env=lab["env"], timeout=300)

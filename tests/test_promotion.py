@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,8 @@ from mlflow import MlflowClient
 
 from surrogate_ops import datasets, promotion, registry
 
-from conftest import in_home
-
-CLI = [sys.executable, "-m", "surrogate_ops"]
+from support.cli import CLI, COMMAND_TIMEOUT
+from support.stores import in_home
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +35,7 @@ def home(fresh_home) -> Path:
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["SURROGATE_OPS_HOME"] = str(home)
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
 
 
 def logged_run(stdout: str):
@@ -65,6 +63,8 @@ def walkthrough(tmp_path_factory, data):
         yield home, trained.stdout, aliases("llvm-mca-haswell")
 
 
+@pytest.mark.slow  # `walkthrough`: 400 blocks labeled, a model trained with `train`
+@pytest.mark.system
 def test_first_training_under_a_bundled_name_enters_as_challenger(walkthrough):
     home, stdout, registered = walkthrough
     # the bundled surrogate is version 1 and stays champion; the user's model is version 2, challenger
@@ -75,6 +75,8 @@ def test_first_training_under_a_bundled_name_enters_as_challenger(walkthrough):
     assert bundled.tags["source"] == "bundled with surrogate-ops" and bundled.description.startswith("bundled")
 
 
+@pytest.mark.slow  # `walkthrough`
+@pytest.mark.system
 def test_promote_refuses_what_the_champion_serves_and_force_moves_it(walkthrough):
     home, _, _ = walkthrough
     with in_home(home):
@@ -121,6 +123,7 @@ def test_promote_on_an_empty_store_starts_from_the_bundled_surrogate(home):
     assert registry.version_tags("llvm-mca-skylake", "1")["source"] == "bundled with surrogate-ops"
 
 
+@pytest.mark.system
 def test_evaluate_takes_a_bhive_csv_and_logs_its_figures(home, fixture_blocks, tmp_path):
     """The CSV `finetune` takes (hex,throughput), labeled by llvm-mca once; the figures on the run."""
     rows = [f"{b['hex']},{1.2 * b['haswell']['cycles']:.1f}" for b in fixture_blocks]

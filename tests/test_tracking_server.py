@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -25,13 +24,16 @@ import numpy as np
 import psycopg
 import pytest
 from mlflow import MlflowClient
-from service_helpers import GOOD, free_port, post, running
 
+from support.cli import CLI, COMMAND_TIMEOUT
+from support.data import GOOD
+from support.servers import free_port, post, running
 from surrogate_ops import registry, tracking
 from surrogate_ops.inference import Predictor
 from surrogate_ops.tracking_server import DATABASE, ROLE, BasicAuth, MlflowServer, Postgres
 
-CLI = [sys.executable, "-m", "surrogate_ops"]
+# PostgreSQL and an MLflow server started here; the tests that share `team` are slow by its start alone
+pytestmark = [pytest.mark.server, pytest.mark.system]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def team(tmp_path_factory):
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "generated.parquet"
     subprocess.run([*CLI, "collect", "--generate", "1500", "--generate-seed", "3", "--quiet", "--out", str(out)],
-                   check=True, capture_output=True, timeout=600)
+                   check=True, capture_output=True, timeout=COMMAND_TIMEOUT)
     return out
 
 
@@ -97,18 +99,20 @@ def _rows(database: Postgres, query: str, *args) -> list[tuple]:
         return connection.execute(query, args).fetchall()
 
 
+@pytest.mark.slow
 def test_collect_train_register_promote_serve(team, data, tmp_path):
     database, server = team
     home = tmp_path / "home"
     env = _env(home, server)
     for _ in range(2):
-        out = subprocess.run(_train(data, env, "team"), capture_output=True, text=True, env=env, timeout=600)
+        out = subprocess.run(_train(data, env, "team"), capture_output=True, text=True, env=env,
+                             timeout=COMMAND_TIMEOUT)
         assert out.returncode == 0, out.stderr
     assert "registered models:/team/2 (aliases: challenger)" in out.stdout
-    out = subprocess.run([*CLI, "promote", "team"], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([*CLI, "promote", "team"], capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0 and "challenger v2" in out.stdout, out.stderr
     out = subprocess.run([*CLI, "evaluate", "--model", "models:/team@champion", "--data", str(data)],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0 and "vs llvm-mca" in out.stdout, out.stderr
     # the registry is PostgreSQL's, the model files the server's; nothing was written beside the client
     assert _rows(database, "select version from model_versions where name = %s order by version", "team") == [(1,), (2,)]
@@ -127,12 +131,13 @@ def test_collect_train_register_promote_serve(team, data, tmp_path):
     assert np.allclose([c for _, c in answered], expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_trainings_register_into_one_model_at_once(team, data, tmp_path):
     database, server = team
     env = _env(tmp_path / "home", server)
     runs = [subprocess.Popen(_train(data, env, "race", "--seed", str(seed)), env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
-    outputs = [run.communicate(timeout=600) for run in runs]
+    outputs = [run.communicate(timeout=COMMAND_TIMEOUT) for run in runs]
     for run, (stdout, stderr) in zip(runs, outputs):
         assert run.returncode == 0, stderr
         assert "lock" not in stderr.lower()
@@ -144,6 +149,7 @@ def test_two_trainings_register_into_one_model_at_once(team, data, tmp_path):
     assert client.get_model_version_by_alias("race", "champion").version == "1"
 
 
+@pytest.mark.slow
 def test_a_server_restart_mid_training_loses_no_metric(team, data, tmp_path):
     """The server is killed (SIGKILL, no clean shutdown) after the second epoch and started again
     seconds later; the training's client retries, and every epoch's metrics are in the store."""
@@ -167,7 +173,7 @@ def test_a_server_restart_mid_training_loses_no_metric(team, data, tmp_path):
     time.sleep(3)
     assert proc.poll() is None  # training goes on while the server is away
     server.start()
-    stdout, stderr = proc.communicate(timeout=600)
+    stdout, stderr = proc.communicate(timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, stderr
     steps = [m.step for m in client.get_metric_history(run_id, "val_mape")]
     assert sorted(steps) == list(range(1, epochs + 1))  # every epoch once
@@ -191,6 +197,7 @@ def _http(url: str, method: str, path: str, body: dict | None = None, login: dic
         return error.code
 
 
+@pytest.mark.slow
 def test_the_mlflow_server_asks_every_client_for_an_account(team):
     """Without a login, nobody reads, deletes a registered model or moves its champion; with the
     admin's, the same calls work."""
@@ -219,6 +226,7 @@ def _psql_as_nobody(database: Postgres, host: str, user: str) -> subprocess.Comp
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs psql as another user (runuser)")
+@pytest.mark.slow
 def test_other_users_of_the_host_get_no_connection_to_postgres(team):
     """Another local user (nobody) connects neither as MLflow's role nor as the superuser without
     the password, and cannot reach the socket; MLflow's role is no superuser and runs no programs."""
@@ -235,6 +243,7 @@ def test_other_users_of_the_host_get_no_connection_to_postgres(team):
         _rows(database, "copy (select 1) to program 'id'")
 
 
+@pytest.mark.slow
 def test_postgres_keeps_its_socket_private_and_runs_without_group_root(team):
     """The socket's folder and the password file are their owners' alone; PostgreSQL's processes
     have no root group (as root, the server user's own group alone)."""
@@ -248,6 +257,7 @@ def test_postgres_keeps_its_socket_private_and_runs_without_group_root(team):
         assert "0" not in status["Gid"].split() + status["Groups"].split(), status["Groups"]
 
 
+@pytest.mark.slow
 def test_no_password_is_on_any_command_line(team):
     """`ps` shows every process's command line to everyone: neither PostgreSQL's nor MLflow's
     password is on one (the server, its workers, PostgreSQL's processes)."""
@@ -280,6 +290,7 @@ def _stop(proc: subprocess.Popen) -> str:
     return rest
 
 
+@pytest.mark.slow
 def test_tracking_server_restarts_with_its_data_and_its_credentials():
     """`surrogate-ops tracking-server` prints how a client logs in; stopped and started again on
     the same folder, the same login works, PostgreSQL's password is the same, and a registered

@@ -19,9 +19,8 @@ from surrogate_ops import config, datasets, promotion, registry
 from surrogate_ops.inference import Predictor
 from surrogate_ops.train import TrainConfig, train
 
-from conftest import interruptible
+from support.cli import CLI, COMMAND_TIMEOUT, interruptible
 
-CLI = [sys.executable, "-m", "surrogate_ops"]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +48,7 @@ def quick(data: Path, **overrides) -> TrainConfig:
     return TrainConfig(**{"data": str(data), "arch": "hier", "preset": "tiny", "epochs": 3, "threads": 1, **overrides})
 
 
+@pytest.mark.slow  # `dataset`: 1,500 blocks of local binaries labeled, then again as measurements
 def test_train_logs_and_registers(home, dataset):
     result = train(quick(dataset), register="unit", progress=False)
     run = mlflow.get_run(result.run_id)
@@ -72,6 +72,8 @@ def test_train_logs_and_registers(home, dataset):
     assert float(tags["test_mape_vs_mca"]) == pytest.approx(run.data.metrics["test_mape_vs_mca"], rel=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_evaluate_prints_the_figures_training_logged(home, dataset):
     result = train(quick(dataset), register="unit", progress=False)
     env = {**os.environ, "SURROGATE_OPS_HOME": str(home)}
@@ -85,6 +87,7 @@ def test_evaluate_prints_the_figures_training_logged(home, dataset):
     assert "llvm-mca itself: MAPE 16.67%" in out.stdout
 
 
+@pytest.mark.slow
 def test_pyfunc_model_needs_no_internals(home, dataset):
     train(quick(dataset), register="unit", progress=False)
     blocks = list(datasets.load(dataset)["block"][:20]) + [".include \"/etc/passwd\""]
@@ -104,6 +107,7 @@ def test_pyfunc_model_needs_no_internals(home, dataset):
     assert "Warning" not in proc.stderr and "warning" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_promotion_moves_champion_only_when_no_worse(home, dataset):
     first = train(quick(dataset, epochs=4), register="unit", progress=False)
     weak = train(quick(dataset, epochs=1, lr=1e-5, warmup_steps=1), register="unit", progress=False)
@@ -123,6 +127,7 @@ def test_promotion_moves_champion_only_when_no_worse(home, dataset):
     assert registry.version_tags("unit", strong.registered.version)["promotion"] in ("promoted", "rejected")
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(home, dataset):
     a = train(quick(dataset, epochs=2), progress=False)
     b = train(quick(dataset, epochs=2), progress=False)
@@ -130,6 +135,8 @@ def test_training_is_deterministic(home, dataset):
     assert a.metrics["test_mape_vs_mca"] == b.metrics["test_mape_vs_mca"]
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_interrupted_training_resumes(home, dataset):
     env = {**os.environ, "SURROGATE_OPS_HOME": str(home)}
     args = [*CLI, "train", "--data", str(dataset), "--preset", "tiny", "--epochs", "40", "--patience", "40",
@@ -148,7 +155,7 @@ def test_interrupted_training_resumes(home, dataset):
     done = len(MlflowClient().get_metric_history(run_id, "val_mape"))
     assert 1 <= done < 40
     resumed = subprocess.run([*CLI, "train", "--data", str(dataset), "--resume", run_id, "--quiet"],
-                             capture_output=True, text=True, env=env, timeout=600)
+                             capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr
     steps = [m.step for m in MlflowClient().get_metric_history(run_id, "val_mape")]
     assert steps == list(range(1, 41))  # each epoch once: picked up after the last checkpoint
@@ -175,6 +182,7 @@ def test_bad_training_inputs_are_clear(home, dataset):
         train(quick(dataset), resume="0123", progress=False)
 
 
+@pytest.mark.system
 def test_source_weights_repeat_training_rows(home, dataset):
     """--weight counts a source's training rows several times (or a share of them); the validation
     split is left alone; a glob no source matches, or a factor that is not positive, is an error."""
@@ -191,10 +199,13 @@ def test_source_weights_repeat_training_rows(home, dataset):
     assert weighted(rows, {}, np.random.default_rng(0)) is rows
     with pytest.raises(SurrogateOpsError, match="no training row's source matches"):
         weighted(rows, {"corners-*": 2}, np.random.default_rng(0))
-    result = subprocess.run([*CLI, "train", "--data", str(dataset), "--weight", "bhive=x"], capture_output=True, text=True)
+    result = subprocess.run([*CLI, "train", "--data", str(dataset), "--weight", "bhive=x"], capture_output=True,
+                            text=True, timeout=COMMAND_TIMEOUT)
     assert result.returncode != 0 and "expected SOURCE=FACTOR" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_mlflow_run_entry_point(home, dataset):
     """`mlflow run . -e train --env-manager local` trains and registers through the CLI."""
     root = Path(__file__).resolve().parents[1]
@@ -203,7 +214,8 @@ def test_mlflow_run_entry_point(home, dataset):
     proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(root), "-e", "train", "--env-manager", "local",
                            "-P", f"data={dataset}", "-P", "preset=tiny",
                            "-P", "epochs=1", "-P", "register=from-project"],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=home)  # its ./mlruns in the home
+                          capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT,
+                          cwd=home)  # its ./mlruns in the home
     assert proc.returncode == 0, proc.stderr[-3000:]
     version = MlflowClient().get_model_version_by_alias("from-project", "champion")
     run = mlflow.get_run(version.run_id)
@@ -212,6 +224,7 @@ def test_mlflow_run_entry_point(home, dataset):
 
 
 @pytest.mark.parametrize("arch", ["bert", "ithemal"])
+@pytest.mark.slow
 def test_every_architecture_trains_and_exports(home, dataset, arch):
     result = train(quick(dataset, arch=arch, epochs=1), progress=False)
     meta = result.model.meta
