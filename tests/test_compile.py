@@ -6,7 +6,6 @@ import json
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,9 @@ from surrogate_ops.inference import Predictor
 from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.registry import BUNDLED
 
-from conftest import FIXTURES, rows
+from support.cli import CLI, COMMAND_TIMEOUT, rows
+from support.data import FIXTURES
 
-CLI = [sys.executable, "-m", "surrogate_ops"]
 BLOCKS = [b["block"] for b in json.loads((FIXTURES / "blocks.json").read_text())["blocks"]]
 
 
@@ -60,13 +59,15 @@ def test_arm64_build_is_an_aarch64_library(model, tmp_path):
     assert elf_machine(Path(build.library)) == 183  # EM_AARCH64
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_compile_verify_runs_the_arm64_build_under_emulation(tmp_path, monkeypatch):
     """`compile --target arm64 --verify`: the aarch64 library, run here by QEMU with an aarch64 TVM
     runtime on real blocks, agrees with ONNX Runtime; the report goes with the build's record and
     the version's tags. A build checked against another model's ONNX graph is refused, with its record."""
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     out = subprocess.run([*CLI, "compile", "--target", "arm64", "--verify", "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True, env=env, timeout=900)
+                         capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr
     assert elf_machine(tmp_path / "out" / "arm64.so") == 183
     record = json.loads((tmp_path / "out" / "arm64.json").read_text())
@@ -118,10 +119,12 @@ def test_tvm_engine_without_a_build_is_a_clear_error(tmp_path):
     assert Predictor(tmp_path / "m", engine="auto").engine_name == "onnxruntime"
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_compile_command_logs_and_tags_the_build(tmp_path):
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     out = subprocess.run([*CLI, "compile", "--platform", "x86", "--out", str(tmp_path / "out")], capture_output=True,
-                         text=True, env=env, timeout=600)
+                         text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "out" / "x86.so").is_file() and "TVM vs ONNX Runtime" in out.stdout
     assert "ONNX (opset 18, dynamic batch/instructions/tokens): onnxruntime vs torch on 7 blocks: max abs diff" in out.stdout
@@ -146,11 +149,14 @@ def test_compile_command_logs_and_tags_the_build(tmp_path):
     assert np.allclose(values[0], values[1], rtol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_deploy_script_builds_every_target(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     out = subprocess.run(["bash", str(root / "deploy" / "build_all.sh"), "models:/llvm-mca-haswell@champion",
-                          str(tmp_path / "builds")], capture_output=True, text=True, env=env, timeout=900)
+                          str(tmp_path / "builds")], capture_output=True, text=True, env=env,
+                          timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "builds").glob("*.so")) == ["arm64.so", "cuda.so", "x86.so"]
     assert "missing" not in out.stdout + out.stderr
@@ -167,6 +173,8 @@ def test_cuda_engine_without_a_gpu_is_a_clear_error(model, tmp_path):
     assert Predictor(copy, engine="auto").engine_name == "onnxruntime"
 
 
+@pytest.mark.slow
+@pytest.mark.system
 def test_tuned_build_is_recorded_and_serves_the_batches_that_fit(tmp_path):
     """A real (short) meta-schedule session: one kernel, one round, at a small static shape."""
     from mlflow import MlflowClient
@@ -177,7 +185,7 @@ def test_tuned_build_is_recorded_and_serves_the_batches_that_fit(tmp_path):
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     out = subprocess.run([*CLI, "compile", "--platform", "x86", "--out", str(tmp_path / "out"), "--tune-minutes", "0.01",
                           "--tune-kernels", "1", "--tune-shape", "32x4x8"], capture_output=True, text=True, env=env,
-                         timeout=900)
+                         timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "x86-tuned.json").read_text())
     assert record["shape"] == [32, 4, 8] and record["rounds"] == 1 and record["trials"] >= 1

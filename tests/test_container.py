@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from service_helpers import CLI, store_with
 
+from support.cli import CLI, COMMAND_TIMEOUT
+from support.stores import store_with
+
+pytestmark = pytest.mark.system  # `surrogate-ops containerize`
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,11 +24,13 @@ def home(tmp_path_factory) -> Path:
     return store_with(tmp_path_factory, edge_test="llvm-mca-haswell")
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_the_image_answers_as_the_host_service_does(home, tmp_path):
     env = {**os.environ, "SURROGATE_OPS_HOME": str(home), "BENTOML_HOME": str(tmp_path / "bentoml")}
     image = f"localhost/surrogate-ops-test:{os.getpid()}"
     built = subprocess.run([*CLI, "containerize", "--model", "models:/edge-test@champion", "--image", image],
-                           capture_output=True, text=True, env=env, timeout=1500)
+                           capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert built.returncode == 0, (built.stdout + built.stderr)[-3000:]
     try:
         assert f"built {image} (" in built.stdout and "on localhost/surrogate-ops-base:bookworm" in built.stdout
@@ -41,7 +46,7 @@ def test_the_image_answers_as_the_host_service_does(home, tmp_path):
         report = tmp_path / "smoke.json"
         smoke = subprocess.run([sys.executable, str(ROOT / "deploy" / "smoke_test.py"), image, "--blocks", "512",
                                 "--repeats", "1", "--json", str(report)], capture_output=True, text=True, env=env,
-                               timeout=600)
+                               timeout=COMMAND_TIMEOUT)
         assert smoke.returncode == 0, (smoke.stdout + smoke.stderr)[-3000:]
         figures = json.loads(report.read_text())
         assert figures["carries"] == {"haswell": "edge-test/1"} and figures["mismatches"] == 0
