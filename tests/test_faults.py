@@ -15,12 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import in_home
-from service_helpers import GOOD, UNKNOWN, free_port, post, running, script, status, store_with
 
+from support.cli import CLI, script
+from support.data import FIXTURES, GOOD, UNKNOWN
+from support.servers import free_port, post, running, status
+from support.stores import in_home, store_with
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.serving import wait_ready
 
+pytestmark = pytest.mark.system  # the service, a registry's writers or predict, each in processes of its own
 MODEL = "models:/svc-test@champion"
 TIMEOUT = 3  # seconds: SURROGATE_OPS_MCA_TIMEOUT in these tests
 HANG = "#!/bin/sh\nsleep 987654 &\nwait\n"  # a wrapper whose child would outlive a kill of the wrapper alone
@@ -48,6 +51,8 @@ def home(tmp_path_factory) -> Path:
     return store_with(tmp_path_factory, svc_test="llvm-mca-haswell")
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_a_hanging_llvm_mca_costs_a_request_its_timeout_at_most(home, tmp_path):
     hang = script(tmp_path, "llvm-mca", HANG)
     env = {"SURROGATE_OPS_LLVM_MCA": hang, "SURROGATE_OPS_MCA_TIMEOUT": str(TIMEOUT), "SURROGATE_OPS_MCA_RETRY": "60"}
@@ -69,6 +74,8 @@ def test_a_hanging_llvm_mca_costs_a_request_its_timeout_at_most(home, tmp_path):
     assert not orphans(), "a hanging llvm-mca's children outlived its timeout"
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_llvm_mca_crashing_hanging_and_recovering(home, tmp_path):
     """Crashing at start-up, then fixed; later hanging mid-run, then fixed: each failure is remembered
     for SURROGATE_OPS_MCA_RETRY seconds only, a timed-out chunk is not bisected into more timeouts,
@@ -106,6 +113,8 @@ def long_block(seed: int) -> str:
     return "\n".join(f"addq ${seed * 40 + k}, %r{8 + k % 8}\nimulq %r{8 + k % 8}, %rax" for k in range(20))
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_a_huge_request_does_not_stall_small_ones(home):
     big = {"blocks": [long_block(i) for i in range(1200)], "exact": True}
     with running(home, "--model", MODEL) as url:
@@ -124,6 +133,8 @@ def test_a_huge_request_does_not_stall_small_ones(home):
     assert fallback_done < big_elapsed, (fallback_done, big_elapsed)
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_floods_of_unique_and_of_long_lines_stay_bounded_in_memory(home):
     with running(home, "--model", MODEL, SURROGATE_OPS_MAX_BLOCKS="4096") as url:
         for _ in range(5):
@@ -140,6 +151,8 @@ def test_floods_of_unique_and_of_long_lines_stay_bounded_in_memory(home):
     assert after < 1.5 * warm, (warm, after)
 
 
+@pytest.mark.slow
+@pytest.mark.server
 def test_killing_the_server_frees_its_port(home):
     port = free_port()
     with running(home, "--model", MODEL, port=port) as url:
@@ -175,6 +188,7 @@ print(r.version, ",".join(r.aliases))
 """
 
 
+@pytest.mark.slow
 def test_writers_side_by_side_leave_the_aliases_as_the_rule_says(home, tmp_path):
     """Four registrations of one name at once (the later ones with fewer tags to write, so that an
     earlier version's alias write tends to land last): challenger ends on the newest version,
@@ -200,6 +214,7 @@ def test_writers_side_by_side_leave_the_aliases_as_the_rule_says(home, tmp_path)
     assert all(aliases <= {"challenger"} for version, aliases in said.items() if version not in (newest, oldest)), said
 
 
+@pytest.mark.server
 def test_client_errors_are_one_line_in_the_log(home):
     with running(home, "--model", MODEL) as url:
         assert post(url, b"{not json")[0] == 400
@@ -215,8 +230,6 @@ def test_sigterm_to_the_process_group_ends_predict(tmp_path):
     once. A worker killed while it held the pool's queue lock once left the parent waiting for it
     for ever (issue 29): here it exits within seconds, interrupted, leaving no process behind. The
     signal comes once the first chunk is answered, so the worker pool is up (idle or encoding)."""
-    from conftest import FIXTURES
-
     blocks = [b for b in (FIXTURES / "blocks.s").read_text().split("\n\n") if b.strip()]
     path = tmp_path / "many.s"
     path.write_text("".join(f"{blocks[k % len(blocks)]}\naddq ${k}, %rax\n\n" for k in range(400_000)))
@@ -224,7 +237,7 @@ def test_sigterm_to_the_process_group_ends_predict(tmp_path):
     for delay in (0.0, 0.7, 1.4):
         out = tmp_path / "out.csv"
         with open(out, "w") as stdout:
-            proc = subprocess.Popen([sys.executable, "-m", "surrogate_ops", "predict", "--input", str(path)],
+            proc = subprocess.Popen([*CLI, "predict", "--input", str(path)],
                                     stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
         deadline = time.monotonic() + 120
         while out.stat().st_size < 4096 and proc.poll() is None and time.monotonic() < deadline:

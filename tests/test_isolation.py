@@ -17,8 +17,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from service_helpers import CLI, GOOD, post, running, script, status, store_with
 
+from support.cli import CLI, script
+from support.data import GOOD
+from support.servers import post, running, status
+from support.stores import store_with
 from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.programs import LlvmMca
 
@@ -59,6 +62,8 @@ def test_a_block_that_escaped_the_gate_cannot_change_its_neighbours_answers():
         assert [r.cycles for i, r in enumerate(results) if i != 1] == alone(VICTIMS), hostile
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_hostile_blocks_change_no_answer_in_one_request_or_across_requests(service):
     expected = alone(VICTIMS)
     mixed = [VICTIMS[0], *HOSTILE, *VICTIMS[1:]]
@@ -76,6 +81,7 @@ def test_hostile_blocks_change_no_answer_in_one_request_or_across_requests(servi
         assert all(future.result()[0] == 200 for future in attacks)
 
 
+@pytest.mark.system
 def test_a_hostile_block_in_a_file_changes_no_other_answer(home, tmp_path):
     source = tmp_path / "blocks.s"
     source.write_text("addq $11, %rbx\n\na:.if 0\n\nimulq $13, %rcx, %rdx\n\naddq $17, %rsi\n")
@@ -92,6 +98,9 @@ def slow(k: int) -> str:
     return "\n".join([f"addq ${k}, %r8", *["divq %rcx"] * 511])
 
 
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.system
 def test_one_clients_slow_blocks_do_not_hold_another_client(home):
     """16 blocks of about a second each (once one chunk of 16, past the timeout twice, all failed) are
     all answered, and a one-block request sent beside them waits less than the llvm-mca timeout."""
@@ -119,6 +128,8 @@ def _send_headers(url: str, headers: dict[str, str]) -> http.client.HTTPConnecti
     return connection
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_a_body_over_the_limit_is_refused_before_it_is_read(service):
     warm = status(service)["memory_mb"]
     started = time.monotonic()
@@ -146,11 +157,15 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(service):
 @pytest.mark.parametrize("body", [{"blocks": GOOD[:1], "exact": "yes"}, {"blocks": GOOD[:1], "max_error": True},
                                   {"blocks": GOOD[:1], "max_error": "0.05"}, {"blocks": GOOD[:1], "mpcu": "skylake"},
                                   {"blocks": GOOD[0]}, {"blocks": GOOD[:1], "exact": 1}])
+@pytest.mark.server
+@pytest.mark.system
 def test_fields_are_typed_strictly(service, body):
     code, text = post(service, body)
     assert code == 400, (body, code, text)
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_an_llvm_mca_that_crashes_on_every_simulation_is_remembered(home, tmp_path):
     """It answers --version, so it once looked fine to /ops/healthz while every request bisected its
     chunks into hundreds of crashing calls."""
@@ -170,6 +185,9 @@ def test_an_llvm_mca_that_crashes_on_every_simulation_is_remembered(home, tmp_pa
         assert code == 200 and calls.read_text().count("run") == before  # failed at once
 
 
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.system
 def test_a_worker_killed_outright_leaves_no_llvm_mca_behind_and_is_logged(home, tmp_path):
     """llvm-mca (here a wrapper whose child would outlive it) is running for a request when the
     worker is killed with SIGKILL: the worker that replaces it says so in the log and ends what it

@@ -16,9 +16,10 @@ import urllib.request
 
 import mlflow
 import pytest
-from conftest import in_home
-from service_helpers import GOOD, LONG, UNKNOWN, free_port, store_with
 
+from support.data import GOOD, LONG, UNKNOWN
+from support.servers import free_port
+from support.stores import in_home, store_with
 from surrogate_ops.config import PRETRAINED
 from surrogate_ops.inference import Predictor
 from surrogate_ops.programs import LlvmMca
@@ -74,6 +75,8 @@ def test_pyfunc_without_llvm_mca_refuses_untrusted_blocks(model, monkeypatch):
     assert directive["source"] == "error" and "'.p2align' is not allowed" in directive["error"]
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_mlflow_models_serve_answers_inputs(home, tmp_path):
     """`mlflow models serve` with `{"inputs": [...]}`: the same rows, as strict JSON (null, not NaN)."""
     port = free_port()

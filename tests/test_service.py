@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import in_home
-from service_helpers import CLI, GOOD, LONG, UNKNOWN, free_port, post, running, status, store_with
 
+from support.cli import CLI, COMMAND_TIMEOUT
+from support.data import GOOD, LONG, UNKNOWN
+from support.servers import free_port, post, running, status
+from support.stores import in_home, store_with
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.serving import (
     DEFAULT_POLICY,
@@ -64,6 +66,8 @@ def skylake_dir(home) -> Path:
         return registry.model_dir("models:/svc-skylake@champion")
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_answers_match_the_model_and_llvm_mca(service, model_dir, skylake_dir):
     from surrogate_ops.inference import Predictor
 
@@ -98,6 +102,8 @@ def test_answers_match_the_model_and_llvm_mca(service, model_dir, skylake_dir):
     assert zen[0]["reason"] == "no surrogate for znver1 (this service has haswell, skylake)"
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_max_error_routes_exactly_the_blocks_estimated_above_it(service):
     """Every surrogate answer carries the error head's estimate; with max_error, exactly the blocks
     estimated above it are llvm-mca's answers, which keep the estimate and say why."""
@@ -123,6 +129,8 @@ def test_max_error_routes_exactly_the_blocks_estimated_above_it(service):
     assert "estimates_error" in status(service)["surrogates"]["haswell"]
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_bad_input_gets_clear_answers(service):
     assert post(service, {"blocks": GOOD[:1] * 301})[0] == 413
     assert post(service, {"blocks": ["addq %rax, %rbx\n" * 150] * 30})[0] == 413  # 72 kB of text
@@ -144,6 +152,8 @@ def test_bad_input_gets_clear_answers(service):
     assert "directive" in answers[1]["error"] and "comment" in answers[4]["error"]
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_concurrent_clients_get_their_single_request_answers(service):
     requests = [{"blocks": GOOD[i % 5: i % 5 + 6] + ([UNKNOWN] if i % 3 == 0 else []), "exact": i % 4 == 0,
                  "mcpu": "skylake" if i % 7 == 0 else "haswell"} for i in range(32)]
@@ -204,6 +214,8 @@ def test_concurrent_network_calls_run_gathered():
     assert (network_of.calls, network_of.gathered) == (4, 1)
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_a_relative_model_directory_is_served(home, tmp_path, monkeypatch):
     """The server runs in a folder of its own: a directory named relative to where `serve` was
     typed must still be the model it loads."""
@@ -219,6 +231,8 @@ def test_a_relative_model_directory_is_served(home, tmp_path, monkeypatch):
         assert code == 200 and {a["source"] for a in answers} == {"surrogate"}
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_without_a_model_the_service_stays_up_on_llvm_mca(home):
     with running(home, "--model", str(home / "no-such-model"), **LIMITS) as url:
         status = json.loads(urllib.request.urlopen(f"{url}/ops/healthz").read())
@@ -228,6 +242,8 @@ def test_without_a_model_the_service_stays_up_on_llvm_mca(home):
         assert answers[0]["reason"].startswith("no surrogate loaded")
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_the_fallback_runs_llvm_mca_with_tuned_parameters(home, tmp_path):
     """serve --params (an `optimize --out` file): llvm-mca answers with those knobs on the model's
     mcpu (haswell when there is no model), with its defaults on others."""
@@ -249,6 +265,8 @@ def test_the_fallback_runs_llvm_mca_with_tuned_parameters(home, tmp_path):
     assert out.returncode != 0 and "dispatch_width: 0 is outside [1, 12]" in out.stderr
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_the_fallback_runs_the_learned_table_that_ships(home):
     """serve --params learned:haswell: llvm-mca answers through the parametric driver under the
     packaged learned table; healthz names the table by its size."""
@@ -266,6 +284,9 @@ def test_the_fallback_runs_the_learned_table_that_ships(home):
         assert [r.cycles for r in tuned] != [r.cycles for r in LlvmMca().run(blocks)]
 
 
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.system
 def test_crashing_or_missing_llvm_mca_leaves_the_surrogate_answering(home, tmp_path):
     crash = tmp_path / "llvm-mca"
     crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
@@ -314,12 +335,13 @@ def test_a_large_call_encoded_by_worker_processes_answers_as_one_process_does(mo
     assert sources == {"surrogate", "llvm-mca", "error"}
 
 
+@pytest.mark.system
 def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
     env = {**os.environ, "SURROGATE_OPS_HOME": str(home), "BENTOML_HOME": str(tmp_path / "bentoml")}
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"dispatch": 3}))
     out = subprocess.run([*CLI, "bento", "--model", "models:/svc-test@champion", "--params", str(params)],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "carrying svc-test v1" in out.stdout and "surrogate-ops containerize --bento surrogate-ops:" in out.stdout
     (bento,) = (tmp_path / "bentoml" / "bentos" / "surrogate-ops").glob("*/bento.yaml")
@@ -338,6 +360,8 @@ def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
     assert json.loads((root / "src" / "params.json").read_text()) == {"dispatch_width": 3}  # the fallback's knobs, checked
 
 
+@pytest.mark.server
+@pytest.mark.system
 def test_llvm_mca_answers_are_cached_and_counted(service):
     """llvm-mca is deterministic: a block asked again is answered from the cache, with llvm-mca's own
     cycles; /ops/healthz gives the hit rate and the blocks by source and rule, /metrics the same for
