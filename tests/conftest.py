@@ -13,11 +13,6 @@ import pytest
 
 from support.data import FIXTURES, bhive_absent
 
-# Re-exported while test files still import these helpers from here; each moves to `support` in turn.
-from support.cli import interruptible, rows  # noqa: F401
-from support.data import BHIVE, bhive_csv  # noqa: F401
-from support.stores import in_home  # noqa: F401
-
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test marked `shared_data` reads BHive's measurements in ../shared, which the repository does

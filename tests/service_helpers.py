@@ -1,7 +1,6 @@
-"""The service helpers moved to the support package (support/__init__.py); re-exported here while
-test files still import them from this module."""
+"""Kept only for tests/test_readme.py, which still imports `store_with` from here: the shared helpers
+are in the support package now (support/__init__.py). Import from support.stores, then delete this."""
 
-from support.cli import CLI, script  # noqa: F401
-from support.data import FIXTURES, GOOD, LONG, UNKNOWN  # noqa: F401
-from support.servers import Service, free_port, post, running, status  # noqa: F401
-from support.stores import store_with  # noqa: F401
+from support.stores import store_with
+
+__all__ = ["store_with"]
