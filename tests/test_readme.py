@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from service_helpers import store_with
+from support.stores import store_with
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
