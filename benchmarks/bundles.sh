@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The bundled surrogates' recipe (issue 31): the data they were fine-tuned on, and the fine-tunes.
-# Not part of the tests; about an hour of labeling and 80 minutes of training on 2 cores. Run from an
+# Not part of the tests; about an hour and a half of labeling and two hours of training on 2 cores. Run from an
 # empty directory: bash /path/to/benchmarks/bundles.sh /path/to/shared/data/bhive
 #
 # Data: BHive's three measurement files; generated blocks of every density (forms: LLVM's
@@ -88,4 +88,38 @@ finetune() {
   done
 }
 finetune haswell 13 7 znver2 13 7 ivybridge 13 7 & finetune skylake 13 7 znver3 18 9 & wait
-echo "copy llvm-mca-<cpu>/ over $PRETRAINED/llvm-mca-<cpu>/ once benchmarks/real_code.py and fidelity.py approve them"
+
+# round 3: SIMD. The SIMD-heavy libraries at 3,000 blocks each (llvm-mca's refusals of AVX-512 split out, not
+# bisected) and chains of vector forms per CPU, added to mix2; each round-2 network fine-tuned once more
+# with the loops, corner cases, vector chains and SIMD libraries weighted up (train --weight)
+grep -E "libx265|libSvtAv1Enc|libaom|libonnxruntime.so|libarrow_compute|_multiarray_umath|libxgboost|libjpeg|libavif|libpng16|libwebp" \
+  big.txt > simd.txt
+surrogate-ops collect $(binaries simd.txt) --per-binary 3000 $ALL --out simd.parquet --quiet
+for cpu in "${CPUS[@]}"; do
+  surrogate-ops collect --generate 12000 --generate-seed 14 --density vectors --mcpu "$cpu" --out "vectors-$cpu.parquet" --quiet
+done
+python -c "from surrogate_ops import datasets; import glob
+print(datasets.combine(['mix2.parquet', 'simd.parquet'] + sorted(glob.glob('vectors-*.parquet')), 'mix3.parquet', leave_out=['heldout.parquet']))"
+WEIGHTS="--weight generated:loops:*=3 --weight generated:corners:*=2 --weight generated:vectors:*=2"
+for lib in libx265 libSvtAv1Enc libaom onnxruntime libarrow_compute _multiarray_umath libxgboost libjpeg libavif libpng16 libwebp; do
+  WEIGHTS="$WEIGHTS --weight *$lib*=2"
+done
+round3() {
+  for cpu in "$@"; do
+    export SURROGATE_OPS_HOME=$PWD/home-$cpu
+    surrogate-ops train --data mix3.parquet --init-from "llvm-mca-$cpu" --mcpu "$cpu" --epochs 6 --patience 3 --lr 3e-4 \
+      --max-minutes 10 --threads 1 $WEIGHTS --save-dir "net3-$cpu" --quiet
+    surrogate-ops confidence --model "net3-$cpu" --data mix3.parquet --save-dir "llvm-mca3-$cpu" --quiet
+  done
+}
+round3 haswell ivybridge znver2 & round3 skylake znver3 & wait
+# round 3b, skylake and znver3 only: two more epochs at 1e-4 with the loops weighted 8x (round 3 left skylake's
+# mixed probe and a znver3 classic over 10%); their llvm-mca3b-<cpu> are the bundles
+round3b() {
+  cpu=$1; export SURROGATE_OPS_HOME=$PWD/home-$cpu
+  surrogate-ops train --data mix3.parquet --init-from "net3-$cpu" --mcpu "$cpu" --epochs 2 --patience 2 --lr 1e-4 \
+    --max-minutes 6 --threads 1 ${WEIGHTS/loops:\*=3/loops:*=8} --save-dir "net3b-$cpu" --quiet
+  surrogate-ops confidence --model "net3b-$cpu" --data mix3.parquet --save-dir "llvm-mca3b-$cpu" --quiet
+}
+round3b skylake & round3b znver3 & wait
+echo "copy llvm-mca3-<cpu>/ (llvm-mca3b-<cpu> for skylake and znver3) over $PRETRAINED/llvm-mca-<cpu>/ once benchmarks/real_code.py and fidelity.py approve them"
