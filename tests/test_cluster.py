@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import CLI, COMMAND_TIMEOUT
+from support.cli import CLI, COMMAND_TIMEOUT, script
 from surrogate_ops import datasets
 from surrogate_ops.programs.cluster import LOOPBACK
 
@@ -121,7 +122,13 @@ def test_a_killed_worker_node_loses_no_block(cluster, local_labels, tmp_path):
 @pytest.mark.slow
 @pytest.mark.server
 def test_an_interrupted_cluster_run_resumes(cluster, local_labels, tmp_path):
+    """Interrupted after its first part, the run says how to resume; run again, it labels only the
+    rest. llvm-mca takes a second a chunk here, so that the run is still going when this test,
+    starved of CPU on a busy machine, sees the first part (6,000 blocks label in seconds)."""
     address, env, _ = cluster
+    slow = script(tmp_path, "llvm-mca", f'#!/bin/sh\ncase "$*" in *-iterations=*) sleep 1;; esac\n'
+                                        f'exec {shutil.which("llvm-mca")} "$@"\n')
+    env = {**env, "SURROGATE_OPS_LLVM_MCA": slow}
     out = tmp_path / "ray.parquet"
     args = _collect(out, "--ray", address, "--part-rows", "1000")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -129,6 +136,7 @@ def test_an_interrupted_cluster_run_resumes(cluster, local_labels, tmp_path):
     deadline = time.time() + 300
     while not list(partial.glob("part-*.parquet")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()  # still labeling when it is interrupted
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "run the same command again to resume" in err, err
