@@ -1,6 +1,6 @@
 """BentoML service: basic-block throughput from the promoted surrogate, llvm-mca where it is not trusted.
 
-Configuration (environment):
+Configuration (environment, read by `surrogate_ops.config.Settings`, which documents each variable):
     SURROGATE_OPS_MODEL     models:/NAME@ALIAS or model directories, comma-separated, one per mcpu
                             [default: ./models/<mcpu>/ beside this file when a bento carries them,
                             else the champion of every bundled CPU's surrogate from the MLflow registry]
@@ -8,12 +8,13 @@ Configuration (environment):
     SURROGATE_OPS_LLVM_MCA  the llvm-mca binary for the fallback (default: llvm-mca on PATH)
     SURROGATE_OPS_MCA_PARAMS  JSON of llvm-mca parameters for the fallback on the model's mcpu (from
                             `surrogate-ops optimize --out`) [default: ./params.json when a bento carries one]
-    SURROGATE_OPS_MAX_BLOCKS, _MAX_INSTRUCTIONS, _MAX_BYTES, _MCA_TIMEOUT, _MCA_CHUNK, _MCA_GATHER, _MCA_RETRY,
-    _LINE_CACHE: request limits, llvm-mca's timeout per call, how many waiting blocks of concurrent requests
-                            one llvm-mca call gathers, and how long a failed llvm-mca is left alone
     SURROGATE_OPS_THREADS   requests answered at once [default: 8]
-
-    SURROGATE_OPS_MAX_BODY  bytes of a request's body, refused (413) before it is read [default: 9 MiB]
+    SURROGATE_OPS_MAX_BLOCKS, SURROGATE_OPS_MAX_INSTRUCTIONS, SURROGATE_OPS_MAX_BYTES, SURROGATE_OPS_MAX_BODY,
+    SURROGATE_OPS_MCA_TIMEOUT, SURROGATE_OPS_MCA_RETRY, SURROGATE_OPS_MCA_CHUNK, SURROGATE_OPS_MCA_GATHER,
+    SURROGATE_OPS_LINE_CACHE and the rest of `serving.Limits`: request limits (a body over MAX_BODY is refused
+                            with 413 before it is read), llvm-mca's timeout per call and how long a failed
+                            llvm-mca is left alone, how many waiting blocks of concurrent requests one
+                            llvm-mca call gathers
 
     POST /predict       {"blocks": ["<asm>", ...], "mcpu": "haswell", "exact": false, "max_error": 0.05}
                         (typed strictly: "exact": "yes" or an unknown field is a 400, not a guess)
@@ -40,6 +41,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 
+from surrogate_ops.config import settings
 from surrogate_ops.llvm_tools import end_orphans
 from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.serving import Limits, Rejected, Server
@@ -50,8 +52,9 @@ ops = FastAPI(title="surrogate-ops operations")
 
 
 def _model_uri() -> str:
-    if os.environ.get("SURROGATE_OPS_MODEL"):
-        return os.environ["SURROGATE_OPS_MODEL"]
+    model = settings().model
+    if model:
+        return model
     carried = sorted(p for p in BUNDLED_MODELS.glob("*") if ModelDir.holds_one(p)) if BUNDLED_MODELS.is_dir() else []
     if carried:
         return ",".join(map(str, carried))
@@ -61,7 +64,7 @@ def _model_uri() -> str:
 
 
 def _mca_params() -> dict | None:
-    path = os.environ.get("SURROGATE_OPS_MCA_PARAMS") or (str(BUNDLED_PARAMS) if BUNDLED_PARAMS.is_file() else None)
+    path = settings().mca_params or (BUNDLED_PARAMS if BUNDLED_PARAMS.is_file() else None)
     return json.loads(Path(path).read_text()) if path else None
 
 
@@ -192,14 +195,14 @@ def _metrics(server: Server) -> None:
 
 
 @bentoml.asgi_app(ops, path="/ops")
-@bentoml.service(name="surrogate-ops", workers=1, threads=int(os.environ.get("SURROGATE_OPS_THREADS") or 8),
+@bentoml.service(name="surrogate-ops", workers=1, threads=settings().threads,
                  traffic={"timeout": 120, "max_concurrency": 256})
 class Surrogate:
     def __init__(self) -> None:
         _die_with_parent()
         _take_over()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrors())
-        self.server = Server.from_uri(_model_uri(), llvm_mca=os.environ.get("SURROGATE_OPS_LLVM_MCA"),
+        self.server = Server.from_uri(_model_uri(), llvm_mca=settings().llvm_mca,
                                       limits=Limits.from_environment(), mca_params=_mca_params())
         _metrics(self.server)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from surrogate_ops import presets
+from surrogate_ops import config, presets
 from surrogate_ops.config import DEFAULT_MODEL, DEFAULT_MODEL_URI, DEVICES
 from surrogate_ops.errors import SurrogateOpsError
 
@@ -77,14 +77,14 @@ def _checked_params(path: str) -> dict:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--llvm-mca", "llvm_mca", metavar="PATH", envvar="SURROGATE_OPS_LLVM_MCA",
+@click.option("--llvm-mca", "llvm_mca", metavar="PATH",
               help="llvm-mca to run (default: the one on PATH; also SURROGATE_OPS_LLVM_MCA).")
 @click.version_option(package_name="surrogate-ops")
 def cli(llvm_mca: str | None) -> None:
     """Neural surrogates of programs, starting with llvm-mca: collect labeled blocks, train,
     register, compile, serve, and fine-tune on measured throughput."""
-    if llvm_mca:
-        os.environ["SURROGATE_OPS_LLVM_MCA"] = llvm_mca
+    if llvm_mca:  # for this process and the ones it starts (labeling workers, the service)
+        config.export(llvm_mca=llvm_mca)
 
 
 @cli.command()
@@ -896,20 +896,16 @@ def serve(model_uris, host, port, params, tracking_uri) -> None:
             # one leaves the service up on llvm-mca alone, saying why, as a model that fails to load does
             model_uris[k] = str(Path(model_uri).resolve())
     model_uri = ",".join(model_uris)
-    env = {**os.environ, "SURROGATE_OPS_MODEL": model_uri, "MLFLOW_TRACKING_URI": tracking_uri}
+    env = {**config.child_environ(model=model_uri), "MLFLOW_TRACKING_URI": tracking_uri}
     if "BENTOML_HOME" not in env:  # BentoML keeps its Prometheus files there: one home per port, or servers mix them
-        from surrogate_ops import config
-
         env["BENTOML_HOME"] = str(config.work_dir() / "bentoml" / f"serve-{port}")
     if params:
         checked = _checked_params(params)  # a wrong name or value fails here, before the server starts
-        from surrogate_ops import config
-
         # the service reads a file: the settings as checked (a packaged table's, notes left out)
         written = config.work_dir() / "params" / f"serve-{port}.json"
         written.parent.mkdir(parents=True, exist_ok=True)
         written.write_text(json.dumps(checked))
-        env["SURROGATE_OPS_MCA_PARAMS"] = str(written)
+        env = config.child_environ(env, mca_params=written)
     command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(bento.service_dir()),
                "--host", host, "--port", str(port)]
     click.echo(f"serving {model_uri} on http://{host}:{port} (POST /predict, GET /ops/healthz, /docs)")
@@ -987,7 +983,7 @@ def build_native(force: bool) -> None:
     from surrogate_ops.llvm_tools import find_tool
     from surrogate_ops.programs import parametric
 
-    click.echo(parametric.build(find_tool("llvm-mca", os.environ.get("SURROGATE_OPS_LLVM_MCA")), force=force))
+    click.echo(parametric.build(find_tool("llvm-mca"), force=force))  # SURROGATE_OPS_LLVM_MCA, else PATH
 
 
 @cli.command("tracking-uri")

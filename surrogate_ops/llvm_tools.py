@@ -1,7 +1,7 @@
 """Locating the LLVM command-line tools (llvm-mca, llvm-mc, llvm-objdump).
 
 Each tool is looked up in this order: an explicit path, its environment variable
-(`SURROGATE_OPS_LLVM_MCA`, `SURROGATE_OPS_LLVM_MC`, `SURROGATE_OPS_LLVM_OBJDUMP`), then PATH,
+(`SURROGATE_OPS_LLVM_MCA`, `SURROGATE_OPS_LLVM_MC`, `SURROGATE_OPS_LLVM_OBJDUMP`, read by `config`), then PATH,
 then the versioned names Debian installs (`llvm-mca-19`, ...). A missing tool is a
 `SurrogateOpsError` that says how to install it.
 
@@ -28,10 +28,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from surrogate_ops.config import TOOL_PARENT, settings
 from surrogate_ops.errors import SurrogateOpsError
 
-TIMEOUT = float(os.environ.get("SURROGATE_OPS_MCA_TIMEOUT") or 30)  # seconds a call may take unless told otherwise
-RETRY = float(os.environ.get("SURROGATE_OPS_MCA_RETRY") or 10)  # seconds a failed probe is remembered
 T = TypeVar("T")
 
 
@@ -42,12 +41,12 @@ class ToolTimeout(SurrogateOpsError):
 def run_tool(command: Sequence[str], stdin: str = "", timeout: float | None = None,
              nice: int = 0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a tool with `stdin` as input, in its own process group; past `timeout` seconds (default
-    `TIMEOUT`) the whole group is killed and ToolTimeout raised. `nice` lowers its CPU priority (the
-    service keeps its own threads ahead of batch simulations). OSError when it cannot start."""
-    timeout = TIMEOUT if timeout is None else timeout
+    `Settings.mca_timeout`) the whole group is killed and ToolTimeout raised. `nice` lowers its CPU
+    priority (the service keeps its own threads ahead of batch simulations). OSError when it cannot start."""
+    timeout = settings().mca_timeout if timeout is None else timeout
     if _SETPRIV and shutil.which(command[0]) is None:  # as Popen would say it, not as setpriv's exit status
         raise FileNotFoundError(2, "No such file or directory", command[0])
-    env = {**(os.environ if env is None else env), PARENT: str(os.getpid())}
+    env = {**(os.environ if env is None else env), TOOL_PARENT: str(os.getpid())}
     proc = subprocess.Popen([*_DIE_WITH_PARENT, *command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     if nice:
@@ -66,7 +65,6 @@ def run_tool(command: Sequence[str], stdin: str = "", timeout: float | None = No
     return subprocess.CompletedProcess(list(command), proc.returncode, out, err)
 
 
-PARENT = "SURROGATE_OPS_TOOL_PARENT"
 # setpriv (util-linux, on every Debian) runs the tool with the parent-death signal set: SIGKILL when the
 # thread that started it dies, as it does when its process is killed outright. Not a preexec_fn, which
 # is not safe in a process with threads (the service is one).
@@ -77,7 +75,7 @@ _DIE_WITH_PARENT = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
 def end_orphans(parent: int) -> int:
     """Kill the process groups of the tools a process `parent`, now gone, started and left running
     (found by the id `run_tool` put in their environment; a wrapper's children too); how many."""
-    marker = f"{PARENT}={parent}".encode() + b"\0"
+    marker = f"{TOOL_PARENT}={parent}".encode() + b"\0"
     groups = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -127,7 +125,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def remembered(probe: Callable[..., T]) -> Callable[..., T]:
     """`probe(*key, timeout=)` asked once per key: its answer is kept for good; its failure (a
     SurrogateOpsError or OSError) is raised again, without running, for `retry` seconds (default
-    `RETRY`), then the probe runs again. Callers of one key at the same time wait on one run."""
+    `Settings.mca_retry`), then the probe runs again. Callers of one key at the same time wait on one run."""
     answers: dict[tuple, T] = {}
     failures: dict[tuple, tuple[float, str]] = {}  # key -> (monotonic time to try again, message)
     locks: dict[tuple, threading.Lock] = {}
@@ -147,9 +145,9 @@ def remembered(probe: Callable[..., T]) -> Callable[..., T]:
             if failed and now < failed[0]:
                 raise SurrogateOpsError(f"{failed[1]} (asked {failed[0] - now:.0f} s from now again)")
             try:
-                answer = probe(*key, timeout=TIMEOUT if timeout is None else timeout)
+                answer = probe(*key, timeout=settings().mca_timeout if timeout is None else timeout)
             except (SurrogateOpsError, OSError) as exc:
-                failures[key] = (time.monotonic() + (RETRY if retry is None else retry), str(exc))
+                failures[key] = (time.monotonic() + (settings().mca_retry if retry is None else retry), str(exc))
                 raise SurrogateOpsError(str(exc)) from None
             failures.pop(key, None)
             answers[key] = answer
@@ -163,8 +161,8 @@ _VERSIONED = tuple(range(22, 13, -1))  # llvm-mca-21 ... llvm-mca-14
 
 def find_tool(name: str, explicit: str | None = None) -> str:
     """Absolute path of LLVM tool `name` (e.g. "llvm-mca"), or a SurrogateOpsError saying how to get it."""
-    env_var = "SURROGATE_OPS_" + name.upper().replace("-", "_")
-    for candidate, origin in ((explicit, "the given path"), (os.environ.get(env_var), env_var)):
+    configured, env_var = settings().tool(name)
+    for candidate, origin in ((explicit, "the given path"), (configured, env_var)):
         if candidate:
             path = shutil.which(candidate)
             if path is None:

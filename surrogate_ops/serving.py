@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from surrogate_ops import llvm_tools
 from surrogate_ops.blocks.asm import BlockError, normalize_block
+from surrogate_ops.config import settings
 from surrogate_ops.errors import SurrogateOpsError
 
 
@@ -57,21 +57,25 @@ class Limits:
     max_instructions: int = 512  # instructions per block (the model's own limit is lower: those go to llvm-mca)
     max_bytes: int = 4 << 20  # bytes of assembly per request
     max_body: int = 9 << 20  # bytes of a request's body, JSON and all, refused before it is read (the service's)
-    mca_timeout: float = llvm_tools.TIMEOUT  # seconds per llvm-mca call (one chunk of blocks, or a start-up probe)
+    mca_timeout: float = field(default_factory=lambda: settings().mca_timeout)  # seconds per llvm-mca call (one chunk
+    # of blocks, or a start-up probe); SURROGATE_OPS_MCA_TIMEOUT, for every call of an LLVM tool
     mca_chunk: int = 64  # blocks per llvm-mca call
     mca_chunk_instructions: int = 1024  # instructions per llvm-mca call: long blocks run a few a call, so that
     # no call, gathered or not, holds a core for long (512 divides take about a second) and a slow request's
     # chunks take turns with other requests' instead of running past the timeout
     mca_gather: int = 64  # blocks of concurrent requests' waiting chunks one llvm-mca call may gather (0: none)
     network_gather: int = 2048  # blocks of concurrent requests one call of a surrogate's network may gather (0: none)
-    mca_retry: float = llvm_tools.RETRY  # seconds a failed or hanging llvm-mca is left alone before it is tried again
+    mca_retry: float = field(default_factory=lambda: settings().mca_retry)  # seconds a failed or hanging llvm-mca is
+    # left alone before it is tried again; SURROGATE_OPS_MCA_RETRY, as for every LLVM tool
     line_cache: int = 1 << 15  # distinct lines remembered, shared out among the surrogates (about 1 KB each)
     mca_cache_bytes: int = 16 << 20  # llvm-mca's answers remembered, by the bytes of their blocks' text
 
     @classmethod
     def from_environment(cls) -> Limits:
-        env = {f: os.environ.get(f"SURROGATE_OPS_{f.upper()}") for f in cls.__dataclass_fields__}
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in env.items() if v})
+        """The service's limits: each one its SURROGATE_OPS_* variable sets (`config.Settings`, a field
+        of the same name) over its default."""
+        given = settings()
+        return cls(**{k: getattr(given, k) for k in cls.__dataclass_fields__ if getattr(given, k) is not None})
 
 
 @dataclass

@@ -37,8 +37,9 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from surrogate_ops import llvm_tools, presets
+from surrogate_ops import presets
 from surrogate_ops.blocks.asm import BlockError, normalize_block
+from surrogate_ops.config import settings
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import ToolTimeout, find_tool, remembered, run_tool, tool_options, tool_version
 from surrogate_ops.programs import parametric
@@ -121,7 +122,8 @@ class LlvmMca(Program):
                  timeout: float | None = None, retry: float | None = None, nice: int = 0,
                  cluster: Cluster | None = None):
         """`timeout`: seconds per llvm-mca call (default: 30 plus 0.2 per block of a chunk; probes
-        `llvm_tools.TIMEOUT`); `retry`: seconds a failed probe or a hang is remembered; `nice`: the
+        `Settings.mca_timeout`); `retry`: seconds a failed probe or a hang is remembered (default
+        `Settings.mca_retry`); `nice`: the
         simulations' CPU priority below the caller's; `cluster`: run the chunks on a Ray cluster's
         CPUs (`programs.cluster`) instead of `workers` local processes."""
         self.path = find_tool("llvm-mca", path)
@@ -298,7 +300,7 @@ class LlvmMca(Program):
             return None
         if self.params and fails(self.with_params(None).command()) is None:  # only this setting fails
             return f"llvm-mca {why} under this setting ({json.dumps(self.params, sort_keys=True)})"
-        retry = llvm_tools.RETRY if self.retry is None else self.retry
+        retry = settings().mca_retry if self.retry is None else self.retry
         why = f"llvm-mca {why}; tried again after {retry:g} s"
         _hanging[self.path] = (time.monotonic() + retry, why)
         return f"llvm-mca unavailable: {why}"
@@ -322,7 +324,7 @@ class LlvmMca(Program):
         try:
             run_tool([self.path, "--version"], timeout=0.5)
         except (ToolTimeout, OSError):
-            retry = llvm_tools.RETRY if self.retry is None else self.retry
+            retry = settings().mca_retry if self.retry is None else self.retry
             why = f"llvm-mca hangs (a call ran past {timeout:g} s and --version did not answer); tried again after {retry:g} s"
             _hanging[self.path] = (time.monotonic() + retry, why)
             return [Result(error=f"llvm-mca timed out after {timeout:g} s: it hangs")] * len(blocks)
