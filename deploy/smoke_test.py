@@ -33,6 +33,7 @@ from pathlib import Path
 
 from surrogate_ops import containers
 from surrogate_ops.blocks.generate import generate
+from surrogate_ops.config import Source
 from surrogate_ops.serving import wait_ready
 
 UNKNOWN = "pclmulqdq $0, %xmm1, %xmm2\naddq %rax, %rbx"  # a token outside the bundled vocabularies
@@ -97,7 +98,7 @@ def differences(container: list[dict], host: list[dict]) -> tuple[list[str], flo
     for i, (a, b) in enumerate(zip(container, host, strict=True)):
         if (a.get("source"), a.get("reason"), a.get("error")) != (b.get("source"), b.get("reason"), b.get("error")):
             problems.append(f"block {i}: container {a} vs host {b}")
-        elif a.get("source") == "surrogate":
+        elif a.get("source") == Source.SURROGATE:
             worst = max(worst, abs(a["cycles"] - b["cycles"]) / max(abs(b["cycles"]), 1e-9))
         elif a.get("cycles") != b.get("cycles"):
             problems.append(f"block {i}: llvm-mca cycles {a.get('cycles')} in the container, {b.get('cycles')} here")
@@ -145,7 +146,7 @@ def main() -> None:
             in_image, on_host = answers(image_url, held_out, mcpu), answers(host_url, held_out, mcpu)
             found, rel = differences(in_image, on_host)
             problems, worst = problems + found, max(worst, rel)
-            fallback = sum(a["source"] == "llvm-mca" for a in on_host)
+            fallback = sum(a["source"] == Source.LLVM_MCA for a in on_host)
             rates: dict[str, list[float]] = {"container": [], "host": []}
             for _ in range(args.repeats):
                 for name, url in (("container", image_url), ("host", host_url)):

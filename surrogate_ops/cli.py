@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from surrogate_ops import config, presets
-from surrogate_ops.config import DEFAULT_MODEL, DEFAULT_MODEL_URI, DEVICES
+from surrogate_ops.config import AUTO_ENGINE, DEFAULT_MODEL, DEFAULT_MODEL_URI, DEVICES, ENGINE_CHOICES, EngineName, Source
 from surrogate_ops.errors import SurrogateOpsError
 
 # Choices come from the preset tables (data), read without importing torch or TVM, so --help is quick.
@@ -352,7 +352,8 @@ def confidence(model_uri, data, split, mcpu, epochs, register, save_dir, trackin
                    "as `finetune` reads it).")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
 @click.option("--mcpu", help="Microarchitecture to compare on [default: the model's].")
-@click.option("--engine", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--engine", type=click.Choice([EngineName.ONNXRUNTIME.value, EngineName.TORCH.value]),
+              default=EngineName.ONNXRUNTIME.value, show_default=True)
 @_tracking_option
 def evaluate(model_uri, data, split, mcpu, engine, tracking_uri) -> None:
     """Print MAPE and Kendall's tau of a model against llvm-mca and measured throughput.
@@ -455,8 +456,7 @@ def promote(name, data, force, check, tracking_uri) -> None:
 @click.option("--params", metavar="JSON",
               help="llvm-mca parameters: for --program llvm-mca, or the setting a parameter-conditioned surrogate "
                    "predicts." + PARAMS_HELP)
-@click.option("--engine", type=click.Choice(["auto", "onnxruntime", "tvm", "tvm-cuda", "torch", "torch-cuda"]),
-              default="auto", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default=AUTO_ENGINE, show_default=True,
               help="Surrogate engine; auto: the TVM build (this CPU's, or the CUDA one where a GPU is) when it "
                    "was measured faster here, else ONNX Runtime.")
 @click.option("--no-fallback", is_flag=True,
@@ -502,7 +502,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
         server.check_max_error(mcpu, max_error)
     out = csv.writer(click.get_text_stream("stdout"), lineterminator="\n")
     out.writerow(["index", "cycles", "source", "reason", "estimated_error"])
-    answered, sources = 0, {"surrogate": 0, "llvm-mca": 0, "error": 0}
+    answered, sources = 0, dict.fromkeys(Source, 0)
     for chunk in itertools.chain([first], reading):  # a chunk at a time: memory stays bounded on files of millions of blocks
         answers = server.answer(chunk.blocks, mcpu, exact=exact, first=chunk.start, fallback=not no_fallback,
                                 params=setting, max_error=max_error) if chunk.blocks else []
@@ -512,15 +512,15 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
                 answer = {"error": chunk.unreadable[i]}
             if "error" in answer:
                 error = _name_block(index, answer["error"])
-                out.writerow([index, "", "error", error, ""])
+                out.writerow([index, "", Source.ERROR, error, ""])
                 click.echo(error, err=True)
-                sources["error"] += 1
+                sources[Source.ERROR] += 1
             else:
                 out.writerow([index, f"{answer['cycles']:g}", answer["source"],
                               "" if program else answer.get("reason", ""), answer.get("estimated_error", "")])
                 sources[answer["source"]] += 1
         answered += len(answers)
-    if sources["llvm-mca"] and not program or sources["error"]:
+    if sources[Source.LLVM_MCA] and not program or sources[Source.ERROR]:
         click.echo(f"{answered:,} blocks: " + ", ".join(f"{n:,} {source}" for source, n in sources.items() if n), err=True)
 
 

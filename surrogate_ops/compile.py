@@ -35,6 +35,7 @@ import numpy as np
 
 from surrogate_ops import datasets, emulation, engines
 from surrogate_ops.blocks import SAMPLE_BLOCKS
+from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.export import agreement, compare, example_batch, relax_module
 from surrogate_ops.modeldir import Builds, ModelDir
@@ -163,7 +164,7 @@ def _check(build: Build, model: ModelDir, tokens: np.ndarray) -> Build:
     """TVM against ONNX Runtime on real blocks: agreement (an error above tolerance) and speed."""
     device = "cuda" if build.tvm_target["kind"] == "cuda" else "cpu"
     reference, candidate = engines.onnx_engine(model), engines.tvm_library(Path(build.library), device)
-    agreement = compare(reference(tokens), candidate(tokens), ("onnxruntime", f"tvm-{build.platform}"))
+    agreement = compare(reference(tokens), candidate(tokens), (EngineName.ONNXRUNTIME, f"tvm-{build.platform}"))
     return Build(**{**asdict(build), "max_abs_diff": agreement.max_abs, "max_rel_diff": agreement.max_rel,
                     "blocks_per_s": engines.time_engine(candidate, tokens),
                     "onnxruntime_blocks_per_s": engines.time_engine(reference, tokens)})
@@ -173,7 +174,7 @@ def _check_emulated(build: Build, model: ModelDir, tokens: np.ndarray, log) -> B
     """A foreign build run under emulation against ONNX Runtime here on real blocks; refused above
     `EMULATED_RTOL`. The record is written either way, so a refused build says why."""
     ran = emulation.run_build(build.platform, Path(build.library), tokens, log=log)
-    found = agreement(engines.onnx_engine(model)(tokens), ran.outputs, ("onnxruntime", f"tvm-{build.platform}"))
+    found = agreement(engines.onnx_engine(model)(tokens), ran.outputs, (EngineName.ONNXRUNTIME, f"tvm-{build.platform}"))
     build = Build(**{**asdict(build), "max_abs_diff": found.max_abs, "max_rel_diff": found.max_rel,
                      "verified": f"{len(tokens)} blocks under {ran.emulator} (Python {ran.python}, TVM {ran.tvm} runtime) "
                                  "against ONNX Runtime here",

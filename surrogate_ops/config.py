@@ -1,5 +1,5 @@
 """Settings and named choices: the one place surrogate-ops reads its environment, and the words it
-uses for devices.
+uses for engines, answer sources and devices.
 
 Settings. Every `SURROGATE_OPS_*` variable is read here, by its literal name, into one frozen
 `Settings` (its docstring lists each name, meaning and default); the rest of the package asks
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum, unique
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -254,6 +255,31 @@ DEFAULT_MODEL_URI = model_uri(DEFAULT_MCPU)  # what single-model commands use by
 # Their values are what files, CSV columns and HTTP answers hold: never change one.
 Device = Literal["cpu", "cuda", "auto"]  # where training runs (`loop.device`); auto: cuda where torch sees a GPU
 DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
+
+
+@unique
+class EngineName(StrEnum):
+    """What runs a surrogate's network (`engines.ENGINES` has a loader for each)."""
+
+    ONNXRUNTIME = "onnxruntime"  # the ONNX export on ONNX Runtime's CPU provider
+    TVM = "tvm"  # this host's TVM build
+    TVM_CUDA = "tvm-cuda"  # the CUDA TVM build
+    TORCH = "torch"  # the training module on the CPU
+    TORCH_CUDA = "torch-cuda"  # the training module on a CUDA GPU
+
+
+AUTO_ENGINE = "auto"  # not an engine: the one measured fastest on this host (`engines.fastest`)
+ENGINE_CHOICES: tuple[str, ...] = (AUTO_ENGINE, *(e.value for e in EngineName))  # plain strings: click matches an Enum by its name
+
+
+@unique
+class Source(StrEnum):
+    """Who answered a block: the `source` of the service's answers and of `predict`'s and
+    `coverage`'s rows, and a label of the service's metrics."""
+
+    SURROGATE = "surrogate"
+    LLVM_MCA = "llvm-mca"  # the real program, where the surrogate is not trusted or not asked
+    ERROR = "error"  # nobody: the block's error instead of cycles
 
 
 if __name__ == "__main__":  # `python -m surrogate_ops.config`: the work directory (MLproject runs its commands there)

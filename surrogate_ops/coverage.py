@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from surrogate_ops import datasets
-from surrogate_ops.config import DEFAULT_MCPU
+from surrogate_ops.config import DEFAULT_MCPU, Source
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.modeldir import ModelDir, bundled_names
@@ -74,7 +74,7 @@ class CpuCoverage:
 
     @property
     def answered(self) -> int:
-        return int((self.rows["source"] == "surrogate").sum())
+        return int((self.rows["source"] == Source.SURROGATE).sum())
 
     @property
     def answered_share(self) -> float:
@@ -83,7 +83,7 @@ class CpuCoverage:
     def reasons(self) -> list[tuple[str, int]]:
         """The policy's rules (or `unreadable`) for the blocks the surrogate did not answer, with
         their counts, most frequent first."""
-        return Counter(self.rows.loc[self.rows["source"] != "surrogate", "rule"]).most_common()
+        return Counter(self.rows.loc[self.rows["source"] != Source.SURROGATE, "rule"]).most_common()
 
     def unknown_tokens(self) -> list[tuple[str, int]]:
         """Tokens outside the surrogate's vocabulary, each with the number of blocks it sent to llvm-mca."""
@@ -94,7 +94,7 @@ class CpuCoverage:
     def compared(self) -> pd.DataFrame:
         """The surrogate's own answers that llvm-mca also answered: what MAPE and tau are taken on."""
         rows = self.rows
-        return rows[(rows["source"] == "surrogate") & np.isfinite(rows["mca_cycles"]) & (rows["mca_cycles"] > 0)]
+        return rows[(rows["source"] == Source.SURROGATE) & np.isfinite(rows["mca_cycles"]) & (rows["mca_cycles"] > 0)]
 
     @property
     def mape_vs_mca(self) -> float | None:
@@ -209,16 +209,16 @@ def _row(index: int, record: datasets.Record, mcpu: str, answer: dict, result: R
     answer, or why it could not be read (`result` None: llvm-mca never saw it)."""
     ran = result is not None and result.ok
     row = {"file": record.source, "index": index, "hex": record.hex or "", "block": record.block or "", "mcpu": mcpu,
-           "source": "surrogate", "rule": "", "reason": "", "unknown_tokens": "", "cycles": np.nan,
+           "source": Source.SURROGATE, "rule": "", "reason": "", "unknown_tokens": "", "cycles": np.nan,
            "surrogate_cycles": answer.get("cycles", np.nan), "mca_cycles": result.cycles if ran else np.nan,
            "mca_error": result.error if result is not None and result.error else "",
            "estimated_error": answer.get("estimated_error", np.nan)}
     if fired is not None:  # the policy's: llvm-mca answers (its error if it cannot)
         rule, reason, unknown = fired
-        row.update(source="llvm-mca" if ran else "error", rule=rule, reason=reason,
+        row.update(source=Source.LLVM_MCA if ran else Source.ERROR, rule=rule, reason=reason,
                    unknown_tokens=" ".join(unknown), cycles=row["mca_cycles"])
     elif "cycles" not in answer:  # unreadable
-        row.update(source="error", rule=UNREADABLE, reason=answer.get("error", ""))
+        row.update(source=Source.ERROR, rule=UNREADABLE, reason=answer.get("error", ""))
     else:
         row["cycles"] = row["surrogate_cycles"]
     return row

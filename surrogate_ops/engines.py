@@ -17,7 +17,7 @@ token-only surrogates (the TVM builds, torch on CUDA) refuses it. The engines:
 This module only loads and times builds; making them is the compile stage's (`compile`,
 `tuning`), which imports this one and never the other way round. Platforms (where a build runs)
 are data: presets/platforms.json. To add an engine: a loader `(ModelDir, threads) -> Engine`
-in ENGINES.
+in ENGINES, under a new `config.EngineName`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from surrogate_ops import presets
+from surrogate_ops.config import AUTO_ENGINE, EngineName
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.modeldir import ModelDir
 
@@ -105,7 +106,7 @@ def torch_cuda_engine(model: ModelDir, threads: int | None = None) -> Engine:
     module = model.module().cuda()
 
     def run(tokens: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
-        _token_only("torch-cuda", params)
+        _token_only(EngineName.TORCH_CUDA, params)
         with torch.inference_mode():
             # pinned host memory: the copy to the device runs asynchronously
             return module(torch.from_numpy(tokens).pin_memory().cuda(non_blocking=True)).float().cpu().numpy()
@@ -215,10 +216,10 @@ def tvm_cuda_engine(model: ModelDir, threads: int | None = None) -> Engine:
 
 
 ENGINES: dict[str, Callable[[ModelDir, int | None], Engine]] = {
-    "torch": torch_engine, "onnxruntime": onnx_engine, "tvm": tvm_engine,
-    "tvm-cuda": tvm_cuda_engine, "torch-cuda": torch_cuda_engine}
-CONDITIONED = ("onnxruntime", "torch")  # the engines that take a parameter-conditioned surrogate
-LANE_ENGINES = ("onnxruntime", "torch")  # CPU engines whose calls may run side by side on threads
+    EngineName.TORCH: torch_engine, EngineName.ONNXRUNTIME: onnx_engine, EngineName.TVM: tvm_engine,
+    EngineName.TVM_CUDA: tvm_cuda_engine, EngineName.TORCH_CUDA: torch_cuda_engine}
+CONDITIONED = (EngineName.ONNXRUNTIME, EngineName.TORCH)  # the engines that take a parameter-conditioned surrogate
+LANE_ENGINES = (EngineName.ONNXRUNTIME, EngineName.TORCH)  # CPU engines whose calls may run side by side on threads
 
 
 def gpu_present() -> bool:
@@ -227,7 +228,7 @@ def gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
 
 
-def fastest(model: ModelDir) -> str:
+def fastest(model: ModelDir) -> EngineName:
     """The engine to use on this host: among the TVM builds that load here (this CPU's; the CUDA
     one where a GPU is), the one that beat ONNX Runtime by the most, each compared with the ONNX
     Runtime speed timed beside it on the same batch when it was built; else torch on the GPU where
@@ -236,20 +237,20 @@ def fastest(model: ModelDir) -> str:
     def gain(record: dict) -> float:
         return (record.get("blocks_per_s") or 0) / (record.get("onnxruntime_blocks_per_s") or float("inf"))
 
-    best, best_gain = "onnxruntime", 1.0
+    best, best_gain = EngineName.ONNXRUNTIME, 1.0
     if importlib.util.find_spec("tvm") is None:  # a slim serving install (a container image) has no TVM
-        return "torch-cuda" if gpu_present() and importlib.util.find_spec("torch") else best
+        return EngineName.TORCH_CUDA if gpu_present() and importlib.util.find_spec("torch") else best
     if importlib.util.find_spec("onnxruntime") is None and model.builds.record(HOST_PLATFORM):
-        return "tvm"  # a TVM-runtime install (the arm64 image): the build is the engine
-    for platform, engine in ((HOST_PLATFORM, "tvm"), ("cuda", "tvm-cuda")):
+        return EngineName.TVM  # a TVM-runtime install (the arm64 image): the build is the engine
+    for platform, engine in ((HOST_PLATFORM, EngineName.TVM), ("cuda", EngineName.TVM_CUDA)):
         build = model.builds.record(platform)
         if build is None or not runs_here(platform):
             continue
         build_gain = max(gain(build), gain(build.get("tuning") or {}))  # the tuned build was timed at its own shape
         if build_gain > best_gain:
             best, best_gain = engine, build_gain
-    if best == "onnxruntime" and gpu_present():
-        return "torch-cuda"
+    if best == EngineName.ONNXRUNTIME and gpu_present():
+        return EngineName.TORCH_CUDA
     return best
 
 
@@ -259,13 +260,13 @@ def load(name: str, model: ModelDir, threads: int | None = None, lane_threads: i
     `lane_threads`: the threads of one of several side-by-side calls, for a `LANE_ENGINES` engine
     not given `threads`."""
     conditioned = bool(model.program_parameters)
-    if name == "auto":
-        name = "onnxruntime" if conditioned else fastest(model)
-        if name == "torch-cuda":
+    if name == AUTO_ENGINE:
+        name = EngineName.ONNXRUNTIME if conditioned else fastest(model)
+        if name == EngineName.TORCH_CUDA:
             try:
                 return name, torch_cuda_engine(model, threads)
             except SurrogateOpsError:  # a GPU torch cannot use (a CPU-only torch build): the CPU engine
-                name = "onnxruntime"
+                name = EngineName.ONNXRUNTIME
     if name not in ENGINES:
         raise SurrogateOpsError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
     if conditioned and name not in CONDITIONED:

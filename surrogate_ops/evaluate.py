@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from surrogate_ops import datasets, plots, registry, tracking
+from surrogate_ops.config import EngineName
 from surrogate_ops.datasets import measured_rows, scaled_parameters
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.inference import Predictor
@@ -188,7 +189,7 @@ class Evaluated:
 
 
 def evaluation_run(model_uri: str | Path, data: str | Path, split: str = "test", mcpu: str | None = None,
-                   engine: str = "onnxruntime", progress: bool = True) -> Evaluated:
+                   engine: str = EngineName.ONNXRUNTIME, progress: bool = True) -> Evaluated:
     """Evaluate a registered surrogate (or a model directory) on `data`'s split in an MLflow run of
     its own (the project's run under `mlflow run`): the printed figures as metrics (answered_share
     among them: the share of the split's blocks the surrogate answered itself), the model, data,

@@ -22,6 +22,7 @@ from torch import nn
 
 from surrogate_ops import models
 from surrogate_ops.batching import pad
+from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.tokenizer import Tokenizer
@@ -121,7 +122,7 @@ def check_onnx(directory: ModelDir, blocks: Sequence[str]) -> Agreement:
         count = len(directory.meta["config"]["parameters"])
         params = np.random.default_rng(0).random((len(tokens), count), dtype=np.float32)
     reference = engines.torch_engine(directory)(tokens, params)
-    return compare(reference, engines.onnx_engine(directory)(tokens, params), ("torch", "onnxruntime"))
+    return compare(reference, engines.onnx_engine(directory)(tokens, params), (EngineName.TORCH, EngineName.ONNXRUNTIME))
 
 
 def onnx_opset(directory: ModelDir) -> int:

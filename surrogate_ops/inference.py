@@ -20,6 +20,7 @@ from surrogate_ops import engines
 from surrogate_ops.batching import Flat, run_batched
 from surrogate_ops.blocks import deps
 from surrogate_ops.blocks.asm import MAX_LINE, PREFIXES, BlockError, canonical_line, normalize_block
+from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.forking import fork_pool, inherited
 from surrogate_ops.modeldir import ModelDir
@@ -62,7 +63,7 @@ class Predictor:
     llvm-mca under a setting: `params` is one setting (a dict of parameter or option names, the
     rest at llvm-mca's defaults) or one row of scaled parameters per block; left out, the expert defaults."""
 
-    def __init__(self, model: str | Path | ModelDir, engine: str = "onnxruntime", threads: int | None = None,
+    def __init__(self, model: str | Path | ModelDir, engine: str = EngineName.ONNXRUNTIME, threads: int | None = None,
                  batch_size: int | None = None, line_cache: int = LINE_CACHE, workers: int | None = None):
         """`line_cache`: distinct raw lines remembered (about 1 KB each with what they hold): a
         service holding its memory to a budget remembers fewer than a batch run over millions.

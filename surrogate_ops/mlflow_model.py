@@ -25,13 +25,15 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from surrogate_ops.config import EngineName, Source  # light: the settings and the names of choices
+
 COLUMNS = ("cycles", "source", "reason", "estimated_error", "error")
 
 
 def _row(answer: dict) -> dict:
     """One answer of `Server.answer` as a row of the table (an error has no cycles and source `error`)."""
     if "error" in answer:
-        return {"cycles": None, "source": "error", "reason": None, "estimated_error": None, "error": answer["error"]}
+        return {"cycles": None, "source": Source.ERROR, "reason": None, "estimated_error": None, "error": answer["error"]}
     return {"cycles": answer["cycles"], "source": answer["source"], "reason": answer.get("reason"),
             "estimated_error": answer.get("estimated_error"), "error": None}
 
@@ -41,7 +43,7 @@ class SurrogateModel(PythonModel):
         from surrogate_ops.inference import Predictor
         from surrogate_ops.serving import Limits, Server
 
-        predictor = Predictor(context.artifacts["model_dir"], engine="onnxruntime")
+        predictor = Predictor(context.artifacts["model_dir"], engine=EngineName.ONNXRUNTIME)
         self.mcpu = predictor.meta.get("mcpu", "haswell")
         # a batch, as `predict`'s file, not a request: no block is refused for its length (llvm-mca answers it)
         self.server = Server(predictor, limits=Limits(max_instructions=1 << 30))

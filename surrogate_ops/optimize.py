@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from surrogate_ops import datasets, loop, plots, registry, tracking
 from surrogate_ops.batching import buckets, pad
+from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import kendall_tau
@@ -369,7 +370,7 @@ class Problem:
 def problem(config: OptimizeConfig, cluster: Cluster | None = None) -> Problem:
     """The surrogate, the space and the blocks, each checked against the budget before any work;
     llvm-mca runs on `cluster` where one is given."""
-    predictor = Predictor(registry.model_dir(config.model), engine="torch")
+    predictor = Predictor(registry.model_dir(config.model), engine=EngineName.TORCH)
     if not predictor.parameter_names:
         raise SurrogateOpsError(f"{config.model} is not parameter-conditioned: train one on data collected with "
                                 "`surrogate-ops collect --sample-params N`")

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from surrogate_ops.blocks.asm import BlockError, normalize_block
-from surrogate_ops.config import settings
+from surrogate_ops.config import AUTO_ENGINE, Source, settings
 from surrogate_ops.errors import SurrogateOpsError
 
 
@@ -330,7 +330,7 @@ class Server:
         for k, one in enumerate(models):
             try:
                 predictor = one if isinstance(one, Predictor) else Predictor(
-                    one, engine="auto", line_cache=max(self.limits.line_cache // len(models), 256))
+                    one, engine=AUTO_ENGINE, line_cache=max(self.limits.line_cache // len(models), 256))
             except Exception as exc:  # noqa: BLE001 - any failure leaves the service up on llvm-mca alone
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
@@ -484,7 +484,7 @@ class Server:
                 untrusted.append((block, reason, rule))
             else:
                 answers[i] = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
-                tally[mcpu, "error", rule] += 1
+                tally[mcpu, Source.ERROR, rule] += 1
         started = time.perf_counter()
         pending = self._llvm_mca([b for b, _, _ in untrusted], mcpu, params)  # runs while the surrogate answers
         doubtful: list[tuple[Block, str, str]] = []  # estimated above max_error: llvm-mca's, after the network
@@ -492,19 +492,19 @@ class Server:
         if trusted:
             cycles, estimates = self._network(predictor, mcpu, trusted, params, bulk)
             for k, (block, value) in enumerate(zip(trusted, cycles, strict=True)):
-                answer = {"cycles": float(value), "source": "surrogate"}
+                answer = {"cycles": float(value), "source": Source.SURROGATE}
                 if estimates is not None:
                     answer["estimated_error"] = estimated[block.index] = round(float(estimates[k]), 4)
                 if max_error is None or estimates is None or estimates[k] <= max_error:
                     answers[block.index - first] = answer
-                    tally[mcpu, "surrogate", ""] += 1
+                    tally[mcpu, Source.SURROGATE, ""] += 1
                     continue
                 reason = f"estimated error {estimates[k]:.1%}, over max_error {max_error:.1%}"
                 if fallback:
                     doubtful.append((block, reason, "max_error"))
                 else:
                     answers[block.index - first] = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
-                    tally[mcpu, "error", "max_error"] += 1
+                    tally[mcpu, Source.ERROR, "max_error"] += 1
         gathered = pending()
         if doubtful:
             gathered += self._llvm_mca([b for b, _, _ in doubtful], mcpu, params)()
@@ -514,7 +514,7 @@ class Server:
                 if block.index in estimated:
                     answer["estimated_error"] = estimated[block.index]
             answers[block.index - first] = answer
-            tally[mcpu, "llvm-mca" if "cycles" in answer else "error", rule] += 1
+            tally[mcpu, Source.LLVM_MCA if "cycles" in answer else Source.ERROR, rule] += 1
         waited = time.perf_counter() - started if untrusted or doubtful else 0.0
         self.tally.update(+tally)
         if self.observe:
@@ -624,7 +624,7 @@ class Server:
                 except Exception as exc:  # noqa: BLE001 - llvm-mca crashed or vanished mid-request
                     ran.extend([{"error": f"llvm-mca failed: {exc}"}] * len(chunk))
                     continue
-                ran.extend({"cycles": float(r.cycles), "source": "llvm-mca"} if r.error is None
+                ran.extend({"cycles": float(r.cycles), "source": Source.LLVM_MCA} if r.error is None
                            else {"error": r.error if r.error.startswith("llvm-mca") else f"llvm-mca: {r.error}"}
                            for r in results)
             fresh = iter(ran)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from surrogate_ops import datasets, loop, models, plots, registry, tracking
 from surrogate_ops.batching import buckets, pad
+from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import kendall_tau
@@ -305,7 +306,7 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
         raise SurrogateOpsError(f"unknown baseline {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")
     program = LlvmMca(config.mcpu, cluster=cluster)
     model_dir = registry.model_dir(config.model or str(Path(__file__).with_name("pretrained") / f"llvm-mca-{config.mcpu}"))
-    predictor = Predictor(model_dir, engine="torch")
+    predictor = Predictor(model_dir, engine=EngineName.TORCH)
     frame = datasets.measured_blocks(config.data, config.mcpu)
     train_rows, test_rows = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     if config.test_limit is not None:

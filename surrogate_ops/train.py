@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from surrogate_ops import datasets, loop, models, plots, registry, tracking
-from surrogate_ops.config import Device, work_dir
+from surrogate_ops.config import Device, EngineName, work_dir
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.evaluate import evaluate
 from surrogate_ops.export import save_model_dir
@@ -318,7 +318,7 @@ def _save(model: torch.nn.Module, prepared: Prepared, config: TrainConfig, frame
 
 def _score(model_dir: ModelDir, frame: pd.DataFrame, config: TrainConfig, metrics: dict) -> tuple[ModelDir, dict]:
     """Test-split figures (logged and written into the model's metadata), plots and the vocabulary."""
-    result = evaluate(Predictor(model_dir, engine="onnxruntime"), frame, config.mcpu, split="test")
+    result = evaluate(Predictor(model_dir, engine=EngineName.ONNXRUNTIME), frame, config.mcpu, split="test")
     metrics = {**{f"test_{k}": v for k, v in result.metrics.items()}, **metrics}
     mlflow.log_metrics(metrics)
     model_dir = model_dir.with_meta(metrics=metrics)

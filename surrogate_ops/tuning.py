@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from surrogate_ops import engines
+from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.export import compare, relax_module
 from surrogate_ops.modeldir import ModelDir
@@ -144,7 +145,7 @@ def _measure(library: Path, untuned, model: ModelDir, tokens: np.ndarray) -> dic
     time_engine = engines.time_engine
     tuned, reference = engines.tvm_library(library), engines.onnx_engine(model)
     main = relax.VirtualMachine(untuned, tvm.cpu())["main"]
-    agreement = compare(reference(tokens), tuned(tokens), ("onnxruntime", "tvm-tuned"))
+    agreement = compare(reference(tokens), tuned(tokens), (EngineName.ONNXRUNTIME, "tvm-tuned"))
     return {"max_rel_diff": agreement.max_rel,
             "blocks_per_s": time_engine(tuned, tokens),
             "untuned_blocks_per_s": time_engine(lambda x: main(tvm.runtime.tensor(x)).numpy(), tokens),

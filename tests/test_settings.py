@@ -144,3 +144,17 @@ def test_serve_writes_the_service_its_settings(clean_environment):
     assert env == {"PATH": "/bin", "SURROGATE_OPS_MODEL": "models:/m@champion", "SURROGATE_OPS_MCA_PARAMS": "/tmp/p.json"}
     assert Settings.from_environ(env).model == "models:/m@champion"
     assert "SURROGATE_OPS_MODEL" not in config.child_environ(env, model=None)
+
+
+def test_named_choices_keep_the_words_in_files_and_answers():
+    """The enums' values are what CSV columns, model records and HTTP answers hold."""
+    import json
+
+    from surrogate_ops.config import ENGINE_CHOICES, EngineName, Source
+
+    assert [s.value for s in Source] == ["surrogate", "llvm-mca", "error"]
+    assert ENGINE_CHOICES == ("auto", "onnxruntime", "tvm", "tvm-cuda", "torch", "torch-cuda")
+    assert all(type(choice) is str for choice in ENGINE_CHOICES)  # click would match an Enum by its NAME
+    assert json.dumps({"source": Source.LLVM_MCA}) == '{"source": "llvm-mca"}' and f"{EngineName.TVM_CUDA}" == "tvm-cuda"
+    engines = pytest.importorskip("surrogate_ops.engines")
+    assert set(engines.ENGINES) == set(EngineName)
