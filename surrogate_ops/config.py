@@ -26,6 +26,11 @@ from typing import Literal, TypeVar
 from surrogate_ops.errors import SurrogateOpsError
 
 N = TypeVar("N", int, float)
+Frontend = Literal["compiled", "python"]  # what reads blocks into token ids (`blocks.compiled`)
+FRONTENDS: tuple[Frontend, ...] = ("compiled", "python")
+# compiled helpers (the parametric llvm-mca driver, the front end) depend on their source and the
+# LLVM only, not on a work directory: one cache per user
+BUILD_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "surrogate-ops" / "bin"
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,9 @@ class Settings:
                                                                   [llvm-mca on PATH, else llvm-mca-22 ... llvm-mca-14]
     SURROGATE_OPS_LLVM_MC                 llvm_mc                 the llvm-mc that assembles hex blocks [likewise on PATH]
     SURROGATE_OPS_LLVM_OBJDUMP            llvm_objdump            the llvm-objdump that cuts binaries [likewise on PATH]
+    SURROGATE_OPS_FRONTEND                frontend                compiled: blocks are read by the compiled front end
+                                                                  (blocks/compiled.py) where g++ can build it; python:
+                                                                  by the Python front end alone [compiled]
     SURROGATE_OPS_MCA_TIMEOUT             mca_timeout             seconds an LLVM tool's call may take unless told
                                                                   otherwise: a probe, a service's llvm-mca chunk [30]
     SURROGATE_OPS_MCA_RETRY               mca_retry               seconds a failed probe or a hanging llvm-mca is left
@@ -77,6 +85,7 @@ class Settings:
     llvm_mca: str | None = None
     llvm_mc: str | None = None
     llvm_objdump: str | None = None
+    frontend: Frontend = "compiled"
     mca_timeout: float = 30.0
     mca_retry: float = 10.0
     model: str | None = None
@@ -117,11 +126,15 @@ class Settings:
 
         timeout, retry = number("SURROGATE_OPS_MCA_TIMEOUT", float), number("SURROGATE_OPS_MCA_RETRY", float)
         threads = number("SURROGATE_OPS_THREADS", int)
+        frontend = text("SURROGATE_OPS_FRONTEND") or cls.frontend
+        if frontend not in FRONTENDS:
+            raise SurrogateOpsError(f"SURROGATE_OPS_FRONTEND={frontend!r} is not one of {', '.join(FRONTENDS)}")
         return cls(
             home=path("SURROGATE_OPS_HOME"),
             llvm_mca=text("SURROGATE_OPS_LLVM_MCA"),
             llvm_mc=text("SURROGATE_OPS_LLVM_MC"),
             llvm_objdump=text("SURROGATE_OPS_LLVM_OBJDUMP"),
+            frontend=frontend,
             mca_timeout=cls.mca_timeout if timeout is None else timeout,
             mca_retry=cls.mca_retry if retry is None else retry,
             model=text("SURROGATE_OPS_MODEL"),
@@ -150,6 +163,7 @@ VARIABLES: dict[str, str] = {  # field -> its variable: what `child_environ` and
     "llvm_mca": "SURROGATE_OPS_LLVM_MCA",
     "llvm_mc": "SURROGATE_OPS_LLVM_MC",
     "llvm_objdump": "SURROGATE_OPS_LLVM_OBJDUMP",
+    "frontend": "SURROGATE_OPS_FRONTEND",
     "mca_timeout": "SURROGATE_OPS_MCA_TIMEOUT",
     "mca_retry": "SURROGATE_OPS_MCA_RETRY",
     "model": "SURROGATE_OPS_MODEL",

@@ -18,7 +18,7 @@ import numpy as np
 
 from surrogate_ops import engines
 from surrogate_ops.batching import Flat, run_batched
-from surrogate_ops.blocks import deps
+from surrogate_ops.blocks import compiled, deps
 from surrogate_ops.blocks.asm import MAX_LINE, PREFIXES, BlockError, canonical_line, normalize_block
 from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
@@ -83,6 +83,9 @@ class Predictor:
         cores = len(os.sched_getaffinity(0))
         self.workers = workers or cores
         self._pool = None
+        # the compiled front end reads what it can of a call's blocks, on threads; the rest is read here
+        self.native = compiled.Encoder.of(self.tokenizer, self.max_instructions)
+        self.threads = cores
         lanes = 1 if threads else max(1, cores // LANE_THREADS)
         self.engine_name, self.engine = engines.load(engine, self.model, threads,
                                                      lane_threads=LANE_THREADS if lanes > 1 else None)
@@ -200,7 +203,9 @@ class Predictor:
         scaled = self.scaled(params, len(blocks))
         values = np.full(len(blocks), np.nan)
         estimates = np.full(len(blocks), np.nan) if self.confident else None
-        if self.parallel(len(blocks)):
+        if self.native is not None:
+            encoded, where, errors, unknown_at = self._encode_native(blocks, first)
+        elif self.parallel(len(blocks)):
             encoded, where, errors, unknown_at = self._encode_parallel(blocks, first)
         else:
             encoded, where, errors, unknown_at = self._encode_part(blocks, first)
@@ -211,15 +216,26 @@ class Predictor:
         return values, estimates, errors, unknown_at
 
     def parallel(self, count: int) -> bool:
-        """Whether a call of `count` blocks is encoded by the worker processes."""
-        return self.workers > 1 and count >= PARALLEL_MIN and not multiprocessing.current_process().daemon
+        """Whether a call of `count` blocks is encoded by the worker processes (the Python front end
+        alone: the compiled one shares a call's blocks among threads of its own)."""
+        return (self.native is None and self.workers > 1 and count >= PARALLEL_MIN
+                and not multiprocessing.current_process().daemon)
+
+    def bulk(self, count: int) -> bool:
+        """Whether a call of `count` blocks is best encoded as a whole (`encode_many`) rather than
+        block by block."""
+        return self.native is not None or self.parallel(count)
 
     def encode_many(self, blocks: Sequence[str], first: int = 0) -> tuple[Flat, dict[int, int], set[int], set[int]]:
-        """A large call's blocks encoded side by side by the worker processes: the tokenized blocks,
-        each readable block's row among them (by its place in `blocks`), the places of the blocks
-        the cache path refused (unreadable, or over the model's length), and of those with unknown tokens."""
-        encoded, where, errors, unknown_at = self._encode_parallel(blocks, first)
-        return encoded, {int(i): row for row, i in enumerate(where)}, set(errors), set(unknown_at)
+        """A call's blocks encoded as a whole (by the compiled front end, or side by side by the
+        worker processes): the tokenized blocks, each readable block's row among them (by its place
+        in `blocks`), the places of the blocks the cache path refused (unreadable, or over the
+        model's length), and of those with unknown tokens."""
+        if self.native is not None:
+            encoded, where, errors, unknown_at = self._encode_native(blocks, first)
+        else:
+            encoded, where, errors, unknown_at = self._encode_parallel(blocks, first)
+        return encoded, dict(zip(where.tolist(), range(len(where)))), set(errors), set(unknown_at)
 
     def _encode_part(self, blocks: Sequence[str], first: int, start: int = 0,
                      ) -> tuple[list, list[int], dict[int, str], list[int]]:
@@ -238,6 +254,27 @@ class Predictor:
             encoded.append(ids)
             where.append(i)
         return encoded, where, errors, unknown_at
+
+    def _encode_native(self, blocks: Sequence[str], first: int) -> tuple[Flat, np.ndarray, dict[int, str], list[int]]:
+        """`_encode_part` by the compiled front end, with the blocks it leaves to Python read here."""
+        threads = self.threads if len(blocks) >= 1024 and not multiprocessing.current_process().daemon else 1
+        encoded, deferred = self.native.encode(blocks, threads)
+        where = np.flatnonzero(~deferred)
+        if not deferred.any():
+            return encoded, where, {}, []
+        more, found, errors, unknown_at = [], [], {}, []
+        for i in np.flatnonzero(deferred).tolist():  # named by their place in the call, as `_encode_part` names them
+            try:
+                ids, has_unknown = self.encode(blocks[i], first + i)
+            except BlockError as exc:
+                errors[i] = str(exc)
+                continue
+            if has_unknown:
+                unknown_at.append(i)
+            more.append(ids)
+            found.append(i)
+        return (Flat.concat([encoded, Flat.of(more)]), np.concatenate([where, np.asarray(found, dtype=np.int64)]),
+                errors, unknown_at)
 
     def _encode_parallel(self, blocks: Sequence[str], first: int) -> tuple[Flat, np.ndarray, dict[int, str], list[int]]:
         """`_encode_part` across the worker processes, a slice each (four per worker, for balance)."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from surrogate_ops.batching import Flat
 from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.config import AUTO_ENGINE, Source, settings
 from surrogate_ops.errors import SurrogateOpsError
@@ -156,7 +157,10 @@ class AnswerCache:
 def _run_together(fn: Callable[[list], Sequence], parts: Sequence[Sequence]) -> list[Sequence]:
     """`fn` on the parts' items in one call (it answers as many results as items), each part's
     results handed back as a slice of their own, in order: how FairPool and Gathered share a call."""
-    results = fn([item for part in parts for item in part])
+    if any(isinstance(part, Flat) for part in parts):  # tokenized blocks as flat arrays (`Predictor.encode_many`)
+        results = fn(Flat.concat([part if isinstance(part, Flat) else Flat.of(part) for part in parts]))
+    else:
+        results = fn([item for part in parts for item in part])
     out, start = [], 0
     for part in parts:
         out.append(results[start:start + len(part)])
@@ -454,8 +458,9 @@ class Server:
         tally: Counter[tuple[str, str, str]] = Counter()  # (mcpu, source, rule) -> blocks
         predictor = self.predictors.get(mcpu)  # the surrogate of this request's mcpu, if the service has one
         surrogate = predictor is not None and not exact
-        # a large call (a file's chunk in `predict`) is encoded by the predictor's worker processes
-        bulk = predictor.encode_many(blocks, first) if surrogate and predictor.parallel(len(blocks)) else None
+        # encoded as a whole: by the compiled front end, or (a large call: a file's chunk in `predict`)
+        # by the predictor's worker processes
+        bulk = predictor.encode_many(blocks, first) if surrogate and predictor.bulk(len(blocks)) else None
         for i, raw in enumerate(blocks):
             block = Block(index=first + i, raw=raw, mcpu=mcpu)
             try:
@@ -559,12 +564,11 @@ class Server:
     def _network(self, predictor, mcpu: str, trusted: list[Block], params: object, bulk: tuple | None):
         """The surrogate's cycles and error estimates (None without a head) for the trusted blocks."""
         scaled = predictor.scaled(params, len(trusted)) if params is not None else None
-        if bulk is not None:
-            return predictor.answer_encoded(bulk[0].select([b.row for b in trusted]), scaled)
+        encoded = bulk[0].select([b.row for b in trusted]) if bulk is not None else [b.ids for b in trusted]
         if params is None and self.limits.network_gather:  # the common case: shared with concurrent requests
-            answered = self._networks[mcpu]([b.ids for b in trusted])  # (blocks, 2): cycles, estimated error
+            answered = self._networks[mcpu](encoded)  # (blocks, 2): cycles, estimated error
             return answered[:, 0], answered[:, 1] if predictor.confident else None
-        return predictor.answer_encoded([b.ids for b in trusted], scaled)
+        return predictor.answer_encoded(encoded, scaled)
 
     @staticmethod
     def _screen(block: Block, predictor, bulk: tuple, i: int) -> None:

@@ -84,10 +84,13 @@ def test_flat_blocks_pad_and_bucket_as_lists_do():
         assert np.array_equal(flat.take(index), pad([encoded[i] for i in index]))
 
 
-def test_worker_processes_encode_a_large_call_as_one_process_does():
-    """Past PARALLEL_MIN blocks the encoding runs in worker processes: the same answers, errors
-    (named by their place) and unknown tokens, in order, and again from the workers' warm caches."""
+def test_worker_processes_encode_a_large_call_as_one_process_does(monkeypatch):
+    """Without the compiled front end, past PARALLEL_MIN blocks the encoding runs in worker
+    processes: the same answers, errors (named by their place) and unknown tokens, in order, and
+    again from the workers' warm caches."""
     from surrogate_ops.blocks.generate import generate
+
+    monkeypatch.setenv("SURROGATE_OPS_FRONTEND", "python")
     from surrogate_ops.inference import PARALLEL_MIN
 
     blocks = generate(PARALLEL_MIN, seed=23, max_instructions=16)

@@ -314,21 +314,25 @@ def test_policy_rules_are_small_units(model_dir):
     assert answers[0]["reason"] == "division is hard" and answers[1]["source"] == "surrogate"
 
 
-def test_a_large_call_encoded_by_worker_processes_answers_as_one_process_does(model_dir):
-    """`predict`'s chunks are large: the predictor's worker processes encode them side by side, and
-    every answer (surrogate, fallback and its reason, unreadable) is the one-process path's."""
+def test_a_large_call_encoded_by_worker_processes_answers_as_one_process_does(model_dir, monkeypatch):
+    """`predict`'s chunks are large: the compiled front end reads them on threads, or without it the
+    predictor's worker processes encode them side by side, and every answer (surrogate, fallback
+    and its reason, unreadable) is the one-process Python path's."""
     from surrogate_ops import inference
     from surrogate_ops.blocks.generate import generate
 
     odd = [UNKNOWN, LONG, "addq %rax", "movq (%rdi), %rax\n.byte 1", "", GOOD[0]]
     blocks = generate(inference.PARALLEL_MIN, seed=31) + odd * 20
     limits = Limits(max_instructions=1 << 30)
+    compiled = Server(inference.Predictor(model_dir), limits=limits)
+    monkeypatch.setenv("SURROGATE_OPS_FRONTEND", "python")
     side_by_side = Server(inference.Predictor(model_dir, workers=2), limits=limits)
     alone = Server(inference.Predictor(model_dir, workers=1), limits=limits)
     assert side_by_side.predictor.parallel(len(blocks)) and not alone.predictor.parallel(len(blocks))
+    assert compiled.predictor.native is not None and alone.predictor.native is None
     try:
         together = side_by_side.answer(blocks, "haswell", first=7)
-        assert together == alone.answer(blocks, "haswell", first=7)
+        assert together == alone.answer(blocks, "haswell", first=7) == compiled.answer(blocks, "haswell", first=7)
     finally:
         side_by_side.predictor.close()
     sources = {a.get("source", "error") for a in together}

@@ -19,7 +19,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from surrogate_ops.blocks import llvm_disasm
+from surrogate_ops.blocks import compiled, llvm_disasm
 from surrogate_ops.blocks.asm import PREFIXES, bounded_memo, join_prefixes, normalize_instruction
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.forking import fork_pool, inherited
@@ -159,12 +159,26 @@ def _slice(pairs: list[tuple[int, str]]) -> tuple[list[tuple[int, str]], dict[in
             {pairs[k][0]: why for k, why in part.errors.items()})
 
 
+def _compiled(hexes: list[str], index: list[int], tool: str, workers: int, out: Disassembly) -> list[int]:
+    """Blocks `index` disassembled by the compiled front end into `out`; the blocks it left to Python."""
+    try:
+        texts, errors, deferred = compiled.disassemble([hexes[i] for i in index], llvm_disasm.library_path(tool),
+                                                       workers if len(index) >= 1024 else 1)
+    except SurrogateOpsError:  # it cannot open this libLLVM: all of them are Python's
+        return index
+    for i, text in zip(index, texts, strict=True):
+        out.blocks[i] = text
+    out.errors.update({index[k]: why for k, why in errors.items()})
+    return [index[k] for k in deferred]
+
+
 def disassemble(hexes: list[str], llvm_mc: str | None = None, batch: int = 20000,
                 in_process: bool = True, workers: int | None = None) -> Disassembly:
     """Disassemble hex-encoded blocks ("4801c3") into canonical AT&T text: in process through the
     libLLVM of the llvm-mc in use where it loads (and `in_process`), else many blocks per llvm-mc call.
-    In process, a call of `PARALLEL_MIN` blocks or more is shared by `workers` forked processes
-    [default: the cores], each disassembling a slice."""
+    In process, the compiled front end (`compiled`) disassembles on `workers` threads [default: the
+    cores] where it is built; without it, a call of `PARALLEL_MIN` blocks or more is shared by
+    `workers` forked processes, each disassembling a slice."""
     tool = find_tool("llvm-mc", llvm_mc)
     out = Disassembly([None] * len(hexes), {})
     for i, h in enumerate(hexes):
@@ -174,6 +188,8 @@ def disassemble(hexes: list[str], llvm_mc: str | None = None, batch: int = 20000
     disassembler = llvm_disasm.load(tool) if in_process else None
     if disassembler is not None:
         workers = workers or len(os.sched_getaffinity(0))
+        if compiled.library() is not None:  # the compiled front end, on threads; the blocks it leaves, here
+            valid = _compiled(hexes, valid, tool, workers, out)
         if workers > 1 and len(valid) >= PARALLEL_MIN and not multiprocessing.current_process().daemon:
             _in_processes(disassembler, hexes, valid, out, workers)
         else:

@@ -58,17 +58,24 @@ class Disassembler:
 
 
 @functools.cache
-def load(llvm_mc: str) -> Disassembler | None:
-    """The disassembler of the libLLVM that `llvm_mc` links, or None where there is none to load."""
+def library_path(llvm_mc: str) -> str | None:
+    """The libLLVM that `llvm_mc` links (from `ldd`), or None where it links none (a static build)."""
     try:
         linked = subprocess.run(["ldd", llvm_mc], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     found = re.search(r"(libLLVM[^\s]*\.so[^\s]*) => (\S+)", linked)
-    if found is None:
+    return None if found is None else found.group(2)
+
+
+@functools.cache
+def load(llvm_mc: str) -> Disassembler | None:
+    """The disassembler of the libLLVM that `llvm_mc` links, or None where there is none to load."""
+    path = library_path(llvm_mc)
+    if path is None:
         return None
     try:
-        library = ctypes.CDLL(found.group(2))
+        library = ctypes.CDLL(path)
         for name in ("LLVMInitializeX86TargetInfo", "LLVMInitializeX86TargetMC", "LLVMInitializeX86Disassembler"):
             getattr(library, name)()
         library.LLVMCreateDisasm.restype = ctypes.c_void_p

@@ -41,13 +41,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from surrogate_ops.config import BUILD_CACHE
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import run_tool, tool_version
 from surrogate_ops.programs import tables
 
 SOURCE = Path(__file__).with_name("native") / "parametric_mca.cpp"
-# a build depends on the source and the LLVM only, not on a work directory: one per user
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "surrogate-ops" / "bin"
+CACHE = BUILD_CACHE
 FIELDS = ("latency", "uops", "ports")
 
 
