@@ -976,13 +976,16 @@ def containerize(bento_tag, model_uris, params, image, rebuild_base, arch, track
 @cli.command("build-native")
 @click.option("--force", is_flag=True, help="Compile again even when a build for this source and LLVM exists.")
 def build_native(force: bool) -> None:
-    """Compile the parametric llvm-mca driver (per-instruction scheduling parameters: each opcode's
-    latency, micro-ops and port cycles, given as `per_instruction` in a --params file) against the
-    development package of the llvm-mca in use (g++ and llvm-<N>-dev), into ~/.cache/surrogate-ops/bin;
-    otherwise done on first use. Prints the binary's path."""
+    """Compile the native helpers into ~/.cache/surrogate-ops/bin (otherwise done on first use), and
+    print their paths: the compiled front end (blocks to token ids in C++, with g++ alone; without
+    it, blocks are read in Python) and the parametric llvm-mca driver (per-instruction scheduling
+    parameters: each opcode's latency, micro-ops and port cycles, given as `per_instruction` in a
+    --params file), against the development package of the llvm-mca in use (llvm-<N>-dev)."""
+    from surrogate_ops.blocks import compiled
     from surrogate_ops.llvm_tools import find_tool
     from surrogate_ops.programs import parametric
 
+    click.echo(compiled.build(force=force))
     click.echo(parametric.build(find_tool("llvm-mca"), force=force))  # SURROGATE_OPS_LLVM_MCA, else PATH
 
 
