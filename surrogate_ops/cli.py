@@ -870,6 +870,35 @@ def adaptation_command(parent_uri, data, mcpu, sizes, seeds, steps, val_limit, o
     click.echo(f"plot: {Path(out) / 'adaptation.png'}; also logged to MLflow")
 
 
+@study.command("capacity")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="A collected dataset (surrogate-ops collect): every size trains on it, and is scored and "
+                   "timed on its test split.")
+@click.option("--sizes", default=None, metavar="ARCH:PRESET[:NAME=N...],...",
+              help="Networks to compare, comma-separated, e.g. dep:tiny:dim=16:layers=1 [default: four dep "
+                   "sizes from dim 16 and one layer to small].")
+@click.option("--mcpu", default="haswell", show_default=True, help="Whose llvm-mca cycles the sizes learn.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--train-limit", type=click.IntRange(min=1), help="Train on at most this many blocks.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timing runs per size (median).")
+@click.option("--out", type=click.Path(file_okay=False), default="capacity", show_default=True,
+              help="Folder for capacity.csv/.md/.png.")
+@click.option("--small", is_flag=True, help="A fast sweep: two sizes, 2 epochs, 2,000 training blocks, one timing run.")
+@_tracking_option
+def capacity_command(data, sizes, mcpu, epochs, train_limit, repeats, out, small, tracking_uri) -> None:
+    """Accuracy against speed over network sizes: each trained on the same data, scored against
+    llvm-mca on the same test split and timed on its blocks (the network alone, and the whole path
+    from text), with the Pareto front drawn; every size a nested MLflow run."""
+    from surrogate_ops import capacity
+
+    if small:
+        sizes, epochs, train_limit, repeats = sizes or "dep:tiny:dim=16:layers=1,dep:tiny", 2, train_limit or 2000, 1
+    table = capacity.study(data, Path(out), capacity.parse_sizes(sizes or capacity.DEFAULT_SIZES), mcpu=mcpu,
+                           epochs=epochs, train_limit=train_limit, repeats=repeats)
+    click.echo((Path(out) / "capacity.md").read_text())
+    click.echo(f"plot: {Path(out) / 'capacity.png'}; {len(table)} sizes, also logged to MLflow")
+
+
 @cli.command()
 @click.option("--model", "model_uris", multiple=True,
               help="models:/NAME@ALIAS, models:/NAME/VERSION or a model directory; repeatable, one per mcpu "

@@ -155,3 +155,24 @@ def table_diff(changes: pd.DataFrame, path: Path, title: str, top: int = 40) -> 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def capacity(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Network sizes: MAPE against llvm-mca over the network's blocks/s, the Pareto front joined."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    ax.scatter(table["network_blocks_per_s"], 100 * table["test_mape_vs_mca"], s=30,
+               c=["C3" if p else "C0" for p in table["pareto"]])
+    for row in table.itertuples():
+        ax.annotate(f"{row.size} ({row.parameters:,})", (row.network_blocks_per_s, 100 * row.test_mape_vs_mca),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    front = table[table["pareto"]].sort_values("network_blocks_per_s")
+    ax.plot(front["network_blocks_per_s"], 100 * front["test_mape_vs_mca"], color="C3", linewidth=1,
+            label="Pareto front")
+    ax.set(xlabel="network blocks/s (ONNX Runtime, every core)", ylabel="test MAPE vs llvm-mca (%)", title=title)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value / 1000:,.0f}k"))
+    ax.margins(x=0.3, y=0.15)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

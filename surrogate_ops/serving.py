@@ -79,7 +79,7 @@ class Limits:
         return cls(**{k: getattr(given, k) for k in cls.__dataclass_fields__ if getattr(given, k) is not None})
 
 
-@dataclass
+@dataclass(slots=True)
 class Block:
     """What the policy sees of one block of a request."""
 
@@ -87,7 +87,7 @@ class Block:
     raw: str  # as sent
     mcpu: str
     instructions: int = 0
-    ids: list[tuple[int, ...]] = field(default_factory=list)  # the surrogate's token ids, once screened
+    ids: Sequence[tuple[int, ...]] = ()  # the surrogate's token ids, once screened
     row: int = -1  # its row among a large call's blocks encoded side by side (then `ids` stays empty)
     unknown: tuple[str, ...] = ()
     _text: str | None = None
@@ -461,6 +461,7 @@ class Server:
         # encoded as a whole: by the compiled front end, or (a large call: a file's chunk in `predict`)
         # by the predictor's worker processes
         bulk = predictor.encode_many(blocks, first) if surrogate and predictor.bulk(len(blocks)) else None
+        loaded = self.predictor is not None
         for i, raw in enumerate(blocks):
             block = Block(index=first + i, raw=raw, mcpu=mcpu)
             try:
@@ -479,10 +480,15 @@ class Server:
                                f"{self.limits.max_instructions}", 422)
             if exact:
                 reason, rule = "exact answer requested", "exact"
-            elif self.predictor is None:
+            elif not loaded:
                 reason, rule = f"no surrogate loaded ({self.load_error})", "no_surrogate"
             else:
-                reason, rule = next(((r, f.__name__) for f in self.policy if (r := f(block, self))), (None, ""))
+                reason, rule = None, ""
+                for check in self.policy:  # the first rule that fires
+                    found = check(block, self)
+                    if found:
+                        reason, rule = found, check.__name__
+                        break
             if reason is None:
                 trusted.append(block)
             elif fallback:

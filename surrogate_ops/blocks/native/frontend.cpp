@@ -805,11 +805,42 @@ int hex_value(char c) {
 }
 
 // blocks[b] of a hex string each (already checked as even-length hex): hexcode._in_process
+// An instruction's canonical text by its bytes. x86 decoding reads an instruction's bytes left to
+// right and stops where it ends, so bytes that once decoded as a whole instruction decode the same
+// wherever they appear, and no other known instruction is a prefix of them: at a position, at most
+// one of the lengths seen can match. The exception is a prefix LLVM prints as an instruction of its
+// own (`rep` before `retq`, but not before `movsb`; `f3` before `0f b8` is part of `popcnt`): it
+// decided so from the bytes after it, so a bare prefix is never kept. Real code repeats instructions far more than blocks, and
+// LLVM's decoder and printer cost about 2 us an instruction; a lookup costs a few hash probes.
+struct Decoded {
+  std::unordered_map<string, string> text;  // bytes -> canonical text (never a bare prefix)
+  uint32_t lengths = 0;                     // bit s: some key has s bytes
+};
+
+std::mutex decoded_mutex;
+std::vector<std::unique_ptr<Decoded>> decoded_free;
+constexpr size_t kDecodedCache = 1 << 17;
+
+std::unique_ptr<Decoded> checkout_decoded() {
+  std::lock_guard<std::mutex> lock(decoded_mutex);
+  if (decoded_free.empty()) return std::make_unique<Decoded>();
+  auto d = std::move(decoded_free.back());
+  decoded_free.pop_back();
+  return d;
+}
+
+void give_back_decoded(std::unique_ptr<Decoded> d) {
+  std::lock_guard<std::mutex> lock(decoded_mutex);
+  decoded_free.push_back(std::move(d));
+}
+
+// blocks[b] of a hex string each (already checked as even-length hex): hexcode._in_process
 void disassemble(const char* data, const int64_t* offsets, size_t n, Disassembled& out) {
   void* context = create_disasm("x86_64-unknown-linux-gnu", nullptr, 0, nullptr, nullptr);
+  auto known = checkout_decoded();
   std::vector<uint8_t> code;
   char printed[256];
-  string canonical, block;
+  string canonical, block, key;
   std::vector<string> pending;
   out.offsets.assign(1, 0);
   out.status.assign(n, 0);
@@ -824,23 +855,42 @@ void disassemble(const char* data, const int64_t* offsets, size_t n, Disassemble
     size_t position = 0;
     bool first = true;
     while (status == 0 && position < length) {
-      size_t size = disasm_instruction(context, code.data() + position, length - position, 0, printed, sizeof printed);
-      if (size == 0) {
-        size_t padded = disasm_instruction(context, code.data() + position, length - position + 15, 0, printed,
-                                           sizeof printed);
-        status = padded > length - position ? 1 : 2;
-        break;
+      const string* text = nullptr;
+      size_t left = length - position;
+      for (size_t size = 1; size <= std::min<size_t>(left, 15) && !text; ++size) {
+        if (!(known->lengths >> size & 1)) continue;
+        key.assign(reinterpret_cast<const char*>(code.data() + position), size);
+        auto hit = known->text.find(key);
+        if (hit != known->text.end()) {
+          text = &hit->second;
+          position += size;
+        }
       }
-      position += size;
-      string_view raw(printed);
-      raw = raw.substr(0, raw.find('#'));  // llvm-mc's "# imm = 0x.." notes
-      if (split_ws(raw).empty() || !normalize(raw, canonical)) {
-        status = 3;
-        break;
-      }
-      if (is_prefix(canonical)) {  // asm.join_prefixes
-        pending.push_back(canonical);
-        continue;
+      if (!text) {
+        size_t size = disasm_instruction(context, code.data() + position, left, 0, printed, sizeof printed);
+        if (size == 0) {
+          size_t padded = disasm_instruction(context, code.data() + position, left + 15, 0, printed, sizeof printed);
+          status = padded > left ? 1 : 2;
+          break;
+        }
+        string_view raw(printed);
+        raw = raw.substr(0, raw.find('#'));  // llvm-mc's "# imm = 0x.." notes
+        if (split_ws(raw).empty() || !normalize(raw, canonical)) {
+          status = 3;
+          break;
+        }
+        if (known->text.size() >= kDecodedCache) {
+          known->text.clear();
+          known->lengths = 0;
+        }
+        position += size;
+        if (is_prefix(canonical)) {
+          pending.push_back(canonical);
+          continue;
+        }
+        key.assign(reinterpret_cast<const char*>(code.data() + position - size), size);
+        text = &known->text.emplace(key, canonical).first->second;
+        known->lengths |= 1u << size;
       }
       if (!first) block += '\n';
       first = false;
@@ -848,14 +898,15 @@ void disassemble(const char* data, const int64_t* offsets, size_t n, Disassemble
         block += p;
         block += ' ';
       }
-      pending.clear();
-      block += canonical;
+      pending.clear();  // asm.join_prefixes: the prefixes before it joined to it
+      block += *text;
     }
     if (status == 0 && !pending.empty()) status = 1;  // a prefix with nothing after it
     out.status[b] = status;
     if (status == 0) out.text += block;
     out.offsets.push_back(int64_t(out.text.size()));
   }
+  give_back_decoded(std::move(known));
   if (context) disasm_dispose(context);
 }
 
