@@ -57,12 +57,10 @@ class Size:
                                     f"{', '.join(k for k in table if not k.startswith('_'))}")
         if preset not in table[arch]:
             raise SurrogateOpsError(f"size {text!r}: unknown preset {preset!r} for {arch}; choose from {', '.join(table[arch])}")
-        sizes = {}
-        for item in rest:
-            name, _, value = item.partition("=")
-            if not value.isdigit():
-                raise SurrogateOpsError(f"size {text!r}: {item!r} is not name=whole number")
-            sizes[name] = int(value)
+        try:
+            sizes = models.size_options(rest)
+        except SurrogateOpsError as exc:
+            raise SurrogateOpsError(f"size {text!r}: {exc}") from None
         models.build(arch, 8, preset, **sizes)  # an unknown size option fails here, before any training
         return cls(arch, preset, sizes)
 

@@ -276,12 +276,12 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
     """
     from surrogate_ops import train as training
 
-    parsed = {}
-    for item in sizes:
-        key, _, value = item.partition("=")
-        if not value.isdigit():
-            raise SurrogateOpsError(f"--size {item!r}: expected NAME=INT")
-        parsed[key] = int(value)
+    from surrogate_ops.models import size_options
+
+    try:
+        parsed = size_options(list(sizes))
+    except SurrogateOpsError as exc:
+        raise SurrogateOpsError(f"--size {exc}") from None
     parent = None
     if init_from:
         from surrogate_ops import registry

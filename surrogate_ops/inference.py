@@ -245,11 +245,17 @@ class Predictor:
                      ) -> tuple[list, list[int], dict[int, str], list[int]]:
         """Token ids of the blocks that can be read, their indices, the others' reasons, and which
         hold unknown tokens; indices count from `start`, blocks are named from `first + start`."""
+        return self._encode_at(blocks, range(len(blocks)), first, start)
+
+    def _encode_at(self, blocks: Sequence[str], places: Sequence[int], first: int, start: int = 0,
+                   ) -> tuple[list, list[int], dict[int, str], list[int]]:
+        """`_encode_part` of the blocks at `places` only (indices `start + place`)."""
         errors: dict[int, str] = {}
         encoded, where, unknown_at = [], [], []
-        for i, text in enumerate(blocks, start=start):
+        for place in places:
+            i = start + place
             try:
-                ids, has_unknown = self.encode(text, first + i)
+                ids, has_unknown = self.encode(blocks[place], first + i)
             except BlockError as exc:
                 errors[i] = str(exc)
                 continue
@@ -266,17 +272,7 @@ class Predictor:
         where = np.flatnonzero(~deferred)
         if not deferred.any():
             return encoded, where, {}, []
-        more, found, errors, unknown_at = [], [], {}, []
-        for i in np.flatnonzero(deferred).tolist():  # named by their place in the call, as `_encode_part` names them
-            try:
-                ids, has_unknown = self.encode(blocks[i], first + i)
-            except BlockError as exc:
-                errors[i] = str(exc)
-                continue
-            if has_unknown:
-                unknown_at.append(i)
-            more.append(ids)
-            found.append(i)
+        more, found, errors, unknown_at = self._encode_at(blocks, np.flatnonzero(deferred).tolist(), first)
         return (Flat.concat([encoded, Flat.of(more)]), np.concatenate([where, np.asarray(found, dtype=np.int64)]),
                 errors, unknown_at)
 

@@ -52,6 +52,17 @@ def build(arch: str, vocab_size: int, preset: str = "small", **sizes: int) -> nn
     return module_cls(config_cls(vocab_size=vocab_size, **{**table[preset], **sizes}))
 
 
+def size_options(items: list[str]) -> dict[str, int]:
+    """`["dim=48", "layers=1"]` -> `{"dim": 48, "layers": 1}`; SurrogateOpsError naming a bad item."""
+    parsed = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key or not value.isdigit():
+            raise SurrogateOpsError(f"{item!r}: expected NAME=INT")
+        parsed[key] = int(value)
+    return parsed
+
+
 def tokenizer_options(config) -> dict[str, int]:
     """The tokenizer a model of this config reads: its row width, and its edge tokens where it takes them."""
     max_deps = getattr(config, "max_deps", 0)

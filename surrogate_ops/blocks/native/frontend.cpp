@@ -623,6 +623,26 @@ void uses_defs(string_view instruction, std::vector<string>& uses, std::vector<s
 
 // ---- the encoder ---------------------------------------------------------------------------
 
+// Caches handed to one thread at a time: a call's thread takes one and gives it back when done, so
+// concurrent calls (a service's threads) never share one and later calls find them warm.
+template <typename T>
+struct Pool {
+  std::mutex mutex;
+  std::vector<std::unique_ptr<T>> free;
+
+  std::unique_ptr<T> checkout() {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (free.empty()) return std::make_unique<T>();
+    auto item = std::move(free.back());
+    free.pop_back();
+    return item;
+  }
+  void give_back(std::unique_ptr<T> item) {
+    std::lock_guard<std::mutex> lock(mutex);
+    free.push_back(std::move(item));
+  }
+};
+
 struct Line {
   enum Kind : uint8_t { kSkip, kDefer, kInstruction } kind = kDefer;
   std::vector<int32_t> ids;   // instruction token ids (the row before its edge tokens)
@@ -648,20 +668,7 @@ struct Encoder {
   std::unordered_map<string, int32_t> vocab;
   int width, max_deps, positions, max_instructions;
   std::vector<int32_t> edge_offsets;  // per kind, as Tokenizer._edge_offsets
-  std::mutex mutex;
-  std::vector<std::unique_ptr<State>> free_states;
-
-  std::unique_ptr<State> checkout() {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (free_states.empty()) return std::make_unique<State>();
-    auto s = std::move(free_states.back());
-    free_states.pop_back();
-    return s;
-  }
-  void give_back(std::unique_ptr<State> s) {
-    std::lock_guard<std::mutex> lock(mutex);
-    free_states.push_back(std::move(s));
-  }
+  Pool<State> states;
 
   int32_t intern(State& st, const string& key) {
     auto it = st.keys.find(key);
@@ -771,14 +778,14 @@ struct Encoder {
   }
 
   void encode(const char* data, const int64_t* offsets, size_t n, Result& out) {
-    auto st = checkout();
+    auto st = states.checkout();
     std::vector<const Line*> rows;
     out.status.assign(n, 1);
     for (size_t b = 0; b < n; ++b) {
       string_view text(data + offsets[b], size_t(offsets[b + 1] - offsets[b]));
       out.status[b] = block(*st, text, out, rows) ? 0 : 1;
     }
-    give_back(std::move(st));
+    states.give_back(std::move(st));
   }
 };
 
@@ -804,7 +811,6 @@ int hex_value(char c) {
   return -1;
 }
 
-// blocks[b] of a hex string each (already checked as even-length hex): hexcode._in_process
 // An instruction's canonical text by its bytes. x86 decoding reads an instruction's bytes left to
 // right and stops where it ends, so bytes that once decoded as a whole instruction decode the same
 // wherever they appear, and no other known instruction is a prefix of them: at a position, at most
@@ -817,27 +823,13 @@ struct Decoded {
   uint32_t lengths = 0;                     // bit s: some key has s bytes
 };
 
-std::mutex decoded_mutex;
-std::vector<std::unique_ptr<Decoded>> decoded_free;
+Pool<Decoded> decoded_pool;
 constexpr size_t kDecodedCache = 1 << 17;
-
-std::unique_ptr<Decoded> checkout_decoded() {
-  std::lock_guard<std::mutex> lock(decoded_mutex);
-  if (decoded_free.empty()) return std::make_unique<Decoded>();
-  auto d = std::move(decoded_free.back());
-  decoded_free.pop_back();
-  return d;
-}
-
-void give_back_decoded(std::unique_ptr<Decoded> d) {
-  std::lock_guard<std::mutex> lock(decoded_mutex);
-  decoded_free.push_back(std::move(d));
-}
 
 // blocks[b] of a hex string each (already checked as even-length hex): hexcode._in_process
 void disassemble(const char* data, const int64_t* offsets, size_t n, Disassembled& out) {
   void* context = create_disasm("x86_64-unknown-linux-gnu", nullptr, 0, nullptr, nullptr);
-  auto known = checkout_decoded();
+  auto known = decoded_pool.checkout();
   std::vector<uint8_t> code;
   char printed[256];
   string canonical, block, key;
@@ -906,7 +898,7 @@ void disassemble(const char* data, const int64_t* offsets, size_t n, Disassemble
     if (status == 0) out.text += block;
     out.offsets.push_back(int64_t(out.text.size()));
   }
-  give_back_decoded(std::move(known));
+  decoded_pool.give_back(std::move(known));
   if (context) disasm_dispose(context);
 }
 
