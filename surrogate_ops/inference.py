@@ -71,8 +71,9 @@ class Predictor:
                  batch_size: int | None = None, line_cache: int = LINE_CACHE, workers: int | None = None):
         """`line_cache`: distinct raw lines remembered (about 1 KB each with what they hold): a
         service holding its memory to a budget remembers fewer than a batch run over millions.
-        `workers`: processes that encode a large call's blocks side by side [default: the cores];
-        each keeps its own line cache, and sends back flat arrays (`batching.Flat`). `threads`: one
+        `workers`: the compiled front end's threads for a large call, or without it the processes that
+        encode a large call's blocks side by side [default: the cores]; each process keeps its own
+        line cache, and sends back flat arrays (`batching.Flat`). `threads`: one
         network call at a time on this many threads; left out, a CPU engine runs a call per core
         side by side, one thread each (`LANE_THREADS`)."""
         self.model = ModelDir.open(model)
@@ -89,7 +90,6 @@ class Predictor:
         self._pool = None
         # the compiled front end reads what it can of a call's blocks, on threads; the rest is read here
         self.native = compiled.Encoder.of(self.tokenizer, self.max_instructions)
-        self.threads = cores
         lanes = 1 if threads else max(1, cores // LANE_THREADS)
         self.engine_name, self.engine = engines.load(engine, self.model, threads,
                                                      lane_threads=LANE_THREADS if lanes > 1 else None)
@@ -207,12 +207,7 @@ class Predictor:
         scaled = self.scaled(params, len(blocks))
         values = np.full(len(blocks), np.nan)
         estimates = np.full(len(blocks), np.nan) if self.confident else None
-        if self.native is not None:
-            encoded, where, errors, unknown_at = self._encode_native(blocks, first)
-        elif self.parallel(len(blocks)):
-            encoded, where, errors, unknown_at = self._encode_parallel(blocks, first)
-        else:
-            encoded, where, errors, unknown_at = self._encode_part(blocks, first)
+        encoded, where, errors, unknown_at = self._encode_call(blocks, first)
         if len(encoded):
             values[where], estimate = self.answer_encoded(encoded, None if scaled is None else scaled[where])
             if estimates is not None:
@@ -235,11 +230,18 @@ class Predictor:
         worker processes): the tokenized blocks, each readable block's row among them (by its place
         in `blocks`), the places of the blocks the cache path refused (unreadable, or over the
         model's length), and of those with unknown tokens."""
+        encoded, where, errors, unknown_at = self._encode_call(blocks, first)
+        rows = dict(zip(np.asarray(where).tolist(), range(len(where))))
+        return encoded if isinstance(encoded, Flat) else Flat.of(encoded), rows, set(errors), set(unknown_at)
+
+    def _encode_call(self, blocks: Sequence[str], first: int) -> tuple[list | Flat, Sequence[int], dict[int, str], list[int]]:
+        """A call's blocks encoded by the compiled front end (on threads), else by the worker
+        processes (a large call), else here: `_encode_part`'s four results."""
         if self.native is not None:
-            encoded, where, errors, unknown_at = self._encode_native(blocks, first)
-        else:
-            encoded, where, errors, unknown_at = self._encode_parallel(blocks, first)
-        return encoded, dict(zip(where.tolist(), range(len(where)))), set(errors), set(unknown_at)
+            return self._encode_native(blocks, first)
+        if self.parallel(len(blocks)):
+            return self._encode_parallel(blocks, first)
+        return self._encode_part(blocks, first)
 
     def _encode_part(self, blocks: Sequence[str], first: int, start: int = 0,
                      ) -> tuple[list, list[int], dict[int, str], list[int]]:
@@ -267,8 +269,7 @@ class Predictor:
 
     def _encode_native(self, blocks: Sequence[str], first: int) -> tuple[Flat, np.ndarray, dict[int, str], list[int]]:
         """`_encode_part` by the compiled front end, with the blocks it leaves to Python read here."""
-        threads = self.threads if len(blocks) >= 1024 and not multiprocessing.current_process().daemon else 1
-        encoded, deferred = self.native.encode(blocks, threads)
+        encoded, deferred = self.native.encode(blocks, self.workers)
         where = np.flatnonzero(~deferred)
         if not deferred.any():
             return encoded, where, {}, []

@@ -36,6 +36,7 @@ SOURCE = Path(__file__).with_name("native") / "frontend.cpp"
 _INT64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
 _UINT8 = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
 _building = threading.Lock()
+THREADED_MIN = 1024  # blocks in a call from which its `threads` share it (a thread's start costs ~50 us)
 
 
 def build(force: bool = False) -> Path:
@@ -90,6 +91,10 @@ def _loaded() -> ctypes.CDLL | None:
     return lib
 
 
+def _threads(threads: int, count: int) -> int:
+    return threads if count >= THREADED_MIN else 1
+
+
 def _packed(texts: Sequence[str]) -> tuple[bytes, np.ndarray]:
     """The texts as one UTF-8 buffer, and where each starts (len + 1 offsets, in bytes)."""
     joined = "".join(texts)
@@ -124,9 +129,10 @@ class Encoder:
         return None if lib is None else cls(lib, tokenizer, max_instructions)
 
     def encode(self, blocks: Sequence[str], threads: int = 1) -> tuple[Flat, np.ndarray]:
-        """(the encoded blocks, in order, as a Flat; per input block, True where Python must read it)."""
+        """(the encoded blocks, in order, as a Flat; per input block, True where Python must read it),
+        on `threads` threads for a call of `THREADED_MIN` blocks or more."""
         data, offsets = _packed(blocks)
-        result = self._lib.fe_encode(self._handle, data, offsets, len(blocks), threads)
+        result = self._lib.fe_encode(self._handle, data, offsets, len(blocks), _threads(threads, len(blocks)))
         sizes = np.zeros(3, dtype=np.int64)
         self._lib.fe_sizes(result, sizes)
         tokens, per_instruction, per_block = (np.empty(int(n), dtype=np.int64) for n in sizes)
@@ -151,13 +157,13 @@ def _llvm_opened(library_path: str) -> bool:
 
 def disassemble(hexes: Sequence[str], llvm_library: str, threads: int = 1) -> tuple[list[str | None], dict[int, str], list[int]]:
     """Checked hex blocks (even-length hex) disassembled into canonical text by the libLLVM at
-    `llvm_library`: (text per block, None where there is none; the reasons by index; the blocks
-    left to Python). SurrogateOpsError where that library cannot be opened."""
+    `llvm_library`, on `threads` threads for a call of `THREADED_MIN` blocks or more: (text per
+    block, None where there is none; the reasons by index; the blocks left to Python). SurrogateOpsError where that library cannot be opened."""
     lib = library()
     if lib is None or not _llvm_opened(llvm_library):
         raise SurrogateOpsError(f"the compiled front end cannot disassemble with {llvm_library}")
     data, offsets = _packed(hexes)
-    result = lib.fe_disassemble(data, offsets, len(hexes), threads)
+    result = lib.fe_disassemble(data, offsets, len(hexes), _threads(threads, len(hexes)))
     text = ctypes.create_string_buffer(max(int(lib.fe_text_size(result)), 1))
     starts = np.empty(len(hexes) + 1, dtype=np.int64)
     status = np.empty(len(hexes), dtype=np.uint8)

@@ -162,8 +162,7 @@ def _slice(pairs: list[tuple[int, str]]) -> tuple[list[tuple[int, str]], dict[in
 def _compiled(hexes: list[str], index: list[int], tool: str, workers: int, out: Disassembly) -> list[int]:
     """Blocks `index` disassembled by the compiled front end into `out`; the blocks it left to Python."""
     try:
-        texts, errors, deferred = compiled.disassemble([hexes[i] for i in index], llvm_disasm.library_path(tool),
-                                                       workers if len(index) >= 1024 else 1)
+        texts, errors, deferred = compiled.disassemble([hexes[i] for i in index], llvm_disasm.library_path(tool), workers)
     except SurrogateOpsError:  # it cannot open this libLLVM: all of them are Python's
         return index
     for i, text in zip(index, texts, strict=True):

@@ -266,18 +266,15 @@ bool memory_operand(string_view s, string_view& segment, string_view& disp, stri
   if (open == string_view::npos) return false;
   disp = s.substr(pos, open - pos);
   pos = open + 1;
-  end = register_at(s, pos);
-  if (end > pos) {
-    base = s.substr(pos, end - pos);
-    pos = end;
-  }
+  auto optional_register = [&](string_view& into) {  // (%\w+)?
+    size_t stop = register_at(s, pos);
+    into = s.substr(pos, stop - pos);
+    pos = stop;
+  };
+  optional_register(base);
   if (pos < s.size() && s[pos] == ',') {
     ++pos;
-    end = register_at(s, pos);
-    if (end > pos) {
-      index = s.substr(pos, end - pos);
-      pos = end;
-    }
+    optional_register(index);
     if (pos < s.size() && s[pos] == ',') {
       ++pos;
       size_t j = pos;
