@@ -102,3 +102,34 @@ def test_worker_processes_encode_a_large_call_as_one_process_does(monkeypatch):
     assert parallel._pool is not None
     assert alone[-3].error == f"block {PARALLEL_MIN - 3}: 80 instructions, more than the limit of 64"
     parallel.close()
+
+
+def test_the_optimized_graph_is_kept_and_answers_as_the_model_itself(fixture_blocks, tmp_path, monkeypatch):
+    """ONNX Runtime's optimized graph of a model is written once to the build cache and loaded from
+    it after (a one-block predict then skips folding the token table); the answers are those of a
+    session that optimizes the model in memory at ONNX Runtime's default level. A damaged cached
+    graph is optimized again; a cache that cannot be written costs speed only."""
+    import onnxruntime as ort
+
+    from surrogate_ops import engines
+    from surrogate_ops.batching import Flat
+
+    monkeypatch.setattr(engines, "BUILD_CACHE", tmp_path / "cache")
+    predictor = Predictor(BUNDLED)
+    tokens = Flat.of([predictor.encode(b["block"], i)[0] for i, b in enumerate(fixture_blocks)])
+    tokens = tokens.take(np.arange(len(tokens)))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    plain = ort.InferenceSession(str(predictor.model.onnx), options, providers=["CPUExecutionProvider"])
+    reference = plain.run(None, {"tokens": tokens})[0]
+    [kept] = (tmp_path / "cache").glob("ort-*.onnx")
+    written = kept.stat().st_mtime_ns
+    assert np.array_equal(predictor.engine(tokens), reference)
+    again = engines.load("onnxruntime", predictor.model)[1]
+    assert np.array_equal(again(tokens), reference) and kept.stat().st_mtime_ns == written  # read, not rewritten
+    kept.write_bytes(b"not a graph")
+    assert np.array_equal(engines.load("onnxruntime", predictor.model)[1](tokens), reference)
+    assert kept.stat().st_size > 1000  # optimized and kept again
+    monkeypatch.setattr(engines, "BUILD_CACHE", tmp_path / "file")
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    assert np.array_equal(engines.load("onnxruntime", predictor.model)[1](tokens), reference)
