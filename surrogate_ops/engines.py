@@ -27,6 +27,7 @@ import importlib.util
 import os
 import platform as host
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,7 +119,7 @@ def optimized_session(onnx: Path, options):
     if cached.is_file():
         with contextlib.suppress(Exception):  # a damaged file: optimize again below
             return ort.InferenceSession(str(cached), options, providers=providers)
-    partial = cached.with_name(f"{cached.name}.{os.getpid()}.part")
+    partial = cached.with_name(f"{cached.name}.{os.getpid()}-{threading.get_ident()}.part")
     try:
         BUILD_CACHE.mkdir(parents=True, exist_ok=True)
         options.optimized_model_filepath = str(partial)
