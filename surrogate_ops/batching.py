@@ -17,6 +17,11 @@ from itertools import chain
 import numpy as np
 
 Encoded = list[tuple[int, ...]]  # one block: token ids per instruction
+# A `dep` tokenizer's edge tokens (tokenizer.dependency_tokens): ids from EDGE_BASE (right after <PAD>
+# and <UNK>), EDGE_KINDS blocks of one id per producer position (blocks.deps.KINDS)
+EDGE_BASE, EDGE_KINDS = 2, 4
+# odd multipliers of an instruction row's hash (`parts`): one per token slot
+_HASH = np.random.default_rng(20261205).integers(1, 1 << 62, 64, dtype=np.int64) | 1
 
 
 def pad(blocks: Sequence[Encoded]) -> np.ndarray:
@@ -180,3 +185,32 @@ def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded] | F
         for index in batches:
             put(index, run(index, padded(index)))
     return result if result is not None else np.empty(0)
+
+
+def parts(tokens: np.ndarray, positions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A padded batch of a `dep` tokenizer's rows (b, i, t) as the parts `Dep.encode_parts` reads:
+    the batch's distinct instructions, their tokens without the edge tokens, rows (u, w) int64 with
+    row 0 all padding; each instruction's row, ins (b, i) int64, 0 for padding; and the edge matrix
+    (b, kinds, i, i) float32, the count of edges of each kind from instruction i to its producer j,
+    as `Dep.edges` builds it from the tokens. `positions`: the producer positions edge tokens name
+    (the model's `max_instructions`)."""
+    b, n, _ = tokens.shape
+    offset = tokens - EDGE_BASE
+    is_edge = (offset >= 0) & (offset < EDGE_KINDS * positions)
+    plain = np.where(is_edge, 0, tokens)  # a row's instruction tokens come first, its edge tokens after
+    width = max(int(np.count_nonzero(plain, axis=-1).max(initial=0)), 1)
+    rows = np.zeros((b * n + 1, width), dtype=np.int64)  # row 0 stays padding
+    rows[1:] = plain[:, :, :width].reshape(-1, width)
+    keys = rows @ _HASH[:width]  # wraps around: a hash; a collision is caught below
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    if not np.array_equal(rows[first][inverse], rows):  # two distinct rows, one key: compare whole rows
+        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    swap = np.arange(len(first))  # the padding row's place moves to 0, whatever its key sorts as
+    swap[[0, inverse[0]]] = swap[[inverse[0], 0]]
+    ins = swap[inverse.reshape(-1)[1:]].reshape(b, n)
+    at_b, at_i, at_t = np.nonzero(is_edge)
+    kind, producer = np.divmod(offset[at_b, at_i, at_t], positions)
+    keep = producer < n
+    flat = ((at_b * EDGE_KINDS + kind) * n + at_i) * n + producer
+    edges = np.bincount(flat[keep], minlength=b * EDGE_KINDS * n * n).astype(np.float32)
+    return rows[first[swap]], ins, edges.reshape(b, EDGE_KINDS, n, n)

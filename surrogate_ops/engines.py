@@ -36,6 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from surrogate_ops import presets
+from surrogate_ops.batching import parts
 from surrogate_ops.config import AUTO_ENGINE, BUILD_CACHE, EngineName
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.modeldir import ModelDir
@@ -84,13 +85,24 @@ def torch_engine(model: ModelDir, threads: int | None = None) -> Engine:
     return run
 
 
-def onnx_engine(model: ModelDir, threads: int | None = None) -> Engine:
+def onnx_engine(model: ModelDir, threads: int | None = None, whole: bool = False) -> Engine:
+    """ONNX Runtime on the CPU: the network from a batch's parts where the model directory has that
+    graph (`parts.onnx`; the batch split by `batching.parts` here), else, or with `whole`, from the
+    padded tokens (`model.onnx`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if model.parts_onnx is not None and not whole:
+        session, positions = optimized_session(model.parts_onnx, options), model.max_instructions
+
+        def from_parts(tokens: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:
+            _token_only(EngineName.ONNXRUNTIME, params)
+            return session.run(None, dict(zip(("rows", "ins", "edges"), parts(tokens, positions), strict=True)))[0]
+
+        return from_parts
     session = optimized_session(model.onnx, options)
 
     def run(tokens: np.ndarray, params: np.ndarray | None = None) -> np.ndarray:

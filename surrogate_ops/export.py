@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from surrogate_ops import models
-from surrogate_ops.batching import pad
+from surrogate_ops.batching import pad, parts
 from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.modeldir import PARTS, ModelDir
 from surrogate_ops.tokenizer import Tokenizer
 
 OPSET = 18
@@ -77,13 +77,39 @@ def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
     if models.is_conditioned(model):
         dims, names = (*dims, {0: batch}), [*names, "params"]
         inputs = (*inputs, torch.full((example.shape[0], len(config.parameters)), 0.5))
-    model = model.eval()
+    _export(model.eval(), inputs, path, names, dims, "cycles_and_error" if isinstance(model, models.Confident) else "cycles")
+
+
+class _Parts(nn.Module):
+    """A model's `forward_parts` as the forward the exporter traces."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rows: torch.Tensor, ins: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_parts(rows, ins, edges)
+
+
+def export_parts_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
+    """The network from a batch's parts (`batching.parts`: rows, ins, edges), for a model that takes
+    them (`models.takes_parts`); its sizes stay dynamic."""
+    config = model.config
+    rows, ins, edges = (torch.from_numpy(x) for x in parts(example, config.max_instructions))
+    batch, instructions = torch.export.Dim("batch", max=65536), torch.export.Dim("instructions", max=config.max_instructions)
+    dims = ({0: torch.export.Dim("distinct", max=65536 * config.max_instructions + 1),
+             1: torch.export.Dim("width", max=config.max_tokens)},
+            {0: batch, 1: instructions}, {0: batch, 2: instructions, 3: instructions})
+    _export(_Parts(model.eval()), (rows, ins, edges), path, ["rows", "ins", "edges"], dims,
+            "cycles_and_error" if isinstance(model, models.Confident) else "cycles")
+
+
+def _export(model: nn.Module, inputs: tuple, path: Path, names: list[str], dims: tuple, output: str) -> None:
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
-        program = torch.onnx.export(model, inputs, dynamo=True, input_names=names,
-                                    output_names=["cycles_and_error" if isinstance(model, models.Confident) else "cycles"],
+        program = torch.onnx.export(model, inputs, dynamo=True, input_names=names, output_names=[output],
                                     dynamic_shapes=dims, opset_version=OPSET)
         program.save(str(path))
 
@@ -107,7 +133,10 @@ def save_model_dir(model: nn.Module, tokenizer: Tokenizer, meta: dict, path: str
             "max_instructions": config.max_instructions, "max_tokens": config.max_tokens, "units": UNITS,
             "parameters": models.parameter_count(model)}
     directory = ModelDir.write(path, models.to_checkpoint(model), tokenizer, full)
-    export_onnx(model, directory.onnx, example_batch(tokenizer, list(check_blocks)[:4]))
+    example = example_batch(tokenizer, list(check_blocks)[:4])
+    export_onnx(model, directory.onnx, example)
+    if models.takes_parts(model):
+        export_parts_onnx(model, directory.path / PARTS, example)
     return directory, check_onnx(directory, list(check_blocks)[:64])
 
 
@@ -122,6 +151,8 @@ def check_onnx(directory: ModelDir, blocks: Sequence[str]) -> Agreement:
         count = len(directory.meta["config"]["parameters"])
         params = np.random.default_rng(0).random((len(tokens), count), dtype=np.float32)
     reference = engines.torch_engine(directory)(tokens, params)
+    if directory.parts_onnx is not None:  # the graph from tokens too, which TVM builds from
+        compare(reference, engines.onnx_engine(directory, whole=True)(tokens), (EngineName.TORCH, EngineName.ONNXRUNTIME))
     return compare(reference, engines.onnx_engine(directory)(tokens, params), (EngineName.TORCH, EngineName.ONNXRUNTIME))
 
 

@@ -4,6 +4,8 @@
     vocab.json      the tokenizer's vocabulary
     model.pt        torch checkpoint (fine-tuning, the torch engines)
     model.onnx      the ONNX export (ONNX Runtime, TVM); written by `export`
+    parts.onnx      where the network takes them (`dep`), the same network from a batch's parts
+                    (`batching.parts`): ONNX Runtime's graph, cheaper per block; written by `export`
     builds/         compiled builds, a set of files per platform (see `Builds`)
     VERSION         in a bento: the registered version the directory was staged from
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from surrogate_ops.config import PRETRAINED, model_name
 from surrogate_ops.errors import SurrogateOpsError
 
-META, VOCAB, CHECKPOINT, ONNX, STAMP = "surrogate.json", "vocab.json", "model.pt", "model.onnx", "VERSION"
+META, VOCAB, CHECKPOINT, ONNX, PARTS, STAMP = "surrogate.json", "vocab.json", "model.pt", "model.onnx", "parts.onnx", "VERSION"
 
 
 def bundled_names() -> list[str]:
@@ -113,6 +115,12 @@ class ModelDir:
     @property
     def onnx(self) -> Path:
         return self.path / ONNX
+
+    @property
+    def parts_onnx(self) -> Path | None:
+        """The graph from a batch's parts, where the directory holds one."""
+        path = self.path / PARTS
+        return path if path.is_file() else None
 
     @property
     def vocab(self) -> Path:

@@ -122,14 +122,51 @@ def test_the_optimized_graph_is_kept_and_answers_as_the_model_itself(fixture_blo
     options.log_severity_level = 3
     plain = ort.InferenceSession(str(predictor.model.onnx), options, providers=["CPUExecutionProvider"])
     reference = plain.run(None, {"tokens": tokens})[0]
-    [kept] = (tmp_path / "cache").glob("ort-*.onnx")
-    written = kept.stat().st_mtime_ns
-    assert np.array_equal(predictor.engine(tokens), reference)
-    again = engines.load("onnxruntime", predictor.model)[1]
-    assert np.array_equal(again(tokens), reference) and kept.stat().st_mtime_ns == written  # read, not rewritten
-    kept.write_bytes(b"not a graph")
-    assert np.array_equal(engines.load("onnxruntime", predictor.model)[1](tokens), reference)
-    assert kept.stat().st_size > 1000  # optimized and kept again
+    whole = engines.onnx_engine(predictor.model, whole=True)
+    assert np.array_equal(whole(tokens), reference)
+    kept = {path.stat().st_size: path for path in (tmp_path / "cache").glob("ort-*.onnx")}
+    assert len(kept) == 2  # the graph from a batch's parts, and the graph from tokens
+    written = {path: path.stat().st_mtime_ns for path in kept.values()}
+    assert np.array_equal(engines.onnx_engine(predictor.model, whole=True)(tokens), reference)
+    assert {path: path.stat().st_mtime_ns for path in kept.values()} == written  # read, not rewritten
+    damaged = kept[max(kept)]
+    damaged.write_bytes(b"not a graph")
+    assert np.array_equal(engines.onnx_engine(predictor.model, whole=True)(tokens), reference)
+    assert damaged.stat().st_size > 1000  # optimized and kept again
     monkeypatch.setattr(engines, "BUILD_CACHE", tmp_path / "file")
     (tmp_path / "file").write_text("a file where the cache folder should be")
-    assert np.array_equal(engines.load("onnxruntime", predictor.model)[1](tokens), reference)
+    assert np.array_equal(engines.onnx_engine(predictor.model, whole=True)(tokens), reference)
+    assert np.allclose(engines.onnx_engine(predictor.model)(tokens), reference, rtol=1e-5, atol=0)
+
+
+def test_a_batch_split_into_its_parts_holds_every_instruction_and_edge(monkeypatch):
+    """`batching.parts`: each distinct instruction once (row 0 padding), every instruction's row
+    found again through `ins`, the edge matrix `Dep.edges` builds from the same tokens; when two
+    rows share a hash they are told apart by their tokens. The bundled network from those parts
+    answers as from the tokens."""
+    import torch
+
+    from surrogate_ops import batching
+    from surrogate_ops.blocks.generate import generate
+
+    predictor = Predictor(BUNDLED)
+    network = predictor.model.module().eval()
+    texts = generate(300, seed=23, density="dense")
+    tokens = pad([predictor.encode(text, i)[0] for i, text in enumerate([*texts, *texts[:50]])])  # repeats too
+    edges_made, is_edge = network.block.edges(torch.from_numpy(tokens))
+    plain = np.where(is_edge.numpy(), 0, tokens)
+
+    def check(rows, ins, edges):
+        assert not rows[0].any() and len(np.unique(rows, axis=0)) == len(rows)
+        assert np.array_equal(rows[ins], plain[:, :, : rows.shape[1]]) and not plain[:, :, rows.shape[1]:].any()
+        assert np.array_equal(ins == 0, tokens[:, :, 0] == 0)
+        assert np.array_equal(edges, edges_made.numpy())
+
+    split = batching.parts(tokens, predictor.model.max_instructions)
+    check(*split)
+    assert len(split[0]) < (tokens[:, :, 0] != 0).sum() * 0.8  # instructions repeat, within and across blocks
+    with torch.no_grad():
+        assert np.allclose(network.forward_parts(*map(torch.from_numpy, split)).numpy(),
+                           network(torch.from_numpy(tokens)).numpy(), rtol=1e-5, atol=0)
+    monkeypatch.setattr(batching, "_HASH", np.zeros_like(batching._HASH))  # every row one key
+    check(*batching.parts(tokens, predictor.model.max_instructions))

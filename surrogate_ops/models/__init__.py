@@ -93,6 +93,11 @@ def is_conditioned(model: nn.Module) -> bool:
     return isinstance(model, Conditioned)
 
 
+def takes_parts(model: nn.Module) -> bool:
+    """Whether the model also runs from a batch's parts (`forward_parts`, `batching.parts`)."""
+    return isinstance(network(model), Dep) and hasattr(model, "forward_parts")
+
+
 def network(model: nn.Module) -> nn.Module:
     """The network that predicts cycles: a confident model's without its error head (which training
     the network would leave stale), any other model as it is."""
@@ -100,4 +105,4 @@ def network(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "WRAPPERS", "Conditioned", "Confident", "build", "from_checkpoint", "is_conditioned", "network", "parameter_count",
-           "to_checkpoint", "tokenizer_options"]
+           "takes_parts", "to_checkpoint", "tokenizer_options"]

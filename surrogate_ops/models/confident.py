@@ -53,7 +53,9 @@ class Confident(nn.Module):
 
     def features(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(cycles (batch,), what the error head reads (batch, dim + 1))."""
-        pooled = self.block.encode(tokens)
+        return self._read(self.block.encode(tokens))
+
+    def _read(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cycles = self.block.head(pooled)
         return cycles, torch.cat([pooled, torch.log(cycles).unsqueeze(-1)], dim=-1)
 
@@ -61,5 +63,11 @@ class Confident(nn.Module):
         return self.error(features).squeeze(-1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        cycles, features = self.features(tokens)
+        return self._answer(*self.features(tokens))
+
+    def forward_parts(self, rows: torch.Tensor, ins: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        """`forward` from a batch's parts, where the block encoder takes them (`dep`)."""
+        return self._answer(*self._read(self.block.encode_parts(rows, ins, edges)))
+
+    def _answer(self, cycles: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return torch.stack([cycles, torch.exp(self.log_error(features))], dim=-1)  # (batch, 2)

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from surrogate_ops.batching import EDGE_BASE
+from surrogate_ops.batching import EDGE_KINDS as KINDS  # reg, reg-carried, mem, mem-carried (blocks.deps.KINDS)
 from surrogate_ops.models.layers import CyclesHead, TransformerLayer
-
-EDGE_BASE = 2  # the first edge token's id: right after <PAD> and <UNK> (tokenizer.dependency_tokens)
-KINDS = 4  # reg, reg-carried, mem, mem-carried (blocks.deps.KINDS)
 
 
 @dataclass(frozen=True)
@@ -110,16 +109,35 @@ class Dep(nn.Module):
         """The block's pooled features, (batch, dim); `condition` (batch, dim) or (batch, instructions,
         dim) as in `hier`."""
         # tokens: (batch, instructions, tokens) int64, 0 = padding
-        _, n_ins, n_tok = tokens.shape
         edges, is_edge = self.edges(tokens)
         token_mask = ((tokens != 0) & ~is_edge).unsqueeze(-1).to(self.slot.dtype)  # instruction tokens only
         x = (self.mixed_tokens(tokens) * token_mask).sum(2)  # (b, i, d)
+        return self.over_block(self.instruction(x), tokens[:, :, 0] != 0, edges, condition)
+
+    def encode_parts(self, rows: torch.Tensor, ins: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        """`encode` from a batch's parts (`batching.parts`): each distinct instruction's tokens once,
+        rows (u, w) with row 0 all padding; each instruction's row, ins (b, i), 0 for padding; the
+        edge matrix (b, kinds, i, i). What depends on one instruction alone (its tokens through the
+        token table, pooled, the instruction MLP) runs once per distinct instruction of the batch,
+        about half of its instructions on BHive, and the edges come built: same answers as
+        `encode`, up to float rounding, from a cheaper graph (issue 32)."""
+        token_mask = (rows != 0).unsqueeze(-1).to(self.slot.dtype)
+        per_row = self.instruction((self.mixed_tokens(rows.unsqueeze(0))[0] * token_mask).sum(1))  # (u, d)
+        return self.over_block(per_row[ins], ins != 0, edges)
+
+    def over_block(self, x: torch.Tensor, mask: torch.Tensor, edges: torch.Tensor,
+                   condition: torch.Tensor | None = None) -> torch.Tensor:
+        """From each instruction's vector x (b, i, d), which are real (mask (b, i)), and the edges, to
+        the block's pooled features (b, d)."""
+        n_ins = x.shape[1]
         self_loops = (edges * self.eye[:n_ins, :n_ins]).sum(-1)  # (b, k, i)
         degrees = torch.cat([edges.sum(-1), edges.sum(-2), self_loops], dim=1).transpose(1, 2)  # (b, i, 3k)
-        x = self.instruction(x) + self.position[:n_ins] + self.degree(degrees)
+        x = x + self.position[:n_ins] + self.degree(degrees)
         if condition is not None:
             x = x + (condition if condition.dim() == 3 else condition.unsqueeze(1))
-        mask = tokens[:, :, 0] != 0  # (b, i): real instructions
         for layer in self.layers:
             x = layer(x, mask, edges)
         return (x * mask.unsqueeze(-1).to(x.dtype)).sum(1)  # (b, d)
+
+    def forward_parts(self, rows: torch.Tensor, ins: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode_parts(rows, ins, edges))  # (batch,)
