@@ -879,11 +879,12 @@ def adaptation_command(parent_uri, data, mcpu, sizes, seeds, steps, val_limit, o
                    "sizes from dim 16 and one layer to small].")
 @click.option("--mcpu", default="haswell", show_default=True, help="Whose llvm-mca cycles the sizes learn.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--train-limit", type=click.IntRange(min=1), help="Train on at most this many blocks.")
+@click.option("--train-limit", type=click.IntRange(min=0), default=0, help="Train on at most this many blocks [default, 0: all].")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timing runs per size (median).")
 @click.option("--out", type=click.Path(file_okay=False), default="capacity", show_default=True,
               help="Folder for capacity.csv/.md/.png.")
-@click.option("--small", is_flag=True, help="A fast sweep: two sizes, 2 epochs, 2,000 training blocks, one timing run.")
+@click.option("--small", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="A fast sweep: two sizes, 2 epochs, 2,000 training blocks, one timing run; also --small true|false.")
 @_tracking_option
 def capacity_command(data, sizes, mcpu, epochs, train_limit, repeats, out, small, tracking_uri) -> None:
     """Accuracy against speed over network sizes: each trained on the same data, scored against
@@ -894,7 +895,7 @@ def capacity_command(data, sizes, mcpu, epochs, train_limit, repeats, out, small
     if small:
         sizes, epochs, train_limit, repeats = sizes or "dep:tiny:dim=16:layers=1,dep:tiny", 2, train_limit or 2000, 1
     table = capacity.study(data, Path(out), capacity.parse_sizes(sizes or capacity.DEFAULT_SIZES), mcpu=mcpu,
-                           epochs=epochs, train_limit=train_limit, repeats=repeats)
+                           epochs=epochs, train_limit=train_limit or None, repeats=repeats)
     click.echo((Path(out) / "capacity.md").read_text())
     click.echo(f"plot: {Path(out) / 'capacity.png'}; {len(table)} sizes, also logged to MLflow")
 

@@ -130,6 +130,28 @@ def test_pipeline_chains_its_steps_and_reuses_finished_ones(store):
     assert reused == steps  # promote too: it runs again only when train did
 
 
+def test_capacity_trains_times_and_draws_each_size(store, readme_runs):
+    """`study capacity` through its entry point, on the README's collected data: each size trained on
+    the same data as a nested run, scored and timed, the smaller network the faster, the Pareto
+    front marked, the table and plot written and logged."""
+    import pandas as pd
+
+    run = entry(store, "capacity", small="true", sizes="dep:tiny:dim=16:layers=1,dep:small")
+    out = store["home"] / "capacity"
+    table = pd.read_csv(out / "capacity.csv").set_index("size")
+    small, large = table.loc["dep:tiny:dim=16:layers=1"], table.loc["dep:small"]
+    assert small["parameters"] < large["parameters"] / 10
+    assert small["network_blocks_per_s"] > large["network_blocks_per_s"]  # far fewer parameters: faster
+    assert small["pareto"]  # nothing is faster
+    assert (table["test_mape_vs_mca"] > 0).all() and (out / "capacity.png").stat().st_size > 10_000
+    assert "| `dep:small` |" in (out / "capacity.md").read_text()
+    client = store["client"]
+    sizes = client.search_runs([run.info.experiment_id], filter_string="tags.study = 'capacity'")
+    assert {r.info.run_id for r in sizes} == set(table["run_id"])
+    assert all("network_blocks_per_s" in r.data.metrics for r in sizes)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "capacity")} >= {"capacity/capacity.png"}
+
+
 @pytest.mark.shared_data
 def test_finetune_with_declared_limits(store, hsw_slice):
     run = entry(store, "finetune", measurements=hsw_slice, epochs=1, max_minutes=0.1, train_limit=100)
