@@ -49,14 +49,17 @@ class DepLayer(nn.Module):
         self.edge_bias = nn.Parameter(torch.zeros(2 * KINDS, heads))  # per kind: consumer->producer, reverse
         self.layer = TransformerLayer(dim, heads, ff_mult)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-        # x: (b, i, d); edges: (b, k, i, j), 1 where instruction i reads what j wrote
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                ) -> torch.Tensor:
+        # x: (b, i, d); edges: (b, k, i, j), 1 where instruction i reads what j wrote, and its two
+        # views (b, i, j, k) and (b, j, i, k), made once for every layer (`Dep.over_block`)
         # batched matrix products, not reshapes (TVM's ONNX importer refuses reshapes to several
         # dynamic dimensions) and not einsums (ONNX Runtime runs MatMul several times faster)
+        by_kind, reads, read_by = edges
         messages = self.norm(x).unsqueeze(1) @ self.message  # (b, k, j, d)
-        x = x + (edges @ messages).sum(1)  # each instruction gathers its producers' messages, per kind
-        forward = edges.permute(0, 2, 3, 1) @ self.edge_bias[:KINDS]  # (b, i, j, h)
-        backward = edges.permute(0, 3, 2, 1) @ self.edge_bias[KINDS:]  # (b, i, j, h): j reads i
+        x = x + (by_kind @ messages).sum(1)  # each instruction gathers its producers' messages, per kind
+        forward = reads @ self.edge_bias[:KINDS]  # (b, i, j, h)
+        backward = read_by @ self.edge_bias[KINDS:]  # (b, i, j, h): j reads i
         return self.layer(x, mask, (forward + backward).permute(0, 3, 1, 2))  # bias (b, h, i, j)
 
 
@@ -135,8 +138,9 @@ class Dep(nn.Module):
         x = x + self.position[:n_ins] + self.degree(degrees)
         if condition is not None:
             x = x + (condition if condition.dim() == 3 else condition.unsqueeze(1))
+        views = (edges, edges.permute(0, 2, 3, 1), edges.permute(0, 3, 2, 1))
         for layer in self.layers:
-            x = layer(x, mask, edges)
+            x = layer(x, mask, views)
         return (x * mask.unsqueeze(-1).to(x.dtype)).sum(1)  # (b, d)
 
     def forward_parts(self, rows: torch.Tensor, ins: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
