@@ -161,8 +161,11 @@ def test_finetune_with_declared_limits(store, hsw_slice):
 
 @pytest.mark.shared_data
 def test_adaptation_small_with_sizes(store, hsw_slice):
-    """Before: `-P sizes=40` clashed with the study's own `sizes` ([40]) and the run failed."""
-    run = entry(store, "adaptation", measurements=hsw_slice, small="true", sizes="40", step_budget=20)
+    """Before: `-P sizes=40` clashed with the study's own `sizes` ([40]) and the run failed. (Its first
+    400 blocks: the study is test_adaptation's, this is the entry point's parameters.)"""
+    few = hsw_slice.with_name("hsw-400.csv")
+    few.write_text("".join(hsw_slice.open().readlines()[:401]))
+    run = entry(store, "adaptation", measurements=few, small="true", sizes="40", step_budget=20)
     assert run.data.params["sizes"] == "40" and run.data.params["sizes_resolved"] == "[40]"
     assert "llvm_mca_mape_vs_measured" in run.data.metrics
     assert (store["home"] / "adaptation" / "adaptation.md").is_file()

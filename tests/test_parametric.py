@@ -44,13 +44,14 @@ def driven(driver, blocks: list[str], table: dict, knobs: dict | None = None) ->
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-def test_stock_tables_give_stock_cycles_on_every_block(driver):
+def test_stock_tables_give_stock_cycles_on_a_third_of_bhive(driver):
     """Without entries, and with an entry of no changes for every opcode the blocks use (each opcode
     then runs on a scheduling class of its own), the cycles are stock llvm-mca's, block for block:
-    every BHive Haswell block of ../shared (skipped without them) and the blocks of a local binary."""
+    every third BHive Haswell block of ../shared (skipped without them; 18,700 blocks, four passes
+    of them: every block took two minutes of the suite) and the blocks of a local binary."""
     hexes = [h for h, _ in blocks_from_binaries(["/usr/bin/ls"])]
     with open(BHIVE / "hsw.csv", newline="") as handle:
-        hexes += [row["hex"] for row in csv.DictReader(handle)]
+        hexes += [row["hex"] for row in csv.DictReader(handle)][::3]
     blocks = [b for b in disassemble(list(dict.fromkeys(hexes))).blocks if b]
     stock = [r.cycles for r in LlvmMca().run(blocks)]
     assert sum(c is not None for c in stock) > 0.99 * len(blocks)

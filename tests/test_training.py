@@ -205,25 +205,6 @@ def test_source_weights_repeat_training_rows(home, dataset):
     assert result.returncode != 0 and "expected SOURCE=FACTOR" in result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.system
-def test_mlflow_run_entry_point(home, dataset):
-    """`mlflow run . -e train --env-manager local` trains and registers through the CLI."""
-    root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update({"SURROGATE_OPS_HOME": str(home), "MLFLOW_TRACKING_URI": config.default_store_uri()})
-    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(root), "-e", "train", "--env-manager", "local",
-                           "-P", f"data={dataset}", "-P", "preset=tiny",
-                           "-P", "epochs=1", "-P", "register=from-project"],
-                          capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT,
-                          cwd=home)  # its ./mlruns in the home
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    version = MlflowClient().get_model_version_by_alias("from-project", "champion")
-    run = mlflow.get_run(version.run_id)
-    assert run.data.tags.get("mlflow.project.entryPoint") == "train"  # the project's own run got the results
-    assert "test_mape_vs_mca" in run.data.metrics
-
-
 @pytest.mark.parametrize("arch", ["bert", "ithemal"])
 @pytest.mark.slow
 def test_every_architecture_trains_and_exports(home, dataset, arch):
