@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from surrogate_ops.config import PRETRAINED, store_uri, work_dir
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.modeldir import ModelDir, adopt_bundled_parts
 
 
 def cache_root(uri: str) -> Path:
@@ -81,4 +81,4 @@ def resolve(model: str, tracking_uri: str | None = None) -> Path | None:
     folder = cache_root(uri) / name / str(pin.get("version"))
     if pin.get("stamp") != _stamp(database) or not ModelDir.holds_one(folder):
         return None
-    return folder
+    return adopt_bundled_parts(folder)

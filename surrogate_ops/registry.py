@@ -33,7 +33,7 @@ from surrogate_ops import modeldir, pins, tracking
 from surrogate_ops.config import DEFAULT_MODEL, PRETRAINED, champion_uri
 from surrogate_ops.engines import HOST_PLATFORM
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.modeldir import Builds, ModelDir
+from surrogate_ops.modeldir import Builds, ModelDir, adopt_bundled_parts
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -198,7 +198,7 @@ def model_dir(uri: str | Path) -> ModelDir:
         shutil.rmtree(cache, ignore_errors=True)
         found.rename(cache)
         shutil.rmtree(tmp, ignore_errors=True)
-    model = ModelDir.open(cache)
+    model = ModelDir.open(adopt_bundled_parts(cache))
     fetch_build(name, version, HOST_PLATFORM, model.builds)
     if "@" in str(uri):  # the next resolution of this alias can skip MLflow while the store stays as it is
         pins.record(mlflow.get_registry_uri(), name, str(uri).split("@", 1)[1], version)

@@ -94,6 +94,36 @@ def test_the_default_follows_promotions_past_its_pin(tmp_path):
         assert pins.resolve("models:/llvm-mca-haswell@champion").name == second.version
 
 
+def test_a_version_registered_before_the_bundles_carried_parts_gets_their_graph(tmp_path):
+    """A registry that registered a bundled surrogate before it carried `parts.onnx` (issue 32) runs
+    it from parts too once downloaded: the bundle's graph is copied in where `model.onnx` is the
+    bundle's byte for byte; another model without one is left as it is."""
+    import onnx
+
+    from surrogate_ops import registry, tracking
+    from surrogate_ops.blocks import read_asm_file
+    from surrogate_ops.config import PRETRAINED
+    from surrogate_ops.inference import Predictor
+    from surrogate_ops.modeldir import PARTS, ModelDir
+
+    old, other = tmp_path / "old", tmp_path / "other"
+    shutil.copytree(PRETRAINED / "llvm-mca-haswell", old, ignore=shutil.ignore_patterns(PARTS))
+    shutil.copytree(old, other)
+    graph = onnx.load(str(other / "model.onnx"))
+    graph.doc_string = "not the bundle's graph"
+    onnx.save(graph, str(other / "model.onnx"))
+    blocks = read_asm_file(FIXTURES / "blocks.s")
+    with in_home(tmp_path / "home"):
+        with tracking.start_run():
+            first = registry.log_model(ModelDir.open(old), example=blocks[:1], name="old-bundle")
+            second = registry.log_model(ModelDir.open(other), example=blocks[:1], name="other-model")
+        upgraded = registry.model_dir(f"models:/old-bundle/{first.version}")
+        kept = registry.model_dir(f"models:/other-model/{second.version}")
+    assert upgraded.parts_onnx is not None and kept.parts_onnx is None
+    assert np.allclose(Predictor(upgraded).cycles(blocks), Predictor(PRETRAINED / "llvm-mca-haswell").cycles(blocks),
+                       rtol=1e-5)
+
+
 @pytest.mark.shared_data
 def test_the_fast_front_end_gives_the_reference_ids(tiny_binary, fixture_blocks):
     """The predictor's per-line caches and hex decoding give exactly the ids of the plain path
