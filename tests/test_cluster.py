@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import CLI, COMMAND_TIMEOUT, script
+from support.cli import CLI, COMMAND_TIMEOUT, interruptible, script
 from surrogate_ops import datasets
 from surrogate_ops.programs.cluster import LOOPBACK
 
@@ -131,7 +131,8 @@ def test_an_interrupted_cluster_run_resumes(cluster, local_labels, tmp_path):
     env = {**env, "SURROGATE_OPS_LLVM_MCA": slow}
     out = tmp_path / "ray.parquet"
     args = _collect(out, "--ray", address, "--part-rows", "1000")
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)  # a suite started in the background ignores SIGINT
     partial = out.with_name(out.name + ".partial")
     deadline = time.time() + 300
     while not list(partial.glob("part-*.parquet")) and proc.poll() is None and time.time() < deadline:
