@@ -111,6 +111,11 @@ def onnx_engine(model: ModelDir, threads: int | None = None, whole: bool = False
     return run
 
 
+# Bytes of optimized graphs kept in the build cache (a bundled dim-32 surrogate's is 8 MB, a dim-64
+# one's 16: every trained model adds its own); past it, the least recently used go first
+ORT_CACHE_BYTES = 512 << 20
+
+
 def optimized_session(onnx: Path, options):
     """An ONNX Runtime CPU session of `onnx`, from its graph as ONNX Runtime optimizes it, kept in
     `config.BUILD_CACHE` by the model's digest and ONNX Runtime's version. Optimizing is most of a
@@ -118,7 +123,8 @@ def optimized_session(onnx: Path, options):
     `models.dep`) out of the weights, 0.2-0.3 s and 100 MB at its peak for a bundled surrogate; the
     optimized graph, the table already folded, loads in about 0.05 s (issue 32's one-block predict).
     The level is EXTENDED, not ALL: ALL adds layouts of this CPU's own, and the cache is per user,
-    not per CPU. Where the cache cannot be written, the session optimizes in memory as before."""
+    not per CPU. Where the cache cannot be written, the session optimizes in memory as before. The
+    cache holds `ORT_CACHE_BYTES` of graphs at most, the least recently used dropped first."""
     import hashlib
 
     import onnxruntime as ort
@@ -130,19 +136,40 @@ def optimized_session(onnx: Path, options):
     providers = ["CPUExecutionProvider"]
     if cached.is_file():
         with contextlib.suppress(Exception):  # a damaged file: optimize again below
-            return ort.InferenceSession(str(cached), options, providers=providers)
+            session = ort.InferenceSession(str(cached), options, providers=providers)
+            with contextlib.suppress(OSError):  # used now: the last to be dropped (its access time;
+                os.utime(cached, ns=(time.time_ns(), cached.stat().st_mtime_ns))  # its write time stays)
+            return session
     partial = cached.with_name(f"{cached.name}.{os.getpid()}-{threading.get_ident()}.part")
     try:
         BUILD_CACHE.mkdir(parents=True, exist_ok=True)
         options.optimized_model_filepath = str(partial)
         session = ort.InferenceSession(data, options, providers=providers)
         os.replace(partial, cached)  # whole or absent: a reader never sees a half-written graph
+        _keep_within(ORT_CACHE_BYTES, cached)
         return session
     except Exception:  # noqa: BLE001 - a cache that cannot be written (ONNX Runtime raises its own types)
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
         options.optimized_model_filepath = ""
         return ort.InferenceSession(data, options, providers=providers)
+
+
+def _keep_within(budget: int, newest: Path) -> None:
+    """Drop the least recently used optimized graphs (by access time) until those left take `budget` bytes at most
+    (`newest`, just written, is always kept); a graph another process removed meanwhile is skipped."""
+    graphs = []
+    for path in BUILD_CACHE.glob("ort-*.onnx"):
+        with contextlib.suppress(OSError):
+            graphs.append((path, path.stat()))
+    total = sum(found.st_size for _, found in graphs)
+    for path, found in sorted(graphs, key=lambda item: item[1].st_atime):
+        if total <= budget:
+            break
+        if path != newest:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            total -= found.st_size
 
 
 def torch_cuda_engine(model: ModelDir, threads: int | None = None) -> Engine:

@@ -109,10 +109,14 @@ def test_the_optimized_graph_is_kept_and_answers_as_the_model_itself(fixture_blo
     it after (a one-block predict then skips folding the token table); the answers are those of a
     session that optimizes the model in memory at ONNX Runtime's default level. A damaged cached
     graph is optimized again; a cache that cannot be written costs speed only."""
+    import shutil
+
+    import onnx
     import onnxruntime as ort
 
     from surrogate_ops import engines
     from surrogate_ops.batching import Flat
+    from surrogate_ops.modeldir import ModelDir
 
     monkeypatch.setattr(engines, "BUILD_CACHE", tmp_path / "cache")
     predictor = Predictor(BUNDLED)
@@ -133,6 +137,18 @@ def test_the_optimized_graph_is_kept_and_answers_as_the_model_itself(fixture_blo
     damaged.write_bytes(b"not a graph")
     assert np.array_equal(engines.onnx_engine(predictor.model, whole=True)(tokens), reference)
     assert damaged.stat().st_size > 1000  # optimized and kept again
+    # over the cache's budget (room for two graphs here), the least recently used goes: the graph
+    # from parts, read again now, stays; the graph from tokens, last used before it, is dropped
+    engines.onnx_engine(predictor.model)
+    monkeypatch.setattr(engines, "ORT_CACHE_BYTES", 2 * max(kept) + 1000)
+    other = tmp_path / "other"
+    shutil.copytree(predictor.model.path, other, ignore=shutil.ignore_patterns("parts.onnx"))
+    graph = onnx.load(str(other / "model.onnx"))
+    graph.doc_string = "another model's graph"
+    onnx.save(graph, str(other / "model.onnx"))
+    engines.onnx_engine(ModelDir.open(other))
+    left = set((tmp_path / "cache").glob("ort-*.onnx"))
+    assert len(left) == 2 and damaged not in left and set(kept.values()) - {damaged} <= left
     monkeypatch.setattr(engines, "BUILD_CACHE", tmp_path / "file")
     (tmp_path / "file").write_text("a file where the cache folder should be")
     assert np.array_equal(engines.onnx_engine(predictor.model, whole=True)(tokens), reference)
