@@ -156,8 +156,8 @@ def optimized_session(onnx: Path, options):
 
 
 def _keep_within(budget: int, newest: Path) -> None:
-    """Drop the least recently used optimized graphs (by access time) until those left take `budget` bytes at most
-    (`newest`, just written, is always kept); a graph another process removed meanwhile is skipped."""
+    """Drop the least recently used optimized graphs (by access time) until those left take `budget`
+    bytes at most (`newest`, just written, is always kept); one another process removed is skipped."""
     graphs = []
     for path in BUILD_CACHE.glob("ort-*.onnx"):
         with contextlib.suppress(OSError):
