@@ -77,7 +77,10 @@ def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
     if models.is_conditioned(model):
         dims, names = (*dims, {0: batch}), [*names, "params"]
         inputs = (*inputs, torch.full((example.shape[0], len(config.parameters)), 0.5))
-    _export(model.eval(), inputs, path, names, dims, "cycles_and_error" if isinstance(model, models.Confident) else "cycles")
+    with _quiet():
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        torch.onnx.export(model.eval(), inputs, dynamo=True, input_names=names, output_names=[_output(model)],
+                          dynamic_shapes=dims, opset_version=OPSET).save(str(path))
 
 
 class _Parts(nn.Module):
@@ -97,27 +100,25 @@ def export_parts_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None
     builds `model.onnx`), so it goes through the TorchScript exporter: 0.8 s where torch.export
     takes 10-15 s for the bundled network on two cores, once per trained model."""
     rows, ins, edges = (torch.from_numpy(x) for x in parts(example, model.config.max_instructions))
-    quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        warnings.simplefilter("ignore")
+    with _quiet():
         # no folding here: the token table (vocabulary x slots x dim) would be written out whole; ONNX
         # Runtime folds it when it loads the graph, and keeps the result (`engines.optimized_session`)
         torch.onnx.export(_Parts(model.eval()), (rows, ins, edges), str(path), dynamo=False, opset_version=OPSET,
-                          do_constant_folding=False,
-                          input_names=["rows", "ins", "edges"],
-                          output_names=["cycles_and_error" if isinstance(model, models.Confident) else "cycles"],
+                          do_constant_folding=False, input_names=["rows", "ins", "edges"], output_names=[_output(model)],
                           dynamic_axes={"rows": {0: "distinct", 1: "width"}, "ins": {0: "batch", 1: "instructions"},
                                         "edges": {0: "batch", 2: "instructions", 3: "instructions"}})
 
 
-def _export(model: nn.Module, inputs: tuple, path: Path, names: list[str], dims: tuple, output: str) -> None:
-    quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+def _output(model: nn.Module) -> str:
+    return "cycles_and_error" if isinstance(model, models.Confident) else "cycles"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters' warnings and prints kept out of the user's terminal."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        logging.getLogger("torch").setLevel(logging.ERROR)
-        program = torch.onnx.export(model, inputs, dynamo=True, input_names=names, output_names=[output],
-                                    dynamic_shapes=dims, opset_version=OPSET)
-        program.save(str(path))
+        yield
 
 
 def example_batch(tokenizer: Tokenizer, blocks: Sequence[str]) -> np.ndarray:

@@ -95,7 +95,7 @@ def is_conditioned(model: nn.Module) -> bool:
 
 def takes_parts(model: nn.Module) -> bool:
     """Whether the model also runs from a batch's parts (`forward_parts`, `batching.parts`)."""
-    return isinstance(network(model), Dep) and hasattr(model, "forward_parts")
+    return isinstance(network(model), Dep)  # a dep network, alone or inside a confident model
 
 
 def network(model: nn.Module) -> nn.Module:
