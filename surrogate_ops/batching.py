@@ -201,9 +201,11 @@ def parts(tokens: np.ndarray, positions: int) -> tuple[np.ndarray, np.ndarray, n
     width = max(int(np.count_nonzero(plain, axis=-1).max(initial=0)), 1)
     rows = np.zeros((b * n + 1, width), dtype=np.int64)  # row 0 stays padding
     rows[1:] = plain[:, :, :width].reshape(-1, width)
-    keys = rows @ _HASH[:width]  # wraps around: a hash; a collision is caught below
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    if not np.array_equal(rows[first][inverse], rows):  # two distinct rows, one key: compare whole rows
+    hashed = width <= len(_HASH)  # rows wider than the multipliers (a model of max_tokens > 64): whole rows
+    if hashed:
+        keys = rows @ _HASH[:width]  # wraps around: a hash; a collision is caught below
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    if not hashed or not np.array_equal(rows[first][inverse], rows):  # two distinct rows, one key
         _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
     swap = np.arange(len(first))  # the padding row's place moves to 0, whatever its key sorts as
     swap[[0, inverse[0]]] = swap[[inverse[0], 0]]

@@ -158,8 +158,8 @@ def test_the_optimized_graph_is_kept_and_answers_as_the_model_itself(fixture_blo
 def test_a_batch_split_into_its_parts_holds_every_instruction_and_edge(monkeypatch):
     """`batching.parts`: each distinct instruction once (row 0 padding), every instruction's row
     found again through `ins`, the edge matrix `Dep.edges` builds from the same tokens; when two
-    rows share a hash they are told apart by their tokens. The bundled network from those parts
-    answers as from the tokens."""
+    rows share a hash, or are wider than the hash's multipliers, they are told apart by their
+    tokens. The bundled network from those parts answers as from the tokens."""
     import torch
 
     from surrogate_ops import batching
@@ -185,4 +185,6 @@ def test_a_batch_split_into_its_parts_holds_every_instruction_and_edge(monkeypat
         assert np.allclose(network.forward_parts(*map(torch.from_numpy, split)).numpy(),
                            network(torch.from_numpy(tokens)).numpy(), rtol=1e-5, atol=0)
     monkeypatch.setattr(batching, "_HASH", np.zeros_like(batching._HASH))  # every row one key
+    check(*batching.parts(tokens, predictor.model.max_instructions))
+    monkeypatch.setattr(batching, "_HASH", batching._HASH[:2])  # rows wider than the multipliers
     check(*batching.parts(tokens, predictor.model.max_instructions))
