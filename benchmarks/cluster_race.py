@@ -29,9 +29,9 @@ from pathlib import Path
 
 from common import bhive_hexes
 
-from surrogate_ops import datasets
 from surrogate_ops.blocks import generate
 from surrogate_ops.blocks.hexcode import disassemble
+from surrogate_ops.data import datasets
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.programs import cluster as ray_cluster
 

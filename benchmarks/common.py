@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from surrogate_ops.blocks.hexcode import disassemble
-from surrogate_ops.datasets import read_hex_list
-from surrogate_ops.inference import Predictor
+from surrogate_ops.data.datasets import read_hex_list
+from surrogate_ops.runtime.inference import Predictor
 
 DEFAULT_BHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bhive"
 

@@ -33,17 +33,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from surrogate_ops import compile as compiler
-from surrogate_ops import engines, registry
-from surrogate_ops.blocks.hexcode import disassemble
-from surrogate_ops.export import example_batch
-from surrogate_ops.inference import Predictor
-from surrogate_ops.metrics import mape
-from surrogate_ops.programs import LlvmMca
-
 from common import DEFAULT_BHIVE, bhive_hexes, median_time
 
+from surrogate_ops import registry
+from surrogate_ops.blocks.hexcode import disassemble
+from surrogate_ops.builds import compile as compiler
+from surrogate_ops.builds.export import example_batch
+from surrogate_ops.metrics import mape
+from surrogate_ops.programs import LlvmMca
+from surrogate_ops.runtime import engines
+from surrogate_ops.runtime.inference import Predictor
 
 PASSES = """
 import json, sys
@@ -163,7 +162,7 @@ def main() -> None:
         contenders.append((f"baseline {args.baseline} onnxruntime", tree, model, "onnxruntime"))
     for uri in args.model:
         directory = scratch / Path(str(uri)).name.replace("@", "-")
-        shutil.copytree(registry.model_dir(uri).path, directory)  # builds go beside a copy, never into the package
+        shutil.copytree(registry.open(uri).model.path, directory)  # builds go beside a copy, never into the package
         meta = Predictor(directory).meta
         engines_here = args.engine or ["onnxruntime", "torch", "tvm"]
         if "tvm" in engines_here and meta["arch"] in compiler.UNSUPPORTED:

@@ -34,9 +34,9 @@ import numpy as np
 from common import post_json
 from fidelity import bhive_rows, open_model, probe
 
-from surrogate_ops import datasets
-from surrogate_ops.confidence import routed_cut
-from surrogate_ops.serving import wait_ready
+from surrogate_ops.data import datasets
+from surrogate_ops.serving.server import wait_ready
+from surrogate_ops.training.confidence import routed_cut
 
 SHARES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 MEASURED = (0.0, 0.05, 0.1, 0.2)  # shares timed through the service

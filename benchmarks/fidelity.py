@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import median_time
 
-from surrogate_ops import config, datasets, presets, registry
+from surrogate_ops import config, presets, registry
 from surrogate_ops.blocks.generate import PROBE_SEED, generate
-from surrogate_ops.inference import Predictor
+from surrogate_ops.data import datasets
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.programs import LlvmMca
-
-from common import median_time
+from surrogate_ops.registry import versions
+from surrogate_ops.runtime.inference import Predictor
 
 CLASSICS = [
     "addq %rax, %rbx\nimulq %rcx, %rdx",
@@ -81,7 +82,7 @@ def score(predictor: Predictor, rows: pd.DataFrame) -> dict[str, float]:
 
 
 def open_model(uri: str) -> Predictor:
-    return Predictor(registry.model_dir(uri) if uri.startswith("models:/") else uri)
+    return Predictor(registry.open(uri).model if uri.startswith("models:/") else uri)
 
 
 def main() -> None:
@@ -94,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     frame = datasets.load(args.data)
     results = []
-    for uri in args.model or registry.bundled_uris():
+    for uri in args.model or versions.bundled_uris():
         predictor = open_model(uri)
         mcpu = predictor.meta["mcpu"]
         sets = {"dense": probe("dense", mcpu), "mixed": probe("mixed", mcpu), "bhive": bhive_rows(frame, mcpu)}

@@ -16,7 +16,6 @@ cheaper network.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import statistics
@@ -25,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import DEFAULT_BHIVE, bhive_hexes
+
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
-from surrogate_ops.modeldir import PARTS, ModelDir
-
-from common import DEFAULT_BHIVE, bhive_hexes
+from surrogate_ops.runtime.modeldir import PARTS, ModelDir
 
 LIBRARIES = ("/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3")
 

@@ -15,14 +15,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from common import DEFAULT_BHIVE, bhive_hexes, median_time
 
-from surrogate_ops.batching import Flat, run_batched
+from surrogate_ops.blocks.batching import Flat, run_batched
 from surrogate_ops.blocks.hexcode import disassemble
-from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import mape
 from surrogate_ops.programs import LlvmMca
-
-from common import DEFAULT_BHIVE, bhive_hexes, median_time
+from surrogate_ops.runtime.inference import Predictor
 
 
 def cuda_engine(module, dtype, device: str = "cuda"):

@@ -22,14 +22,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from common import DEFAULT_BHIVE, bhive_hexes, fresh, median_time, passes
 
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import mape
 from surrogate_ops.programs import LlvmMca
-
-from common import DEFAULT_BHIVE, bhive_hexes, fresh, median_time, passes
+from surrogate_ops.runtime.inference import Predictor
 
 
 def tokenized_rate(model: str, engine: str, batch: int, texts: list[str], repeats: int) -> float:

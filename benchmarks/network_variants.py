@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
-from surrogate_ops.batching import buckets, parts
-from surrogate_ops.blocks.hexcode import disassemble
-from surrogate_ops.inference import BULK_TOKENS, Predictor
-from surrogate_ops.modeldir import ModelDir
-
 from common import DEFAULT_BHIVE, bhive_hexes
+
+from surrogate_ops.blocks.batching import buckets, parts
+from surrogate_ops.blocks.hexcode import disassemble
+from surrogate_ops.runtime.inference import BULK_TOKENS, Predictor
+from surrogate_ops.runtime.modeldir import ModelDir
 
 
 def session(path: Path) -> ort.InferenceSession:

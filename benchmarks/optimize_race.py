@@ -1,6 +1,6 @@
 """Surrogate optimization vs surrogate-free search baselines on measured Haswell throughput, same budget.
 
-For each seed, `surrogate_ops.optimize.optimize` finds a setting of llvm-mca's parameters through
+For each seed, `surrogate_ops.search.optimize.optimize` finds a setting of llvm-mca's parameters through
 the conditioned surrogate and with OpenTuner and Optuna (the seed moves the baselines, the descent's
 random starts and the sample of training blocks every llvm-mca run of the search takes), and the
 real llvm-mca scores every setting on the same held-out measured blocks (may-alias excluded).
@@ -18,7 +18,7 @@ import statistics
 
 from common import DEFAULT_BHIVE
 
-from surrogate_ops.optimize import OptimizeConfig, optimize
+from surrogate_ops.search.optimize import OptimizeConfig, optimize
 
 
 def main() -> None:

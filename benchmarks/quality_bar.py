@@ -25,9 +25,11 @@ from pathlib import Path
 
 import mlflow
 
-from surrogate_ops import datasets, registry
-from surrogate_ops.evaluate import evaluate
-from surrogate_ops.inference import Predictor
+from surrogate_ops import registry
+from surrogate_ops.data import datasets
+from surrogate_ops.registry import versions
+from surrogate_ops.registry.evaluate import evaluate
+from surrogate_ops.runtime.inference import Predictor
 
 
 def main() -> None:
@@ -41,8 +43,8 @@ def main() -> None:
     print(header)
     mca_line = None
     for uri in args.model:
-        name, version = registry.resolve_version(uri)
-        predictor = Predictor(registry.model_dir(uri))
+        name, version = versions.resolve_version(uri)
+        predictor = Predictor(registry.open(uri).model)
         m = evaluate(predictor, frame, "haswell", "test").metrics
         run = mlflow.get_run(mlflow.MlflowClient().get_model_version(name, version).run_id)
         print(f"{uri:<22} {predictor.meta['arch']:<8} {predictor.meta['parameters']:>8,} "

@@ -30,10 +30,10 @@ import pandas as pd
 
 from surrogate_ops.blocks import corners
 from surrogate_ops.blocks.generate import PROBE_SEED
-from surrogate_ops.coverage import CpuCoverage, bundled_mcpus, coverage, read_blocks
-from surrogate_ops.datasets import Record
+from surrogate_ops.data.datasets import Record
 from surrogate_ops.metrics import kendall_tau, mape
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.runtime.modeldir import ModelDir
+from surrogate_ops.serving.coverage import CpuCoverage, bundled_mcpus, coverage, read_blocks
 
 SITE = Path(np.__file__).resolve().parents[1]
 HELD_OUT = {  # never in training: `collect --exclude` with these names, and their blocks dropped from the mix

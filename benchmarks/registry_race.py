@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from surrogate_ops.tracking_server import MlflowServer, Postgres
+    from surrogate_ops.registry.server import MlflowServer, Postgres
 
     figures: dict[str, list[dict]] = {"server+postgresql": [], "server+sqlite": [], "sqlite direct": []}
     for repeat in range(args.repeats):

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 from common import post_json
 
-from surrogate_ops import datasets
 from surrogate_ops.config import DEFAULT_MODEL_URI
+from surrogate_ops.data import datasets
 from surrogate_ops.metrics import mape
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.serving import wait_ready
+from surrogate_ops.serving.server import wait_ready
 
 
 def post(url: str, blocks: list[str]) -> list[dict]:

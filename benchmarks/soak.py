@@ -49,7 +49,7 @@ from common import post_json
 from surrogate_ops.blocks.generate import PROBE_SEED, generate
 from surrogate_ops.llvm_tools import find_tool
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.serving import wait_ready
+from surrogate_ops.serving.server import wait_ready
 
 UNKNOWN = "pclmulqdq $0, %xmm1, %xmm2\naddq %rax, %rbx"  # outside the vocabulary: llvm-mca answers
 

@@ -5,7 +5,9 @@
 """
 import random
 import sys
+
 from surrogate_ops.blocks.generate import generate
+
 SYSTEM = ["outb %al, %dx", "outw %ax, %dx", "outl %eax, %dx", "inb %dx, %al", "inw %dx, %ax", "inl %dx, %eax",
           "outb %al, $16", "inl $96, %eax", "lretl", "lretq", "iretq", "iretl", "cli", "sti", "outsb (%rsi), %dx",
           "outsl (%rsi), %dx", "insb %dx, %es:(%rdi)", "insl %dx, %es:(%rdi)", "cld", "std", "lahf", "sahf",

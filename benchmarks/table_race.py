@@ -1,6 +1,6 @@
 """Surrogate optimization of llvm-mca's per-instruction table vs OpenTuner and Optuna, same budget, seeds.
 
-For each seed, `surrogate_ops.table_search.search` (what `surrogate-ops optimize-table` runs)
+For each seed, `surrogate_ops.search.table_search.search` (what `surrogate-ops optimize-table` runs)
 fine-tunes the per-instruction surrogate, descends on the table, checks tables from along the
 path with the parametric llvm-mca, gives OpenTuner and Optuna the surrogate's whole budget of
 driver block evaluations (its labels, anchors and checks), and scores every table with the real
@@ -19,7 +19,7 @@ import statistics
 
 from common import DEFAULT_BHIVE
 
-from surrogate_ops.table_search import TableSearchConfig, search
+from surrogate_ops.search.table_search import TableSearchConfig, search
 
 
 def main() -> None:

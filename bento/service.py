@@ -43,24 +43,11 @@ from starlette.responses import JSONResponse
 
 from surrogate_ops.config import settings
 from surrogate_ops.llvm_tools import end_orphans
-from surrogate_ops.modeldir import ModelDir
-from surrogate_ops.serving import Limits, Rejected, Server
+from surrogate_ops.serving.server import Limits, Rejected, Server
 
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"  # models/<mcpu>/, one per CPU the bento serves
 BUNDLED_PARAMS = Path(__file__).resolve().parent / "params.json"
 ops = FastAPI(title="surrogate-ops operations")
-
-
-def _model_uri() -> str:
-    model = settings().model
-    if model:
-        return model
-    carried = sorted(p for p in BUNDLED_MODELS.glob("*") if ModelDir.holds_one(p)) if BUNDLED_MODELS.is_dir() else []
-    if carried:
-        return ",".join(map(str, carried))
-    from surrogate_ops.registry import bundled_uris  # MLflow: only where no models are carried (not in an image)
-
-    return ",".join(bundled_uris())
 
 
 def _mca_params() -> dict | None:
@@ -202,7 +189,7 @@ class Surrogate:
         _die_with_parent()
         _take_over()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrors())
-        self.server = Server.from_uri(_model_uri(), llvm_mca=settings().llvm_mca,
+        self.server = Server.from_uri(settings().model, BUNDLED_MODELS, llvm_mca=settings().llvm_mca,
                                       limits=Limits.from_environment(), mca_params=_mca_params())
         _metrics(self.server)
 

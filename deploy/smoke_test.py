@@ -1,6 +1,6 @@
 """Smoke test of a container image of the service against the same models served on this host.
 
-Starts IMAGE with podman (`surrogate_ops.containers.started`), waits for /ops/healthz, reads which
+Starts IMAGE with podman (`surrogate_ops.serving.containers.started`), waits for /ops/healthz, reads which
 registered versions it carries, serves those versions here with `surrogate-ops serve` (same store,
 same llvm-mca), and sends both the same blocks: held-out generated blocks (a seed no training saw)
 in requests of 256, blocks the surrogate must not answer (a token outside its vocabulary, a block
@@ -31,10 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from surrogate_ops import containers
+from surrogate_ops.serving import containers
 from surrogate_ops.blocks.generate import generate
 from surrogate_ops.config import Source
-from surrogate_ops.serving import wait_ready
+from surrogate_ops.serving.server import wait_ready
 
 UNKNOWN = "pclmulqdq $0, %xmm1, %xmm2\naddq %rax, %rbx"  # a token outside the bundled vocabularies
 LONG = "\n".join(["addq %rax, %rbx", "imulq %rcx, %rdx"] * 40)  # 80 instructions, over the models' 64

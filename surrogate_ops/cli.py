@@ -16,8 +16,16 @@ from pathlib import Path
 
 import click
 
-from surrogate_ops import config, presets
-from surrogate_ops.config import AUTO_ENGINE, DEFAULT_MODEL, DEFAULT_MODEL_URI, DEVICES, ENGINE_CHOICES, EngineName, Source
+from surrogate_ops import config, presets, registry
+from surrogate_ops.config import (
+    AUTO_ENGINE,
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_URI,
+    DEVICES,
+    ENGINE_CHOICES,
+    EngineName,
+    Source,
+)
 from surrogate_ops.errors import SurrogateOpsError
 
 # Choices come from the preset tables (data), read without importing torch or TVM, so --help is quick.
@@ -155,7 +163,8 @@ def collect(bhive, binary, asm, per_binary, exclude, generate, generate_seed, de
     with --per-instruction as well, under one of N per-instruction tables (columns table,
     instructions).
     """
-    from surrogate_ops import config, datasets
+    from surrogate_ops import config
+    from surrogate_ops.data import datasets
 
     out = Path(out) if out else config.work_dir() / "datasets" / "default.parquet"
     cluster = _join_cluster(ray_address)
@@ -174,7 +183,7 @@ def collect(bhive, binary, asm, per_binary, exclude, generate, generate_seed, de
         click.echo(_cluster_report(cluster))
     click.echo(datasets.summary(datasets.load(result.path)))
     if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: the dataset is the step's artifact, for the next step
-        from surrogate_ops import tracking
+        from surrogate_ops.registry import tracking
 
         click.echo(f"logged to run {tracking.log_dataset(result.path, result.rows)} as {tracking.DATASET}/{result.path.name}")
 
@@ -199,7 +208,7 @@ def _cluster_report(cluster) -> str:
 @click.argument("dataset", type=click.Path(dir_okay=False))
 def summary(dataset: str) -> None:
     """Print a dataset's size, splits, sources and llvm-mca's error against measured throughput."""
-    from surrogate_ops import datasets
+    from surrogate_ops.data import datasets
 
     click.echo(datasets.summary(datasets.load(dataset)))
 
@@ -219,7 +228,7 @@ def _weights(items: tuple[str, ...]) -> dict[str, float]:
 
 
 def _configure_tracking(ctx, param, value: str | None) -> str:
-    from surrogate_ops import tracking
+    from surrogate_ops.registry import tracking
 
     return tracking.configure(value)
 
@@ -274,9 +283,8 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
     dataset collected with --sample-params trains a parameter-conditioned surrogate (block and
     llvm-mca parameters in, cycles out), the model `optimize` descends through.
     """
-    from surrogate_ops import train as training
-
     from surrogate_ops.models import size_options
+    from surrogate_ops.training import train as training
 
     try:
         parsed = size_options(list(sizes))
@@ -286,7 +294,7 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
     if init_from:
         from surrogate_ops import registry
 
-        parent = registry.model_dir(init_from)
+        parent = registry.open(init_from).model
         shape = parent.shape()
         arch, preset, parsed = shape["arch"], shape["preset"], shape["sizes"]
     config = training.TrainConfig(data=data, arch=arch, preset=preset, sizes=parsed, target=target, mcpu=mcpu,
@@ -331,7 +339,7 @@ def confidence(model_uri, data, split, mcpu, epochs, register, save_dir, trackin
     on, and scored on a fifth of them it was not fit on: how much of the error routing the least
     trusted 5/10/20% of blocks to llvm-mca removes. The result answers `estimated_error` in every
     answer, and honours `max_error` in the service and --max-error in `predict`."""
-    from surrogate_ops import confidence as stage
+    from surrogate_ops.training import confidence as stage
 
     result = stage.calibrate(model_uri, data, mcpu=mcpu, split=split, epochs=epochs, register=register,
                              progress=not quiet)
@@ -361,7 +369,7 @@ def evaluate(model_uri, data, split, mcpu, engine, tracking_uri) -> None:
     The figures also go on an MLflow run of the evaluation's own (metrics, the dataset's digest,
     plots/predicted_vs_mca.png in cycles per 100 iterations)."""
     from surrogate_ops import config
-    from surrogate_ops.evaluate import evaluation_run
+    from surrogate_ops.registry.evaluate import evaluation_run
 
     model_uri = model_uri or config.model_uri(mcpu or config.DEFAULT_MCPU)
     done = evaluation_run(model_uri, data, split, mcpu, engine)
@@ -396,18 +404,18 @@ def coverage(binary, asm, mcpu, model_uri, limit, out, no_log, tracking_uri, qui
     so the surrogate's own answers are scored against it (MAPE, Kendall's tau), never llvm-mca's
     answers behind its back. The figures also go on an MLflow run of their own (metrics per CPU:
     <cpu>_answered_share, <cpu>_mape_vs_mca, ...; artifacts coverage.csv and reasons.json)."""
-    from surrogate_ops import coverage as stage
-    from surrogate_ops.modeldir import ModelDir
+    from surrogate_ops import registry
+    from surrogate_ops.serving import coverage as stage
 
     if not binary and not asm:
         raise click.UsageError("give the code to cover: --binary PATH or --asm FILE")
     if model_uri:  # one surrogate: its CPU (another is refused, naming the one it imitates)
-        model = ModelDir.open(_surrogate_dir(model_uri, "", tracking_uri))
+        model = registry.open(model_uri, tracking_uri=tracking_uri, pinned=True).model
         surrogates = {m: model for m in mcpu or [model.mcpu]}
     else:
-        surrogates = {m: _surrogate_dir(None, m, tracking_uri) for m in mcpu or stage.bundled_mcpus()}
+        surrogates = {m: registry.open(None, m, tracking_uri, pinned=True).model for m in mcpu or stage.bundled_mcpus()}
     if not no_log:  # after the surrogates are found: a store that is not there yet needs no registration for them
-        from surrogate_ops import tracking
+        from surrogate_ops.registry import tracking
 
         tracking.configure(tracking_uri)
     report = stage.coverage_run(binary, asm, surrogates, limit=limit or None, out=out, log=not no_log,
@@ -436,7 +444,7 @@ def promote(name, data, force, check, tracking_uri) -> None:
     the decision on the challenger's version (description and tags).
 
     Exit status: 0 promoted (or already champion), 1 rejected (--check: would be), 2 an error."""
-    from surrogate_ops import promotion
+    from surrogate_ops.registry import promotion
 
     decision = promotion.promote(name, data, force=force, check=check)
     click.echo(str(decision))
@@ -481,7 +489,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
 
     from surrogate_ops import config
     from surrogate_ops.blocks.inputs import chunks
-    from surrogate_ops.serving import Limits, Server
+    from surrogate_ops.serving.server import Limits, Server
 
     setting = _read_params(params, (mcpu,))
     reading = chunks(input_path)
@@ -492,9 +500,10 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
         server = Server(None, limits=limits)
         exact = True
     else:
-        from surrogate_ops.inference import Predictor
+        from surrogate_ops import registry
+        from surrogate_ops.runtime.inference import Predictor
 
-        predictor = Predictor(_surrogate_dir(model_uri, mcpu, tracking_uri), engine=engine)
+        predictor = Predictor(registry.open(model_uri, mcpu, tracking_uri, pinned=True).model, engine=engine)
         if predictor.meta.get("mcpu") != mcpu:
             raise SurrogateOpsError(f"{model_uri or config.model_uri(mcpu)} imitates -mcpu={predictor.meta.get('mcpu')}, "
                                     f"not {mcpu}")
@@ -537,26 +546,6 @@ def _name_block(index: int, error: str) -> str:
     return f"{where}: {error[named.end():] if named else error}"
 
 
-def _surrogate_dir(model_uri: str | None, mcpu: str, tracking_uri: str | None):
-    """The model directory to predict with: a directory, or the registry's (the champion of --mcpu by
-    default). MLflow is imported only when the answer is not already known locally (see `pins`)."""
-    from surrogate_ops import config, pins
-
-    uri = model_uri or config.model_uri(mcpu)
-    local = pins.resolve(uri, tracking_uri)
-    if local is not None:
-        return local
-    from surrogate_ops import registry, tracking
-
-    tracking.configure(tracking_uri)
-    if model_uri is None and config.model_name(mcpu) not in registry.bundled_names() and not registry.has_versions(
-            config.model_name(mcpu)):
-        raise SurrogateOpsError(
-            f"no surrogate for -mcpu={mcpu}: surrogate-ops bundles {', '.join(registry.bundled_names())}; "
-            f"answer with --program llvm-mca, or train one and register it as {config.model_name(mcpu)}")
-    return registry.model_dir(uri)
-
-
 def _shape_option(ctx, param, value: str) -> tuple[int, int, int]:
     """BATCHxINSTRUCTIONSxTOKENS, checked before any work starts."""
     parts = value.lower().split("x")
@@ -594,20 +583,22 @@ def compile_command(model_uri, platform, tvm_cpu, out, verify, tune_minutes, tun
     The build keeps batch, instruction and token axes dynamic. With --tune-minutes, TVM's
     meta-schedule also tunes the heaviest kernels of a static-shape build on this CPU, and the
     record says what was tuned and whether it paid (tuned vs untuned vs ONNX Runtime)."""
-    from surrogate_ops import compile as compiler
-    from surrogate_ops import engines, registry
-    from surrogate_ops.export import check_onnx, example_batch, onnx_opset
-    from surrogate_ops.modeldir import Builds
+    from surrogate_ops import registry
+    from surrogate_ops.builds import compile as compiler
+    from surrogate_ops.builds.export import check_onnx, example_batch, onnx_opset
+    from surrogate_ops.registry import versions
+    from surrogate_ops.runtime import engines
+    from surrogate_ops.runtime.modeldir import Builds
 
-    name, version = registry.resolve_version(model_uri)
-    model = registry.model_dir(f"models:/{name}/{version}")
-    blocks = compiler.check_blocks(registry.version_tags(name, version).get("dataset_path"))
+    opened = registry.open(model_uri, registered=True)
+    model, name, version = opened.model, opened.name, opened.version
+    blocks = compiler.check_blocks(versions.version_tags(name, version).get("dataset_path"))
     click.echo(f"ONNX (opset {onnx_opset(model)}, dynamic batch/instructions/tokens): {check_onnx(model, blocks)}")
     build = compiler.compile_model(model, platform, Path(out), tvm_cpu, example_batch(model.tokenizer(), blocks),
                                    tune_minutes=tune_minutes, tune_shape=tune_shape, tune_kernels=tune_kernels,
                                    verify=verify, log=click.echo)
     folder = Builds(Path(out))
-    registry.attach_build(name, version, platform, folder.files(platform), folder.database(platform), build.tags())
+    versions.attach_build(name, version, platform, folder.files(platform), folder.database(platform), build.tags())
     if platform == engines.HOST_PLATFORM:  # the local copy of the version picks its host build up at once
         compiler.install(Path(out), platform, model)
     click.echo(f"built {build.library} for {platform} ({build.tvm_target}) in {build.seconds:.1f} s")
@@ -623,7 +614,7 @@ def compile_command(model_uri, platform, tvm_cpu, out, verify, tune_minutes, tun
     elif not build.runs_here:
         click.echo(f"not run here: the {platform} build loads only on {engines.platforms()[platform]['runs_on']}"
                    + (" (--verify runs it under emulation)" if "emulate" in engines.platforms()[platform] else ""))
-    click.echo(f"logged to run {registry.run_of(name, version)} under builds/{platform}; tagged on {name} v{version}")
+    click.echo(f"logged to run {versions.run_of(name, version)} under builds/{platform}; tagged on {name} v{version}")
 
 
 @cli.command()
@@ -651,9 +642,9 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
     The vocabulary grows for unseen tokens (learned ones keep their ids and weights); training
     uses MAPE loss with early stopping on the validation split; the run is tagged with its parent
     version, and the result is registered as a challenger of a model named for the task."""
-    from surrogate_ops import adaptation, registry
+    from surrogate_ops.training import adaptation
 
-    name, _ = registry.resolve_version(parent_uri)
+    name = registry.open(parent_uri, registered=True).name
     register = register or adaptation.default_name(name, Path(data), target)
     result = adaptation.finetune(parent_uri, data, target=target, register=register, mcpu=mcpu, epochs=epochs, lr=lr,
                                  train_limit=train_limit or None, seed=seed, max_minutes=max_minutes or None,
@@ -709,7 +700,7 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, ro
     and each baseline's (same budget, space and objective) on the held-out split. Everything
     goes to one MLflow run; the found parameters work with `predict --program llvm-mca --params`.
     """
-    from surrogate_ops import optimize as optimization
+    from surrogate_ops.search import optimize as optimization
 
     chosen = () if "none" in baselines else tuple(baselines) or optimization.BASELINES
     config = optimization.OptimizeConfig(model=model_uri, data=data, budget=budget, mcpu=mcpu, baselines=chosen,
@@ -771,7 +762,7 @@ def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, 
     split. One MLflow run holds the figures, every table, diff.csv and the plots; the surrogate's
     table is registered as a version of llvm-mca-<mcpu>-table.
     """
-    from surrogate_ops import table_search
+    from surrogate_ops.search import table_search
 
     chosen = () if "none" in baselines else tuple(baselines) or table_search.BASELINES
     config = table_search.TableSearchConfig(data=data, labels=tuple(labels), mcpu=mcpu, model=model_uri,
@@ -856,7 +847,7 @@ def study() -> None:
 def adaptation_command(parent_uri, data, mcpu, sizes, seeds, steps, val_limit, out, small, tracking_uri) -> None:
     """From scratch vs fine-tuned from the surrogate, over training-set sizes and seeds, scored on
     the same held-out measured blocks (may-alias excluded) with llvm-mca's error as the reference."""
-    from surrogate_ops import adaptation
+    from surrogate_ops.training import adaptation
 
     try:
         sizes = [int(x) for x in sizes.split(",")] if sizes else None
@@ -890,7 +881,7 @@ def capacity_command(data, sizes, mcpu, epochs, train_limit, repeats, out, small
     """Accuracy against speed over network sizes: each trained on the same data, scored against
     llvm-mca on the same test split and timed on its blocks (the network alone, and the whole path
     from text), with the Pareto front drawn; every size a nested MLflow run."""
-    from surrogate_ops import capacity
+    from surrogate_ops.training import capacity
 
     if small:
         sizes, epochs, train_limit, repeats = sizes or "dep:tiny:dim=16:layers=1,dep:tiny", 2, train_limit or 2000, 1
@@ -916,12 +907,13 @@ def serve(model_uris, host, port, params, tracking_uri) -> None:
     the cycles of the surrogate of that mcpu, or llvm-mca's where the surrogate is not trusted (tokens
     outside its vocabulary, longer than its limit, no surrogate for the mcpu) or exact is asked. GET /ops/healthz says which
     model and mode; GET /docs is the OpenAPI page."""
-    from surrogate_ops import bento, registry
+    from surrogate_ops import registry
+    from surrogate_ops.serving import bento
 
-    model_uris = list(model_uris) or registry.bundled_uris()
+    model_uris = registry.served(model_uris)
     for k, model_uri in enumerate(model_uris):
         if model_uri.startswith("models:/"):
-            registry.resolve_version(model_uri)  # a wrong name fails here, clearly, before the server starts
+            registry.open(model_uri)  # a wrong name fails here, clearly, before the server starts
         else:  # a directory, as the server (which runs in its own folder) will find it; a missing
             # one leaves the service up on llvm-mca alone, saying why, as a model that fails to load does
             model_uris[k] = str(Path(model_uri).resolve())
@@ -958,11 +950,10 @@ def bento(model_uris, params, tracking_uri) -> None:
 
 
 def _bento(model_uris, params, arch: str = "amd64") -> str:
-    from surrogate_ops import bento as packing
     from surrogate_ops import registry
+    from surrogate_ops.serving import bento as packing
 
-    tag, carried = packing.build(list(model_uris) or registry.bundled_uris(), _checked_params(params) if params else None,
-                                 arch)
+    tag, carried = packing.build(registry.served(model_uris), _checked_params(params) if params else None, arch)
     click.echo(f"built bento {tag} carrying {', '.join(f'{name} v{version}' for name, version in carried)}")
     return tag
 
@@ -988,7 +979,7 @@ def containerize(bento_tag, model_uris, params, image, rebuild_base, arch, track
     fallback, uv), holding the service, its models, ONNX Runtime and numpy (no torch, MLflow or TVM
     compiler). The host's pip settings (CA bundle, find-links) reach the build's steps, not the image.
     Set-up once: `bash deploy/podman-setup.sh`. Check the image: `python deploy/smoke_test.py IMAGE`."""
-    from surrogate_ops import containers
+    from surrogate_ops.serving import containers
 
     if bento_tag and (model_uris or params):
         raise click.UsageError("--bento names a built bento; --model and --params are for building a new one")
@@ -1023,7 +1014,8 @@ def build_native(force: bool) -> None:
 def tracking_uri_command() -> None:
     """Print the default MLflow tracking URI (for `export MLFLOW_TRACKING_URI=...` before `mlflow run`),
     creating the store when it does not exist yet, its artifacts in the work directory."""
-    from surrogate_ops import config, tracking
+    from surrogate_ops import config
+    from surrogate_ops.registry import tracking
 
     tracking.local_store(config.default_store_uri())
     click.echo(config.default_store_uri())
@@ -1055,7 +1047,7 @@ def tracking_server(root, host, port, postgres_port, backend_store_uri, workers,
     from contextlib import ExitStack
 
     from surrogate_ops import config
-    from surrogate_ops.tracking_server import ROLE, BasicAuth, MlflowServer, Postgres
+    from surrogate_ops.registry.server import ROLE, BasicAuth, MlflowServer, Postgres
 
     root = Path(root or config.work_dir() / "tracking-server").resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -1097,10 +1089,11 @@ def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str
     """The main job on the embedded default, end to end: register the bundled surrogates (one per
     CPU: haswell, skylake, ivybridge, znver2, znver3) where the registry has none, collect blocks from this machine's binaries labeled by llvm-mca for Haswell,
     train a small surrogate for a few minutes, register it as challenger, evaluate, promote."""
-    from surrogate_ops import config, registry, tracking
+    from surrogate_ops import config
+    from surrogate_ops.registry import tracking, versions
 
-    for name in registry.bundled_names():  # a surrogate per CPU, all offline
-        bundled = registry.ensure_default(name)
+    for name in versions.bundled_names():  # a surrogate per CPU, all offline
+        bundled = versions.ensure_default(name)
         if bundled:
             click.echo(f"registered the bundled surrogate as {bundled.uri} (champion)")
     data = config.work_dir() / "datasets" / "default.parquet"
@@ -1112,7 +1105,7 @@ def quickstart(ctx: click.Context, minutes: float, limit: int, tracking_uri: str
     click.echo("== evaluate: the champion on the new data's test split")
     ctx.invoke(evaluate, model_uri=DEFAULT_MODEL_URI, data=str(data), tracking_uri=tracking_uri)
     click.echo("== promote")
-    from surrogate_ops import promotion
+    from surrogate_ops.registry import promotion
 
     decision = promotion.promote(DEFAULT_MODEL)  # a rejection is an outcome here, not a failure of the job
     click.echo(f"{decision}\nlogged to run {decision.run_id}")

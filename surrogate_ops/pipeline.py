@@ -19,8 +19,8 @@ import click
 import mlflow
 from mlflow.utils import mlflow_tags
 
-from surrogate_ops import tracking
 from surrogate_ops.config import work_dir
+from surrogate_ops.registry import tracking
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from support.data import FIXTURES, bhive_absent
 
 
@@ -54,7 +53,7 @@ def tiny_binary(tmp_path_factory) -> Path:
 @pytest.fixture
 def fresh_home(tmp_path, monkeypatch) -> Path:
     """A fresh work directory for one test, hence a fresh MLflow store and registry."""
-    from surrogate_ops import tracking
+    from surrogate_ops.registry import tracking
 
     monkeypatch.setenv("SURROGATE_OPS_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

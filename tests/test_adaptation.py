@@ -8,11 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from support.cli import CLI, COMMAND_TIMEOUT
 from support.data import bhive_csv
-from surrogate_ops.registry import BUNDLED
-from surrogate_ops.modeldir import ModelDir
+
+from surrogate_ops import registry
+from surrogate_ops.registry.versions import BUNDLED
+from surrogate_ops.runtime.modeldir import ModelDir
 
 pytestmark = [pytest.mark.slow, pytest.mark.system]  # fine-tuning and a study, through the command line
 
@@ -32,7 +33,7 @@ def measurements(tmp_path_factory) -> Path:
 def test_finetune_extends_the_vocabulary_and_registers_with_lineage(measurements, tmp_path):
     from mlflow import MlflowClient
 
-    from surrogate_ops import registry, tracking
+    from surrogate_ops.registry import tracking
 
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     out = subprocess.run([*CLI, "finetune", "--data", str(measurements), "--epochs", "4", "--quiet"],
@@ -51,17 +52,17 @@ def test_finetune_extends_the_vocabulary_and_registers_with_lineage(measurements
     assert int(run.data.params["vocab_added"]) >= 1 and run.data.params["target"] == "measured"
 
     old = ModelDir.open(BUNDLED).tokenizer()
-    new = registry.model_dir("models:/llvm-mca-haswell-lab-measured@challenger").tokenizer()
+    new = registry.open("models:/llvm-mca-haswell-lab-measured@challenger").model.tokenizer()
     assert "invlpg" not in old.vocab and "invlpg" in new.vocab
     assert all(new.vocab[token] == index for token, index in old.vocab.items())  # learned ids untouched
-    meta = registry.model_dir(f"models:/llvm-mca-haswell-lab-measured/{version.version}").meta
+    meta = registry.open(f"models:/llvm-mca-haswell-lab-measured/{version.version}").model.meta
     assert meta["target"] == "measured" and meta["metrics"]["test_mape_vs_measured"] > 0
 
 
 def test_adaptation_experiment_small_writes_its_table_and_plot(measurements, tmp_path):
     from mlflow import MlflowClient
 
-    from surrogate_ops import tracking
+    from surrogate_ops.registry import tracking
 
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     out = subprocess.run([*CLI, "study", "adaptation", "--data", str(measurements), "--small", "--sizes", "40,120",

@@ -6,13 +6,12 @@ import re
 import subprocess
 
 import pytest
+from support.data import BHIVE, BHIVE_FILES, FIXTURES
 
 from surrogate_ops.blocks import BlockError, normalize_block, read_asm_file
 from surrogate_ops.blocks.elf import blocks_from_binaries, find_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
-
-from support.data import BHIVE, BHIVE_FILES, FIXTURES
 
 
 @pytest.mark.parametrize("in_process", [True, False], ids=["libLLVM", "llvm-mc"])

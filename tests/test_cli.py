@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from support.cli import CLI, rows
 from support.data import FIXTURES
 
@@ -74,8 +73,8 @@ def test_predict_with_the_surrogate_and_with_llvm_mca(tmp_path):
     assert program.returncode == 0, program.stderr
     s_rows, p_rows = rows(surrogate.stdout), rows(program.stdout)
     assert [r["index"] for r in s_rows] == [str(i) for i in range(8)] == [r["index"] for r in p_rows]
-    from surrogate_ops.programs import LlvmMca
     from surrogate_ops.blocks import read_asm_file
+    from surrogate_ops.programs import LlvmMca
 
     expected = LlvmMca().run(read_asm_file(blocks))
     assert [float(r["cycles"]) for r in p_rows] == [r.cycles for r in expected]
@@ -99,8 +98,8 @@ def test_predict_routes_each_mcpu_to_its_own_surrogate(tmp_path):
     import numpy as np
 
     from surrogate_ops.blocks import read_asm_file
-    from surrogate_ops.inference import Predictor
-    from surrogate_ops.registry import PRETRAINED, bundled_names
+    from surrogate_ops.registry.versions import PRETRAINED, bundled_names
+    from surrogate_ops.runtime.inference import Predictor
 
     env = {"SURROGATE_OPS_HOME": str(tmp_path)}
     blocks = read_asm_file(FIXTURES / "blocks.s")

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.cli import CLI, COMMAND_TIMEOUT, interruptible, script
-from surrogate_ops import datasets
+
+from surrogate_ops.data import datasets
 from surrogate_ops.programs.cluster import LOOPBACK
 
 pytestmark = pytest.mark.system  # every test runs `surrogate-ops collect`

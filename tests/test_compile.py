@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from surrogate_ops import compile as compiler
-from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.export import compare, example_batch
-from surrogate_ops.inference import Predictor
-from surrogate_ops.modeldir import ModelDir
-from surrogate_ops.registry import BUNDLED
-
 from support.cli import CLI, COMMAND_TIMEOUT, rows
 from support.data import FIXTURES
+
+from surrogate_ops.builds import compile as compiler
+from surrogate_ops.builds.export import compare, example_batch
+from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.registry.versions import BUNDLED
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.runtime.modeldir import ModelDir
 
 BLOCKS = [b["block"] for b in json.loads((FIXTURES / "blocks.json").read_text())["blocks"]]
 
@@ -71,7 +70,7 @@ def test_compile_verify_runs_the_arm64_build_under_emulation(tmp_path, monkeypat
     assert "verified: 7 blocks under qemu-aarch64" in out.stdout
     from mlflow import MlflowClient
 
-    from surrogate_ops import tracking
+    from surrogate_ops.registry import tracking
 
     tracking.configure(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     version = MlflowClient().get_model_version_by_alias("llvm-mca-haswell", "champion")
@@ -117,7 +116,7 @@ def test_deploy_script_builds_every_target_and_compile_logs_and_tags_each(tmp_pa
     tvm answers like ONNX Runtime."""
     from mlflow import MlflowClient
 
-    from surrogate_ops import tracking
+    from surrogate_ops.registry import tracking
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
@@ -164,8 +163,8 @@ def test_tuned_build_is_recorded_and_serves_the_batches_that_fit(tmp_path):
     """A real (short) meta-schedule session: one kernel, one round, at a small static shape."""
     from mlflow import MlflowClient
 
-    from surrogate_ops import tracking
-    from surrogate_ops.engines import StaticEngine, tvm_library
+    from surrogate_ops.registry import tracking
+    from surrogate_ops.runtime.engines import StaticEngine, tvm_library
 
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
     out = subprocess.run([*CLI, "compile", "--platform", "x86", "--out", str(tmp_path / "out"), "--tune-minutes", "0.01",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from surrogate_ops.compile import compile_model
+from surrogate_ops.builds.compile import compile_model
 from surrogate_ops.config import PRETRAINED
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.runtime.modeldir import ModelDir
 
 
 def test_compile_prints_no_fast_mode_warning(tmp_path, capfd):

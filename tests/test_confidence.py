@@ -10,16 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-
-from surrogate_ops import config, confidence, models
-from surrogate_ops.blocks.generate import generate
-from surrogate_ops.export import save_model_dir
-from surrogate_ops.inference import Predictor
-from surrogate_ops.modeldir import ModelDir
-from surrogate_ops.programs import LlvmMca
-
 from support.cli import CLI, COMMAND_TIMEOUT, rows
 from support.stores import in_home
+
+from surrogate_ops import config, models, registry
+from surrogate_ops.blocks.generate import generate
+from surrogate_ops.builds.export import save_model_dir
+from surrogate_ops.programs import LlvmMca
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.runtime.modeldir import ModelDir
+from surrogate_ops.training import confidence
 
 BUNDLE = config.PRETRAINED / "llvm-mca-haswell"
 
@@ -63,7 +63,7 @@ def test_the_head_leaves_the_answer_and_ranks_errors_it_never_saw(plain, confide
     assert np.allclose(torch_estimate, estimate, rtol=1e-3) and np.allclose(torch_cycles, cycles, rtol=1e-3)
     with pytest.raises(Exception, match="does not estimate its error"):
         Predictor(plain).estimate(blocks)
-    from surrogate_ops.serving import Rejected, Server
+    from surrogate_ops.serving.server import Rejected, Server
 
     with pytest.raises(Rejected, match="gives no error estimates") as refused:
         Server(Predictor(plain)).predict(blocks[:3], "haswell", max_error=0.05)
@@ -113,14 +113,13 @@ def test_the_command_fits_registers_and_predict_routes_above_max_error(tmp_path,
                              capture_output=True, text=True, timeout=300, env=env)
     assert refused.returncode != 0 and "gives no error estimates" in refused.stderr
     with in_home(tmp_path / "home"):
-        from surrogate_ops import registry
 
-        assert registry.model_dir("models:/conf-test/1").arch == "confident"
+        assert registry.open("models:/conf-test/1").model.arch == "confident"
 
 
 def test_training_from_a_confident_surrogate_starts_from_its_network(confident):
     """Fine-tuning moves the network under the head, so it trains the network alone (a new head is fit after)."""
-    from surrogate_ops import train
+    from surrogate_ops.training import train
 
     assert confident.shape()["arch"] == "dep"
     blocks = generate(40, seed=35, density="loops")

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support.cli import CLI, COMMAND_TIMEOUT
 from support.stores import store_with
 

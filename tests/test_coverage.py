@@ -9,13 +9,13 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-
 from support.cli import CLI
-from surrogate_ops import coverage
-from surrogate_ops.inference import Predictor
+
 from surrogate_ops.metrics import mape
-from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.programs import LlvmMca
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.runtime.modeldir import ModelDir
+from surrogate_ops.serving import coverage
 
 KNOWN = "addq %rax, %rbx\nimulq %rcx, %rbx\nmovq (%rdi), %rdx"
 ASM = "\n\n".join([

@@ -9,12 +9,11 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-
-from surrogate_ops import datasets
-from surrogate_ops.programs import LlvmMca
-
 from support.cli import CLI, COMMAND_TIMEOUT, interruptible
 from support.data import FIXTURES
+
+from surrogate_ops.data import datasets
+from surrogate_ops.programs import LlvmMca
 
 
 def test_collect_from_asm_and_binary(tmp_path, tiny_binary, fixture_blocks):

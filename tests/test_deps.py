@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from surrogate_ops import batching, models
+from surrogate_ops import models
+from surrogate_ops.blocks import batching
 from surrogate_ops.blocks.deps import edges, effects
-from surrogate_ops.tokenizer import Tokenizer
+from surrogate_ops.blocks.tokenizer import Tokenizer
 
 
 def found(block: str) -> set[tuple[int, int, str]]:

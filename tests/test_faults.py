@@ -15,13 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from support.cli import CLI, script
 from support.data import FIXTURES, GOOD, UNKNOWN
 from support.servers import free_port, post, running, status
 from support.stores import in_home, store_with
+
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.serving import wait_ready
+from surrogate_ops.serving.server import wait_ready
 
 pytestmark = pytest.mark.system  # the service, a registry's writers or predict, each in processes of its own
 MODEL = "models:/svc-test@champion"
@@ -174,15 +174,15 @@ def test_killing_the_server_frees_its_port(home):
 WRITER = """
 import sys, time
 from pathlib import Path
-from surrogate_ops import registry, tracking
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.registry import versions, tracking
+from surrogate_ops.runtime.modeldir import ModelDir
 tracking.configure()
-model = ModelDir.open(registry.BUNDLED)
+model = ModelDir.open(versions.BUNDLED)
 start = float(sys.argv[2])
 while time.time() < start:
     time.sleep(0.01)
 with tracking.start_run(run_name="writer"):
-    r = registry.log_model(model, example=["addq %rax, %rbx"], name="raced",
+    r = versions.log_model(model, example=["addq %rax, %rbx"], name="raced",
                            tags={f"t{k}": k for k in range(int(sys.argv[1]))})
 print(r.version, ",".join(r.aliases))
 """
@@ -204,12 +204,12 @@ def test_writers_side_by_side_leave_the_aliases_as_the_rule_says(home, tmp_path)
         assert writer.returncode == 0, err[-2000:]
         version, _, aliases = out.strip().splitlines()[-1].partition(" ")
         said[version] = set(filter(None, aliases.split(",")))
-    from surrogate_ops import registry
+    from surrogate_ops.registry import versions
 
     with in_home(home):
         newest, oldest = str(max(map(int, said))), str(min(map(int, said)))
-        assert registry.alias_version("raced", "challenger") == newest
-        assert registry.alias_version("raced", "champion") == oldest
+        assert versions.alias_version("raced", "challenger") == newest
+        assert versions.alias_version("raced", "champion") == oldest
     assert said[newest] >= {"challenger"} and said[oldest] >= {"champion"}
     assert all(aliases <= {"challenger"} for version, aliases in said.items() if version not in (newest, oldest)), said
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from support.data import BHIVE, BHIVE_FILES
-from surrogate_ops.batching import Flat
+
 from surrogate_ops.blocks import compiled, hexcode
-from surrogate_ops.inference import Predictor
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.blocks.batching import Flat
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.runtime.modeldir import ModelDir
 
 pytestmark = pytest.mark.skipif(compiled.library() is None, reason="no C++ compiler here to build the front end")
 

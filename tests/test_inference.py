@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from surrogate_ops.batching import buckets, pad
-from surrogate_ops.inference import Predictor
-from surrogate_ops.registry import BUNDLED
+from surrogate_ops.blocks.batching import buckets, pad
+from surrogate_ops.registry.versions import BUNDLED
+from surrogate_ops.runtime.inference import Predictor
 
 
 def test_pad_matches_a_plain_loop():
@@ -52,7 +52,7 @@ def test_unknown_tokens_are_named():
 def test_overlapped_and_side_by_side_batching_give_the_same_answers_in_order():
     """Padding the next batch beside the running one (the GPU path), or running batches side by
     side on threads (CPU engines on many cores), changes nothing but timing."""
-    from surrogate_ops.batching import run_batched
+    from surrogate_ops.blocks.batching import run_batched
     from surrogate_ops.blocks.generate import generate
 
     predictor = Predictor(BUNDLED)
@@ -73,7 +73,7 @@ def test_overlapped_and_side_by_side_batching_give_the_same_answers_in_order():
 
 
 def test_flat_blocks_pad_and_bucket_as_lists_do():
-    from surrogate_ops.batching import Flat, buckets, pad
+    from surrogate_ops.blocks.batching import Flat, buckets, pad
     from surrogate_ops.blocks.generate import generate
 
     tokenizer = Predictor(BUNDLED).tokenizer
@@ -91,7 +91,7 @@ def test_worker_processes_encode_a_large_call_as_one_process_does(monkeypatch):
     from surrogate_ops.blocks.generate import generate
 
     monkeypatch.setenv("SURROGATE_OPS_FRONTEND", "python")
-    from surrogate_ops.inference import PARALLEL_MIN
+    from surrogate_ops.runtime.inference import PARALLEL_MIN
 
     blocks = generate(PARALLEL_MIN, seed=23, max_instructions=16)
     blocks[5], blocks[-3] = "bogus %rax, %rbx", "\n".join(["addq %rax, %rbx"] * 80)
@@ -114,9 +114,9 @@ def test_the_optimized_graph_is_kept_and_answers_as_the_model_itself(fixture_blo
     import onnx
     import onnxruntime as ort
 
-    from surrogate_ops import engines
-    from surrogate_ops.batching import Flat
-    from surrogate_ops.modeldir import ModelDir
+    from surrogate_ops.blocks.batching import Flat
+    from surrogate_ops.runtime import engines
+    from surrogate_ops.runtime.modeldir import ModelDir
 
     monkeypatch.setattr(engines, "BUILD_CACHE", tmp_path / "cache")
     predictor = Predictor(BUNDLED)
@@ -162,7 +162,7 @@ def test_a_batch_split_into_its_parts_holds_every_instruction_and_edge(monkeypat
     tokens. The bundled network from those parts answers as from the tokens."""
     import torch
 
-    from surrogate_ops import batching
+    from surrogate_ops.blocks import batching
     from surrogate_ops.blocks.generate import generate
 
     predictor = Predictor(BUNDLED)

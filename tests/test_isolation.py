@@ -17,11 +17,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
 from support.cli import CLI, script
 from support.data import GOOD
 from support.servers import post, running, status
 from support.stores import store_with
+
 from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.programs import LlvmMca
 

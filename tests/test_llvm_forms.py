@@ -13,8 +13,7 @@ import pytest
 from surrogate_ops import presets
 from surrogate_ops.blocks.deps import edges
 from surrogate_ops.blocks.generate import _GPR8, _GPR16, Density, _Block, fill, generate, llvm_forms
-from surrogate_ops.programs import LlvmMca
-from surrogate_ops.programs import x86_forms
+from surrogate_ops.programs import LlvmMca, x86_forms
 from surrogate_ops.programs.x86_forms import Printed
 
 SERVED = list(presets.load("microarchitectures"))

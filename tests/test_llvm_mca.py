@@ -7,8 +7,8 @@ import subprocess
 import time
 
 import pytest
-
 from support.cli import script
+
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.programs import LlvmMca, Result
 

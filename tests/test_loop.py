@@ -9,10 +9,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
 from support.cli import CLI
-from surrogate_ops import loop, models
+
+from surrogate_ops import models
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.training import loop
 
 NO_GPU = not torch.cuda.is_available()
 

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from support.cli import COMMAND_TIMEOUT
 from support.data import BHIVE
 

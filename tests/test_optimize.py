@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from support.cli import CLI, COMMAND_TIMEOUT, rows
 from support.data import bhive_csv
 from support.stores import in_home
-from surrogate_ops.datasets import split_of
+
+from surrogate_ops import registry
+from surrogate_ops.data.datasets import split_of
 from surrogate_ops.programs import LlvmMca
 
 PLANTED = {"dispatch_width": 2, "noalias": False}  # the 'machine' the measurements come from
@@ -93,7 +94,7 @@ def test_settings_llvm_mca_runs_alike_get_the_same_units(fixture_blocks):
 def test_params_file_round_trip_into_llvm_mca(tmp_path, fixture_blocks):
     """optimize's params.json format, read by predict --program llvm-mca, gives what the llvm-mca
     binary itself answers when given those options on its command line."""
-    from surrogate_ops.optimize import options
+    from surrogate_ops.search.optimize import options
 
     setting = {**LlvmMca("haswell").expert_defaults(), "dispatch_width": 2, "load_queue": 3, "noalias": False}
     params = tmp_path / "params.json"
@@ -115,7 +116,7 @@ def test_params_file_round_trip_into_llvm_mca(tmp_path, fixture_blocks):
 @pytest.mark.slow  # `lab`: labels and trains a conditioned surrogate through the command line
 @pytest.mark.system
 def test_sampled_collection_labels_each_block_under_its_setting(lab):
-    from surrogate_ops import datasets
+    from surrogate_ops.data import datasets
 
     frame = datasets.load(lab["sampled"])
     assert datasets.parameter_columns(frame) == list(LlvmMca.parameters)
@@ -130,12 +131,11 @@ def test_sampled_collection_labels_each_block_under_its_setting(lab):
 @pytest.mark.slow  # `lab`
 @pytest.mark.system
 def test_conditioned_surrogate_takes_parameters(lab):
-    from surrogate_ops import registry
     from surrogate_ops.errors import SurrogateOpsError
-    from surrogate_ops.inference import Predictor
+    from surrogate_ops.runtime.inference import Predictor
 
     with in_home(lab["root"] / "home"):
-        model_dir = registry.model_dir("models:/planted-params@champion")
+        model_dir = registry.open("models:/planted-params@champion").model
     meta = model_dir.meta
     assert meta["arch"] == "conditioned" and meta["config"]["base"] == "dep"  # the bundled surrogate's own
     assert meta["program_parameters"]["evaluations"] == pd.read_parquet(lab["sampled"])["block"].nunique()
@@ -153,7 +153,8 @@ def test_conditioned_surrogate_takes_parameters(lab):
 def test_optimize_end_to_end_with_both_tuners(lab):
     import mlflow
 
-    from surrogate_ops import datasets, tracking
+    from surrogate_ops.data import datasets
+    from surrogate_ops.registry import tracking
 
     out_json = lab["root"] / "params.json"
     budget = 1200

@@ -12,10 +12,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from support.cli import CLI, COMMAND_TIMEOUT
 from support.data import BHIVE
 from support.servers import free_port
+
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError

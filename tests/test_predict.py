@@ -12,14 +12,14 @@ import time
 
 import numpy as np
 import pytest
-
-from surrogate_ops.blocks.asm import split_asm_text
-from surrogate_ops.blocks.generate import generate
-from surrogate_ops.blocks.inputs import chunks, read_blocks
-
 from support.cli import CLI, rows
 from support.data import BHIVE, BHIVE_FILES, FIXTURES
 from support.stores import in_home
+
+from surrogate_ops import registry
+from surrogate_ops.blocks.asm import split_asm_text
+from surrogate_ops.blocks.generate import generate
+from surrogate_ops.blocks.inputs import chunks, read_blocks
 
 
 def test_text_files_read_in_chunks_give_the_blocks_of_a_whole_read(tmp_path):
@@ -59,11 +59,11 @@ def test_the_default_follows_promotions_past_its_pin(tmp_path):
     """The first predict of a fresh home answers from the bundle without a store; once the store
     exists the champion is resolved through MLflow and pinned; a promotion changes the store, so
     the next predict answers with the new champion."""
-    from surrogate_ops import pins, registry
     from surrogate_ops.blocks import read_asm_file
     from surrogate_ops.config import PRETRAINED, store_uri
-    from surrogate_ops.inference import Predictor
-    from surrogate_ops.modeldir import ModelDir
+    from surrogate_ops.registry import pins, versions
+    from surrogate_ops.runtime.inference import Predictor
+    from surrogate_ops.runtime.modeldir import ModelDir
 
     blocks = read_asm_file(FIXTURES / "blocks.s")
     haswell = Predictor(PRETRAINED / "llvm-mca-haswell").cycles(blocks)
@@ -72,7 +72,7 @@ def test_the_default_follows_promotions_past_its_pin(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # answered without creating a store
 
     with in_home(tmp_path):
-        first = registry.ensure_default("llvm-mca-haswell")
+        first = versions.ensure_default("llvm-mca-haswell")
         assert first.version == "1"
         assert pins.resolve("models:/llvm-mca-haswell@champion") is None  # nothing resolved yet
         assert np.allclose(_predict(tmp_path), haswell, rtol=1e-5)  # through MLflow, which pins it
@@ -84,11 +84,11 @@ def test_the_default_follows_promotions_past_its_pin(tmp_path):
         copy = tmp_path / "as-haswell"
         shutil.copytree(PRETRAINED / "llvm-mca-skylake", copy)
         other = ModelDir.open(copy).with_meta(mcpu="haswell")
-        from surrogate_ops import tracking
+        from surrogate_ops.registry import tracking
 
         with tracking.start_run():
-            second = registry.log_model(other, example=blocks[:1], name="llvm-mca-haswell")
-        registry.set_alias("llvm-mca-haswell", "champion", second.version)
+            second = versions.log_model(other, example=blocks[:1], name="llvm-mca-haswell")
+        versions.set_alias("llvm-mca-haswell", "champion", second.version)
         assert pins.resolve("models:/llvm-mca-haswell@champion") is None, store_uri()
         assert np.allclose(_predict(tmp_path), skylake, rtol=1e-5)
         assert pins.resolve("models:/llvm-mca-haswell@champion").name == second.version
@@ -100,11 +100,11 @@ def test_a_version_registered_before_the_bundles_carried_parts_gets_their_graph(
     bundle's byte for byte; another model without one is left as it is."""
     import onnx
 
-    from surrogate_ops import registry, tracking
     from surrogate_ops.blocks import read_asm_file
     from surrogate_ops.config import PRETRAINED
-    from surrogate_ops.inference import Predictor
-    from surrogate_ops.modeldir import PARTS, ModelDir
+    from surrogate_ops.registry import tracking, versions
+    from surrogate_ops.runtime.inference import Predictor
+    from surrogate_ops.runtime.modeldir import PARTS, ModelDir
 
     old, other = tmp_path / "old", tmp_path / "other"
     shutil.copytree(PRETRAINED / "llvm-mca-haswell", old, ignore=shutil.ignore_patterns(PARTS))
@@ -115,10 +115,10 @@ def test_a_version_registered_before_the_bundles_carried_parts_gets_their_graph(
     blocks = read_asm_file(FIXTURES / "blocks.s")
     with in_home(tmp_path / "home"):
         with tracking.start_run():
-            first = registry.log_model(ModelDir.open(old), example=blocks[:1], name="old-bundle")
-            second = registry.log_model(ModelDir.open(other), example=blocks[:1], name="other-model")
-        upgraded = registry.model_dir(f"models:/old-bundle/{first.version}")
-        kept = registry.model_dir(f"models:/other-model/{second.version}")
+            first = versions.log_model(ModelDir.open(old), example=blocks[:1], name="old-bundle")
+            second = versions.log_model(ModelDir.open(other), example=blocks[:1], name="other-model")
+        upgraded = registry.open(f"models:/old-bundle/{first.version}").model
+        kept = registry.open(f"models:/other-model/{second.version}").model
     assert upgraded.parts_onnx is not None and kept.parts_onnx is None
     assert np.allclose(Predictor(upgraded).cycles(blocks), Predictor(PRETRAINED / "llvm-mca-haswell").cycles(blocks),
                        rtol=1e-5)
@@ -135,8 +135,8 @@ def test_the_fast_front_end_gives_the_reference_ids(tiny_binary, fixture_blocks)
     from surrogate_ops.blocks.elf import blocks_from_binaries
     from surrogate_ops.blocks.hexcode import disassemble
     from surrogate_ops.config import PRETRAINED
-    from surrogate_ops.inference import Predictor
-    from surrogate_ops.modeldir import ModelDir
+    from surrogate_ops.runtime.inference import Predictor
+    from surrogate_ops.runtime.modeldir import ModelDir
 
     texts = generate(2000, seed=12, density="dense") + [b["block"] for b in fixture_blocks]
     hexes = [h for h, _ in blocks_from_binaries([tiny_binary, "/usr/bin/ls"])] + [b["hex"] for b in fixture_blocks]
@@ -164,7 +164,7 @@ def test_the_fast_front_end_gives_the_reference_ids(tiny_binary, fixture_blocks)
 @pytest.mark.system
 def test_errors_name_each_block_once_by_its_place_in_the_file(tmp_path):
     from surrogate_ops.config import PRETRAINED
-    from surrogate_ops.inference import Predictor
+    from surrogate_ops.runtime.inference import Predictor
 
     [_, bad] = Predictor(PRETRAINED / "llvm-mca-haswell").predict(["addq %rax, %rbx", ".byte 1"], first=100)
     assert bad.error.startswith("block 101, line 1: ") and len(re.findall(r"block \d", bad.error)) == 1

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-
-from surrogate_ops import datasets, promotion, registry
-
 from support.cli import CLI, COMMAND_TIMEOUT
 from support.stores import in_home
+
+from surrogate_ops.config import PRETRAINED
+from surrogate_ops.data import datasets
+from surrogate_ops.registry import promotion, versions
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def artifacts(run_id: str, folder: str) -> set[str]:
 
 
 def aliases(name: str) -> dict[str, str]:
-    return {alias: registry.alias_version(name, alias) for alias in ("champion", "challenger")}
+    return {alias: versions.alias_version(name, alias) for alias in ("champion", "challenger")}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_promote_on_an_empty_store_starts_from_the_bundled_surrogate(home):
     decision = promotion.promote("llvm-mca-skylake")
     assert decision.promoted and decision.champion is None and decision.challenger == "1"
     assert aliases("llvm-mca-skylake") == {"champion": "1", "challenger": "1"}
-    assert registry.version_tags("llvm-mca-skylake", "1")["source"] == "bundled with surrogate-ops"
+    assert versions.version_tags("llvm-mca-skylake", "1")["source"] == "bundled with surrogate-ops"
 
 
 @pytest.mark.system
@@ -129,7 +130,7 @@ def test_evaluate_takes_a_bhive_csv_and_logs_its_figures(home, fixture_blocks, t
     rows = [f"{b['hex']},{1.2 * b['haswell']['cycles']:.1f}" for b in fixture_blocks]
     csv = tmp_path / "measured.csv"
     csv.write_text("hex,throughput\n" + "\n".join(rows) + "\n")
-    bundled = registry.PRETRAINED / "llvm-mca-haswell"
+    bundled = PRETRAINED / "llvm-mca-haswell"
     out = cli(home, "evaluate", "--model", str(bundled), "--data", str(csv), "--split", "all")
     assert out.returncode == 0, out.stderr
     assert f"blocks evaluated: {len(fixture_blocks)}" in out.stdout

@@ -16,13 +16,13 @@ import urllib.request
 
 import mlflow
 import pytest
-
 from support.data import GOOD, LONG, UNKNOWN
 from support.servers import free_port
 from support.stores import in_home, store_with
+
 from surrogate_ops.config import PRETRAINED
-from surrogate_ops.inference import Predictor
 from surrogate_ops.programs import LlvmMca
+from surrogate_ops.runtime.inference import Predictor
 
 URI = "models:/pyfunc-test@champion"
 VFOO, DIRECTIVE, LABEL, CONTROL = "vfoo %xmm0", ".p2align 4", "a:.if 0", "addq %rax, %rbx\x00"
@@ -110,8 +110,8 @@ def test_mlflow_models_serve_answers_inputs(home, tmp_path):
 
 
 def test_bundled_surrogates_open_by_name_from_any_directory(tmp_path):
-    code = ("from surrogate_ops.inference import Predictor\n"
-            "from surrogate_ops.modeldir import ModelDir\n"
+    code = ("from surrogate_ops.runtime.inference import Predictor\n"
+            "from surrogate_ops.runtime.modeldir import ModelDir\n"
             "print(Predictor('llvm-mca-haswell').cycles(['addq %rax, %rbx'])[0])\n"
             "print(ModelDir.bundled('znver3').mcpu, ModelDir.bundled('llvm-mca-skylake').mcpu)\n"
             "try:\n    ModelDir.open('llvm-mca-nosuchcpu')\nexcept Exception as exc:\n    print(exc)\n")

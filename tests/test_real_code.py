@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from surrogate_ops.modeldir import ModelDir
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.serving import Server
+from surrogate_ops.runtime.modeldir import ModelDir
+from surrogate_ops.serving.server import Server
 
 # One block per instruction class that real libraries hold and BHive does not (or barely does)
 CLASSES = {
@@ -56,10 +56,10 @@ def test_a_held_out_library_is_covered_by_a_small_model(fresh_home, tmp_path):
     import json
     import shutil
 
-    from surrogate_ops import datasets
-    from surrogate_ops.coverage import coverage, read_blocks
-    from surrogate_ops.tokenizer import FORMAT_V1
-    from surrogate_ops.train import TrainConfig, train
+    from surrogate_ops.blocks.tokenizer import FORMAT_V1
+    from surrogate_ops.data import datasets
+    from surrogate_ops.serving.coverage import coverage, read_blocks
+    from surrogate_ops.training.train import TrainConfig, train
 
     programs = [f"/usr/bin/{p}" for p in ("ls", "grep", "tar", "sed", "find", "diff", "make", "ssh")]
     data = tmp_path / "programs.parquet"

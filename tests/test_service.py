@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from support.cli import CLI, COMMAND_TIMEOUT
 from support.data import GOOD, LONG, UNKNOWN
 from support.servers import free_port, post, running, status
 from support.stores import in_home, store_with
+
+from surrogate_ops import registry
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.serving import (
+from surrogate_ops.serving.server import (
     DEFAULT_POLICY,
     Block,
     FairPool,
@@ -52,24 +53,22 @@ def service(home):
 
 @pytest.fixture(scope="module")
 def model_dir(home) -> Path:
-    from surrogate_ops import registry
 
     with in_home(home):
-        return registry.model_dir("models:/svc-test@champion")
+        return registry.open("models:/svc-test@champion").model
 
 
 @pytest.fixture(scope="module")
 def skylake_dir(home) -> Path:
-    from surrogate_ops import registry
 
     with in_home(home):
-        return registry.model_dir("models:/svc-skylake@champion")
+        return registry.open("models:/svc-skylake@champion").model
 
 
 @pytest.mark.server
 @pytest.mark.system
 def test_answers_match_the_model_and_llvm_mca(service, model_dir, skylake_dir):
-    from surrogate_ops.inference import Predictor
+    from surrogate_ops.runtime.inference import Predictor
 
     status = json.loads(urllib.request.urlopen(f"{service}/ops/healthz").read())
     assert status["mode"] == "surrogate+llvm-mca" and status["model_version"] == "svc-test/1"
@@ -318,8 +317,8 @@ def test_a_large_call_encoded_by_worker_processes_answers_as_one_process_does(mo
     """`predict`'s chunks are large: the compiled front end reads them on threads, or without it the
     predictor's worker processes encode them side by side, and every answer (surrogate, fallback
     and its reason, unreadable) is the one-process Python path's."""
-    from surrogate_ops import inference
     from surrogate_ops.blocks.generate import generate
+    from surrogate_ops.runtime import inference
 
     odd = [UNKNOWN, LONG, "addq %rax", "movq (%rdi), %rax\n.byte 1", "", GOOD[0]]
     blocks = generate(inference.PARALLEL_MIN, seed=31) + odd * 20
@@ -355,7 +354,7 @@ def test_bento_builds_offline_with_its_dockerfile(home, tmp_path):
     dockerfile = (root / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM localhost/surrogate-ops-base:bookworm " in dockerfile and "build-essential" not in dockerfile
     # the package's source, without its bundled models; the serving packages pinned to this host's
-    assert (root / "src" / "surrogate_ops" / "serving.py").is_file() and not (root / "src" / "surrogate_ops" / "pretrained").exists()
+    assert (root / "src" / "surrogate_ops" / "serving" / "server.py").is_file() and not (root / "src" / "surrogate_ops" / "pretrained").exists()
     import onnxruntime
 
     requirements = (root / "env" / "python" / "requirements.txt").read_text()

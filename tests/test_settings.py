@@ -127,7 +127,7 @@ def test_mca_timeout_bounds_a_tool_call(clean_environment):
 
 
 def test_service_limits_come_from_the_environment_other_limits_do_not(clean_environment):
-    from surrogate_ops.serving import Limits
+    from surrogate_ops.serving.server import Limits
 
     clean_environment.setenv("SURROGATE_OPS_MAX_BLOCKS", "300")
     clean_environment.setenv("SURROGATE_OPS_MCA_GATHER", "0")
@@ -156,5 +156,5 @@ def test_named_choices_keep_the_words_in_files_and_answers():
     assert ENGINE_CHOICES == ("auto", "onnxruntime", "tvm", "tvm-cuda", "torch", "torch-cuda")
     assert all(type(choice) is str for choice in ENGINE_CHOICES)  # click would match an Enum by its NAME
     assert json.dumps({"source": Source.LLVM_MCA}) == '{"source": "llvm-mca"}' and f"{EngineName.TVM_CUDA}" == "tvm-cuda"
-    engines = pytest.importorskip("surrogate_ops.engines")
+    engines = pytest.importorskip("surrogate_ops.runtime.engines")
     assert set(engines.ENGINES) == set(EngineName)

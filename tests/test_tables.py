@@ -12,8 +12,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-
 from support.cli import CLI, COMMAND_TIMEOUT, rows
+
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
@@ -245,10 +245,11 @@ def test_a_per_instruction_surrogate_starts_as_its_parent_and_reads_each_entry(a
     latency makes its answer depend on that instruction's entry."""
     import torch
 
-    from surrogate_ops import models, table_search
-    from surrogate_ops.batching import pad
-    from surrogate_ops.inference import Predictor
-    from surrogate_ops.registry import bundled_uris, model_dir
+    from surrogate_ops import models
+    from surrogate_ops.blocks.batching import pad
+    from surrogate_ops.registry.versions import bundled_uris, model_dir
+    from surrogate_ops.runtime.inference import Predictor
+    from surrogate_ops.search import table_search
 
     predictor = Predictor(model_dir(bundled_uris()[0]), engine="torch")
     space = tables.TableSpace.of(annotated, "haswell")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from surrogate_ops.blocks import deps
-from surrogate_ops.tokenizer import FORMAT_V1, UNK, Tokenizer, instruction_tokens, relative
+from surrogate_ops.blocks.tokenizer import FORMAT_V1, UNK, Tokenizer, instruction_tokens, relative
 
 
 def test_instruction_tokens():

@@ -24,13 +24,14 @@ import numpy as np
 import psycopg
 import pytest
 from mlflow import MlflowClient
-
 from support.cli import CLI, COMMAND_TIMEOUT
 from support.data import GOOD
 from support.servers import free_port, post, running
-from surrogate_ops import registry, tracking
-from surrogate_ops.inference import Predictor
-from surrogate_ops.tracking_server import DATABASE, ROLE, BasicAuth, MlflowServer, Postgres
+
+from surrogate_ops import registry
+from surrogate_ops.registry import tracking
+from surrogate_ops.registry.server import DATABASE, ROLE, BasicAuth, MlflowServer, Postgres
+from surrogate_ops.runtime.inference import Predictor
 
 # PostgreSQL and an MLflow server started here; the tests that share `team` are slow by its start alone
 pytestmark = [pytest.mark.server, pytest.mark.system]
@@ -127,7 +128,7 @@ def test_collect_train_register_promote_serve(team, data, tmp_path):
     answered = [(block, a["cycles"]) for block, a in zip(GOOD, answers) if a["source"] == "surrogate"]
     assert len(answered) > len(GOOD) // 2  # the rest use opcodes the generated training data never showed it
     with through(server):
-        expected = Predictor(registry.model_dir(f"models:/team/{champion}")).cycles([b for b, _ in answered])
+        expected = Predictor(registry.open(f"models:/team/{champion}").model).cycles([b for b, _ in answered])
     assert np.allclose([c for _, c in answered], expected, rtol=1e-5)
 
 

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-
-from surrogate_ops import config, datasets, promotion, registry
-from surrogate_ops.inference import Predictor
-from surrogate_ops.train import TrainConfig, train
-
 from support.cli import CLI, COMMAND_TIMEOUT, interruptible
 
+from surrogate_ops import config, registry
+from surrogate_ops.data import datasets
+from surrogate_ops.registry import promotion, versions
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_train_logs_and_registers(home, dataset):
     assert "plots/test_error_by_length_vs_measured.png" in artifacts
     # the first version of a name is champion and challenger, tagged with its lineage and figures
     assert result.registered.aliases == ("challenger", "champion")
-    tags = registry.version_tags("unit", result.registered.version)
+    tags = versions.version_tags("unit", result.registered.version)
     assert tags["program"] == "llvm-mca" and tags["mcpu"] == "haswell" and tags["arch"] == "hier"
     assert tags["dataset_digest"] == dataset_input.dataset.digest
     assert float(tags["test_mape_vs_mca"]) == pytest.approx(run.data.metrics["test_mape_vs_mca"], rel=1e-5)
@@ -100,7 +100,7 @@ def test_pyfunc_model_needs_no_internals(home, dataset):
                           env=env, cwd="/", timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])  # a row per block (tests/test_pyfunc.py: the policy)
-    expected = Predictor(registry.model_dir("models:/unit@champion")).cycles(blocks)
+    expected = Predictor(registry.open("models:/unit@champion").model).cycles(blocks)
     assert got[-1]["source"] == "error" and got[-1]["cycles"] is None and "'.include'" in got[-1]["error"]
     mine = [i for i, row in enumerate(got[:-1]) if row["source"] == "surrogate"]
     assert mine and np.allclose([got[i]["cycles"] for i in mine], expected[mine], rtol=1e-6)
@@ -117,7 +117,7 @@ def test_promotion_moves_champion_only_when_no_worse(home, dataset):
     assert not decision.promoted and decision.challenger_mape > decision.champion_mape
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("unit", "champion").version) == first.registered.version
-    tags = registry.version_tags("unit", weak.registered.version)
+    tags = versions.version_tags("unit", weak.registered.version)
     assert tags["promotion"] == "rejected" and float(tags["promotion_champion_error"]) == pytest.approx(
         decision.champion_mape, rel=1e-5)
     strong = train(quick(dataset, epochs=8), register="unit", progress=False)
@@ -125,7 +125,7 @@ def test_promotion_moves_champion_only_when_no_worse(home, dataset):
     assert decision.promoted == (decision.challenger_mape <= decision.champion_mape)
     champion = str(client.get_model_version_by_alias("unit", "champion").version)
     assert champion == (strong.registered.version if decision.promoted else first.registered.version)
-    assert registry.version_tags("unit", strong.registered.version)["promotion"] in ("promoted", "rejected")
+    assert versions.version_tags("unit", strong.registered.version)["promotion"] in ("promoted", "rejected")
 
 
 @pytest.mark.slow
@@ -164,10 +164,10 @@ def test_interrupted_training_resumes(home, dataset):
 
 
 def test_bundled_default_registers_once(home):
-    first = registry.ensure_default()
+    first = versions.ensure_default()
     assert first is not None and first.aliases == ("challenger", "champion")
-    assert registry.ensure_default() is None
-    predictor = Predictor(registry.model_dir("models:/llvm-mca-haswell@champion"))
+    assert versions.ensure_default() is None
+    predictor = Predictor(registry.open("models:/llvm-mca-haswell@champion").model)
     [cycles] = predictor.cycles(["movq (%rdi), %rax\naddq $1, %rax\nmovq %rax, 8(%rdi)"])
     assert 50 < cycles < 400  # llvm-mca says 109
 
@@ -187,10 +187,9 @@ def test_bad_training_inputs_are_clear(home, dataset):
 def test_source_weights_repeat_training_rows(home, dataset):
     """--weight counts a source's training rows several times (or a share of them); the validation
     split is left alone; a glob no source matches, or a factor that is not positive, is an error."""
-    import pandas as pd
 
     from surrogate_ops.errors import SurrogateOpsError
-    from surrogate_ops.train import weighted
+    from surrogate_ops.training.train import weighted
 
     rows = pd.DataFrame({"block": [f"b{i}" for i in range(1000)],
                          "source": ["generated:loops:5"] * 100 + ["bhive:hsw.csv"] * 900})

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surrogate_ops.batching import Flat
+from surrogate_ops.blocks.batching import Flat
 from surrogate_ops.config import BUILD_CACHE, settings
 from surrogate_ops.errors import SurrogateOpsError
 

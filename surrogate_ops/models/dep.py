@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from surrogate_ops.batching import EDGE_BASE
-from surrogate_ops.batching import EDGE_KINDS as KINDS  # reg, reg-carried, mem, mem-carried (blocks.deps.KINDS)
+from surrogate_ops.blocks.batching import EDGE_BASE
+from surrogate_ops.blocks.batching import EDGE_KINDS as KINDS  # reg, reg-carried, mem, mem-carried (blocks.deps.KINDS)
 from surrogate_ops.models.layers import CyclesHead, TransformerLayer
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import CLI
-from surrogate_ops.serving import wait_ready
+from surrogate_ops.serving.server import wait_ready
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 def in_home(home: Path):
     """For module-scoped fixtures: work in `home`'s store; neither it nor the MLflow variables that
     configuring it sets outlive the fixture."""
-    from surrogate_ops import tracking
+    from surrogate_ops.registry import tracking
 
     keys = ("SURROGATE_OPS_HOME",)
     saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_") or k in keys}
@@ -29,10 +29,10 @@ def in_home(home: Path):
 def store_with(tmp_path_factory, **bundles: str) -> Path:
     """A fresh store in which the test registers bundled surrogates: name=bundle, e.g.
     svc_test="llvm-mca-haswell" registers svc-test."""
-    from surrogate_ops import registry
+    from surrogate_ops.registry import versions
 
     home = tmp_path_factory.mktemp("home")
     with in_home(home):
         for name, bundle in bundles.items():
-            registry.ensure_default(name.replace("_", "-"), bundle=bundle)
+            versions.ensure_default(name.replace("_", "-"), bundle=bundle)
     return home

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from surrogate_ops import registry
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.modeldir import CHECKPOINT, ModelDir
+from surrogate_ops.runtime.modeldir import CHECKPOINT, ModelDir
 
-SERVICE_DIR = Path(__file__).resolve().parents[1] / "bento"
+SERVICE_DIR = Path(__file__).resolve().parents[2] / "bento"
 
 
 def service_dir() -> Path:
@@ -44,31 +44,31 @@ def build(model_uris: list[str], mca_params: dict | None = None, arch: str = "am
     """Build the bento for registered versions, one per mcpu; (bento tag, [(model name, version)]).
     `arch` arm64: each model's arm64 TVM build goes in, and TVM's runtime serves it (`ENGINE_PACKAGES`)."""
     root = service_dir()
-    carried = [registry.resolve_version(uri) for uri in model_uris]
+    carried = [registry.open(uri, registered=True) for uri in model_uris]
     with tempfile.TemporaryDirectory(prefix="bento-") as tmp:
         stage = Path(tmp) / "bento"
         shutil.copytree(root, stage, ignore=shutil.ignore_patterns("models", "wheels", "__pycache__"))
-        for name, version in carried:
-            source = registry.model_dir(f"models:/{name}/{version}")
+        for opened in carried:
+            source, name, version = opened.model, opened.name, opened.version
             folder = stage / "models" / (source.mcpu or name)
             if folder.exists():
                 raise SurrogateOpsError(f"two models for -mcpu={source.mcpu}: a bento carries one per mcpu")
             shutil.copytree(source.path, folder, ignore=shutil.ignore_patterns(CHECKPOINT, "*-tuned.db"))
             ModelDir.open(folder).stamp(f"{name}/{version}")
             if arch == "arm64":
-                from surrogate_ops import compile as compiler
+                from surrogate_ops.builds import compile as compiler
 
                 compiler.compile_model(ModelDir.open(folder), "arm64", folder / "builds")
         if mca_params:
             (stage / "params.json").write_text(json.dumps(mca_params))
-        package = Path(__file__).resolve().parent
+        package = Path(__file__).resolve().parents[1]
         shutil.copytree(package, stage / "surrogate_ops", ignore=shutil.ignore_patterns("pretrained", "__pycache__"))
         _pin_packages(stage / "bentofile.yaml", ENGINE_PACKAGES[arch])
         command = [sys.executable, "-m", "bentoml", "build", ".", "--output", "tag"]
         proc = subprocess.run(command, capture_output=True, text=True, check=False, cwd=stage)
         if proc.returncode:
             raise SurrogateOpsError(f"bentoml build failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:"), carried
+    return proc.stdout.strip().splitlines()[-1].removeprefix("__tag__:"), [(o.name, o.version) for o in carried]
 
 
 def _pin_packages(bentofile: Path, engine: tuple[str, ...]) -> None:

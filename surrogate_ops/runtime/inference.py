@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from surrogate_ops import engines
-from surrogate_ops.batching import Flat, run_batched
 from surrogate_ops.blocks import compiled, deps
 from surrogate_ops.blocks.asm import MAX_LINE, PREFIXES, BlockError, canonical_line, normalize_block
+from surrogate_ops.blocks.batching import Flat, run_batched
 from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.forking import fork_pool, inherited
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.runtime import engines
+from surrogate_ops.runtime.modeldir import ModelDir
 
 # Distinct lines remembered (about 0.5 KB each here, 2 KB with the caches below it: canonical text,
 # token ids, dependency effects, each bounded too), each at most asm.MAX_LINE characters: bounded in

@@ -16,7 +16,7 @@ ONNX graph TVM cannot import (the ONNX LSTM of `ithemal`) is refused with that r
 stays its engine.
 
 CPU builds use the default Relax pipeline; `tune_minutes` adds a meta-schedule-tuned static-shape
-build (`surrogate_ops.tuning`). The CUDA build is scheduled by dlight (the default GPU pipeline) and
+build (`surrogate_ops.builds.tuning`). The CUDA build is scheduled by dlight (the default GPU pipeline) and
 carries CUDA source that nvcc compiles for the card at load time, so a runtime-only TVM serves it
 (`engines.tvm_library`). This is build-time code: serving and prediction load builds through
 `engines` and never import it.
@@ -33,12 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from surrogate_ops import datasets, emulation, engines
 from surrogate_ops.blocks import SAMPLE_BLOCKS
+from surrogate_ops.builds import emulation
+from surrogate_ops.builds.export import agreement, compare, example_batch, relax_module
 from surrogate_ops.config import EngineName
+from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.export import agreement, compare, example_batch, relax_module
-from surrogate_ops.modeldir import Builds, ModelDir
+from surrogate_ops.runtime import engines
+from surrogate_ops.runtime.modeldir import Builds, ModelDir
 
 EMULATED_RTOL = 1e-4  # a foreign build's largest relative difference from ONNX Runtime, run under emulation
 UNSUPPORTED = {"ithemal": "its ONNX LSTM operator has no importer in TVM's Relax ONNX frontend",
@@ -188,7 +190,7 @@ def _check_emulated(build: Build, model: ModelDir, tokens: np.ndarray, log) -> B
 
 def _tune(build: Build, model: ModelDir, out: Builds, tokens: np.ndarray | None, minutes: float,
           shape: tuple[int, int, int], kernels: int, log) -> Build:
-    from surrogate_ops import tuning
+    from surrogate_ops.builds import tuning
 
     if not build.runs_here or build.tvm_target["kind"] != "llvm":
         raise SurrogateOpsError(f"tuning measures kernels on the machine it runs on: tune the {build.platform} "

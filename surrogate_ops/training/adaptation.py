@@ -22,11 +22,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from surrogate_ops import datasets, loop, registry, tracking
+from surrogate_ops import registry
 from surrogate_ops.config import Device
+from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.modeldir import ModelDir
-from surrogate_ops.train import TrainConfig, TrainResult, train, training_rows
+from surrogate_ops.registry import tracking, versions
+from surrogate_ops.runtime.modeldir import ModelDir
+from surrogate_ops.training import loop
+from surrogate_ops.training.train import TrainConfig, TrainResult, train, training_rows
 
 FINETUNE_LR = 5e-4  # a quarter of training's default: move the learned weights, don't wash them out
 
@@ -48,16 +51,15 @@ class Parent:
     def tags(self) -> dict[str, str]:
         """What a run (and version) trained from the parent records of it (asks the registry for its run)."""
         return {"parent_model": self.name, "parent_version": self.version,
-                "parent_run_id": registry.run_of(self.name, self.version), "parent_uri": self.uri}
+                "parent_run_id": versions.run_of(self.name, self.version), "parent_uri": self.uri}
 
 
 def parent(parent_uri: str, data: str | Path, mcpu: str | None = None, progress: bool = True) -> Parent:
     """The registered parent of `parent_uri` and `data` as a labeled dataset (a BHive-format CSV is
     collected once, see `datasets.measured_dataset`), on the parent's mcpu unless named."""
-    name, version = registry.resolve_version(parent_uri)
-    model = registry.model_dir(f"models:/{name}/{version}")
-    mcpu = mcpu or model.mcpu
-    return Parent(name, str(version), model, mcpu, datasets.measured_dataset(data, mcpu, progress))
+    opened = registry.open(parent_uri, registered=True)
+    mcpu = mcpu or opened.model.mcpu
+    return Parent(opened.name, opened.version, opened.model, mcpu, datasets.measured_dataset(data, mcpu, progress))
 
 
 def default_name(parent: str, data: Path, target: str) -> str:

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from surrogate_ops import config, engines
+from surrogate_ops import config
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import run_checked
+from surrogate_ops.runtime import engines
 
 # What the emulated Python runs: the build, loaded by the TVM runtime alone, on the tokens given;
 # it saves the outputs and prints the blocks/s of repeated calls. It imports nothing of ours.

@@ -27,15 +27,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from surrogate_ops import datasets, loop, models, plots, registry, tracking
+from surrogate_ops import models, plots
+from surrogate_ops.blocks.tokenizer import Tokenizer
+from surrogate_ops.builds.export import save_model_dir
 from surrogate_ops.config import Device, EngineName, work_dir
+from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.evaluate import evaluate
-from surrogate_ops.export import save_model_dir
-from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import mape
-from surrogate_ops.modeldir import ModelDir
-from surrogate_ops.tokenizer import Tokenizer
+from surrogate_ops.registry import tracking, versions
+from surrogate_ops.registry.evaluate import evaluate
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.runtime.modeldir import ModelDir
+from surrogate_ops.training import loop
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class TrainResult:
     run_id: str
     model: ModelDir
     metrics: dict[str, float]
-    registered: registry.Registered | None
+    registered: versions.Registered | None
     epochs_run: int
     seconds: float
 
@@ -241,7 +244,7 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
                     "dataset_path": str(Path(config.data).resolve()),
                     "tracked_target": prepared.column if prepared.column in frame else "",
                     **{k: f"{v:.6g}" for k, v in metrics.items()}, **(version_tags or {})}
-            registered = registry.log_model(model_dir, example=list(prepared.val_rows["block"][:2]), name=register,
+            registered = versions.log_model(model_dir, example=list(prepared.val_rows["block"][:2]), name=register,
                                             tags=tags)
     return TrainResult(run_id, model_dir, metrics, registered, history.epochs_run, metrics["train_seconds"])
 

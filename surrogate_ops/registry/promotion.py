@@ -9,7 +9,7 @@ rejected challenger stays challenger; `force` moves it anyway, `check` only deci
 The decision goes to MLflow three ways: an MLflow run of its own (both figures as metrics, the
 dataset digest as a parameter, plots/comparison.png), a one-line description on the challenger's
 version, and the challenger's `promotion*` tags. A bundled name starts with its bundled surrogate
-(`registry.ensure_bundled`); another name's first version is champion from the start.
+(`versions.ensure_bundled`); another name's first version is champion from the start.
 
 Exit codes of `surrogate-ops promote`: 0 promoted (or already champion), 1 rejected (with `check`:
 would be rejected), 2 an error (no challenger, unreadable data).
@@ -24,12 +24,13 @@ from pathlib import Path
 
 import mlflow
 
-from surrogate_ops import registry, tracking
+from surrogate_ops import registry
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.evaluate import compare, dataset_input, load_data
-from surrogate_ops.inference import Predictor
-from surrogate_ops.modeldir import ModelDir
-from surrogate_ops.registry import CHALLENGER, CHAMPION
+from surrogate_ops.registry import tracking, versions
+from surrogate_ops.registry.evaluate import compare, dataset_input, load_data
+from surrogate_ops.registry.versions import CHALLENGER, CHAMPION
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.runtime.modeldir import ModelDir
 
 EXIT_PROMOTED, EXIT_REJECTED = 0, 1
 
@@ -127,11 +128,11 @@ def promote(name: str, data: str | None = None, split: str = "test", force: bool
     record nothing on the version). Logged as an MLflow run of its own (the project's under
     `mlflow run`)."""
     with tracking.start_run(run_name=f"promote {name}") as run:
-        registry.ensure_bundled(name)  # inside the run: a bundled name registered now is its child
-        challenger = registry.alias_version(name, CHALLENGER)
+        versions.ensure_bundled(name)  # inside the run: a bundled name registered now is its child
+        challenger = versions.alias_version(name, CHALLENGER)
         if challenger is None:
             raise SurrogateOpsError(f"registered model {name!r} has no {CHALLENGER} version to promote")
-        champion = registry.alias_version(name, CHAMPION)
+        champion = versions.alias_version(name, CHAMPION)
         # parameter names apart from the MLproject entry point's, which `mlflow run` logs on this run as given
         mlflow.set_tags({"surrogate_ops.step": "promote", "force": str(force).lower(), "check": str(check).lower()})
         tracking.log_params({"model_name": name, "challenger_version": challenger, "champion_version": champion or ""})
@@ -139,18 +140,18 @@ def promote(name: str, data: str | None = None, split: str = "test", force: bool
             decision = Decision(name, challenger, None, True, math.nan, None, math.nan, None, "", 0, check=check,
                                 run_id=run.info.run_id)
             if not check:
-                registry.set_alias(name, CHAMPION, challenger)
+                versions.set_alias(name, CHAMPION, challenger)
                 _check_alias(name, CHAMPION, challenger)
-                registry.set_version_tags(name, challenger, {"promotion": "first version of the model: champion"})
+                versions.set_version_tags(name, challenger, {"promotion": "first version of the model: champion"})
             mlflow.log_metric("promoted", 1)
             return decision
         decision, data, digest = _decide(name, challenger, champion, data, split, force, check, progress,
                                          run.info.run_id)
         if not check:
-            registry.set_version_tags(name, challenger, decision.tags(data))
-            registry.describe(name, challenger, decision.description(data, digest))
+            versions.set_version_tags(name, challenger, decision.tags(data))
+            versions.describe(name, challenger, decision.description(data, digest))
             if decision.promoted:
-                registry.set_alias(name, CHAMPION, challenger)
+                versions.set_alias(name, CHAMPION, challenger)
                 _check_alias(name, CHAMPION, challenger)
     return decision
 
@@ -158,12 +159,12 @@ def promote(name: str, data: str | None = None, split: str = "test", force: bool
 def _decide(name: str, challenger: str, champion: str, data: str | None, split: str, force: bool, check: bool,
             progress: bool, run_id: str) -> tuple[Decision, str, str]:
     """Score both versions on the same blocks, log the figures and the plot to the active run."""
-    tags = registry.version_tags(name, challenger)
+    tags = versions.version_tags(name, challenger)
     data = data or tags.get("dataset_path")
     if not data:
         raise SurrogateOpsError("no held-out data: pass --data (the challenger records no dataset)")
-    models = {CHALLENGER: registry.model_dir(f"models:/{name}/{challenger}"),
-              CHAMPION: registry.model_dir(f"models:/{name}/{champion}")}
+    models = {CHALLENGER: registry.open(f"models:/{name}/{challenger}").model,
+              CHAMPION: registry.open(f"models:/{name}/{champion}").model}
     mcpu = models[CHALLENGER].mcpu or tags.get("mcpu", "haswell")
     target = models[CHALLENGER].meta.get("target", tags.get("target", "mca"))
     frame = load_data(data, mcpu, progress)
@@ -190,7 +191,7 @@ def _decide(name: str, challenger: str, champion: str, data: str | None, split: 
 
 def _check_alias(name: str, alias: str, version: str) -> None:
     """Read an alias back after moving it: another writer may have moved it meanwhile."""
-    now = registry.alias_version(name, alias)
+    now = versions.alias_version(name, alias)
     if now != version:
         raise SurrogateOpsError(f"{name}@{alias} is v{now}, not v{version}: another run moved it while this one "
                                 "promoted; run promote again")

@@ -20,12 +20,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from surrogate_ops import datasets, plots, registry, tracking
+from surrogate_ops import plots, registry
 from surrogate_ops.config import EngineName
-from surrogate_ops.datasets import measured_rows, scaled_parameters
+from surrogate_ops.data import datasets
+from surrogate_ops.data.datasets import measured_rows, scaled_parameters
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import kendall_tau, mape
+from surrogate_ops.registry import tracking
+from surrogate_ops.runtime.inference import Predictor
 
 
 @dataclass(frozen=True)
@@ -197,8 +199,8 @@ def evaluation_run(model_uri: str | Path, data: str | Path, split: str = "test",
     plots/predicted_vs_<mca|measured>.png."""
     with tracking.start_run(run_name=f"evaluate {model_uri}") as run:
         # resolving inside the run: a bundled name registered now is a child of this run
-        model = registry.model_dir(model_uri)
-        predictor = Predictor(model, engine=engine)
+        opened = registry.open(model_uri)
+        predictor = Predictor(opened.model, engine=engine)
         mcpu = mcpu or predictor.meta["mcpu"]
         frame = load_data(data, mcpu, progress)
         result = evaluate(predictor, frame, mcpu, split)
@@ -207,9 +209,8 @@ def evaluation_run(model_uri: str | Path, data: str | Path, split: str = "test",
         # names apart from the MLproject entry point's parameters, which `mlflow run` logs on this run as given
         params = {"model_uri": str(model_uri), "data_path": str(Path(data).resolve()), "split": split,
                   "labels_mcpu": mcpu, "engine_used": predictor.engine_name, "dataset_digest": dataset.digest}
-        if str(model_uri).startswith("models:/"):
-            name, version = registry.resolve_version(str(model_uri))
-            params.update(model_name=name, model_version=version)
+        if opened.version:
+            params.update(model_name=opened.name, model_version=opened.version)
         tracking.log_params(params)
         mlflow.set_tags({"surrogate_ops.step": "evaluate", "dataset_digest": dataset.digest})
         m = result.metrics

@@ -41,15 +41,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from surrogate_ops import datasets, loop, plots, registry, tracking
-from surrogate_ops.batching import buckets, pad
+from surrogate_ops import plots, registry
+from surrogate_ops.blocks.batching import buckets, pad
 from surrogate_ops.config import EngineName
+from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import kendall_tau
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.programs.base import Parameter, unscale_setting, scale_settings
+from surrogate_ops.programs.base import Parameter, scale_settings, unscale_setting
 from surrogate_ops.programs.cluster import Cluster
+from surrogate_ops.registry import tracking
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.training import loop
 
 BASELINES = ("opentuner", "optuna")
 
@@ -370,7 +373,7 @@ class Problem:
 def problem(config: OptimizeConfig, cluster: Cluster | None = None) -> Problem:
     """The surrogate, the space and the blocks, each checked against the budget before any work;
     llvm-mca runs on `cluster` where one is given."""
-    predictor = Predictor(registry.model_dir(config.model), engine=EngineName.TORCH)
+    predictor = Predictor(registry.open(config.model).model, engine=EngineName.TORCH)
     if not predictor.parameter_names:
         raise SurrogateOpsError(f"{config.model} is not parameter-conditioned: train one on data collected with "
                                 "`surrogate-ops collect --sample-params N`")

@@ -35,11 +35,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from surrogate_ops.batching import Flat
 from surrogate_ops.blocks.asm import BlockError, normalize_block
+from surrogate_ops.blocks.batching import Flat
 from surrogate_ops.config import AUTO_ENGINE, Source, settings
 from surrogate_ops.errors import SurrogateOpsError
 
@@ -321,7 +322,7 @@ class Server:
         `versions`, beside them, the registered version each one is (what the status reports).
         `mca_params` (llvm-mca option or parameter names to values, e.g. from `optimize --out`) set
         the fallback's llvm-mca knobs for the primary model's mcpu; other mcpus keep llvm-mca's defaults."""
-        from surrogate_ops.inference import Predictor
+        from surrogate_ops.runtime.inference import Predictor
 
         self.limits = limits or Limits()
         self.policy = tuple(policy)
@@ -375,24 +376,20 @@ class Server:
         return self.versions.get(next(iter(self.predictors), ""))
 
     @classmethod
-    def from_uri(cls, model_uri: str | Sequence[str], **kwargs) -> Server:
-        """Load registered models (`models:/NAME@ALIAS`) or model directories, one per mcpu, from a URI,
-        a comma-separated list or a list; a failure is kept in `load_error`, not raised."""
-        from surrogate_ops.modeldir import ModelDir
+    def from_uri(cls, model_uri: str | Sequence[str] | None, carried: Path | None = None, **kwargs) -> Server:
+        """Load the models to serve, one per mcpu (`registry.served`: those named, as registry URIs or model
+        directories, a URI, a comma-separated list or a list; else those a bento carries in `carried`;
+        else every bundled CPU's champion), each through `registry.open`; a failure is kept in
+        `load_error`, not raised."""
+        from surrogate_ops import registry  # MLflow only for registry URIs: an image carries directories
 
-        uris = [u.strip() for u in (model_uri.split(",") if isinstance(model_uri, str) else model_uri) if u.strip()]
+        uris = registry.served(model_uri, carried)
         loaded, versions, errors = [], [], []
         for uri in uris:
             try:
-                if uri.startswith("models:/"):
-                    from surrogate_ops import registry  # MLflow: not in a container image, which carries directories
-
-                    name, version = registry.resolve_version(uri)
-                    loaded.append(registry.model_dir(f"models:/{name}/{version}"))
-                    versions.append(f"{name}/{version}")
-                else:
-                    loaded.append(ModelDir.open(uri))
-                    versions.append(loaded[-1].version_stamp or uri)  # a bento's model says its registered version
+                opened = registry.open(uri)
+                loaded.append(opened.model)
+                versions.append(opened.stamp)  # a bento's model says its registered version
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"{type(exc).__name__}: {exc}")
         server = cls(loaded or None, model_uri=",".join(uris), versions=versions, **kwargs)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from surrogate_ops import engines
+from surrogate_ops.builds.export import compare, relax_module
 from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.export import compare, relax_module
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.runtime import engines
+from surrogate_ops.runtime.modeldir import ModelDir
 
 
 @dataclass(frozen=True)

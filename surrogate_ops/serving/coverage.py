@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from surrogate_ops import datasets
 from surrogate_ops.config import DEFAULT_MCPU, Source
+from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
-from surrogate_ops.modeldir import ModelDir, bundled_names
 from surrogate_ops.programs.base import Result
-from surrogate_ops.serving import DEFAULT_POLICY, Block, Limits, Rule, Server
+from surrogate_ops.runtime.modeldir import ModelDir, bundled_names
+from surrogate_ops.serving.server import DEFAULT_POLICY, Block, Limits, Rule, Server
 
 DEFAULT_LIMIT = 5000  # blocks per binary and per assembly file
 UNREADABLE = "unreadable"  # the rule of a block neither the surrogate nor llvm-mca can read
@@ -240,7 +240,7 @@ def coverage_run(binaries: Sequence[str | Path], asm: Sequence[str | Path],
         return result
     import mlflow
 
-    from surrogate_ops import tracking
+    from surrogate_ops.registry import tracking
 
     names = [Path(p).name for p in [*binaries, *asm]]
     with tracking.start_run(run_name=f"coverage {', '.join(names)}"[:250]) as run:

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from surrogate_ops import models
-from surrogate_ops.batching import pad, parts
+from surrogate_ops.blocks.batching import pad, parts
+from surrogate_ops.blocks.tokenizer import Tokenizer
 from surrogate_ops.config import EngineName
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.modeldir import PARTS, ModelDir
-from surrogate_ops.tokenizer import Tokenizer
+from surrogate_ops.runtime.modeldir import PARTS, ModelDir
 
 OPSET = 18
 UNITS = "cycles per 100 iterations (llvm-mca Total Cycles at -iterations=100)"
@@ -150,7 +150,7 @@ def save_model_dir(model: nn.Module, tokenizer: Tokenizer, meta: dict, path: str
 def check_onnx(directory: ModelDir, blocks: Sequence[str]) -> Agreement:
     """A model directory's ONNX graph (ONNX Runtime) against its torch checkpoint (torch) on real
     blocks, both through their engines; raises above tolerance."""
-    from surrogate_ops import engines
+    from surrogate_ops.runtime import engines
 
     tokens = example_batch(directory.tokenizer(), blocks)
     params = None

@@ -44,11 +44,11 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from surrogate_ops import presets
-from surrogate_ops.config import work_dir
-from surrogate_ops.blocks.asm import BlockError, normalize_block, read_asm_file
 from surrogate_ops.blocks import corners, generate
+from surrogate_ops.blocks.asm import BlockError, normalize_block, read_asm_file
 from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
+from surrogate_ops.config import work_dir
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.programs import LlvmMca, parametric, tables

@@ -88,7 +88,7 @@ def base_name(arch: str) -> str:
 
 def _foreign(arch: str) -> None:
     """A foreign architecture's binaries must run here (its packages' scripts, its image's steps)."""
-    from surrogate_ops import emulation
+    from surrogate_ops.builds import emulation
 
     if arch not in ARCHES:
         raise SurrogateOpsError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHES)}")
@@ -177,7 +177,7 @@ def started(image: str, port: int, env: dict[str, str] | None = None, timeout: f
     """The image running detached, its service published on 127.0.0.1:`port`; yields (url, seconds from
     `podman run` until /ops/healthz answered). A container that exits first fails at once, with its
     log; it is removed after, whatever happened."""
-    from surrogate_ops.serving import wait_ready
+    from surrogate_ops.serving.server import wait_ready
 
     options = [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
     start = time.time()

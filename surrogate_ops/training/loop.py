@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from surrogate_ops.batching import buckets, pad, run_batched
+from surrogate_ops.blocks.batching import buckets, pad, run_batched
 from surrogate_ops.config import DEVICES, Device
 from surrogate_ops.errors import SurrogateOpsError
 

@@ -21,13 +21,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from surrogate_ops import datasets, models, plots, presets, tracking
+from surrogate_ops import models, plots, presets
 from surrogate_ops.config import DEFAULT_MCPU, EngineName
+from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.evaluate import select
-from surrogate_ops.inference import Predictor
-from surrogate_ops.modeldir import ModelDir
-from surrogate_ops.train import TrainConfig, train
+from surrogate_ops.registry import tracking
+from surrogate_ops.registry.evaluate import select
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.runtime.modeldir import ModelDir
+from surrogate_ops.training.train import TrainConfig, train
 
 DEFAULT_SIZES = "dep:tiny:dim=16:layers=1,dep:tiny:layers=1,dep:tiny,dep:small"
 

@@ -2,7 +2,7 @@
 the service start without importing MLflow.
 
 Resolving `models:/llvm-mca-haswell@champion` through MLflow costs seconds and 200 MB (the import
-and the store's set-up) for a model that is already in the cache. `registry.model_dir` records each
+and the store's set-up) for a model that is already in the cache. `registry.open` records each
 alias it resolves as a pin beside the cached versions: the version, and the stamp (modification
 time and size) of the SQLite store it read. A later `resolve` returns the cached directory while the
 stamp still matches; any write to the store (a new version, a promotion) changes the stamp, and the
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from surrogate_ops.config import PRETRAINED, store_uri, work_dir
-from surrogate_ops.modeldir import ModelDir, adopt_bundled_parts
+from surrogate_ops.runtime.modeldir import ModelDir, adopt_bundled_parts
 
 
 def cache_root(uri: str) -> Path:

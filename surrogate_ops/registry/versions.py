@@ -29,22 +29,23 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from surrogate_ops import modeldir, pins, tracking
 from surrogate_ops.config import DEFAULT_MODEL, PRETRAINED, champion_uri
-from surrogate_ops.engines import HOST_PLATFORM
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.modeldir import Builds, ModelDir, adopt_bundled_parts
+from surrogate_ops.registry import pins, tracking
+from surrogate_ops.runtime import modeldir
+from surrogate_ops.runtime.engines import HOST_PLATFORM
+from surrogate_ops.runtime.modeldir import Builds, ModelDir, adopt_bundled_parts
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-PACKAGE_DIR = Path(__file__).resolve().parent
-PYFUNC_CODE = PACKAGE_DIR / "mlflow_model.py"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PYFUNC_CODE = PACKAGE_DIR / "serving" / "pyfunc.py"
 REQUIREMENTS = ["numpy", "onnxruntime"]
 BUNDLED = PRETRAINED / DEFAULT_MODEL
 
 
 def bundled_names() -> list[str]:
     """The registered names the package bundles a surrogate for (llvm-mca-haswell first)."""
-    return sorted(modeldir.bundled_names(), key=lambda n: (n != DEFAULT_MODEL, n))
+    return modeldir.bundled_names()
 
 
 def bundled_uris() -> list[str]:
@@ -179,12 +180,9 @@ def resolve_version(uri: str) -> tuple[str, str]:
         raise SurrogateOpsError(f"no model version at {uri} in the registry at {mlflow.get_tracking_uri()}") from None
 
 
-def model_dir(uri: str | Path) -> ModelDir:
-    """The model directory of a registry URI (downloaded once, then cached, with the version's build
-    for this host's platform when it has one), or of a directory path."""
-    if ModelDir.holds_one(uri):
-        return ModelDir.open(uri)
-    name, version = resolve_version(str(uri))
+def download(name: str, version: str) -> ModelDir:
+    """The model directory of a registered version, downloaded once and then cached, with the version's
+    build for this host's platform when it has one. Callers resolve through `registry.open`."""
     cache = pins.cache_root(mlflow.get_registry_uri()) / name / version
     if not ModelDir.holds_one(cache):
         tmp = cache.with_name(f".{version}.{time.time_ns()}")
@@ -200,9 +198,15 @@ def model_dir(uri: str | Path) -> ModelDir:
         shutil.rmtree(tmp, ignore_errors=True)
     model = ModelDir.open(adopt_bundled_parts(cache))
     fetch_build(name, version, HOST_PLATFORM, model.builds)
-    if "@" in str(uri):  # the next resolution of this alias can skip MLflow while the store stays as it is
-        pins.record(mlflow.get_registry_uri(), name, str(uri).split("@", 1)[1], version)
     return model
+
+
+def pin(uri: str, version: str) -> None:
+    """Remember what a `models:/NAME@ALIAS` resolved to: its next resolution can skip MLflow while the
+    store stays as it is (`pins`)."""
+    if "@" in uri:
+        name, alias = uri.removeprefix("models:/").split("@", 1)
+        pins.record(mlflow.get_registry_uri(), name, alias, version)
 
 
 def attach_build(name: str, version: str, platform: str, files: list[Path], database: Path | None,

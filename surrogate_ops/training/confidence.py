@@ -20,10 +20,10 @@ import torch
 from scipy import stats
 
 from surrogate_ops import models
-from surrogate_ops.batching import buckets, pad
 from surrogate_ops.blocks.asm import BlockError
+from surrogate_ops.blocks.batching import buckets, pad
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.runtime.modeldir import ModelDir
 
 FLOOR = 1e-3  # relative errors below 0.1% are all alike to the head (and llvm-mca prints 2 decimals)
 SHARES = (0.05, 0.1, 0.2)  # shares of blocks routed to llvm-mca that the report gives
@@ -136,7 +136,7 @@ def save(model: models.Confident, parent: ModelDir, report: HeadReport, path: Pa
          check_blocks: list[str], parent_uri: str | None = None) -> ModelDir:
     """The confident surrogate as a model directory (ONNX checked against torch), its parent's
     metadata kept, the head's report added; `parent_uri` names the parent (default: its path)."""
-    from surrogate_ops.export import save_model_dir
+    from surrogate_ops.builds.export import save_model_dir
 
     meta = {k: v for k, v in parent.meta.items() if k not in ("arch", "config", "parameters")}
     meta.update(parent=parent_uri or str(parent), error_head=report.metrics())
@@ -148,7 +148,7 @@ def save(model: models.Confident, parent: ModelDir, report: HeadReport, path: Pa
 class Result:
     model: ModelDir
     report: HeadReport
-    registered: object | None  # registry.Registered
+    registered: object | None  # versions.Registered
     run_id: str
 
 
@@ -158,11 +158,13 @@ def calibrate(model_uri: str, data: str | Path, mcpu: str | None = None, split: 
     model's CPU), in an MLflow run; with `register`, the confident surrogate becomes a new version."""
     import mlflow
 
-    from surrogate_ops import datasets, registry, tracking
+    from surrogate_ops import registry
     from surrogate_ops.config import work_dir
-    from surrogate_ops.train import training_rows
+    from surrogate_ops.data import datasets
+    from surrogate_ops.registry import tracking, versions
+    from surrogate_ops.training.train import training_rows
 
-    parent = registry.model_dir(model_uri)
+    parent = registry.open(model_uri).model
     mcpu = mcpu or parent.mcpu or "haswell"
     frame = datasets.load(data)
     rows = training_rows(frame, "mca", mcpu, parent.max_instructions)
@@ -181,7 +183,7 @@ def calibrate(model_uri: str, data: str | Path, mcpu: str | None = None, split: 
         if register:
             tags = {"program": "llvm-mca", "mcpu": mcpu, "arch": "confident", "parent_uri": model_uri,
                     **{k: f"{v:.4g}" for k, v in report.metrics().items()}}
-            registered = registry.log_model(directory, example=list(rows["block"][:2]), name=register, tags=tags)
+            registered = versions.log_model(directory, example=list(rows["block"][:2]), name=register, tags=tags)
     return Result(directory, report, registered, run.info.run_id)
 
 

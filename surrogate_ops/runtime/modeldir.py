@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from surrogate_ops.config import PRETRAINED, model_name
+from surrogate_ops.config import DEFAULT_MODEL, PRETRAINED, model_name
 from surrogate_ops.errors import SurrogateOpsError
 
 META, VOCAB, CHECKPOINT, ONNX, PARTS, STAMP = "surrogate.json", "vocab.json", "model.pt", "model.onnx", "parts.onnx", "VERSION"
@@ -51,8 +51,10 @@ def adopt_bundled_parts(path: Path) -> Path:
 
 
 def bundled_names() -> list[str]:
-    """The registered names of the surrogates bundled with the package (`pretrained/<name>/`)."""
-    return sorted(p.name for p in PRETRAINED.iterdir() if ModelDir.holds_one(p)) if PRETRAINED.is_dir() else []
+    """The registered names of the surrogates bundled with the package (`pretrained/<name>/`), the
+    default CPU's (llvm-mca-haswell) first."""
+    found = [p.name for p in PRETRAINED.iterdir() if ModelDir.holds_one(p)] if PRETRAINED.is_dir() else []
+    return sorted(found, key=lambda name: (name != DEFAULT_MODEL, name))
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class ModelDir:
         return Builds(self.path / "builds")
 
     def tokenizer(self):
-        from surrogate_ops.tokenizer import Tokenizer
+        from surrogate_ops.blocks.tokenizer import Tokenizer
 
         return Tokenizer.load(self.vocab)
 

@@ -36,16 +36,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from surrogate_ops import datasets, loop, models, plots, registry, tracking
-from surrogate_ops.batching import buckets, pad
-from surrogate_ops.config import EngineName
+from surrogate_ops import models, plots, registry
+from surrogate_ops.blocks.batching import buckets, pad
+from surrogate_ops.config import PRETRAINED, EngineName
+from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.inference import Predictor
 from surrogate_ops.metrics import kendall_tau
-from surrogate_ops.optimize import BASELINES, Baseline, Codec, Outcome, llvm_mca_mape
 from surrogate_ops.programs import LlvmMca, parametric, tables
-from surrogate_ops.programs.tables import TableSpace
 from surrogate_ops.programs.cluster import Cluster
+from surrogate_ops.programs.tables import TableSpace
+from surrogate_ops.registry import tracking, versions
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.search.optimize import BASELINES, Baseline, Codec, Outcome, llvm_mca_mape
+from surrogate_ops.training import loop
+
 
 @dataclass(frozen=True)
 class TableSearchConfig:
@@ -305,7 +309,7 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
     if unknown:
         raise SurrogateOpsError(f"unknown baseline {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")
     program = LlvmMca(config.mcpu, cluster=cluster)
-    model_dir = registry.model_dir(config.model or str(Path(__file__).with_name("pretrained") / f"llvm-mca-{config.mcpu}"))
+    model_dir = registry.open(config.model or PRETRAINED / f"llvm-mca-{config.mcpu}").model
     predictor = Predictor(model_dir, engine=EngineName.TORCH)
     frame = datasets.measured_blocks(config.data, config.mcpu)
     train_rows, test_rows = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
@@ -437,7 +441,7 @@ def _log(config: TableSearchConfig, space: TableSpace, outcomes: dict[str, Outco
         run_id = run.info.run_id
     version = None
     if register:
-        version = registry.register_artifact(name, run_id, "table.json", {
+        version = versions.register_artifact(name, run_id, "table.json", {
             "test_mape": f"{outcomes['surrogate'].test_mape:.4f}", "test_tau": f"{outcomes['surrogate'].test_tau:.4f}",
             "defaults_test_mape": f"{outcomes['defaults'].test_mape:.4f}", "changed_opcodes": str(len(learned))})
     return run_id, version

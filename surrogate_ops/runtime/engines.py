@@ -36,10 +36,10 @@ from typing import Protocol
 import numpy as np
 
 from surrogate_ops import presets
-from surrogate_ops.batching import parts
+from surrogate_ops.blocks.batching import parts
 from surrogate_ops.config import AUTO_ENGINE, BUILD_CACHE, EngineName
 from surrogate_ops.errors import SurrogateOpsError
-from surrogate_ops.modeldir import ModelDir
+from surrogate_ops.runtime.modeldir import ModelDir
 
 
 class Engine(Protocol):
