@@ -33,7 +33,6 @@ from surrogate_ops.blocks.generate import PROBE_SEED, generate
 from surrogate_ops.data import datasets
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.programs import LlvmMca
-from surrogate_ops.registry import versions
 from surrogate_ops.runtime.inference import Predictor
 
 CLASSICS = [
@@ -95,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     frame = datasets.load(args.data)
     results = []
-    for uri in args.model or versions.bundled_uris():
+    for uri in registry.served(args.model):
         predictor = open_model(uri)
         mcpu = predictor.meta["mcpu"]
         sets = {"dense": probe("dense", mcpu), "mixed": probe("mixed", mcpu), "bhive": bhive_rows(frame, mcpu)}

@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse
 
 from surrogate_ops.config import settings
 from surrogate_ops.llvm_tools import end_orphans
+from surrogate_ops.programs.setting import McaSetting
 from surrogate_ops.serving.server import Limits, Rejected, Server
 
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"  # models/<mcpu>/, one per CPU the bento serves
@@ -50,9 +51,11 @@ BUNDLED_PARAMS = Path(__file__).resolve().parent / "params.json"
 ops = FastAPI(title="surrogate-ops operations")
 
 
-def _mca_params() -> dict | None:
-    path = settings().mca_params or (BUNDLED_PARAMS if BUNDLED_PARAMS.is_file() else None)
-    return json.loads(Path(path).read_text()) if path else None
+def _mca_setting() -> McaSetting | None:
+    """The fallback's llvm-mca setting: SURROGATE_OPS_MCA_PARAMS (a file or learned:CPU), else the bento's
+    params.json; parsed here, checked once by the Server against its llvm-mca."""
+    spec = settings().mca_params or (str(BUNDLED_PARAMS) if BUNDLED_PARAMS.is_file() else None)
+    return McaSetting.load(spec) if spec else None
 
 
 def _die_with_parent() -> None:
@@ -190,7 +193,7 @@ class Surrogate:
         _take_over()
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrors())
         self.server = Server.from_uri(settings().model, BUNDLED_MODELS, llvm_mca=settings().llvm_mca,
-                                      limits=Limits.from_environment(), mca_params=_mca_params())
+                                      limits=Limits.from_environment(), mca_setting=_mca_setting())
         _metrics(self.server)
 
     @bentoml.api(input_spec=PredictRequest)

@@ -34,54 +34,16 @@ SIZES = list(dict.fromkeys(s for k, v in presets.load("model_sizes").items() if 
 PLATFORMS = [k for k in presets.load("platforms") if not k.startswith("_")]
 
 
-LEARNED = "learned:"  # --params learned:haswell: a learned per-instruction table that ships with the package
 PARAMS_HELP = " Or learned:CPU, the learned per-instruction table that ships (learned:haswell)."
 
 
-def _read_params(path: str | None, mcpus: tuple[str, ...] | None = None) -> dict | None:
-    """A --params file's settings (its "_" notes left out), or a packaged learned table, checked
-    strictly now, before any work starts: knobs by name and range, and a per-instruction table's
-    values and names against the llvm-mca of each of `mcpus` (by default the table's own CPU, its
-    "_mcpu" note, else haswell; see `parametric.check_table`). A learned table is refused for a CPU
-    other than its own (its resources are that CPU's). A bad file is a one-line SurrogateOpsError."""
-    if path is None:
+def _setting(spec: str | None, mcpus: tuple[str, ...] = ()):
+    """--params as an `McaSetting`, checked against the llvm-mca of each of `mcpus` before any work starts."""
+    if spec is None:
         return None
-    from surrogate_ops.programs import LlvmMca, parametric, tables
+    from surrogate_ops.programs.setting import McaSetting
 
-    if path.startswith(LEARNED):
-        name = path[len(LEARNED):]
-        data, own = tables.learned(name), name
-        other = [m for m in mcpus or () if m and m != name]
-        if other:
-            raise SurrogateOpsError(f"--params {path} is a table for -mcpu={name}, not for {', '.join(other)}")
-    else:
-        try:
-            data = tables.read_json(path)
-        except SurrogateOpsError as exc:
-            raise SurrogateOpsError(f"--params {exc}") from None
-        if not isinstance(data, dict):
-            raise SurrogateOpsError(f"--params {path}: expected a JSON object of llvm-mca option names to values")
-        own = data.get("_mcpu")
-        other = [m for m in mcpus or () if m and data.get("_mcpu", m) != m]
-        if other:
-            raise SurrogateOpsError(f"--params {path} is a table for -mcpu={data['_mcpu']}, not for {', '.join(other)}")
-        data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_" keys are notes (a learned table's)
-    setting: dict = {}
-    for mcpu in [m for m in mcpus or () if m] or [own if isinstance(own, str) else "haswell"]:
-        try:
-            program = LlvmMca(mcpu, params=data)
-            if program.per_instruction:
-                parametric.check_names(program.per_instruction, program.path, mcpu)
-        except SurrogateOpsError as exc:
-            raise SurrogateOpsError(f"--params {path}: {exc}") from None
-        setting = program.setting
-    return setting
-
-
-def _checked_params(path: str) -> dict:
-    """A --params file read and checked against llvm-mca (names, ranges) before any work starts:
-    a table's resources against its own CPU's model ("_mcpu", or haswell, the default fallback's)."""
-    return _read_params(path)
+    return McaSetting.read(spec, mcpus)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -170,7 +132,7 @@ def collect(bhive, binary, asm, per_binary, exclude, generate, generate_seed, de
     cluster = _join_cluster(ray_address)
     result = datasets.collect(out, bhive=bhive, binaries=binary, asm=asm, mcpus=mcpu, limit=limit or None, workers=workers,
                               cluster=cluster,
-                              may_alias=may_alias, params=_read_params(params, tuple(mcpu)), progress=not quiet,
+                              may_alias=may_alias, setting=_setting(params, tuple(mcpu)), progress=not quiet,
                               part_rows=part_rows, sample_params=sample_params or 0, seed=seed, splits=splits or None,
                               spread=spread, per_instruction=per_instruction, per_binary=per_binary, exclude=exclude,
                               generated=datasets.Generated(generate, generate_seed, density, mcpu[0] if len(mcpu) == 1 else None)
@@ -491,7 +453,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
     from surrogate_ops.blocks.inputs import chunks
     from surrogate_ops.serving.server import Limits, Server
 
-    setting = _read_params(params, (mcpu,))
+    setting = _setting(params, (mcpu,))
     reading = chunks(input_path)
     first = next(reading)  # a file that is not text or holds no block is refused here, before any work or output
     # a file is not a request: no block is refused for its length, and a call may hold a core longer
@@ -514,7 +476,7 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
     answered, sources = 0, dict.fromkeys(Source, 0)
     for chunk in itertools.chain([first], reading):  # a chunk at a time: memory stays bounded on files of millions of blocks
         answers = server.answer(chunk.blocks, mcpu, exact=exact, first=chunk.start, fallback=not no_fallback,
-                                params=setting, max_error=max_error) if chunk.blocks else []
+                                setting=setting, max_error=max_error) if chunk.blocks else []
         for i, answer in enumerate(answers):
             index = chunk.start + i
             if i in chunk.unreadable:
@@ -797,6 +759,7 @@ def table_diff(table, plot, csv_out) -> None:
 
     from surrogate_ops import plots
     from surrogate_ops.programs import tables
+    from surrogate_ops.programs.setting import LEARNED
 
     if table.startswith(LEARNED):
         data = tables.learned_file(table[len(LEARNED):])
@@ -922,12 +885,10 @@ def serve(model_uris, host, port, params, tracking_uri) -> None:
     if "BENTOML_HOME" not in env:  # BentoML keeps its Prometheus files there: one home per port, or servers mix them
         env["BENTOML_HOME"] = str(config.work_dir() / "bentoml" / f"serve-{port}")
     if params:
-        checked = _checked_params(params)  # a wrong name or value fails here, before the server starts
-        # the service reads a file: the settings as checked (a packaged table's, notes left out)
-        written = config.work_dir() / "params" / f"serve-{port}.json"
-        written.parent.mkdir(parents=True, exist_ok=True)
-        written.write_text(json.dumps(checked))
-        env = config.child_environ(env, mca_params=written)
+        _setting(params)  # a wrong name or value fails here, before the server starts
+        # the service reads it as given (a file by its whole path: the service runs in its own folder)
+        spec = params if params.startswith("learned:") else str(Path(params).resolve())
+        env = config.child_environ(env, mca_params=spec)
     command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(bento.service_dir()),
                "--host", host, "--port", str(port)]
     click.echo(f"serving {model_uri} on http://{host}:{port} (POST /predict, GET /ops/healthz, /docs)")
@@ -953,7 +914,7 @@ def _bento(model_uris, params, arch: str = "amd64") -> str:
     from surrogate_ops import registry
     from surrogate_ops.serving import bento as packing
 
-    tag, carried = packing.build(registry.served(model_uris), _checked_params(params) if params else None, arch)
+    tag, carried = packing.build(registry.served(model_uris), _setting(params), arch)
     click.echo(f"built bento {tag} carrying {', '.join(f'{name} v{version}' for name, version in carried)}")
     return tag
 
@@ -984,7 +945,7 @@ def containerize(bento_tag, model_uris, params, image, rebuild_base, arch, track
     if bento_tag and (model_uris or params):
         raise click.UsageError("--bento names a built bento; --model and --params are for building a new one")
     containers.podman()  # said before any work
-    if params and "per_instruction" in _checked_params(params):
+    if params and _setting(params).table:
         raise click.UsageError("a per-instruction table needs the parametric llvm-mca driver, compiled against LLVM's "
                                "development files, which the image does not carry: serve it with `surrogate-ops serve`")
     arch = arch or containers.host_arch()

@@ -11,6 +11,7 @@ from support.cli import script
 
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.programs import LlvmMca, Result
+from surrogate_ops.programs.setting import McaSetting
 
 
 def same(result: Result, reference: Result) -> bool:
@@ -154,10 +155,10 @@ def test_an_llvm_mca_that_crashes_on_everything_is_not_bisected(fixture_blocks, 
 
 def test_parameters_reach_llvm_mca(fixture_blocks):
     block = fixture_blocks[2]["block"]
-    narrow = LlvmMca(params={"dispatch_width": 1, "noalias": False}).run([block])[0]
+    narrow = LlvmMca(setting=McaSetting({"dispatch_width": 1, "noalias": False})).run([block])[0]
     assert same(narrow, plain_llvm_mca(block, "haswell", "--dispatch=1", "--noalias=false"))
     assert narrow.cycles > LlvmMca().run([block])[0].cycles
-    by_option = LlvmMca(params={"dispatch": 1, "noalias": "false"}).run([block])[0]
+    by_option = LlvmMca(setting=McaSetting({"dispatch": 1, "noalias": "false"})).run([block])[0]
     assert by_option == narrow
 
 
@@ -168,7 +169,7 @@ def test_parameters_reach_llvm_mca(fixture_blocks):
 )
 def test_bad_parameters_are_clear_errors(params, message):
     with pytest.raises(SurrogateOpsError, match=message):
-        LlvmMca(params=params)
+        LlvmMca(setting=McaSetting(params))
 
 
 def test_unknown_mcpu_is_an_error():

@@ -19,6 +19,7 @@ from support.stores import in_home
 from surrogate_ops import registry
 from surrogate_ops.data.datasets import split_of
 from surrogate_ops.programs import LlvmMca
+from surrogate_ops.programs.setting import McaSetting
 
 PLANTED = {"dispatch_width": 2, "noalias": False}  # the 'machine' the measurements come from
 TEMPLATES = ["addq ${i}, %rax", "imulq %rcx, %rdx", "movq {o}(%rdi), %rsi", "movq %rbx, {o}(%rdi)",
@@ -41,7 +42,7 @@ def lab(tmp_path_factory):
     conditioned surrogate trained on it from the bundled one, in a store of its own."""
     root = tmp_path_factory.mktemp("optimize")
     blocks = planted_blocks()
-    cycles = [r.cycles for r in LlvmMca("haswell", params=PLANTED).run(["\n".join(b) for b in blocks])]
+    cycles = [r.cycles for r in LlvmMca("haswell", setting=McaSetting(PLANTED)).run(["\n".join(b) for b in blocks])]
     measurements = bhive_csv(root / "planted.csv", blocks, cycles)
     env = {**os.environ, "SURROGATE_OPS_HOME": str(root / "home")}
     sampled = root / "sampled.parquet"
@@ -70,8 +71,8 @@ def test_expert_defaults_are_llvm_mca_own(fixture_blocks):
     defaults = program.expert_defaults()
     assert defaults["dispatch_width"] == 4 and LlvmMca("skylake").expert_defaults()["dispatch_width"] == 6
     plain = [r.cycles for r in program.run(blocks)]
-    assert [r.cycles for r in LlvmMca("haswell", params=defaults).run(blocks)] == plain
-    assert [r.cycles for r in LlvmMca("haswell", params={"dispatch_width": 1}).run(blocks)] != plain
+    assert [r.cycles for r in LlvmMca("haswell", setting=McaSetting(defaults)).run(blocks)] == plain
+    assert [r.cycles for r in LlvmMca("haswell", setting=McaSetting({"dispatch_width": 1})).run(blocks)] != plain
 
 
 def test_settings_llvm_mca_runs_alike_get_the_same_units(fixture_blocks):
@@ -84,7 +85,7 @@ def test_settings_llvm_mca_runs_alike_get_the_same_units(fixture_blocks):
     defaults = LlvmMca("haswell").expert_defaults()
     settings = [defaults, {**defaults, "decoder_throughput": 1},
                 {**defaults, "micro_op_queue_size": 8}, {**defaults, "micro_op_queue_size": 8, "decoder_throughput": 1}]
-    cycles = [[r.cycles for r in LlvmMca("haswell", params=s).run(blocks)] for s in settings]
+    cycles = [[r.cycles for r in LlvmMca("haswell", setting=McaSetting(s)).run(blocks)] for s in settings]
     scaled = scale_settings(space, settings)
     assert cycles[0] == cycles[1] and (scaled[0] == scaled[1]).all()
     assert cycles[2] != cycles[3] and not (scaled[2] == scaled[3]).all()
@@ -125,7 +126,7 @@ def test_sampled_collection_labels_each_block_under_its_setting(lab):
     assert all(split_of(b) == "train" for b in frame["block"])  # no llvm-mca run spent on held-out blocks
     for _, row in frame.groupby("setting").head(1).iterrows():  # against llvm-mca run here with the row's setting
         setting = {name: int(row[f"param_{name}"]) for name in LlvmMca.parameters}
-        assert LlvmMca("haswell", params=setting).run([row["block"]])[0].cycles == row["mca_cycles_haswell"]
+        assert LlvmMca("haswell", setting=McaSetting(setting)).run([row["block"]])[0].cycles == row["mca_cycles_haswell"]
 
 
 @pytest.mark.slow  # `lab`
@@ -164,7 +165,7 @@ def test_optimize_end_to_end_with_both_tuners(lab):
                          timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out_json.read_text())
-    LlvmMca("haswell", params=found)  # valid llvm-mca options and values
+    LlvmMca("haswell", setting=McaSetting.from_json(found))  # valid llvm-mca options and values
     for method in ("defaults", "surrogate", "opentuner", "optuna"):
         assert f"  {method} " in out.stdout
 

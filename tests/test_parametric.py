@@ -21,6 +21,7 @@ from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import run_tool
 from surrogate_ops.programs import LlvmMca, parametric, tables
+from surrogate_ops.programs.setting import McaSetting
 
 FOUR_ADDS = "addq %rax, %rbx\naddq %rcx, %rdx\naddq %rsi, %rdi\naddq %r8, %r9"  # independent: port-bound
 
@@ -71,25 +72,23 @@ def test_entries_change_what_they_name():
     assert [r.cycles for r in stock] == [303, 103, 308]
 
     def cycles(table, **knobs):
-        return [r.cycles for r in LlvmMca(params={"per_instruction": table, **knobs}).run([chain, adds, "imulq (%rdi), %rdx"])]
+        return [r.cycles for r in LlvmMca(setting=McaSetting(knobs, table)).run([chain, adds, "imulq (%rdi), %rdx"])]
 
     assert cycles({"IMUL64rr": {"latency": 10}}) == [1003, 103, 308]  # the register form only
     assert cycles({"ADD64rr": {"ports": {"HWPort0": 4}}}) == [303, 1600, 308]  # four adds on one port, 4 cycles each
     assert cycles({"ADD64rr": {"ports": {"HWPort0156": 2}}}) == [303, 202, 308]  # four ports, 2 cycles each
     assert cycles({"ADD64rr": {"uops": 4}}) == [303, 403, 308]  # 16 micro-ops an iteration, 4 a cycle
-    assert cycles({"IMUL64rr": {}}, dispatch_width=1) == [r.cycles for r in LlvmMca(params={"dispatch_width": 1}).run(
+    assert cycles({"IMUL64rr": {}}, dispatch_width=1) == [r.cycles for r in LlvmMca(setting=McaSetting({"dispatch_width": 1})).run(
         [chain, adds, "imulq (%rdi), %rdx"])]  # global knobs as llvm-mca's own
 
 
 def test_a_params_file_carries_a_table(tmp_path):
     """`per_instruction` beside the global knobs in a --params file: what predict, collect and serve read."""
-    from surrogate_ops.cli import _checked_params
-
     path = tmp_path / "params.json"
     path.write_text(json.dumps({"dispatch_width": 4, "per_instruction": {"IMUL64rr": {"latency": 5}}}))
-    program = LlvmMca(params=_checked_params(str(path)))
+    program = LlvmMca(setting=McaSetting.read(str(path)))
     assert program.run(["imulq %rcx, %rdx"])[0].cycles == 503
-    assert program.setting == {"dispatch_width": 4, "per_instruction": {"IMUL64rr": {"latency": 5}}}
+    assert program.setting == McaSetting({"dispatch_width": 4}, {"IMUL64rr": {"latency": 5}}, "haswell")
 
 
 @pytest.mark.parametrize("table, says", [
@@ -102,7 +101,7 @@ def test_bad_entries_are_named(table, says):
     """Through the library, when the program is made: the values, and the names against LLVM's
     opcodes and the mcpu's resources (the driver refuses an unknown one too, a last guard)."""
     with pytest.raises(SurrogateOpsError, match=says):
-        LlvmMca(params={"per_instruction": table}).run(["addq %rax, %rbx"])
+        LlvmMca(setting=McaSetting(table=table)).run(["addq %rax, %rbx"])
 
 
 PORTS = ("HWPort0", "HWPort1", "HWPort5", "HWPort6")
@@ -124,7 +123,7 @@ def test_values_past_the_bounds_are_refused_and_the_bounds_answer_in_seconds(dri
                                                  "HWPort7", "HWPort23"], top)}}]
     for table in over:
         with pytest.raises(SurrogateOpsError, match=r"from 0 to 1000|more than the 10,000"):
-            LlvmMca(params={"per_instruction": table})
+            LlvmMca(setting=McaSetting(table=table))
         refused = run_tool([str(driver), "-mcpu=haswell"], parametric.job_text({}, table, [FOUR_ADDS]), timeout=30)
         assert refused.returncode == 1 and refused.stdout.startswith("error ADD64rr "), refused.stdout
     assert "17000 is not a whole number from 0 to 1000" in run_tool(

@@ -22,6 +22,7 @@ from support.stores import in_home, store_with
 
 from surrogate_ops import registry
 from surrogate_ops.programs import LlvmMca
+from surrogate_ops.programs.setting import McaSetting
 from surrogate_ops.serving.server import (
     DEFAULT_POLICY,
     Block,
@@ -252,7 +253,7 @@ def test_the_fallback_runs_llvm_mca_with_tuned_parameters(home, tmp_path):
         status = json.loads(urllib.request.urlopen(f"{url}/ops/healthz").read())
         assert status["llvm_mca_params"] == {"mcpu": "haswell", "dispatch_width": 1, "noalias": False}
         code, answers = post(url, {"blocks": GOOD[:3]})
-        tuned = LlvmMca(params={"dispatch": 1, "noalias": False}).run(GOOD[:3])
+        tuned = LlvmMca(setting=McaSetting({"dispatch": 1, "noalias": False})).run(GOOD[:3])
         assert code == 200 and [a["cycles"] for a in answers] == [r.cycles for r in tuned]
         assert tuned != LlvmMca().run(GOOD[:3])
         code, answers = post(url, {"blocks": GOOD[:3], "mcpu": "skylake"})
@@ -269,16 +270,14 @@ def test_the_fallback_runs_llvm_mca_with_tuned_parameters(home, tmp_path):
 def test_the_fallback_runs_the_learned_table_that_ships(home):
     """serve --params learned:haswell: llvm-mca answers through the parametric driver under the
     packaged learned table; healthz names the table by its size."""
-    from surrogate_ops.programs import tables
-
-    learned = tables.learned("haswell")
+    learned = McaSetting.load("learned:haswell")
     with running(home, "--model", str(home / "no-such-model"), "--params", "learned:haswell", **LIMITS) as url:
         status = json.loads(urllib.request.urlopen(f"{url}/ops/healthz").read())
         assert status["llvm_mca_params"] == {"mcpu": "haswell",
-                                             "per_instruction": f"{len(learned['per_instruction'])} opcodes"}
+                                             "per_instruction": f"{len(learned.table)} opcodes"}
         blocks = [*GOOD, "idivq %rcx\naddq %rax, %rbx", "addq $1, (%rdi)\naddq $1, (%rdi)"]
         code, answers = post(url, {"blocks": blocks})
-        tuned = LlvmMca(params=learned).run(blocks)
+        tuned = LlvmMca(setting=learned).run(blocks)
         assert code == 200 and [a["cycles"] for a in answers] == [r.cycles for r in tuned]
         assert [r.cycles for r in tuned] != [r.cycles for r in LlvmMca().run(blocks)]
 

@@ -18,6 +18,7 @@ from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.programs import LlvmMca, parametric, tables
+from surrogate_ops.programs.setting import McaSetting
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_collect_labels_each_block_under_its_drawn_table(tmp_path, tiny_binary):
     for row in frame.sample(25, random_state=0).itertuples():
         table = json.loads(row.table)
         assert len(tables.parse_entries(row.instructions)) == row.block.count("\n") + 1
-        again = LlvmMca(params={"per_instruction": table}).run([row.block])[0]
+        again = LlvmMca(setting=McaSetting(table=table)).run([row.block])[0]
         assert again.cycles == row.mca_cycles_haswell
     proc = subprocess.run([*CLI, "collect", "--binary", str(tiny_binary), "--per-instruction", "centred",
                            "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True,
@@ -113,7 +114,7 @@ def test_collect_labels_each_block_under_its_drawn_table(tmp_path, tiny_binary):
 
 @pytest.mark.system
 def test_the_learned_haswell_table_ships_and_runs_everywhere_params_go(tmp_path, local_blocks):
-    learned = tables.learned("haswell")["per_instruction"]
+    learned = tables.learned_file("haswell")["per_instruction"]
     assert len(learned) > 20
     blocks = local_blocks[1][:400]
     asm = tmp_path / "blocks.s"
@@ -122,7 +123,7 @@ def test_the_learned_haswell_table_ships_and_runs_everywhere_params_go(tmp_path,
                           capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     answered = [float(r["cycles"]) for r in rows(proc.stdout)]
-    assert answered == [r.cycles for r in LlvmMca(params={"per_instruction": learned}).run(blocks)]
+    assert answered == [r.cycles for r in LlvmMca(setting=McaSetting(table=learned)).run(blocks)]
     assert answered != [r.cycles for r in LlvmMca().run(blocks)]
     proc = subprocess.run([*CLI, "predict", "--program", "llvm-mca", "--params", "learned:pentium", "--input", str(asm)],
                           capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
@@ -144,12 +145,10 @@ def test_every_table_that_ships_or_a_search_writes_passes_the_strict_check(tmp_p
     model); the ranges a search and the samplers draw from stop at MAX_VALUE even where a stock
     value is near it; and a table file in optimize-table's format is checked as strictly as any
     other when it is loaded back (its "_" notes left out)."""
-    from surrogate_ops.cli import _read_params
-
     for cpu in ("haswell", "skylake"):
-        assert _read_params(f"learned:{cpu}") == tables.learned(cpu)
+        assert McaSetting.read(f"learned:{cpu}") == McaSetting(table=tables.learned_file(cpu)["per_instruction"], mcpu=cpu)
     with pytest.raises(SurrogateOpsError, match="no learned table '../haswell'"):
-        _read_params("learned:../haswell")
+        McaSetting.read("learned:../haswell")
     near = [[tables.Instruction("DIV64r", {"latency": 700, "uops": 600, "HWDivider": 800, "HWPort0": 900})]]
     space = tables.TableSpace.of(near, "haswell")
     assert space.high.max() == tables.MAX_VALUE
@@ -160,16 +159,16 @@ def test_every_table_that_ships_or_a_search_writes_passes_the_strict_check(tmp_p
             parametric.check_table(tables.sample_block_table(near[0], mode, 0, k))
     path = tmp_path / "table.json"
     path.write_text(json.dumps(tables.table_file(highest, space.stock(space.opcodes), "haswell", run_id="r")))
-    assert _read_params(str(path)) == {"per_instruction": highest}
+    assert McaSetting.read(str(path)) == McaSetting(table=highest, mcpu="haswell")
     path.write_text(json.dumps(tables.table_file({"DIV64r": {"latency": 1001}}, space.stock(space.opcodes), "haswell")))
     with pytest.raises(SurrogateOpsError, match=r"^--params .*table.json: per_instruction\['DIV64r'\]\['latency'\] "
                                                 r"is 1001: a latency is whole cycles from 0 to 1000$"):
-        _read_params(str(path))
+        McaSetting.read(str(path))
 
 
 @pytest.mark.system
 def test_table_diff_lists_and_draws_every_change(tmp_path):
-    learned = tables.learned("haswell")["per_instruction"]
+    learned = tables.learned_file("haswell")["per_instruction"]
     proc = subprocess.run([*CLI, "table-diff", "learned:haswell", "--csv", str(tmp_path / "d.csv"),
                            "--plot", str(tmp_path / "d.png")], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
@@ -197,7 +196,7 @@ def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path,
     table, seeds 1 and 2 find the change): three restarts from seed 0 find it."""
     hexes, blocks = local_blocks
     planted = {"MOV64rm": {"latency": 7}, "MOV32rm": {"latency": 7}, "SHL64ri": {"ports": {"HWPort06": 2}}}
-    measured = [r.cycles for r in LlvmMca(params={"per_instruction": planted}).run(blocks)]
+    measured = [r.cycles for r in LlvmMca(setting=McaSetting(table=planted)).run(blocks)]
     csv = tmp_path / "measured.csv"
     pd.DataFrame({"hex": hexes, "throughput": measured}).to_csv(csv, index=False)
     home = tmp_path / "home"
@@ -233,10 +232,8 @@ def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path,
     version = client.get_model_version("llvm-mca-haswell-table", "1")
     assert float(version.tags["test_mape"]) == pytest.approx(m["surrogate_test_mape"], abs=1e-4)
     # the written table is what --params takes, loaded back through its strict check
-    assert LlvmMca(params={"per_instruction": learned}).run([blocks[0]])[0].ok
-    from surrogate_ops.cli import _read_params
-
-    assert _read_params(str(table_out), ("haswell",)) == {"per_instruction": learned}
+    assert LlvmMca(setting=McaSetting(table=learned)).run([blocks[0]])[0].ok
+    assert McaSetting.read(str(table_out), ("haswell",)) == McaSetting(table=learned, mcpu="haswell")
 
 
 def test_a_per_instruction_surrogate_starts_as_its_parent_and_reads_each_entry(annotated, local_blocks):
@@ -245,13 +242,12 @@ def test_a_per_instruction_surrogate_starts_as_its_parent_and_reads_each_entry(a
     latency makes its answer depend on that instruction's entry."""
     import torch
 
-    from surrogate_ops import models
+    from surrogate_ops import models, registry
     from surrogate_ops.blocks.batching import pad
-    from surrogate_ops.registry.versions import bundled_uris, model_dir
     from surrogate_ops.runtime.inference import Predictor
     from surrogate_ops.search import table_search
 
-    predictor = Predictor(model_dir(bundled_uris()[0]), engine="torch")
+    predictor = Predictor(registry.open(registry.served(None)[0]).model, engine="torch")
     space = tables.TableSpace.of(annotated, "haswell")
     surrogate = table_search.TableSurrogate(predictor, space)
     blocks = local_blocks[1][:64]

@@ -51,7 +51,7 @@ from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.config import work_dir
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
-from surrogate_ops.programs import LlvmMca, parametric, tables
+from surrogate_ops.programs import LlvmMca, McaSetting, parametric, tables
 from surrogate_ops.programs.base import Result, sample_settings, scale_settings
 from surrogate_ops.programs.cluster import Cluster
 
@@ -245,7 +245,7 @@ def _run_sampled(program: LlvmMca, blocks: list[str], sampling: Sampling, bar: t
 
     def work(item: tuple[int, list[int]]) -> None:
         setting, members = item
-        runner = program.with_params(sampling.settings[setting], workers=1)  # the pool runs settings in parallel
+        runner = program.with_setting(McaSetting(sampling.settings[setting]), workers=1)  # the pool runs settings in parallel
         for i, result in zip(members, runner.run([blocks[i] for i in members]), strict=True):
             results[i] = result
         bar.update(len(members))
@@ -321,7 +321,7 @@ def scaled_parameters(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
 
 def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (),
             asm: Sequence[str | Path] = (), mcpus: Sequence[str] = ("haswell",), limit: int | None = None,
-            workers: int | None = None, may_alias: str | Path | None = None, params: dict | None = None,
+            workers: int | None = None, may_alias: str | Path | None = None, setting: McaSetting | None = None,
             progress: bool = True, part_rows: int = PART_ROWS, measured_mcpu: str | None = None,
             sample_params: int = 0, seed: int = 0, splits: Sequence[str] | None = None,
             spread: float = 1.0, generated: Generated | None = None,
@@ -330,7 +330,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     """Build a labeled dataset at `out` (Parquet). Writes `<out>.partial/` while running (resumable)
     and `<out stem>.rejected.csv` for blocks that could not be labeled. `sample_params=N` labels
     each block under one of N random parameter settings (drawn with `seed`, within `spread` of the
-    defaults on the unit scale, see `programs.base.sample_settings`) instead of `params`;
+    defaults on the unit scale, see `programs.base.sample_settings`) instead of `setting`;
     `splits` keeps only blocks of those splits (e.g. train: spend no labels on held-out blocks); the
     kept blocks get a fresh train/val/test split of their own (another hash) for training.
     `generated` adds synthetic blocks (`blocks.generate`) before the other sources.
@@ -347,9 +347,9 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     if not (bhive or binaries or asm or generated):
         binaries, per_binary = default_binaries(), per_binary or DEFAULT_PER_BINARY
     mcpus = list(dict.fromkeys(mcpus))
-    if sample_params and (len(mcpus) != 1 or params):
+    if sample_params and (len(mcpus) != 1 or setting):
         raise SurrogateOpsError("--sample-params labels with one --mcpu and no --params (it draws the parameters itself)")
-    programs = {m: LlvmMca(mcpu=m, workers=workers, params=params, cluster=cluster) for m in mcpus}
+    programs = {m: LlvmMca(mcpu=m, workers=workers, setting=setting, cluster=cluster) for m in mcpus}
     if per_instruction and not sample_params:
         raise SurrogateOpsError("--per-instruction samples tables: give --sample-params N as well")
     if per_instruction:
@@ -364,7 +364,7 @@ def collect(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     if not records:
         raise SurrogateOpsError("no blocks found in the given sources")
     program = programs[mcpus[0]]
-    settings = {"mcpus": mcpus, "params": program.setting, "iterations": program.iterations,
+    settings = {"mcpus": mcpus, "params": program.setting.to_json(), "iterations": program.iterations,
                 "llvm_mca": program.path, "llvm_mca_version": program.version,
                 **({"sample_params": sample_params, "seed": seed, "spread": spread} if sampling else {}),
                 **({"per_instruction": per_instruction} if per_instruction else {}),

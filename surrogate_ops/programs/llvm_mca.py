@@ -45,6 +45,7 @@ from surrogate_ops.llvm_tools import ToolTimeout, find_tool, remembered, run_too
 from surrogate_ops.programs import parametric
 from surrogate_ops.programs.base import Parameter, Program, Progress, Result, check_setting
 from surrogate_ops.programs.cluster import Cluster
+from surrogate_ops.programs.setting import McaSetting
 
 TRIPLE = "x86_64-unknown-linux-gnu"
 _DIAGNOSTIC = re.compile(r"^<stdin>:(\d+):\d+: error: (.*)$", re.MULTILINE)
@@ -110,14 +111,15 @@ def _declared_parameters() -> dict[str, Parameter]:
 class LlvmMca(Program):
     """llvm-mca for one `mcpu`: `run(blocks)` gives Total Cycles over `iterations`, uops, RThroughput.
 
-    `params` sets llvm-mca's knobs by parameter name (`dispatch_width`) or llvm-mca option name
-    (`dispatch`); knobs left out keep the scheduling model's own values for the mcpu.
+    `setting` (`McaSetting`) sets llvm-mca's knobs by parameter name (`dispatch_width`) or llvm-mca
+    option name (`dispatch`), knobs left out keeping the scheduling model's own values for the mcpu,
+    and a per-instruction table, which runs through the parametric driver (`parametric`).
     """
 
     name = "llvm-mca"
     parameters = _declared_parameters()
 
-    def __init__(self, mcpu: str = "haswell", iterations: int = 100, params: Mapping[str, object] | None = None,
+    def __init__(self, mcpu: str = "haswell", iterations: int = 100, setting: McaSetting | None = None,
                  path: str | None = None, workers: int | None = None, chunk_size: int = 500,
                  timeout: float | None = None, retry: float | None = None, nice: int = 0,
                  cluster: Cluster | None = None):
@@ -133,11 +135,10 @@ class LlvmMca(Program):
         if iterations < 1:
             raise SurrogateOpsError("iterations must be at least 1")
         self.mcpu, self.iterations = mcpu, iterations
-        params = dict(params or {})
-        # per-opcode scheduling parameters run through the parametric driver (programs.parametric)
-        table = params.pop("per_instruction", None) or {}  # names held to LLVM's and this mcpu's where there are any
-        self.per_instruction = parametric.check_table(table, self.path, mcpu) if table else {}
-        self.params = self._check_params(params)
+        setting = setting or McaSetting()
+        # a table's names are held to LLVM's and this mcpu's where there are any
+        self.table = parametric.check_table(setting.table, self.path, mcpu) if setting.table else {}
+        self.knobs = self._check_knobs(setting.knobs)
         self.cluster = cluster
         self.workers = workers or (cluster.cpus if cluster else default_workers())
         self.chunk_size = chunk_size
@@ -163,19 +164,19 @@ class LlvmMca(Program):
                 if p.option in tool_options(self.path, **self._probe)}
 
     @property
-    def setting(self) -> dict:
-        """The parameters this instance runs under, as `params` takes them."""
-        return {**self.params, **({"per_instruction": self.per_instruction} if self.per_instruction else {})}
+    def setting(self) -> McaSetting:
+        """The setting this instance runs under, as checked (knobs by their parameter names)."""
+        return McaSetting(self.knobs, self.table, self.mcpu if self.table else None)
 
-    def with_params(self, params: Mapping[str, object] | None, workers: int | None = None) -> LlvmMca:
-        """The same llvm-mca (path, mcpu, iterations, chunking, timeout) under other parameters."""
-        return LlvmMca(self.mcpu, self.iterations, params=params, path=self.path, workers=workers or self.workers,
+    def with_setting(self, setting: McaSetting | None, workers: int | None = None) -> LlvmMca:
+        """The same llvm-mca (path, mcpu, iterations, chunking, timeout) under another setting."""
+        return LlvmMca(self.mcpu, self.iterations, setting=setting, path=self.path, workers=workers or self.workers,
                        chunk_size=self.chunk_size, timeout=self.timeout, retry=self.retry, nice=self.nice,
                        cluster=self.cluster)
 
-    def _check_params(self, params: Mapping[str, object]) -> dict[str, int | bool]:
+    def _check_knobs(self, knobs: Mapping[str, object]) -> dict[str, int | bool]:
         try:
-            checked = check_setting(self.parameters, params, self.name)
+            checked = check_setting(self.parameters, knobs, self.name)
         except ValueError as exc:
             raise SurrogateOpsError(str(exc)) from None
         for spec in (self.parameters[name] for name in checked):
@@ -191,7 +192,7 @@ class LlvmMca(Program):
         """The llvm-mca command line (input on stdin) this instance runs."""
         args = [self.path, f"-mtriple={TRIPLE}", f"-mcpu={self.mcpu}", f"-iterations={self.iterations}", "--json",
                 "--instruction-info=false", "--resource-pressure=false"]
-        for name, value in self.params.items():
+        for name, value in self.knobs.items():
             option = self.parameters[name].option
             args.append(f"--{option}={'true' if value else 'false'}" if isinstance(value, bool) else f"--{option}={value}")
         return args
@@ -245,7 +246,7 @@ class LlvmMca(Program):
         why = hanging(self.path)
         if why:
             return [Result(error=f"llvm-mca unavailable: {why}")] * len(blocks)
-        if self.per_instruction:
+        if self.table:
             return self._run_parametric(blocks)
         refused = _refused.get((self.path, self.mcpu), set())
         suspects = [i for i, block in enumerate(blocks) if refused and
@@ -298,8 +299,8 @@ class LlvmMca(Program):
         why = fails(self.command())
         if why is None:
             return None
-        if self.params and fails(self.with_params(None).command()) is None:  # only this setting fails
-            return f"llvm-mca {why} under this setting ({json.dumps(self.params, sort_keys=True)})"
+        if self.knobs and fails(self.with_setting(None).command()) is None:  # only this setting fails
+            return f"llvm-mca {why} under this setting ({json.dumps(self.knobs, sort_keys=True)})"
         retry = settings().mca_retry if self.retry is None else self.retry
         why = f"llvm-mca {why}; tried again after {retry:g} s"
         _hanging[self.path] = (time.monotonic() + retry, why)
@@ -309,8 +310,8 @@ class LlvmMca(Program):
         """Canonical blocks through the parametric driver, under this instance's per-instruction table
         (or each block's of `tables`) and knobs; the driver answers every block, a bad one with its
         own error."""
-        knobs = {self.parameters[name].option: value for name, value in self.params.items()}
-        text = (parametric.job_text(knobs, self.per_instruction, blocks) if tables is None else
+        knobs = {self.parameters[name].option: value for name, value in self.knobs.items()}
+        text = (parametric.job_text(knobs, self.table, blocks) if tables is None else
                 "".join(parametric.job_text(knobs, t, [b]) for t, b in zip(tables, blocks, strict=True)))
         timeout = self.timeout if self.timeout is not None else 30 + 0.2 * len(blocks)
         try:

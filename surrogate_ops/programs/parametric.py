@@ -14,7 +14,7 @@ them) to entries with any of:
 `latency`: cycles until the first result is ready; `uops`: micro-ops; `ports`: cycles on processor
 resources (units such as `HWPort1` or groups such as `HWPort0156`), replacing the stock cycles of
 those named and keeping the rest (0 removes one). A group is raised to cover the resources inside it,
-as LLVM's tables keep them. `LlvmMca(params={"per_instruction": table, ...})` runs it.
+as LLVM's tables keep them. `LlvmMca(setting=McaSetting(knobs, table))` runs it.
 
 A table is held to `check_table` where it is read: whole numbers from 0 to `tables.MAX_VALUE`, at
 most `tables.MAX_ENTRY_CYCLES` over an entry's resources (LLVM keeps them in 16-bit fields; the

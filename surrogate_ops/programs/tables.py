@@ -328,12 +328,6 @@ def learned_file(name: str) -> dict:
     return read_json(path)
 
 
-def learned(name: str) -> dict:
-    """A learned table that ships with the package (`--params learned:haswell`), as `--params`
-    takes it: {"per_instruction": {...}}."""
-    return {"per_instruction": learned_file(name)["per_instruction"]}
-
-
 def table_file(table: Mapping[str, Mapping], stock: Mapping[str, Mapping], mcpu: str, **notes: object) -> dict:
     """A learned table as a `--params` file holds it, with what a reader wants beside it under
     keys that `--params` skips ("_"): the CPU, the stock entries of the opcodes it changes (for

@@ -29,7 +29,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from surrogate_ops.config import DEFAULT_MODEL, PRETRAINED, champion_uri
+from surrogate_ops.config import DEFAULT_MODEL, PRETRAINED
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.registry import pins, tracking
 from surrogate_ops.runtime import modeldir
@@ -46,10 +46,6 @@ BUNDLED = PRETRAINED / DEFAULT_MODEL
 def bundled_names() -> list[str]:
     """The registered names the package bundles a surrogate for (llvm-mca-haswell first)."""
     return modeldir.bundled_names()
-
-
-def bundled_uris() -> list[str]:
-    return [champion_uri(name) for name in bundled_names()]
 
 
 @dataclass(frozen=True)

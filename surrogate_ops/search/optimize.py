@@ -47,7 +47,7 @@ from surrogate_ops.config import EngineName
 from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau
-from surrogate_ops.programs import LlvmMca
+from surrogate_ops.programs import LlvmMca, McaSetting
 from surrogate_ops.programs.base import Parameter, scale_settings, unscale_setting
 from surrogate_ops.programs.cluster import Cluster
 from surrogate_ops.registry import tracking
@@ -104,9 +104,12 @@ def options(program: LlvmMca, setting: dict) -> dict:
     return {program.parameters[name].option: value for name, value in setting.items()}
 
 
-def llvm_mca_mape(program: LlvmMca, setting: dict, blocks: list[str], measured: np.ndarray) -> tuple[float, np.ndarray]:
-    """The real llvm-mca under `setting`: MAPE against `measured`, and its cycles (NaN where it failed)."""
-    cycles = np.array([r.cycles if r.ok else np.nan for r in program.with_params(setting).run(blocks)])
+def llvm_mca_mape(program: LlvmMca, setting: McaSetting | dict, blocks: list[str],
+                  measured: np.ndarray) -> tuple[float, np.ndarray]:
+    """The real llvm-mca under `setting` (a search's knobs are a dict): MAPE against `measured`, and its
+    cycles (NaN where it failed)."""
+    setting = setting if isinstance(setting, McaSetting) else McaSetting(setting)
+    cycles = np.array([r.cycles if r.ok else np.nan for r in program.with_setting(setting).run(blocks)])
     ok = np.isfinite(cycles)
     if not ok.any():
         return float("inf"), cycles

@@ -42,7 +42,7 @@ from surrogate_ops.config import PRETRAINED, EngineName
 from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau
-from surrogate_ops.programs import LlvmMca, parametric, tables
+from surrogate_ops.programs import LlvmMca, McaSetting, parametric, tables
 from surrogate_ops.programs.cluster import Cluster
 from surrogate_ops.programs.tables import TableSpace
 from surrogate_ops.registry import tracking, versions
@@ -103,7 +103,7 @@ class _Blocks:
 def driver_mape(program: LlvmMca, table: dict, blocks: list[str], measured: np.ndarray) -> tuple[float, np.ndarray]:
     """The parametric llvm-mca under `table` (one table a driver process): MAPE against `measured`
     (a failed block a 100% miss) and the cycles."""
-    return llvm_mca_mape(program, {"per_instruction": table} if table else {}, blocks, measured)
+    return llvm_mca_mape(program, McaSetting(table=table or {}), blocks, measured)
 
 
 class TableSurrogate:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from surrogate_ops import registry
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.programs.setting import McaSetting
 from surrogate_ops.runtime.modeldir import CHECKPOINT, ModelDir
 
 SERVICE_DIR = Path(__file__).resolve().parents[2] / "bento"
@@ -39,7 +40,7 @@ def service_dir() -> Path:
 ENGINE_PACKAGES = {"amd64": ("onnxruntime",), "arm64": ("apache-tvm", "apache-tvm-ffi")}
 
 
-def build(model_uris: list[str], mca_params: dict | None = None, arch: str = "amd64",
+def build(model_uris: list[str], setting: McaSetting | None = None, arch: str = "amd64",
           ) -> tuple[str, list[tuple[str, str]]]:
     """Build the bento for registered versions, one per mcpu; (bento tag, [(model name, version)]).
     `arch` arm64: each model's arm64 TVM build goes in, and TVM's runtime serves it (`ENGINE_PACKAGES`)."""
@@ -59,8 +60,8 @@ def build(model_uris: list[str], mca_params: dict | None = None, arch: str = "am
                 from surrogate_ops.builds import compile as compiler
 
                 compiler.compile_model(ModelDir.open(folder), "arm64", folder / "builds")
-        if mca_params:
-            (stage / "params.json").write_text(json.dumps(mca_params))
+        if setting:
+            (stage / "params.json").write_text(json.dumps(setting.to_json()))
         package = Path(__file__).resolve().parents[1]
         shutil.copytree(package, stage / "surrogate_ops", ignore=shutil.ignore_patterns("pretrained", "__pycache__"))
         _pin_packages(stage / "bentofile.yaml", ENGINE_PACKAGES[arch])

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import run_checked
+from surrogate_ops.programs.setting import McaSetting
 
 BASE_IMAGE = "localhost/surrogate-ops-base:bookworm"
 SETUP_HINT = "run `bash deploy/podman-setup.sh` as root once (podman with runc, and mmdebstrap)"
@@ -155,7 +156,7 @@ def build(bento_tag: str, image: str | None = None, rebuild_base: bool = False, 
         raise SurrogateOpsError(f"bento {bento.tag} was not built on {BASE_IMAGE} (its bentofile's docker.base_image): "
                                 "build it again with `surrogate-ops bento`")
     params = root / "src" / "params.json"
-    if params.is_file() and "per_instruction" in json.loads(params.read_text()):
+    if params.is_file() and McaSetting.from_json(json.loads(params.read_text())).table:
         raise SurrogateOpsError(f"bento {bento.tag} gives llvm-mca a per-instruction table, which needs the parametric "
                                 "driver compiled against LLVM's development files: the image carries llvm-mca alone")
     image = image or f"localhost/{bento.tag.name}:{bento.tag.version}" + ("" if arch == host_arch() else f"-{arch}")

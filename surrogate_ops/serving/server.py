@@ -43,6 +43,7 @@ from surrogate_ops.blocks.asm import BlockError, normalize_block
 from surrogate_ops.blocks.batching import Flat
 from surrogate_ops.config import AUTO_ENGINE, Source, settings
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.programs.setting import McaSetting
 
 
 class Rejected(SurrogateOpsError):
@@ -317,11 +318,11 @@ class Server:
 
     def __init__(self, model=None, load_error: str | None = None, llvm_mca: str | None = None,
                  limits: Limits | None = None, policy: Sequence[Rule] = DEFAULT_POLICY, model_uri: str | None = None,
-                 mca_params: dict | None = None, versions: Sequence[str] = ()):
+                 mca_setting: McaSetting | None = None, versions: Sequence[str] = ()):
         """`model`: a model directory or a loaded Predictor, or a list of them (one per mcpu; the first is the primary);
         `versions`, beside them, the registered version each one is (what the status reports).
-        `mca_params` (llvm-mca option or parameter names to values, e.g. from `optimize --out`) set
-        the fallback's llvm-mca knobs for the primary model's mcpu; other mcpus keep llvm-mca's defaults."""
+        `mca_setting` (knobs, e.g. from `optimize --out`, or a per-instruction table) is the fallback's
+        llvm-mca setting for the primary model's mcpu; other mcpus keep llvm-mca's defaults."""
         from surrogate_ops.runtime.inference import Predictor
 
         self.limits = limits or Limits()
@@ -347,11 +348,11 @@ class Server:
         self.load_error = "; ".join(errors) or None
         self._networks = {mcpu: Gathered(_network_of(p), self.limits.network_gather) for mcpu, p in self.predictors.items()}
         self.params_mcpu = self.predictor.meta.get("mcpu", "haswell") if self.predictor else "haswell"
-        self.mca_params: dict = {}
-        if mca_params:  # checked now: a wrong file stops the service at start, not every fallback later
+        self.mca_setting = McaSetting()
+        if mca_setting:  # checked now: a wrong file stops the service at start, not every fallback later
             from surrogate_ops.programs import LlvmMca
 
-            self.mca_params = LlvmMca(self.params_mcpu, params=mca_params, path=llvm_mca, **self._mca_limits).setting
+            self.mca_setting = LlvmMca(self.params_mcpu, setting=mca_setting, path=llvm_mca, **self._mca_limits).setting
         # one pool for every request's llvm-mca calls: at most one process per core, whatever the load
         self.cores = len(os.sched_getaffinity(0))
         self.mca_pool = FairPool(self.cores)
@@ -400,12 +401,6 @@ class Server:
     def mode(self) -> str:
         return "surrogate+llvm-mca" if self.predictor else "llvm-mca-only"
 
-    def _params_summary(self) -> dict:
-        """The fallback's llvm-mca settings as healthz shows them: a per-instruction table by its
-        size (a learned one names a few hundred opcodes)."""
-        table = self.mca_params.get("per_instruction")
-        return {**self.mca_params, **({"per_instruction": f"{len(table)} opcodes"} if table else {})}
-
     def status(self) -> dict:
         meta = self.predictor.meta if self.predictor else {}
         return {"ready": True, "mode": self.mode, "model": self.model_uri,
@@ -415,7 +410,7 @@ class Server:
                                       "engine": p.engine_name, "estimates_error": p.confident}
                                for mcpu, p in self.predictors.items()},
                 "load_error": self.load_error, "llvm_mca": self._mca_status(),
-                "llvm_mca_params": {"mcpu": self.params_mcpu, **self._params_summary()} if self.mca_params else None,
+                "llvm_mca_params": {"mcpu": self.params_mcpu, **self.mca_setting.summary()} if self.mca_setting else None,
                 "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy],
                 "memory_mb": resident_mb(), "llvm_mca_cache": self.mca_cache.stats(),
                 "fallback_queue": len(self.mca_pool),
@@ -442,10 +437,10 @@ class Server:
         return self.answer(blocks, mcpu, exact, max_error=max_error)
 
     def answer(self, blocks: Sequence[str], mcpu: str, exact: bool = False, first: int = 0, fallback: bool = True,
-               params: object = None, max_error: float | None = None) -> list[dict]:
+               setting: McaSetting | None = None, max_error: float | None = None) -> list[dict]:
         """One answer per block under the fallback policy (the service's and `predict`'s): blocks are
         named in errors by their place counted from `first`. `fallback=False` answers an untrusted
-        block with an error naming the reason instead of running llvm-mca; `params`, a setting a
+        block with an error naming the reason instead of running llvm-mca; `setting`, a setting a
         parameter-conditioned surrogate predicts (and the fallback's llvm-mca runs with).
         A confident surrogate's answers carry `estimated_error`, its estimate of its relative error;
         with `max_error`, a block estimated above it goes to llvm-mca too (rule `max_error`)."""
@@ -494,11 +489,11 @@ class Server:
                 answers[i] = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
                 tally[mcpu, Source.ERROR, rule] += 1
         started = time.perf_counter()
-        pending = self._llvm_mca([b for b, _, _ in untrusted], mcpu, params)  # runs while the surrogate answers
+        pending = self._llvm_mca([b for b, _, _ in untrusted], mcpu, setting)  # runs while the surrogate answers
         doubtful: list[tuple[Block, str, str]] = []  # estimated above max_error: llvm-mca's, after the network
         estimated: dict[int, float] = {}
         if trusted:
-            cycles, estimates = self._network(predictor, mcpu, trusted, params, bulk)
+            cycles, estimates = self._network(predictor, mcpu, trusted, setting, bulk)
             for k, (block, value) in enumerate(zip(trusted, cycles, strict=True)):
                 answer = {"cycles": float(value), "source": Source.SURROGATE}
                 if estimates is not None:
@@ -515,7 +510,7 @@ class Server:
                     tally[mcpu, Source.ERROR, "max_error"] += 1
         gathered = pending()
         if doubtful:
-            gathered += self._llvm_mca([b for b, _, _ in doubtful], mcpu, params)()
+            gathered += self._llvm_mca([b for b, _, _ in doubtful], mcpu, setting)()
         for (block, reason, rule), answer in zip(untrusted + doubtful, gathered, strict=True):
             if "cycles" in answer:
                 answer = {**answer, "reason": reason}
@@ -564,11 +559,11 @@ class Server:
         if mcpu not in known:
             raise Rejected(f"llvm-mca does not know -mcpu={mcpu} (try haswell, skylake, ivybridge)", 400)
 
-    def _network(self, predictor, mcpu: str, trusted: list[Block], params: object, bulk: tuple | None):
+    def _network(self, predictor, mcpu: str, trusted: list[Block], setting: McaSetting | None, bulk: tuple | None):
         """The surrogate's cycles and error estimates (None without a head) for the trusted blocks."""
-        scaled = predictor.scaled(params, len(trusted)) if params is not None else None
+        scaled = predictor.scaled(dict(setting.knobs), len(trusted)) if setting is not None else None
         encoded = bulk[0].select([b.row for b in trusted]) if bulk is not None else [b.ids for b in trusted]
-        if params is None and self.limits.network_gather:  # the common case: shared with concurrent requests
+        if setting is None and self.limits.network_gather:  # the common case: shared with concurrent requests
             answered = self._networks[mcpu](encoded)  # (blocks, 2): cycles, estimated error
             return answered[:, 0], answered[:, 1] if predictor.confident else None
         return predictor.answer_encoded(encoded, scaled)
@@ -599,7 +594,7 @@ class Server:
         if has_unknown:
             block.unknown = tuple(predictor.tokenizer.unknown(block.text))
 
-    def _llvm_mca(self, blocks: list[Block], mcpu: str, params: object = None) -> Callable[[], list[dict]]:
+    def _llvm_mca(self, blocks: list[Block], mcpu: str, setting: McaSetting | None = None) -> Callable[[], list[dict]]:
         """Start llvm-mca on `blocks` in chunks through the shared pool; the returned function waits
         for the answers. Its absence or crash becomes a per-block error."""
         if not blocks:
@@ -608,19 +603,19 @@ class Server:
 
         try:
             program = LlvmMca(mcpu=mcpu, path=self.llvm_mca_path, workers=1, nice=5, **self._mca_limits,
-                              params=params if params is not None else self.mca_params if mcpu == self.params_mcpu
+                              setting=setting if setting is not None else self.mca_setting if mcpu == self.params_mcpu
                               else None)
         except Exception as exc:  # noqa: BLE001
             unavailable = [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
             return lambda: unavailable
-        setting = (program.path, mcpu, json.dumps(program.setting, sort_keys=True))
-        keys = [(b.text, *setting) for b in blocks]
+        alike = (program.path, mcpu, program.setting.key)
+        keys = [(b.text, *alike) for b in blocks]
         known = [self.mca_cache.get(key) for key in keys]
         missing = [b.text for b, answer in zip(blocks, known, strict=True) if answer is None]
         chunks = _chunked(missing, self.limits.mca_chunk, self.limits.mca_chunk_instructions)
         # waiting chunks of other requests under this setting may share a call, within both bounds
         most = (self.limits.mca_gather, self.limits.mca_chunk_instructions)
-        futures = self.mca_pool.map(program.run, chunks, batch=setting if most[0] else None, most=most,
+        futures = self.mca_pool.map(program.run, chunks, batch=alike if most[0] else None, most=most,
                                     weigh=_weight)
 
         def gather() -> list[dict]:
@@ -687,7 +682,6 @@ def resident_mb() -> float:
 
 def wait_ready(url: str, timeout: float = 120.0) -> dict:
     """Poll a running service's status until it answers (for the CLI and the tests)."""
-    import json
     import urllib.request
 
     deadline = time.time() + timeout
