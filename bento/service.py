@@ -44,7 +44,8 @@ from starlette.responses import JSONResponse
 from surrogate_ops.config import settings
 from surrogate_ops.llvm_tools import end_orphans
 from surrogate_ops.programs.setting import McaSetting
-from surrogate_ops.serving.server import Limits, Rejected, Server
+from surrogate_ops.serving.policy import Limits, Rejected
+from surrogate_ops.serving.server import Server
 
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"  # models/<mcpu>/, one per CPU the bento serves
 BUNDLED_PARAMS = Path(__file__).resolve().parent / "params.json"

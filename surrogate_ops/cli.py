@@ -451,7 +451,8 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
 
     from surrogate_ops import config
     from surrogate_ops.blocks.inputs import chunks
-    from surrogate_ops.serving.server import Limits, Server
+    from surrogate_ops.serving.policy import Limits
+    from surrogate_ops.serving.server import Server
 
     setting = _setting(params, (mcpu,))
     reading = chunks(input_path)

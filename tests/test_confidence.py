@@ -63,7 +63,8 @@ def test_the_head_leaves_the_answer_and_ranks_errors_it_never_saw(plain, confide
     assert np.allclose(torch_estimate, estimate, rtol=1e-3) and np.allclose(torch_cycles, cycles, rtol=1e-3)
     with pytest.raises(Exception, match="does not estimate its error"):
         Predictor(plain).estimate(blocks)
-    from surrogate_ops.serving.server import Rejected, Server
+    from surrogate_ops.serving.policy import Rejected
+    from surrogate_ops.serving.server import Server
 
     with pytest.raises(Rejected, match="gives no error estimates") as refused:
         Server(Predictor(plain)).predict(blocks[:3], "haswell", max_error=0.05)

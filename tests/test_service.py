@@ -23,17 +23,9 @@ from support.stores import in_home, store_with
 from surrogate_ops import registry
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.programs.setting import McaSetting
-from surrogate_ops.serving.server import (
-    DEFAULT_POLICY,
-    Block,
-    FairPool,
-    Gathered,
-    Limits,
-    Server,
-    other_mcpu,
-    too_long,
-    unknown_tokens,
-)
+from surrogate_ops.serving.policy import DEFAULT_POLICY, Block, Limits, other_mcpu, too_long, unknown_tokens
+from surrogate_ops.serving.pool import FairPool, Gathered
+from surrogate_ops.serving.server import Server
 
 LIMITS = {"SURROGATE_OPS_MAX_BLOCKS": "300", "SURROGATE_OPS_MAX_INSTRUCTIONS": "200", "SURROGATE_OPS_MAX_BYTES": "60000"}
 

@@ -73,7 +73,7 @@ def test_fields_names_and_reads_agree(clean_environment):
     assert list(VARIABLES) == [f.name for f in dataclasses.fields(Settings)]
     assert Settings.from_environ({}) == Settings() == settings()
     given = {"home": Path("/tmp/h"), "llvm_mca": "/x/llvm-mca", "llvm_mc": "/x/llvm-mc", "llvm_objdump": "/x/od",
-             "mca_timeout": 3.5, "mca_retry": 7.0, "model": "models:/m@champion", "mca_params": Path("/p.json"),
+             "mca_timeout": 3.5, "mca_retry": 7.0, "model": "models:/m@champion", "mca_params": "/p.json",
              "threads": 3, "frontend": "python"}
     given.update({f: 11 + k for k, f in enumerate(VARIABLES) if f not in given})
     written = config.child_environ({}, **given)
@@ -127,7 +127,7 @@ def test_mca_timeout_bounds_a_tool_call(clean_environment):
 
 
 def test_service_limits_come_from_the_environment_other_limits_do_not(clean_environment):
-    from surrogate_ops.serving.server import Limits
+    from surrogate_ops.serving.policy import Limits
 
     clean_environment.setenv("SURROGATE_OPS_MAX_BLOCKS", "300")
     clean_environment.setenv("SURROGATE_OPS_MCA_GATHER", "0")

@@ -32,7 +32,8 @@ from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.programs.base import Result
 from surrogate_ops.runtime.modeldir import ModelDir, bundled_names
-from surrogate_ops.serving.server import DEFAULT_POLICY, Block, Limits, Rule, Server
+from surrogate_ops.serving.policy import DEFAULT_POLICY, Block, Limits, Rule
+from surrogate_ops.serving.server import Server
 
 DEFAULT_LIMIT = 5000  # blocks per binary and per assembly file
 UNREADABLE = "unreadable"  # the rule of a block neither the surrogate nor llvm-mca can read

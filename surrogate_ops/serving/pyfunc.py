@@ -41,7 +41,8 @@ def _row(answer: dict) -> dict:
 class SurrogateModel(PythonModel):
     def load_context(self, context) -> None:
         from surrogate_ops.runtime.inference import Predictor
-        from surrogate_ops.serving.server import Limits, Server
+        from surrogate_ops.serving.policy import Limits
+        from surrogate_ops.serving.server import Server
 
         predictor = Predictor(context.artifacts["model_dir"], engine=EngineName.ONNXRUNTIME)
         self.mcpu = predictor.meta.get("mcpu", "haswell")

@@ -1,5 +1,6 @@
-"""The throughput service's core, kept apart from BentoML (see `bento/service.py`): request limits, the
-fallback policy, and the two answerers, the surrogate and the real llvm-mca.
+"""The throughput service's core, kept apart from BentoML (see `bento/service.py`): the two answerers,
+the surrogate and the real llvm-mca, under the limits and fallback rules of `policy` and the shared
+queues of `pool`.
 
 Requests run side by side (the BentoML service gives them threads). Their llvm-mca work shares one
 `FairPool`, a thread per core: chunks are served round robin across requests, so a small request
@@ -18,299 +19,48 @@ instruction limit, an mcpu llvm-mca does not know) raise `Rejected` with a 4xx s
 A server holds one surrogate per mcpu it serves (`predictors`, keyed by the model's own mcpu) and
 routes each request to the surrogate of its mcpu; an mcpu with none goes to llvm-mca.
 
-The fallback policy is a tuple of small rules, each `rule(block, server) -> reason | None`; the first
-reason sends the block to llvm-mca. New rules (uncertainty, say) are one more function.
+The fallback policy is a tuple of small rules (`policy`), each `rule(block, server) -> reason | None`;
+the first reason sends the block to llvm-mca.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import os
 import re
-import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from surrogate_ops.blocks.asm import BlockError, normalize_block
-from surrogate_ops.blocks.batching import Flat
-from surrogate_ops.config import AUTO_ENGINE, Source, settings
+from surrogate_ops.blocks.asm import BlockError
+from surrogate_ops.config import AUTO_ENGINE, Source
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.programs.setting import McaSetting
-
-
-class Rejected(SurrogateOpsError):
-    """A request refused as a whole, with the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_blocks: int = 4096  # blocks per request
-    max_instructions: int = 512  # instructions per block (the model's own limit is lower: those go to llvm-mca)
-    max_bytes: int = 4 << 20  # bytes of assembly per request
-    max_body: int = 9 << 20  # bytes of a request's body, JSON and all, refused before it is read (the service's)
-    mca_timeout: float = field(default_factory=lambda: settings().mca_timeout)  # seconds per llvm-mca call (one chunk
-    # of blocks, or a start-up probe); SURROGATE_OPS_MCA_TIMEOUT, for every call of an LLVM tool
-    mca_chunk: int = 64  # blocks per llvm-mca call
-    mca_chunk_instructions: int = 1024  # instructions per llvm-mca call: long blocks run a few a call, so that
-    # no call, gathered or not, holds a core for long (512 divides take about a second) and a slow request's
-    # chunks take turns with other requests' instead of running past the timeout
-    mca_gather: int = 64  # blocks of concurrent requests' waiting chunks one llvm-mca call may gather (0: none)
-    network_gather: int = 2048  # blocks of concurrent requests one call of a surrogate's network may gather (0: none)
-    mca_retry: float = field(default_factory=lambda: settings().mca_retry)  # seconds a failed or hanging llvm-mca is
-    # left alone before it is tried again; SURROGATE_OPS_MCA_RETRY, as for every LLVM tool
-    line_cache: int = 1 << 15  # distinct lines remembered, shared out among the surrogates (about 1 KB each)
-    mca_cache_bytes: int = 16 << 20  # llvm-mca's answers remembered, by the bytes of their blocks' text
-
-    @classmethod
-    def from_environment(cls) -> Limits:
-        """The service's limits: each one its SURROGATE_OPS_* variable sets (`config.Settings`, a field
-        of the same name) over its default."""
-        given = settings()
-        return cls(**{k: getattr(given, k) for k in cls.__dataclass_fields__ if getattr(given, k) is not None})
+from surrogate_ops.serving.policy import DEFAULT_POLICY, Block, Limits, Rejected, Rule
+from surrogate_ops.serving.pool import AnswerCache, FairPool, Gathered
 
 
 @dataclass(slots=True)
-class Block:
-    """What the policy sees of one block of a request."""
+class _Call:
+    """One `Server.answer` call: its answers in order, and its tally by (mcpu, source, rule)."""
 
-    index: int
-    raw: str  # as sent
+    first: int
     mcpu: str
-    instructions: int = 0
-    ids: Sequence[tuple[int, ...]] = ()  # the surrogate's token ids, once screened
-    row: int = -1  # its row among a large call's blocks encoded side by side (then `ids` stays empty)
-    unknown: tuple[str, ...] = ()
-    _text: str | None = None
+    fallback: bool
+    max_error: float | None
+    answers: list[dict | None]
+    tally: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
-    @property
-    def text(self) -> str:
-        """Canonical assembly (made on demand: the surrogate's path checks lines through its cache)."""
-        if self._text is None:
-            self._text = normalize_block(self.raw, index=self.index)
-        return self._text
+    def put(self, block: Block, answer: dict, source: str, rule: str) -> None:
+        self.answers[block.index - self.first] = answer
+        self.tally[self.mcpu, source, rule] += 1
 
-
-def unknown_tokens(block: Block, server: Server) -> str | None:
-    if block.unknown:
-        return f"tokens outside the model's vocabulary: {', '.join(block.unknown[:5])}"
-    return None
-
-
-def too_long(block: Block, server: Server) -> str | None:
-    limit = server.predictors[block.mcpu].max_instructions
-    return f"{block.instructions} instructions, over the model's limit of {limit}" if block.instructions > limit else None
-
-
-def other_mcpu(block: Block, server: Server) -> str | None:
-    if block.mcpu in server.predictors:
-        return None
-    return f"no surrogate for {block.mcpu} (this service has {', '.join(server.predictors)})"
-
-
-class AnswerCache:
-    """llvm-mca's answers by (canonical block, mcpu, parameters): llvm-mca is deterministic, so a block
-    asked again is answered without running it. Bounded by the bytes of the blocks' text, the least
-    recently used out first; only answers with cycles are kept (a timeout may not recur)."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
-        self._answers: OrderedDict[tuple, dict] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> dict | None:
-        with self._lock:
-            answer = self._answers.get(key)
-            if answer is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                self._answers.move_to_end(key)
-            return answer
-
-    def put(self, key: tuple, answer: dict) -> None:
-        if "cycles" not in answer or len(key[0]) > self.max_bytes // 16:
-            return
-        with self._lock:
-            if key not in self._answers:
-                self.bytes += len(key[0])
-            self._answers[key] = answer
-            while self.bytes > self.max_bytes:
-                old, _ = self._answers.popitem(last=False)
-                self.bytes -= len(old[0])
-
-    def stats(self) -> dict:
-        asked = self.hits + self.misses
-        return {"entries": len(self._answers), "bytes": self.bytes, "max_bytes": self.max_bytes, "hits": self.hits,
-                "misses": self.misses, "hit_rate": round(self.hits / asked, 4) if asked else None}
-
-
-def _run_together(fn: Callable[[list], Sequence], parts: Sequence[Sequence]) -> list[Sequence]:
-    """`fn` on the parts' items in one call (it answers as many results as items), each part's
-    results handed back as a slice of their own, in order: how FairPool and Gathered share a call."""
-    if any(isinstance(part, Flat) for part in parts):  # tokenized blocks as flat arrays (`Predictor.encode_many`)
-        results = fn(Flat.concat([part if isinstance(part, Flat) else Flat.of(part) for part in parts]))
-    else:
-        results = fn([item for part in parts for item in part])
-    out, start = [], 0
-    for part in parts:
-        out.append(results[start:start + len(part)])
-        start += len(part)
-    return out
-
-
-class FairPool:
-    """`workers` threads running jobs from many requests, round robin: a request's k-th job is
-    tagged with the virtual time at its arrival plus k, and the lowest tag runs next (start-time
-    fair queueing), so a request arriving behind a long backlog is served beside it, not after it.
-
-    Jobs given a `batch` key are chunks of items that one call can run together: a worker taking
-    one also takes the waiting jobs of the same key, lowest tags first, while their sizes (`weigh`
-    of each, a tuple: blocks and instructions, say) fit within `most`, and runs them as one call
-    (the fallback blocks of concurrent requests share one llvm-mca process, whose start costs as
-    much as a few dozen blocks)."""
-
-    def __init__(self, workers: int, name: str = "llvm-mca"):
-        self._heap: list[tuple] = []  # (tag, order, fn, item, future, batch, most, size)
-        self._ready = threading.Condition()
-        self._order = itertools.count()  # ties: first come, first served
-        self._now = 0  # virtual time: the tag of the job last started
-        self.calls = self.gathered = 0  # calls run, and jobs that rode along in another's call
-        for k in range(workers):
-            threading.Thread(target=self._work, name=f"{name}-{k}", daemon=True).start()
-
-    def __len__(self) -> int:
-        """Jobs waiting (not yet started)."""
-        return len(self._heap)
-
-    def map(self, fn: Callable, items: Sequence, batch: object = None, most: int | tuple[int, ...] = 0,
-            weigh: Callable[[object], tuple[int, ...]] | None = None) -> list[Future]:
-        """Queue `fn(item)` for each item, as one request's jobs; their futures, in order. With a
-        `batch` key, items are lists, `fn` maps a list to a list of as many results, and jobs of the
-        same key may run gathered, up to `most` a call: items, or, with `weigh`, a bound on each
-        figure `weigh(item)` gives."""
-        futures = [Future() for _ in items]
-        most = most if isinstance(most, tuple) else (most,)
-        weigh = weigh or (lambda item: (len(item),))
-        with self._ready:
-            start = self._now
-            for k, (item, future) in enumerate(zip(items, futures, strict=True)):
-                size = weigh(item) if batch is not None else ()
-                heapq.heappush(self._heap, (start + k, next(self._order), fn, item, future, batch, most, size))
-            self._ready.notify(len(items))
-        return futures
-
-    def _take(self) -> list[tuple]:
-        """The next job, and the waiting jobs that ride along with it (called holding the lock)."""
-        head = heapq.heappop(self._heap)
-        self._now = max(self._now, head[0])
-        batch, most = head[5], head[6]
-        if batch is None:
-            return [head]
-        jobs, size, rest = [head], head[7], []
-        for job in sorted(self._heap, key=lambda job: job[:2]):
-            grown = tuple(a + b for a, b in zip(size, job[7], strict=True)) if job[5] == batch else ()
-            if grown and all(g <= m for g, m in zip(grown, most, strict=True)):
-                jobs.append(job)
-                size = grown
-            else:
-                rest.append(job)
-        if len(jobs) > 1:
-            heapq.heapify(rest)
-            self._heap[:] = rest
-        return jobs
-
-    def _work(self) -> None:
-        while True:
-            with self._ready:
-                while not self._heap:
-                    self._ready.wait()
-                jobs = self._take()
-                self.calls += 1
-                self.gathered += len(jobs) - 1
-            jobs = [job for job in jobs if job[4].set_running_or_notify_cancel()]
-            if not jobs:
-                continue
-            fn, batch = jobs[0][2], jobs[0][5]
-            try:
-                if batch is None:
-                    jobs[0][4].set_result(fn(jobs[0][3]))
-                    continue
-                for job, results in zip(jobs, _run_together(fn, [job[3] for job in jobs]), strict=True):
-                    job[4].set_result(results)
-            except BaseException as exc:  # noqa: BLE001 - the requests that queued them report it
-                for job in jobs:
-                    if not job[4].done():
-                        job[4].set_exception(exc)
-
-
-class Gathered:
-    """Calls of `fn(items) -> results` (as many results as items) from concurrent threads, run
-    gathered: a caller whose items are queued while another call runs waits, and the next caller to
-    find none running runs everything queued, up to `most` items, as one call. Alone, a caller runs
-    its own items at once; together, requests share the network's batches instead of running it
-    side by side on the same cores."""
-
-    def __init__(self, fn: Callable[[list], Sequence], most: int):
-        self.fn, self.most = fn, most
-        self.calls = self.gathered = 0  # calls run, and callers whose items rode in another's call
-        self._queue: list[list] = []  # [items, results, error, done]
-        self._ready = threading.Condition()
-        self._running = False
-
-    def __len__(self) -> int:
-        """Callers waiting for a call."""
-        return len(self._queue)
-
-    def __call__(self, items: list) -> Sequence:
-        job = [items, None, None, False]
-        with self._ready:
-            self._queue.append(job)
-            while not job[3]:
-                if self._running:
-                    self._ready.wait()
-                    continue
-                self._running, jobs, size = True, [], 0
-                while self._queue and (not jobs or size + len(self._queue[0][0]) <= self.most):
-                    jobs.append(self._queue.pop(0))
-                    size += len(jobs[-1][0])
-                self.calls += 1
-                self.gathered += len(jobs) - 1
-                self._ready.release()
-                try:
-                    self._run(jobs)
-                finally:
-                    self._ready.acquire()
-                    self._running = False
-                    self._ready.notify_all()
-        if job[2] is not None:
-            raise job[2]
-        return job[1]
-
-    def _run(self, jobs: list[list]) -> None:
-        try:
-            for job, results in zip(jobs, _run_together(self.fn, [job[0] for job in jobs]), strict=True):
-                job[1] = results
-        except Exception as exc:  # noqa: BLE001 - each caller raises it in its own thread
-            for job in jobs:
-                job[2] = exc
-        for job in jobs:
-            job[3] = True
-
-
-Rule = Callable[[Block, "Server"], "str | None"]
-DEFAULT_POLICY: tuple[Rule, ...] = (other_mcpu, too_long, unknown_tokens)
+    def refuse(self, block: Block, reason: str, rule: str) -> None:
+        self.put(block, {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}, Source.ERROR, rule)
 
 
 class Server:
@@ -444,85 +194,103 @@ class Server:
         parameter-conditioned surrogate predicts (and the fallback's llvm-mca runs with).
         A confident surrogate's answers carry `estimated_error`, its estimate of its relative error;
         with `max_error`, a block estimated above it goes to llvm-mca too (rule `max_error`)."""
-        answers: list[dict | None] = [None] * len(blocks)
-        trusted: list[Block] = []
-        untrusted: list[tuple[Block, str, str]] = []
-        tally: Counter[tuple[str, str, str]] = Counter()  # (mcpu, source, rule) -> blocks
+        call = _Call(first, mcpu, fallback, max_error, [None] * len(blocks))
         predictor = self.predictors.get(mcpu)  # the surrogate of this request's mcpu, if the service has one
-        surrogate = predictor is not None and not exact
+        surrogate = predictor if predictor is not None and not exact else None
         # encoded as a whole: by the compiled front end, or (a large call: a file's chunk in `predict`)
         # by the predictor's worker processes
-        bulk = predictor.encode_many(blocks, first) if surrogate and predictor.bulk(len(blocks)) else None
-        loaded = self.predictor is not None
+        bulk = surrogate.encode_many(blocks, first) if surrogate and surrogate.bulk(len(blocks)) else None
+        trusted, untrusted = self._sort(blocks, call, surrogate, bulk, exact)
+        started = time.perf_counter()
+        pending = self._llvm_mca([b for b, _, _ in untrusted], mcpu, setting)  # runs while the surrogate answers
+        # estimated above max_error: llvm-mca's, after the network
+        doubtful, estimated = self._surrogate(call, predictor, trusted, setting, bulk) if trusted else ([], {})
+        gathered = pending()
+        if doubtful:
+            gathered += self._llvm_mca([b for b, _, _ in doubtful], mcpu, setting)()
+        self._fallen_back(call, untrusted + doubtful, gathered, estimated)
+        waited = time.perf_counter() - started if untrusted or doubtful else 0.0
+        self.tally.update(+call.tally)
+        if self.observe:
+            self.observe(+call.tally, waited)
+        return call.answers  # type: ignore[return-value]
+
+    def _sort(self, blocks: Sequence[str], call: _Call, surrogate, bulk: tuple | None,
+              exact: bool) -> tuple[list[Block], list[tuple[Block, str, str]]]:
+        """Each block read (screened or encoded where the surrogate may answer) and sent its way: to the
+        surrogate, to llvm-mca with the reason and the rule, or answered now (unreadable; refused where
+        there is no fallback). A block over the request's instruction limit refuses the request."""
+        trusted: list[Block] = []
+        untrusted: list[tuple[Block, str, str]] = []
         for i, raw in enumerate(blocks):
-            block = Block(index=first + i, raw=raw, mcpu=mcpu)
+            block = Block(index=call.first + i, raw=raw, mcpu=call.mcpu)
             try:
                 if bulk is not None:
-                    self._screen(block, predictor, bulk, i)
-                elif surrogate:
-                    self._encode(block, predictor)
+                    self._screen(block, surrogate, bulk, i)
+                elif surrogate is not None:
+                    self._encode(block, surrogate)
                 else:
                     block.instructions = block.text.count("\n") + 1
             except BlockError as exc:
-                answers[i] = {"error": str(exc)}
-                tally[mcpu, "error", "unreadable"] += 1
+                call.answers[i] = {"error": str(exc)}
+                call.tally[call.mcpu, "error", "unreadable"] += 1
                 continue
             if block.instructions > self.limits.max_instructions:
                 raise Rejected(f"block {block.index} has {block.instructions} instructions, over the limit of "
                                f"{self.limits.max_instructions}", 422)
-            if exact:
-                reason, rule = "exact answer requested", "exact"
-            elif not loaded:
-                reason, rule = f"no surrogate loaded ({self.load_error})", "no_surrogate"
-            else:
-                reason, rule = None, ""
-                for check in self.policy:  # the first rule that fires
-                    found = check(block, self)
-                    if found:
-                        reason, rule = found, check.__name__
-                        break
+            reason, rule = self._verdict(block, exact)
             if reason is None:
                 trusted.append(block)
-            elif fallback:
+            elif call.fallback:
                 untrusted.append((block, reason, rule))
             else:
-                answers[i] = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
-                tally[mcpu, Source.ERROR, rule] += 1
-        started = time.perf_counter()
-        pending = self._llvm_mca([b for b, _, _ in untrusted], mcpu, setting)  # runs while the surrogate answers
-        doubtful: list[tuple[Block, str, str]] = []  # estimated above max_error: llvm-mca's, after the network
+                call.refuse(block, reason, rule)
+        return trusted, untrusted
+
+    def _verdict(self, block: Block, exact: bool) -> tuple[str | None, str]:
+        """Why llvm-mca answers this block, and the rule that says so; (None, "") for the surrogate."""
+        if exact:
+            return "exact answer requested", "exact"
+        if self.predictor is None:
+            return f"no surrogate loaded ({self.load_error})", "no_surrogate"
+        for check in self.policy:  # the first rule that fires
+            found = check(block, self)
+            if found:
+                return found, check.__name__
+        return None, ""
+
+    def _surrogate(self, call: _Call, predictor, trusted: list[Block], setting: McaSetting | None,
+                   bulk: tuple | None) -> tuple[list[tuple[Block, str, str]], dict[int, float]]:
+        """The surrogate's answers to the trusted blocks; those it estimates above `max_error` come back
+        for llvm-mca (or are refused without fallback), with every estimate by block index."""
+        doubtful: list[tuple[Block, str, str]] = []
         estimated: dict[int, float] = {}
-        if trusted:
-            cycles, estimates = self._network(predictor, mcpu, trusted, setting, bulk)
-            for k, (block, value) in enumerate(zip(trusted, cycles, strict=True)):
-                answer = {"cycles": float(value), "source": Source.SURROGATE}
-                if estimates is not None:
-                    answer["estimated_error"] = estimated[block.index] = round(float(estimates[k]), 4)
-                if max_error is None or estimates is None or estimates[k] <= max_error:
-                    answers[block.index - first] = answer
-                    tally[mcpu, Source.SURROGATE, ""] += 1
-                    continue
-                reason = f"estimated error {estimates[k]:.1%}, over max_error {max_error:.1%}"
-                if fallback:
-                    doubtful.append((block, reason, "max_error"))
-                else:
-                    answers[block.index - first] = {"error": f"block {block.index}: not answered without llvm-mca: {reason}"}
-                    tally[mcpu, Source.ERROR, "max_error"] += 1
-        gathered = pending()
-        if doubtful:
-            gathered += self._llvm_mca([b for b, _, _ in doubtful], mcpu, setting)()
-        for (block, reason, rule), answer in zip(untrusted + doubtful, gathered, strict=True):
+        cycles, estimates = self._network(predictor, call.mcpu, trusted, setting, bulk)
+        for k, (block, value) in enumerate(zip(trusted, cycles, strict=True)):
+            answer = {"cycles": float(value), "source": Source.SURROGATE}
+            if estimates is not None:
+                answer["estimated_error"] = estimated[block.index] = round(float(estimates[k]), 4)
+            if call.max_error is None or estimates is None or estimates[k] <= call.max_error:
+                call.put(block, answer, Source.SURROGATE, "")
+                continue
+            reason = f"estimated error {estimates[k]:.1%}, over max_error {call.max_error:.1%}"
+            if call.fallback:
+                doubtful.append((block, reason, "max_error"))
+            else:
+                call.refuse(block, reason, "max_error")
+        return doubtful, estimated
+
+    @staticmethod
+    def _fallen_back(call: _Call, sent: list[tuple[Block, str, str]], gathered: list[dict],
+                     estimated: dict[int, float]) -> None:
+        """llvm-mca's answers in their blocks' places, each with the reason it answered (and the
+        surrogate's estimate where it made one)."""
+        for (block, reason, rule), answer in zip(sent, gathered, strict=True):
             if "cycles" in answer:
                 answer = {**answer, "reason": reason}
                 if block.index in estimated:
                     answer["estimated_error"] = estimated[block.index]
-            answers[block.index - first] = answer
-            tally[mcpu, Source.LLVM_MCA if "cycles" in answer else Source.ERROR, rule] += 1
-        waited = time.perf_counter() - started if untrusted or doubtful else 0.0
-        self.tally.update(+tally)
-        if self.observe:
-            self.observe(+tally, waited)
-        return answers  # type: ignore[return-value]
+            call.put(block, answer, Source.LLVM_MCA if "cycles" in answer else Source.ERROR, rule)
 
     def check_max_error(self, mcpu: str, max_error: object) -> None:
         """Rejected unless `max_error` is a relative error this service can honour for `mcpu` (the
