@@ -24,14 +24,9 @@ one: it is the same for every method.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import random
 import tempfile
 import time
-import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -52,9 +47,8 @@ from surrogate_ops.programs.base import Parameter, scale_settings, unscale_setti
 from surrogate_ops.programs.cluster import Cluster
 from surrogate_ops.registry import tracking
 from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.search.baselines import BASELINES, Baseline, Codec, setting_key
 from surrogate_ops.training import loop
-
-BASELINES = ("opentuner", "optuna")
 
 
 @dataclass(frozen=True)
@@ -209,11 +203,6 @@ class _LabelBatches:
             yield inputs, self.cycles[:, index].reshape(-1)
 
 
-def _key(setting: dict) -> str:
-    """A setting as a dictionary key: settings checked, proposed or cached once each."""
-    return json.dumps(setting, sort_keys=True)
-
-
 def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, config: OptimizeConfig,
             progress: bool = True) -> tuple[list[tuple[dict, float]], list]:
     """Adam on the relaxed setting from the defaults and `restarts` random starts, a fresh minibatch
@@ -236,124 +225,14 @@ def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, c
         if step % 25 == 24 or step == config.steps - 1:  # the rounded settings along the way
             for row in torch.sigmoid(logits).detach().numpy():
                 setting = unscale_setting(space, row)
-                candidates[_key(setting)] = setting
-    candidates.pop(_key(defaults), None)
+                candidates[setting_key(setting)] = setting
+    candidates.pop(setting_key(defaults), None)
     settings = list(candidates.values())
     with torch.no_grad():
         scores = torch.cat([surrogate.objective(torch.from_numpy(scale_settings(space, settings[i:i + 32])))
                             for i in range(0, len(settings), 32)]).numpy() if settings else np.zeros(0)
     order = np.argsort(scores)
     return [(settings[i], float(scores[i])) for i in order], trace
-
-
-@dataclass
-class Codec:
-    """How a search's unit vectors read as settings: their names, the defaults as one, and the
-    rounding of one to a valid setting. `Codec.knobs` for llvm-mca's global knobs; the
-    per-instruction table has its own (`table_search`)."""
-
-    names: list[str]
-    first: list[float]
-    unscale: Callable[[list[float]], dict]
-
-    @classmethod
-    def knobs(cls, space: dict[str, Parameter], defaults: dict) -> Codec:
-        return cls(list(space), scale_settings(space, [defaults])[0].tolist(), lambda u: unscale_setting(space, u))
-
-
-class Baseline:
-    """A surrogate-free search: ask for a scaled setting, run llvm-mca on the sample, until the budget is spent."""
-
-    def __init__(self, name: str, codec: Codec, defaults: dict, seed: int):
-        self.name, self.codec, self.defaults, self.seed = name, codec, defaults, seed
-
-    def run(self, evaluate: Callable[[dict], float], trials: int, progress: bool = True) -> tuple[dict, float, list]:
-        """(best setting, its objective, trace of (trial, best so far)); `evaluate` runs llvm-mca and
-        is called at most `trials` times (a setting seen before costs nothing and is answered from
-        the cache, so a baseline that re-proposes is not charged twice)."""
-        seen: dict[str, float] = {}
-        trace: list = []
-        best: tuple[dict, float] = (self.defaults, float("inf"))
-        bar = tqdm(total=trials, desc=self.name, unit="trial", disable=not progress)
-
-        def score(scaled: list[float]) -> float:
-            nonlocal best
-            setting = self.codec.unscale(scaled)
-            key = _key(setting)
-            if key not in seen:
-                seen[key] = evaluate(setting)
-                bar.update(1)
-                if seen[key] < best[1]:
-                    best = (setting, seen[key])
-                trace.append((len(seen), best[1]))
-            return seen[key]
-
-        asked = 0
-        for scaled in self._search(score):
-            asked += 1
-            if len(seen) >= trials or asked > 50 * trials:
-                break
-            score(scaled)
-        bar.close()
-        return best[0], best[1], trace
-
-    def _search(self, score: Callable[[list[float]], float]):
-        """Yields unit vectors to score; the search learns from `score`'s answers."""
-        names, first = self.codec.names, self.codec.first
-        if self.name == "optuna":
-            import optuna
-
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=self.seed))
-            study.enqueue_trial(dict(zip(names, first, strict=True)))
-            while True:
-                trial = study.ask()
-                scaled = [trial.suggest_float(n, 0.0, 1.0) for n in names]
-                yield scaled
-                study.tell(trial, score(scaled))
-        elif self.name == "opentuner":
-            yield from self._opentuner(names, first, score)
-        else:
-            raise SurrogateOpsError(f"unknown baseline {self.name!r}; choose from {', '.join(BASELINES)}")
-
-    def _opentuner(self, names: list[str], first: list[float], score: Callable[[list[float]], float]):
-        import opentuner
-        import opentuner.tuningrunmain
-        from opentuner import ConfigurationManipulator, FloatParameter
-        from opentuner.api import TuningRunManager
-        from opentuner.measurement.interface import DefaultMeasurementInterface
-        from opentuner.resultsdb.models import Result
-
-        # TuningRunMain would configure the root logger, with an opentuner.log file in the working directory
-        opentuner.tuningrunmain.init_logging = lambda: None
-        logging.getLogger("opentuner").setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", module="opentuner")  # SQLAlchemy 2 warns about its session use
-        with tempfile.TemporaryDirectory() as tmp:
-            args = argparse.ArgumentParser(parents=opentuner.argparsers()).parse_args([])
-            args.database, args.seed = f"sqlite:///{tmp}/opentuner.db", self.seed
-            manipulator = ConfigurationManipulator()
-            for name in names:
-                manipulator.add_parameter(FloatParameter(name, 0.0, 1.0))
-
-            class Interface(DefaultMeasurementInterface):
-                def seed_configurations(self):  # start from the expert defaults, as the other methods do
-                    return [dict(zip(names, first, strict=True))]
-
-            np.random.seed(self.seed)  # OpenTuner's techniques draw from the global generators
-            random.seed(self.seed)
-            interface = Interface(args=args, manipulator=manipulator, project_name="surrogate-ops",
-                                  program_name="llvm-mca", program_version="1")
-            api = TuningRunManager(interface, args)
-            try:
-                while True:
-                    desired = api.get_next_desired_result()
-                    if desired is None:
-                        continue
-                    scaled = [desired.configuration.data[n] for n in names]
-                    yield scaled
-                    api.report_result(desired, Result(time=score(scaled)))
-            finally:
-                api.finish()
 
 
 @dataclass
@@ -456,7 +335,7 @@ def search(task: Problem, config: OptimizeConfig, default_mape: float, default_c
     else:
         surrogate = Surrogate(task.predictor, list(task.train_rows["block"]), task.train_rows["measured"].to_numpy())
     found = Outcome("surrogate", dict(defaults), task.cost, objective=default_mape if config.anchored else None)
-    checked = {_key(defaults)}
+    checked = {setting_key(defaults)}
     labels = [(scale_settings(space, [defaults])[0], default_cycles[keep])] if config.anchored else []
     rounds = max(1, min(config.rounds, config.verify)) if config.anchored else 1
     for round_ in range(rounds):
@@ -466,9 +345,9 @@ def search(task: Problem, config: OptimizeConfig, default_mape: float, default_c
             found.setting, found.objective = dict(ranked[0][0]) if ranked else dict(defaults), ranked[0][1] if ranked else None
             break
         share = config.verify * (round_ + 1) // rounds - config.verify * round_ // rounds
-        for setting in [setting for setting, _ in ranked if _key(setting) not in checked][:share]:
+        for setting in [setting for setting, _ in ranked if setting_key(setting) not in checked][:share]:
             value, cycles = llvm_mca_mape(task.program, setting, blocks, measured)
-            checked.add(_key(setting))
+            checked.add(setting_key(setting))
             if config.anchored:
                 labels.append((scale_settings(space, [setting])[0], cycles[keep]))
             if found.objective is None or value < found.objective:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,8 @@ from surrogate_ops.programs.cluster import Cluster
 from surrogate_ops.programs.tables import TableSpace
 from surrogate_ops.registry import tracking, versions
 from surrogate_ops.runtime.inference import Predictor
-from surrogate_ops.search.optimize import BASELINES, Baseline, Codec, Outcome, llvm_mca_mape
+from surrogate_ops.search.baselines import BASELINES, Baseline, Codec
+from surrogate_ops.search.optimize import Outcome, llvm_mca_mape
 from surrogate_ops.training import loop
 
 
@@ -311,13 +313,7 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
     program = LlvmMca(config.mcpu, cluster=cluster)
     model_dir = registry.open(config.model or PRETRAINED / f"llvm-mca-{config.mcpu}").model
     predictor = Predictor(model_dir, engine=EngineName.TORCH)
-    frame = datasets.measured_blocks(config.data, config.mcpu)
-    train_rows, test_rows = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
-    if config.test_limit is not None:
-        test_rows = test_rows.iloc[: config.test_limit]
-    if len(train_rows) < config.search_blocks or len(test_rows) < 2:
-        raise SurrogateOpsError(f"{config.data}: need at least {config.search_blocks} measured training blocks "
-                                f"and some test blocks (have {len(train_rows)} and {len(test_rows)})")
+    train_rows, test_rows = _rows(config)
     train_ann = parametric.annotate(program.path, list(train_rows["block"]), config.mcpu)
     space = TableSpace.of([a for a in train_ann if a is not None], config.mcpu, config.min_count)
     if not space.size:
@@ -335,48 +331,19 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
                        [a for a, k in zip(train_ann, anchored, strict=True) if k])
     rng = np.random.default_rng(config.seed)
     sample = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.search_blocks])]
-    sample_blocks, sample_measured = list(sample["block"]), sample["measured"].to_numpy()
-    outcomes = {"defaults": Outcome("defaults", {}, 0)}
-    outcomes["defaults"].objective, _ = driver_mape(program, {}, sample_blocks, sample_measured)
 
-    descent = Descent(surrogate, blocks, config.descent_batch)
-    checked, trace, seen = [], [], set()
-    for restart in range(config.restarts):  # the minibatch order decides where a short descent ends: try several
-        found, steps = descent.run(config, progress, restart)
-        trace += [(restart * config.steps + step, value) for step, value in steps]
-        for values in _spread(found, config.verify):
-            if values.tobytes() not in seen:
-                seen.add(values.tobytes())
-                checked.append(values)
+    def check(table: dict) -> float:  # the real driver's MAPE on the sampled training blocks
+        return driver_mape(program, table, list(sample["block"]), sample["measured"].to_numpy())[0]
+
+    outcomes = {"defaults": Outcome("defaults", {}, 0, check({}))}
     # charged: its labels, the anchors (stock llvm-mca on every training block) and its checks
-    cost = len(labels) + len(train_rows) + len(checked) * len(sample)
-    best = Outcome("surrogate", {}, cost, outcomes["defaults"].objective, trace=trace)
-    for values in checked:
-        table = space.table(values)
-        value, _ = driver_mape(program, table, sample_blocks, sample_measured)
-        if value < best.objective:
-            best.setting, best.objective = table, value
+    best = _descend(config, surrogate, space, blocks, check, outcomes["defaults"].objective,
+                    len(labels) + len(train_rows), len(sample), progress)
     best.seconds = time.time() - started
     outcomes["surrogate"] = best
-
-    trials = cost // len(sample)
-    codec = table_codec(space)
-    for name in config.baselines:
-        started = time.time()
-        table, objective, btrace = Baseline(name, codec, {}, config.seed).run(
-            lambda t: driver_mape(program, t, sample_blocks, sample_measured)[0], trials, progress)
-        outcomes[name] = Outcome(name, table, len(btrace) * len(sample), objective, seconds=time.time() - started,
-                                 trace=[(t * len(sample), v) for t, v in btrace])
-
-    test_blocks, test_measured = list(test_rows["block"]), test_rows["measured"].to_numpy()
-    rare_mask = _rare(program, test_blocks, space, config)
-    rare = {}
-    for outcome in tqdm(outcomes.values(), desc="held-out llvm-mca", unit="table", disable=not progress):
-        outcome.test_mape, cycles = driver_mape(program, outcome.setting, test_blocks, test_measured)
-        ok = np.isfinite(cycles)
-        outcome.test_tau = kendall_tau(cycles[ok], test_measured[ok]) if ok.sum() > 1 else float("nan")
-        r = rare_mask & ok
-        rare[outcome.method] = float(np.mean(np.abs(cycles[r] - test_measured[r]) / test_measured[r])) if r.any() else float("nan")
+    trials = best.evaluations // len(sample)
+    _baselines(config, space, check, trials, len(sample), outcomes, progress)
+    rare, rare_mask = _held_out(program, test_rows, space, config, outcomes, progress)
     learned = outcomes["surrogate"].setting
     table_file = tables.table_file(learned, space.stock(learned), config.mcpu, **{
         f"{prefix}held_out": {"test_mape": outcomes[m].test_mape, "test_tau": outcomes[m].test_tau,
@@ -386,6 +353,68 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
                            table_file, register)
     return TableSearchResult(run_id, outcomes, space, {**table_file, "_run_id": run_id}, version, rare,
                              len(test_rows), int(rare_mask.sum()))
+
+
+def _rows(config: TableSearchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The measured training and held-out blocks, refused when there are too few."""
+    frame = datasets.measured_blocks(config.data, config.mcpu)
+    train_rows, test_rows = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
+    if config.test_limit is not None:
+        test_rows = test_rows.iloc[: config.test_limit]
+    if len(train_rows) < config.search_blocks or len(test_rows) < 2:
+        raise SurrogateOpsError(f"{config.data}: need at least {config.search_blocks} measured training blocks "
+                                f"and some test blocks (have {len(train_rows)} and {len(test_rows)})")
+    return train_rows, test_rows
+
+
+def _descend(config: TableSearchConfig, surrogate: TableSurrogate, space: TableSpace, blocks,
+             check: Callable[[dict], float], stock: float, charged: int, sample: int, progress: bool) -> Outcome:
+    """Descents through the surrogate from several restarts (the minibatch order decides where a short
+    descent ends), the rounded tables along each path checked with the real driver; the best of them,
+    or the stock table when none beats it, charged `charged` plus `sample` evaluations a check."""
+    descent = Descent(surrogate, blocks, config.descent_batch)
+    checked, trace, seen = [], [], set()
+    for restart in range(config.restarts):
+        found, steps = descent.run(config, progress, restart)
+        trace += [(restart * config.steps + step, value) for step, value in steps]
+        for values in _spread(found, config.verify):
+            if values.tobytes() not in seen:
+                seen.add(values.tobytes())
+                checked.append(values)
+    best = Outcome("surrogate", {}, charged + len(checked) * sample, stock, trace=trace)
+    for values in checked:
+        table = space.table(values)
+        value = check(table)
+        if value < best.objective:
+            best.setting, best.objective = table, value
+    return best
+
+
+def _baselines(config: TableSearchConfig, space: TableSpace, check: Callable[[dict], float], trials: int,
+               sample: int, outcomes: dict[str, Outcome], progress: bool) -> None:
+    """Each baseline's table on the surrogate's budget in driver runs, into `outcomes`."""
+    codec = table_codec(space)
+    for name in config.baselines:
+        started = time.time()
+        table, objective, btrace = Baseline(name, codec, {}, config.seed).run(check, trials, progress)
+        outcomes[name] = Outcome(name, table, len(btrace) * sample, objective, seconds=time.time() - started,
+                                 trace=[(t * sample, v) for t, v in btrace])
+
+
+def _held_out(program: LlvmMca, test_rows: pd.DataFrame, space: TableSpace, config: TableSearchConfig,
+              outcomes: dict[str, Outcome], progress: bool) -> tuple[dict[str, float], np.ndarray]:
+    """Every outcome's MAPE and tau on the held-out blocks (set on it), and each one's MAPE on the
+    held-out blocks with a rarely trained opcode, with the mask of those blocks."""
+    test_blocks, test_measured = list(test_rows["block"]), test_rows["measured"].to_numpy()
+    rare_mask = _rare(program, test_blocks, space, config)
+    rare = {}
+    for outcome in tqdm(outcomes.values(), desc="held-out llvm-mca", unit="table", disable=not progress):
+        outcome.test_mape, cycles = driver_mape(program, outcome.setting, test_blocks, test_measured)
+        ok = np.isfinite(cycles)
+        outcome.test_tau = kendall_tau(cycles[ok], test_measured[ok]) if ok.sum() > 1 else float("nan")
+        r = rare_mask & ok
+        rare[outcome.method] = float(np.mean(np.abs(cycles[r] - test_measured[r]) / test_measured[r])) if r.any() else float("nan")
+    return rare, rare_mask
 
 
 def _labels(config: TableSearchConfig) -> pd.DataFrame:
