@@ -146,6 +146,42 @@ def compile_model(model: ModelDir, platform: str, out_dir: Path, tvm_cpu: str | 
     return build
 
 
+@dataclass(frozen=True)
+class Registered:
+    """A registered version's build, logged to the version's run under `builds/<platform>`."""
+
+    build: Build
+    name: str
+    version: str
+    run_id: str
+    blocks: int  # the real blocks it was checked on
+
+
+def compile_registered(model_uri: str, platform: str, out_dir: Path, tvm_cpu: str | None = None,
+                       tune_minutes: float = 0, tune_shape: tuple[int, int, int] = (256, 16, 16),
+                       tune_kernels: int = 4, verify: bool = False, log=print) -> Registered:
+    """Compile a registered surrogate (`models:/NAME@ALIAS` or `/VERSION`) for `platform` into
+    `out_dir`, checked on the version's own validation blocks (else the bundled sample); log the
+    build to the version's run and tag the version; a build for this host also goes into the local
+    copy of the version at once. `log` hears the ONNX check before the build starts."""
+    from surrogate_ops import registry
+    from surrogate_ops.builds.export import check_onnx, onnx_opset
+    from surrogate_ops.registry import versions
+
+    opened = registry.open(model_uri, registered=True)
+    model, name, version = opened.model, opened.name, opened.version
+    blocks = check_blocks(versions.version_tags(name, version).get("dataset_path"))
+    log(f"ONNX (opset {onnx_opset(model)}, dynamic batch/instructions/tokens): {check_onnx(model, blocks)}")
+    build = compile_model(model, platform, out_dir, tvm_cpu, example_batch(model.tokenizer(), blocks),
+                          tune_minutes=tune_minutes, tune_shape=tune_shape, tune_kernels=tune_kernels,
+                          verify=verify, log=log)
+    folder = Builds(out_dir)
+    versions.attach_build(name, version, platform, folder.files(platform), folder.database(platform), build.tags())
+    if platform == engines.HOST_PLATFORM:  # the local copy of the version picks its host build up at once
+        install(out_dir, platform, model)
+    return Registered(build, name, version, versions.run_of(name, version), len(blocks))
+
+
 def install(out_dir: Path, platform: str, model: ModelDir) -> None:
     """Copy a build from `compile`'s output folder into the model directory, where the engines find it."""
     model.builds.folder.mkdir(parents=True, exist_ok=True)

@@ -32,10 +32,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from surrogate_ops.errors import SurrogateOpsError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FIXED = ("latency", "uops")
 SAMPLING = ("centred", "wide")
@@ -334,3 +338,25 @@ def table_file(table: Mapping[str, Mapping], stock: Mapping[str, Mapping], mcpu:
     `table-diff`) and any notes (figures, the run)."""
     return {"per_instruction": dict(table), "_mcpu": mcpu, "_stock": {o: stock[o] for o in table if o in stock},
             **{f"_{k}": v for k, v in notes.items()}}
+
+
+def table_changes(spec: str) -> tuple[pd.DataFrame, dict]:
+    """What a learned table (`learned:CPU`, or a file as `optimize-table` writes it) changes from the stock
+    one: a row per opcode and value (opcode, column, stock, learned, change), and the file itself."""
+    import pandas as pd
+
+    if spec.startswith("learned:"):
+        data = learned_file(spec.removeprefix("learned:"))
+    else:
+        try:
+            data = json.loads(Path(spec).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SurrogateOpsError(f"{spec}: {exc}") from None
+    if "_stock" not in data or "per_instruction" not in data:
+        raise SurrogateOpsError(f"{spec}: not a learned table file (it needs per_instruction and the stock entries "
+                                "under _stock, as optimize-table writes them)")
+    changes = pd.DataFrame(diff_entries(data["_stock"], data["per_instruction"]),
+                           columns=["opcode", "column", "stock", "learned"])
+    if not changes.empty:
+        changes["change"] = changes["learned"] - changes["stock"].fillna(0)
+    return changes, data

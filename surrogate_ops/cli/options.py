@@ -1,0 +1,90 @@
+"""What the commands share: choices read from the preset tables, `--params` as an `McaSetting`, the
+`--tracking-uri` option (the MLflow store configured once, before a command's body), `--weight`
+and `--tune-shape` parsing, and the Ray cluster a command joins."""
+
+from __future__ import annotations
+
+import click
+
+from surrogate_ops import presets
+from surrogate_ops.errors import SurrogateOpsError
+
+# Choices come from the preset tables (data), read without importing torch or TVM, so --help is quick.
+ARCHITECTURES = [k for k in presets.load("model_sizes") if not k.startswith("_")]
+
+
+SIZES = list(dict.fromkeys(s for k, v in presets.load("model_sizes").items() if not k.startswith("_") for s in v))
+
+
+PLATFORMS = [k for k in presets.load("platforms") if not k.startswith("_")]
+
+
+PARAMS_HELP = " Or learned:CPU, the learned per-instruction table that ships (learned:haswell)."
+
+
+def read_setting(spec: str | None, mcpus: tuple[str, ...] = ()):
+    """--params as an `McaSetting`, checked against the llvm-mca of each of `mcpus` before any work starts."""
+    if spec is None:
+        return None
+    from surrogate_ops.programs.setting import McaSetting
+
+    return McaSetting.read(spec, mcpus)
+
+
+def parse_weights(items: tuple[str, ...]) -> dict[str, float]:
+    """--weight SOURCE=FACTOR items as {glob: factor}, in the order given."""
+    parsed = {}
+    for item in items:
+        glob, _, factor = item.rpartition("=")
+        try:
+            parsed[glob] = float(factor)
+        except ValueError:
+            raise SurrogateOpsError(f"--weight {item!r}: expected SOURCE=FACTOR, e.g. 'generated:loops:*=3'") from None
+        if not glob or not parsed[glob] > 0:
+            raise SurrogateOpsError(f"--weight {item!r}: expected SOURCE=FACTOR with a glob and a positive factor")
+    return parsed
+
+
+def configure_tracking(ctx, param, value: str | None) -> str:
+    from surrogate_ops.registry import tracking
+
+    return tracking.configure(value)
+
+
+def tracking_option(f=None, *, lazy: bool = False):
+    """--tracking-uri, configured as it is parsed (before the command body); the command gets the URI.
+    lazy: left to the command, which configures MLflow only when it needs the registry."""
+    option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", metavar="URI",
+                          callback=None if lazy else configure_tracking,
+                          help="MLflow tracking store [default: SQLite in the work directory; also MLFLOW_TRACKING_URI].")
+    return option(f) if f is not None else option
+
+
+def aliases_line(registered) -> str:
+    if registered.aliases:
+        return f"aliases: {', '.join(registered.aliases)}"
+    return "no alias: a newer version, registered beside this one, is challenger"
+
+
+def shape_option(ctx, param, value: str) -> tuple[int, int, int]:
+    """BATCHxINSTRUCTIONSxTOKENS, checked before any work starts."""
+    parts = value.lower().split("x")
+    if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise click.BadParameter(f"{value!r} is not BATCHxINSTRUCTIONSxTOKENS (positive integers)")
+    return tuple(int(part) for part in parts)
+
+
+def join_cluster(address: str | None):
+    """The Ray cluster at `address` (--ray), or None to run on this machine's cores."""
+    if address is None:
+        return None
+    from surrogate_ops.programs import cluster
+
+    joined = cluster.connect(address)
+    click.echo(f"llvm-mca on the Ray cluster at {address}: {joined.cpus} CPUs", err=True)
+    return joined
+
+
+def cluster_report(cluster) -> str:
+    nodes = ", ".join(f"{node[:8]} {count}" for node, count in cluster.nodes.most_common())
+    return f"chunks answered by {len(cluster.nodes)} Ray node(s): {nodes or 'none'}"
