@@ -80,9 +80,9 @@ finetune() {
     cpu=$1; minutes=$2; minutes2=$3; shift 3
     cp -r "$PRETRAINED/llvm-mca-$cpu" "previous-$cpu"
     export SURROGATE_OPS_HOME=$PWD/home-$cpu
-    surrogate-ops train --data mix.parquet --init-from "previous-$cpu" --mcpu "$cpu" \
+    surrogate-ops train --data mix.parquet --from "previous-$cpu" --mcpu "$cpu" \
       --epochs 8 --patience 3 --lr 1e-3 --max-minutes "$minutes" --threads 1 --save-dir "net-$cpu" --quiet
-    surrogate-ops train --data mix2.parquet --init-from "net-$cpu" --mcpu "$cpu" \
+    surrogate-ops train --data mix2.parquet --from "net-$cpu" --mcpu "$cpu" \
       --epochs 6 --patience 3 --lr 5e-4 --max-minutes "$minutes2" --threads 1 --save-dir "net2-$cpu" --quiet
     surrogate-ops confidence --model "net2-$cpu" --data mix2.parquet --save-dir "llvm-mca-$cpu" --quiet
   done
@@ -107,7 +107,7 @@ done
 round3() {
   for cpu in "$@"; do
     export SURROGATE_OPS_HOME=$PWD/home-$cpu
-    surrogate-ops train --data mix3.parquet --init-from "llvm-mca-$cpu" --mcpu "$cpu" --epochs 6 --patience 3 --lr 3e-4 \
+    surrogate-ops train --data mix3.parquet --from "llvm-mca-$cpu" --mcpu "$cpu" --epochs 6 --patience 3 --lr 3e-4 \
       --max-minutes 10 --threads 1 $WEIGHTS --save-dir "net3-$cpu" --quiet
     surrogate-ops confidence --model "net3-$cpu" --data mix3.parquet --save-dir "llvm-mca3-$cpu" --quiet
   done
@@ -117,7 +117,7 @@ round3 haswell ivybridge znver2 & round3 skylake znver3 & wait
 # mixed probe and a znver3 classic over 10%); their llvm-mca3b-<cpu> are the bundles
 round3b() {
   cpu=$1; export SURROGATE_OPS_HOME=$PWD/home-$cpu
-  surrogate-ops train --data mix3.parquet --init-from "net3-$cpu" --mcpu "$cpu" --epochs 2 --patience 2 --lr 1e-4 \
+  surrogate-ops train --data mix3.parquet --from "net3-$cpu" --mcpu "$cpu" --epochs 2 --patience 2 --lr 1e-4 \
     --max-minutes 6 --threads 1 ${WEIGHTS/loops:\*=3/loops:*=8} --save-dir "net3b-$cpu" --quiet
   surrogate-ops confidence --model "net3b-$cpu" --data mix3.parquet --save-dir "llvm-mca3b-$cpu" --quiet
 }

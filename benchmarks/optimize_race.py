@@ -8,7 +8,7 @@ Prints a markdown table: held-out MAPE and Kendall's tau per method and seed, th
 often each method beat the expert defaults. The surrogate itself is trained once (see README:
 collect --sample-params, train --init-from); its training data is charged to every seed's budget.
 
-    python benchmarks/optimize_race.py --model models:/llvm-mca-haswell-params@champion --budget 40000 --verify 9
+    python benchmarks/optimize_race.py --model models:/llvm-mca-haswell-params@champion --budget 40000 --checks 9
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a parameter-conditioned surrogate (URI or directory)")
     parser.add_argument("--data", default=str(DEFAULT_BHIVE / "hsw.csv"))
     parser.add_argument("--budget", type=int, default=40000)
-    parser.add_argument("--verify", type=int, default=9)
+    parser.add_argument("--checks", type=int, default=9)
     parser.add_argument("--search-blocks", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
 
     rows: dict[str, list[tuple[float, float, int]]] = {}
     for seed in args.seeds:
-        config = OptimizeConfig(model=args.model, data=args.data, budget=args.budget, verify=args.verify,
+        config = OptimizeConfig(model=args.model, data=args.data, budget=args.budget, checks=args.checks,
                                 search_blocks=args.search_blocks, seed=seed)
         result = optimize(config, progress=False)
         for name, o in result.outcomes.items():

@@ -65,7 +65,7 @@ def test_adaptation_experiment_small_writes_its_table_and_plot(measurements, tmp
     from surrogate_ops.registry import tracking
 
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
-    out = subprocess.run([*CLI, "study", "adaptation", "--data", str(measurements), "--small", "--sizes", "40,120",
+    out = subprocess.run([*CLI, "study", "adaptation", "--data", str(measurements), "--small", "--train-sizes", "40,120",
                           "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env,
                          timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -55,11 +55,11 @@ def test_x86_build_agrees_with_onnx_runtime(model):
 @pytest.mark.slow
 @pytest.mark.system
 def test_compile_verify_runs_the_arm64_build_under_emulation(tmp_path, monkeypatch):
-    """`compile --target arm64 --verify`: the aarch64 library, run here by QEMU with an aarch64 TVM
+    """`compile --platform arm64 --verify`: the aarch64 library, run here by QEMU with an aarch64 TVM
     runtime on real blocks, agrees with ONNX Runtime; the report goes with the build's record and
     the version's tags. A build checked against another model's ONNX graph is refused, with its record."""
     env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
-    out = subprocess.run([*CLI, "compile", "--target", "arm64", "--verify", "--out", str(tmp_path / "out")],
+    out = subprocess.run([*CLI, "compile", "--platform", "arm64", "--verify", "--out", str(tmp_path / "out")],
                          capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert out.returncode == 0, out.stderr
     assert elf_machine(tmp_path / "out" / "arm64.so") == 183  # EM_AARCH64

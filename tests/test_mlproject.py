@@ -175,7 +175,7 @@ def test_collect_tables_then_optimize_table(store, hsw_slice):
     run = entry(store, "collect_tables", measurements=hsw_slice, limit=300, out="datasets/tables.parquet")
     assert (store["home"] / "datasets" / "tables.parquet").is_file() and run.data.metrics["blocks"] > 0
     run = entry(store, "optimize_table", measurements=hsw_slice, labels="datasets/tables.parquet", epochs=1, steps=5,
-                verify=1, baseline="none", **{"min-count": 5, "search-blocks": 50, "test-limit": 50})
+                checks=1, baseline="none", **{"min-count": 5, "search-blocks": 50, "test-limit": 50})
     assert "surrogate_test_mape" in run.data.metrics and (store["home"] / "table.json").is_file()
 
 
@@ -185,7 +185,7 @@ def test_optimize(store, hsw_slice):
     cli = ["python", "-m", "surrogate_ops"]
     for command in (["collect", "--bhive", str(hsw_slice), "--limit", "200", "--sample-params", "4", "--split",
                      "train", "--out", str(sampled), "--quiet"],
-                    ["train", "--data", str(sampled), "--init-from", "models:/llvm-mca-haswell/1", "--epochs", "1",
+                    ["train", "--data", str(sampled), "--from", "models:/llvm-mca-haswell/1", "--epochs", "1",
                      "--register", "llvm-mca-haswell-params", "--quiet"]):
         out = subprocess.run(cli + command, env=store["env"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
         assert out.returncode == 0, out.stderr[-3000:]

@@ -48,7 +48,7 @@ def lab(tmp_path_factory):
     sampled = root / "sampled.parquet"
     for command in (["collect", "--bhive", str(measurements), "--mcpu", "haswell", "--sample-params", "6",
                      "--split", "train", "--out", str(sampled), "--quiet"],
-                    ["train", "--data", str(sampled), "--init-from", "models:/llvm-mca-haswell@champion",
+                    ["train", "--data", str(sampled), "--from", "models:/llvm-mca-haswell@champion",
                      "--epochs", "3", "--register", "planted-params", "--quiet"]):
         out = subprocess.run([*CLI, *command], capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
         assert out.returncode == 0, out.stderr[-3000:]

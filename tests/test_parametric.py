@@ -21,6 +21,7 @@ from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import run_tool
 from surrogate_ops.programs import LlvmMca, parametric, tables
+from surrogate_ops.programs.llvm_mca import read_setting
 from surrogate_ops.programs.setting import McaSetting
 
 FOUR_ADDS = "addq %rax, %rbx\naddq %rcx, %rdx\naddq %rsi, %rdi\naddq %r8, %r9"  # independent: port-bound
@@ -86,7 +87,7 @@ def test_a_params_file_carries_a_table(tmp_path):
     """`per_instruction` beside the global knobs in a --params file: what predict, collect and serve read."""
     path = tmp_path / "params.json"
     path.write_text(json.dumps({"dispatch_width": 4, "per_instruction": {"IMUL64rr": {"latency": 5}}}))
-    program = LlvmMca(setting=McaSetting.read(str(path)))
+    program = LlvmMca(setting=read_setting(str(path)))
     assert program.run(["imulq %rcx, %rdx"])[0].cycles == 503
     assert program.setting == McaSetting({"dispatch_width": 4}, {"IMUL64rr": {"latency": 5}}, "haswell")
 

@@ -18,6 +18,7 @@ from surrogate_ops.blocks.elf import blocks_from_binaries
 from surrogate_ops.blocks.hexcode import disassemble
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.programs import LlvmMca, parametric, tables
+from surrogate_ops.programs.llvm_mca import read_setting
 from surrogate_ops.programs.setting import McaSetting
 
 
@@ -146,9 +147,9 @@ def test_every_table_that_ships_or_a_search_writes_passes_the_strict_check(tmp_p
     value is near it; and a table file in optimize-table's format is checked as strictly as any
     other when it is loaded back (its "_" notes left out)."""
     for cpu in ("haswell", "skylake"):
-        assert McaSetting.read(f"learned:{cpu}") == McaSetting(table=tables.learned_file(cpu)["per_instruction"], mcpu=cpu)
+        assert read_setting(f"learned:{cpu}") == McaSetting(table=tables.learned_file(cpu)["per_instruction"], mcpu=cpu)
     with pytest.raises(SurrogateOpsError, match="no learned table '../haswell'"):
-        McaSetting.read("learned:../haswell")
+        read_setting("learned:../haswell")
     near = [[tables.Instruction("DIV64r", {"latency": 700, "uops": 600, "HWDivider": 800, "HWPort0": 900})]]
     space = tables.TableSpace.of(near, "haswell")
     assert space.high.max() == tables.MAX_VALUE
@@ -159,11 +160,11 @@ def test_every_table_that_ships_or_a_search_writes_passes_the_strict_check(tmp_p
             parametric.check_table(tables.sample_block_table(near[0], mode, 0, k))
     path = tmp_path / "table.json"
     path.write_text(json.dumps(tables.table_file(highest, space.stock(space.opcodes), "haswell", run_id="r")))
-    assert McaSetting.read(str(path)) == McaSetting(table=highest, mcpu="haswell")
+    assert read_setting(str(path)) == McaSetting(table=highest, mcpu="haswell")
     path.write_text(json.dumps(tables.table_file({"DIV64r": {"latency": 1001}}, space.stock(space.opcodes), "haswell")))
     with pytest.raises(SurrogateOpsError, match=r"^--params .*table.json: per_instruction\['DIV64r'\]\['latency'\] "
                                                 r"is 1001: a latency is whole cycles from 0 to 1000$"):
-        McaSetting.read(str(path))
+        read_setting(str(path))
 
 
 @pytest.mark.system
@@ -208,7 +209,7 @@ def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path,
     assert proc.returncode == 0, proc.stderr
     table_out = tmp_path / "table.json"
     proc = subprocess.run([*CLI, "optimize-table", "--data", str(csv), "--labels", str(labels), "--min-count", "5",
-                           "--epochs", "3", "--steps", "150", "--verify", "3", "--search-blocks", "300",
+                           "--epochs", "3", "--steps", "150", "--checks", "3", "--search-blocks", "300",
                            "--restarts", "3", "--baseline", "optuna", "--seed", "0", "--quiet", "--out", str(table_out)],
                           capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
@@ -233,7 +234,7 @@ def test_optimize_table_finds_a_planted_change_and_registers_its_table(tmp_path,
     assert float(version.tags["test_mape"]) == pytest.approx(m["surrogate_test_mape"], abs=1e-4)
     # the written table is what --params takes, loaded back through its strict check
     assert LlvmMca(setting=McaSetting(table=learned)).run([blocks[0]])[0].ok
-    assert McaSetting.read(str(table_out), ("haswell",)) == McaSetting(table=learned, mcpu="haswell")
+    assert read_setting(str(table_out), ("haswell",)) == McaSetting(table=learned, mcpu="haswell")
 
 
 def test_a_per_instruction_surrogate_starts_as_its_parent_and_reads_each_entry(annotated, local_blocks):

@@ -27,7 +27,7 @@ from surrogate_ops.errors import SurrogateOpsError
 @click.command("compile")
 @click.option("--model", "model_uri", default=DEFAULT_MODEL_URI, show_default=True,
               help="models:/NAME@ALIAS or models:/NAME/VERSION.")
-@click.option("--platform", "--target", "platform", type=click.Choice(PLATFORMS), default="x86", show_default=True,
+@click.option("--platform", "platform", type=click.Choice(PLATFORMS), default="x86", show_default=True,
               help="Where the build runs. x86: this host's CPU; arm64: aarch64 Linux (cross-built); cuda: NVIDIA GPUs.")
 @click.option("--verify", is_flag=True,
               help="Also run a foreign build here and fail unless it agrees with ONNX Runtime: arm64 under QEMU's "

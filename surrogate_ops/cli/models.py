@@ -51,7 +51,7 @@ from surrogate_ops.errors import SurrogateOpsError
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: cores].")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU.")
-@click.option("--init-from", metavar="URI",
+@click.option("--from", "init_from", metavar="URI",
               help=f"Start from this registered surrogate's weights and architecture (e.g. {DEFAULT_MODEL_URI}); "
                    "on data from `collect --sample-params` it becomes a parameter-conditioned surrogate.")
 @click.option("--register", metavar="NAME", help="Register the model as a new version of NAME (alias challenger).")

@@ -26,9 +26,9 @@ def read_setting(spec: str | None, mcpus: tuple[str, ...] = ()):
     """--params as an `McaSetting`, checked against the llvm-mca of each of `mcpus` before any work starts."""
     if spec is None:
         return None
-    from surrogate_ops.programs.setting import McaSetting
+    from surrogate_ops.programs import read_setting as read
 
-    return McaSetting.read(spec, mcpus)
+    return read(spec, mcpus)
 
 
 def parse_weights(items: tuple[str, ...]) -> dict[str, float]:

@@ -31,7 +31,7 @@ from surrogate_ops.config import (
 @click.option("--search-blocks", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Training blocks each llvm-mca run of the search takes: a baseline's trial (trials = budget / "
                    "this), the surrogate's anchors and each of its checks.")
-@click.option("--verify", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--checks", type=click.IntRange(min=0), default=4, show_default=True,
               help="The surrogate's best candidates to check with llvm-mca (charged to its budget); 0 trusts its choice.")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Spread the checks over this many descents, fine-tuning the surrogate on llvm-mca's answers between.")
@@ -49,7 +49,7 @@ from surrogate_ops.config import (
               help="Run llvm-mca's checks on a Ray cluster's CPUs (ADDRESS: its head, or local).")
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, rounds, no_anchor, steps, restarts, lr,
+def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, checks, rounds, no_anchor, steps, restarts, lr,
              test_limit, seed, out, ray_address, tracking_uri, quiet) -> None:
     """Tune llvm-mca's parameters by gradient descent through a surrogate (surrogate optimization).
 
@@ -63,7 +63,7 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, ro
     chosen = () if "none" in baselines else tuple(baselines) or optimization.BASELINES
     config = optimization.OptimizeConfig(model=model_uri, data=data, budget=budget, mcpu=mcpu, baselines=chosen,
                                          steps=steps, lr=lr, restarts=restarts, search_blocks=search_blocks,
-                                         verify=verify, rounds=rounds, anchored=not no_anchor, test_limit=test_limit,
+                                         checks=checks, rounds=rounds, anchored=not no_anchor, test_limit=test_limit,
                                          seed=seed)
     result = optimization.optimize(config, out=out, progress=not quiet, cluster=join_cluster(ray_address))
     click.echo(f"held-out llvm-mca error ({result.test_blocks:,} measured blocks, may-alias excluded; "
@@ -91,10 +91,10 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, ro
 @click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True, help="Surrogate fine-tuning epochs.")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Descent steps.")
 @click.option("--lr", type=float, default=0.05, show_default=True, help="Adam step on the relaxed table.")
-@click.option("--verify", type=click.IntRange(min=1), default=6, show_default=True,
+@click.option("--checks", type=click.IntRange(min=1), default=6, show_default=True,
               help="Rounded tables from along the descent checked with the real driver (charged to the surrogate).")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Descents, each on its own minibatch order, --verify tables of each checked (at a small "
+              help="Descents, each on its own minibatch order, --checks tables of each checked (at a small "
                    "--steps the order decides whether any table beats the stock one).")
 @click.option("--search-blocks", type=click.IntRange(min=10), default=2000, show_default=True,
               help="Training blocks each check and each baseline trial runs (trials = the surrogate's budget / this).")
@@ -109,7 +109,7 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, verify, ro
               help="Run llvm-mca's checks on a Ray cluster's CPUs (ADDRESS: its head, or local).")
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, verify, restarts, search_blocks, baselines, seed,
+def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, checks, restarts, search_blocks, baselines, seed,
                    test_limit, out, no_register, ray_address, tracking_uri, quiet) -> None:
     """Tune llvm-mca's per-instruction scheduling table (each opcode's latency, micro-ops and port
     cycles: DiffTune's space) by gradient descent through a per-instruction surrogate.
@@ -125,7 +125,7 @@ def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, 
     chosen = () if "none" in baselines else tuple(baselines) or table_search.BASELINES
     config = table_search.TableSearchConfig(data=data, labels=tuple(labels), mcpu=mcpu, model=model_uri,
                                             min_count=min_count, epochs=epochs, steps=steps, descent_lr=lr,
-                                            verify=verify, restarts=restarts, search_blocks=search_blocks,
+                                            checks=checks, restarts=restarts, search_blocks=search_blocks,
                                             baselines=chosen, seed=seed, test_limit=test_limit)
     result = table_search.search(config, progress=not quiet, register=not no_register,
                                  cluster=join_cluster(ray_address))
@@ -178,7 +178,7 @@ def study() -> None:
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
               help="Measured throughputs (BHive-format CSV or a collected dataset).")
 @click.option("--mcpu", help="Microarchitecture of the measurements [default: the parent's].")
-@click.option("--sizes", help="Training-set sizes, comma-separated [default: 6 log-spaced from 100 to all].")
+@click.option("--train-sizes", "sizes", help="Training-set sizes, comma-separated [default: 6 log-spaced from 100 to all].")
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True,
               help="Optimizer steps per run, the same for both methods.")

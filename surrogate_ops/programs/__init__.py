@@ -5,7 +5,7 @@ version, and implement a batched `run`. Nothing outside this package starts the 
 """
 
 from surrogate_ops.programs.base import Parameter, Program, Result
-from surrogate_ops.programs.llvm_mca import LlvmMca
+from surrogate_ops.programs.llvm_mca import LlvmMca, read_setting
 from surrogate_ops.programs.setting import McaSetting
 
-__all__ = ["LlvmMca", "McaSetting", "Parameter", "Program", "Result"]
+__all__ = ["LlvmMca", "McaSetting", "Parameter", "Program", "Result", "read_setting"]

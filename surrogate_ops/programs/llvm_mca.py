@@ -36,6 +36,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from surrogate_ops import presets
 from surrogate_ops.blocks.asm import BlockError, normalize_block
@@ -405,3 +406,25 @@ def _chunk(program: LlvmMca, blocks: list[str], tables: list[dict] | None) -> li
     """One chunk of canonical blocks, each under the program's setting or its own table: the unit of
     work a local thread or a cluster's task runs."""
     return program._run_chunk(blocks) if tables is None else program._run_parametric(blocks, tables)
+
+
+def read_setting(spec: str | Path, mcpus: Sequence[str | None] = (), llvm_mca: str | None = None) -> McaSetting:
+    """A setting file or `learned:CPU`, checked strictly now, before any work starts: knobs by name and
+    range, a table's values and names against the llvm-mca of each of `mcpus` (by default the table's
+    own CPU, else haswell). A table is refused for a CPU other than its own. Any problem is a one-line
+    SurrogateOpsError naming the file."""
+    spec = str(spec)
+    setting = McaSetting.load(spec)
+    other = [m for m in mcpus if m and setting.mcpu and m != setting.mcpu]
+    if other:
+        raise SurrogateOpsError(f"--params {spec} is a table for -mcpu={setting.mcpu}, not for {', '.join(other)}")
+    checked = setting
+    for mcpu in [m for m in mcpus if m] or [setting.mcpu or "haswell"]:
+        try:
+            program = LlvmMca(mcpu, setting=setting, path=llvm_mca)
+            if program.table:
+                parametric.check_names(program.table, program.path, mcpu)
+        except SurrogateOpsError as exc:
+            raise SurrogateOpsError(f"--params {spec}: {exc}") from None
+        checked = program.setting
+    return McaSetting(checked.knobs, checked.table, setting.mcpu)

@@ -1,7 +1,8 @@
 """llvm-mca's setting: its global knobs and an optional per-instruction table, as one typed value.
 
-A setting is read and checked once (`McaSetting.read`: a JSON file as `optimize --out` and
-`optimize-table` write them, or `learned:CPU`, a learned table that ships), then passed as itself:
+A setting is read and checked once (`llvm_mca.read_setting`: a JSON file as `optimize --out` and
+`optimize-table` write them, or `learned:CPU`, a learned table that ships, held to the llvm-mca of
+each CPU it is for), then passed as itself:
 to `LlvmMca(setting=...)`, to the service's fallback, into a bento. Its file form is a JSON object of
 knobs by parameter or llvm-mca option name (`dispatch_width` or `dispatch`), a `per_instruction`
 table (opcode -> latency, micro-ops, port cycles; see `parametric`) and notes under keys that begin
@@ -11,9 +12,8 @@ with "_" (`_mcpu`: the CPU whose resources the table names).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.programs import tables
@@ -50,7 +50,7 @@ class McaSetting:
 
     @classmethod
     def from_json(cls, data: object, where: str = "setting") -> McaSetting:
-        """A setting from its file form, unchecked (`read` checks): notes ("_" keys) other than `_mcpu`
+        """A setting from its file form, unchecked (`llvm_mca.read_setting` checks): notes ("_" keys) other than `_mcpu`
         left out."""
         if isinstance(data, McaSetting):
             return data
@@ -71,28 +71,3 @@ class McaSetting:
         except SurrogateOpsError as exc:
             raise SurrogateOpsError(f"--params {exc}") from None
         return cls.from_json(data, f"--params {spec}")
-
-    @classmethod
-    def read(cls, spec: str | Path, mcpus: Sequence[str | None] = (), llvm_mca: str | None = None) -> McaSetting:
-        """A setting file or `learned:CPU`, checked strictly now, before any work starts: knobs by name
-        and range, a table's values and names against the llvm-mca of each of `mcpus` (by default the
-        table's own CPU, else haswell). A table is refused for a CPU other than its own. Any problem is a
-        one-line SurrogateOpsError naming the file."""
-        from surrogate_ops.programs import parametric
-        from surrogate_ops.programs.llvm_mca import LlvmMca
-
-        spec = str(spec)
-        setting = cls.load(spec)
-        other = [m for m in mcpus if m and setting.mcpu and m != setting.mcpu]
-        if other:
-            raise SurrogateOpsError(f"--params {spec} is a table for -mcpu={setting.mcpu}, not for {', '.join(other)}")
-        checked = setting
-        for mcpu in [m for m in mcpus if m] or [setting.mcpu or "haswell"]:
-            try:
-                program = LlvmMca(mcpu, setting=setting, path=llvm_mca)
-                if program.table:
-                    parametric.check_names(program.table, program.path, mcpu)
-            except SurrogateOpsError as exc:
-                raise SurrogateOpsError(f"--params {spec}: {exc}") from None
-            checked = program.setting
-        return McaSetting(checked.knobs, checked.table, setting.mcpu)

@@ -9,8 +9,8 @@ defaults, the surrogate's, each baseline's) on held-out measured blocks.
 
 Every llvm-mca run of the search takes the same fixed sample of measured training blocks
 (`search_blocks`). The surrogate uses it twice: llvm-mca's answers there under the defaults anchor
-it (it predicts how a setting changes them, so its own error on a block cancels), and its `verify`
-best candidates are run there, the best one kept (the defaults if none beats them; `verify=0`
+it (it predicts how a setting changes them, so its own error on a block cancels), and its `checks`
+best candidates are run there, the best one kept (the defaults if none beats them; `checks=0`
 trusts the surrogate's first choice, as DiffTune does). The checks are spread over `rounds`
 descents; between two, the surrogate is fine-tuned on llvm-mca's answers so far, which are
 exactly the blocks and the region of settings the search is in.
@@ -284,7 +284,7 @@ def problem(config: OptimizeConfig, cluster: Cluster | None = None) -> Problem:
     if config.baselines and trials < 2:
         raise SurrogateOpsError(f"a budget of {config.budget:,} buys each baseline {trials} trial(s) of {len(sample)} "
                                 "blocks; raise --budget or lower --search-blocks")
-    cost = charged + (len(sample) if config.anchored else 0) + config.verify * len(sample)
+    cost = charged + (len(sample) if config.anchored else 0) + config.checks * len(sample)
     if cost > config.budget:
         raise SurrogateOpsError(f"the surrogate needs {cost:,} llvm-mca evaluations ({charged:,} for its training data, "
                                 f"{len(sample):,} per anchor and checked candidate), over the budget of {config.budget:,}")
@@ -337,14 +337,14 @@ def search(task: Problem, config: OptimizeConfig, default_mape: float, default_c
     found = Outcome("surrogate", dict(defaults), task.cost, objective=default_mape if config.anchored else None)
     checked = {setting_key(defaults)}
     labels = [(scale_settings(space, [defaults])[0], default_cycles[keep])] if config.anchored else []
-    rounds = max(1, min(config.rounds, config.verify)) if config.anchored else 1
+    rounds = max(1, min(config.rounds, config.checks)) if config.anchored else 1
     for round_ in range(rounds):
         ranked, trace = descend(surrogate, space, defaults, replace(config, seed=config.seed + round_), progress)
         found.trace += [(len(found.trace) + step, value) for step, value in trace]
-        if not config.verify:  # trust the surrogate's first choice, as DiffTune does
+        if not config.checks:  # trust the surrogate's first choice, as DiffTune does
             found.setting, found.objective = dict(ranked[0][0]) if ranked else dict(defaults), ranked[0][1] if ranked else None
             break
-        share = config.verify * (round_ + 1) // rounds - config.verify * round_ // rounds
+        share = config.checks * (round_ + 1) // rounds - config.checks * round_ // rounds
         for setting in [setting for setting, _ in ranked if setting_key(setting) not in checked][:share]:
             value, cycles = llvm_mca_mape(task.program, setting, blocks, measured)
             checked.add(setting_key(setting))

@@ -66,9 +66,9 @@ class TableSearchConfig:
     steps: int = 300  # descent steps
     descent_lr: float = 0.05
     descent_batch: int = 1024  # training blocks per descent step
-    checkpoints: int = 12  # rounded tables taken along the descent, `verify` of them checked
+    checkpoints: int = 12  # rounded tables taken along the descent, `checks` of them checked
     verify: int = 6
-    restarts: int = 1  # descents, each on its own minibatch order; `verify` tables of each checked
+    restarts: int = 1  # descents, each on its own minibatch order; `checks` tables of each checked
     search_blocks: int = 2000  # the fixed sample of training blocks every check and trial runs
     baselines: tuple[str, ...] = BASELINES
     seed: int = 0
@@ -377,7 +377,7 @@ def _descend(config: TableSearchConfig, surrogate: TableSurrogate, space: TableS
     for restart in range(config.restarts):
         found, steps = descent.run(config, progress, restart)
         trace += [(restart * config.steps + step, value) for step, value in steps]
-        for values in _spread(found, config.verify):
+        for values in _spread(found, config.checks):
             if values.tobytes() not in seen:
                 seen.add(values.tobytes())
                 checked.append(values)

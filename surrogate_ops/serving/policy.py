@@ -6,16 +6,19 @@ A rule is `rule(block, server) -> reason | None`; the first reason sends the blo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from surrogate_ops.blocks.asm import normalize_block
 from surrogate_ops.config import settings
 from surrogate_ops.errors import SurrogateOpsError
 
-if TYPE_CHECKING:
-    from surrogate_ops.serving.server import Server
+
+class Answering(Protocol):
+    """What a rule sees of the server: the surrogate of each mcpu it serves."""
+
+    predictors: Mapping[str, Any]
 
 
 class Rejected(SurrogateOpsError):
@@ -74,22 +77,22 @@ class Block:
         return self._text
 
 
-def unknown_tokens(block: Block, server: Server) -> str | None:
+def unknown_tokens(block: Block, server: Answering) -> str | None:
     if block.unknown:
         return f"tokens outside the model's vocabulary: {', '.join(block.unknown[:5])}"
     return None
 
 
-def too_long(block: Block, server: Server) -> str | None:
+def too_long(block: Block, server: Answering) -> str | None:
     limit = server.predictors[block.mcpu].max_instructions
     return f"{block.instructions} instructions, over the model's limit of {limit}" if block.instructions > limit else None
 
 
-def other_mcpu(block: Block, server: Server) -> str | None:
+def other_mcpu(block: Block, server: Answering) -> str | None:
     if block.mcpu in server.predictors:
         return None
     return f"no surrogate for {block.mcpu} (this service has {', '.join(server.predictors)})"
 
 
-Rule = Callable[[Block, "Server"], "str | None"]
+Rule = Callable[[Block, Answering], "str | None"]
 DEFAULT_POLICY: tuple[Rule, ...] = (other_mcpu, too_long, unknown_tokens)
