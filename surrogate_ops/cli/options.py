@@ -88,3 +88,18 @@ def join_cluster(address: str | None):
 def cluster_report(cluster) -> str:
     nodes = ", ".join(f"{node[:8]} {count}" for node, count in cluster.nodes.most_common())
     return f"chunks answered by {len(cluster.nodes)} Ray node(s): {nodes or 'none'}"
+
+
+def search_options(f):
+    """The options `optimize` and `optimize-table` share: the baselines, the held-out limit, the seed and
+    the Ray cluster their llvm-mca checks may run on."""
+    for option in reversed([
+        click.option("--baseline", "baselines", multiple=True, type=click.Choice(["opentuner", "optuna", "none"]),
+                     help="Surrogate-free searches on the same budget; repeatable [default: opentuner and optuna]."),
+        click.option("--test-limit", type=click.IntRange(min=2), help="Evaluate on at most this many held-out blocks."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--ray", "ray_address", metavar="local|ADDRESS",
+                     help="Run llvm-mca's checks on a Ray cluster's CPUs (ADDRESS: its head, or local)."),
+    ]):
+        f = option(f)
+    return f

@@ -10,6 +10,7 @@ import click
 
 from surrogate_ops.cli.options import (
     join_cluster,
+    search_options,
     tracking_option,
 )
 from surrogate_ops.config import (
@@ -26,8 +27,6 @@ from surrogate_ops.config import (
 @click.option("--budget", required=True, type=click.IntRange(min=1), metavar="K",
               help="llvm-mca block evaluations per method, the surrogate's training data included.")
 @click.option("--mcpu", help="Microarchitecture of the measurements [default: the model's].")
-@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["opentuner", "optuna", "none"]),
-              help="Surrogate-free search baselines to run with the same budget; repeatable [default: opentuner and optuna].")
 @click.option("--search-blocks", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Training blocks each llvm-mca run of the search takes: a baseline's trial (trials = budget / "
                    "this), the surrogate's anchors and each of its checks.")
@@ -41,12 +40,9 @@ from surrogate_ops.config import (
 @click.option("--restarts", type=click.IntRange(min=0), default=8, show_default=True,
               help="Random starts beside the expert defaults.")
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Adam step on the relaxed parameters.")
-@click.option("--test-limit", type=click.IntRange(min=2), help="Evaluate on at most this many held-out blocks.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), metavar="JSON",
               help="Write the surrogate-found parameters here (llvm-mca option names to values).")
-@click.option("--ray", "ray_address", metavar="local|ADDRESS",
-              help="Run llvm-mca's checks on a Ray cluster's CPUs (ADDRESS: its head, or local).")
+@search_options
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, checks, rounds, no_anchor, steps, restarts, lr,
@@ -98,15 +94,10 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, checks, ro
                    "--steps the order decides whether any table beats the stock one).")
 @click.option("--search-blocks", type=click.IntRange(min=10), default=2000, show_default=True,
               help="Training blocks each check and each baseline trial runs (trials = the surrogate's budget / this).")
-@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["opentuner", "optuna", "none"]),
-              help="Surrogate-free searches on the same budget; repeatable [default: opentuner and optuna].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--test-limit", type=click.IntRange(min=2), help="Evaluate on at most this many held-out blocks.")
 @click.option("--out", type=click.Path(dir_okay=False), metavar="JSON",
               help="Write the surrogate's table here, as --params takes it.")
 @click.option("--no-register", is_flag=True, help="Log the run but register no version of llvm-mca-<mcpu>-table.")
-@click.option("--ray", "ray_address", metavar="local|ADDRESS",
-              help="Run llvm-mca's checks on a Ray cluster's CPUs (ADDRESS: its head, or local).")
+@search_options
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, checks, restarts, search_blocks, baselines, seed,
