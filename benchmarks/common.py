@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import http.client
+import importlib
 import json
 import multiprocessing
 import statistics
@@ -16,10 +17,27 @@ from pathlib import Path
 import numpy as np
 
 from surrogate_ops.blocks.hexcode import disassemble
-from surrogate_ops.data.datasets import read_hex_list
-from surrogate_ops.runtime.inference import Predictor
 
 DEFAULT_BHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bhive"
+
+
+def _moved(name: str, *modules: str):
+    """`name` from the first of `modules` the imported package has: a `--baseline` revision's package
+    may predate the stage folders (issue 33 moved `inference` to `runtime/`, `datasets` to `data/`)."""
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ModuleNotFoundError:
+            continue
+    raise ModuleNotFoundError(f"{name}: in none of {', '.join(modules)}")
+
+
+def read_hex_list(path: Path) -> set[str]:
+    return _moved("read_hex_list", "surrogate_ops.data.datasets", "surrogate_ops.datasets")(path)
+
+
+def Predictor(*args, **kwargs):  # noqa: N802  the class of whichever package is imported
+    return _moved("Predictor", "surrogate_ops.runtime.inference", "surrogate_ops.inference")(*args, **kwargs)
 
 
 def bhive_hexes(path: Path | list[Path], limit: int, skip_may_alias: bool = True) -> list[str]:
