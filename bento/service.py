@@ -55,7 +55,7 @@ ops = FastAPI(title="surrogate-ops operations")
 def _mca_setting() -> McaSetting | None:
     """The fallback's llvm-mca setting: SURROGATE_OPS_MCA_PARAMS (a file or learned:CPU), else the bento's
     params.json; parsed here, checked once by the Server against its llvm-mca."""
-    spec = settings().mca_params or (str(BUNDLED_PARAMS) if BUNDLED_PARAMS.is_file() else None)
+    spec = settings().mca_setting or (str(BUNDLED_PARAMS) if BUNDLED_PARAMS.is_file() else None)
     return McaSetting.load(spec) if spec else None
 
 

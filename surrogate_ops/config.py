@@ -57,7 +57,7 @@ class Settings:
     SURROGATE_OPS_MODEL                   model                   models:/NAME@ALIAS or model directories, comma-separated,
                                                                   one per mcpu [the bento's models/<mcpu>/, else the
                                                                   champion of every bundled CPU's surrogate]
-    SURROGATE_OPS_MCA_PARAMS              mca_params              llvm-mca's setting for the fallback (a file or learned:CPU) on
+    SURROGATE_OPS_MCA_PARAMS              mca_setting             llvm-mca's setting for the fallback (a file or learned:CPU) on
                                                                   the model's mcpu [the bento's params.json, if any]
     SURROGATE_OPS_THREADS                 threads                 requests answered at once [8]
     Its request limits (`serving.Limits.from_environment`), each over `serving.Limits`'s own default:
@@ -89,7 +89,7 @@ class Settings:
     mca_timeout: float = 30.0
     mca_retry: float = 10.0
     model: str | None = None
-    mca_params: str | None = None  # a setting file or learned:CPU (`programs.setting`)
+    mca_setting: str | None = None  # a setting file or learned:CPU (`programs.setting`)
     threads: int = 8
     max_blocks: int | None = None  # None: `serving.Limits`'s default, here and below
     max_instructions: int | None = None
@@ -138,7 +138,7 @@ class Settings:
             mca_timeout=cls.mca_timeout if timeout is None else timeout,
             mca_retry=cls.mca_retry if retry is None else retry,
             model=text("SURROGATE_OPS_MODEL"),
-            mca_params=text("SURROGATE_OPS_MCA_PARAMS"),
+            mca_setting=text("SURROGATE_OPS_MCA_PARAMS"),
             threads=cls.threads if threads is None else threads,
             max_blocks=number("SURROGATE_OPS_MAX_BLOCKS", int),
             max_instructions=number("SURROGATE_OPS_MAX_INSTRUCTIONS", int),
@@ -167,7 +167,7 @@ VARIABLES: dict[str, str] = {  # field -> its variable: what `child_environ` and
     "mca_timeout": "SURROGATE_OPS_MCA_TIMEOUT",
     "mca_retry": "SURROGATE_OPS_MCA_RETRY",
     "model": "SURROGATE_OPS_MODEL",
-    "mca_params": "SURROGATE_OPS_MCA_PARAMS",
+    "mca_setting": "SURROGATE_OPS_MCA_PARAMS",
     "threads": "SURROGATE_OPS_THREADS",
     "max_blocks": "SURROGATE_OPS_MAX_BLOCKS",
     "max_instructions": "SURROGATE_OPS_MAX_INSTRUCTIONS",

@@ -73,7 +73,7 @@ def test_fields_names_and_reads_agree(clean_environment):
     assert list(VARIABLES) == [f.name for f in dataclasses.fields(Settings)]
     assert Settings.from_environ({}) == Settings() == settings()
     given = {"home": Path("/tmp/h"), "llvm_mca": "/x/llvm-mca", "llvm_mc": "/x/llvm-mc", "llvm_objdump": "/x/od",
-             "mca_timeout": 3.5, "mca_retry": 7.0, "model": "models:/m@champion", "mca_params": "/p.json",
+             "mca_timeout": 3.5, "mca_retry": 7.0, "model": "models:/m@champion", "mca_setting": "/p.json",
              "threads": 3, "frontend": "python"}
     given.update({f: 11 + k for k, f in enumerate(VARIABLES) if f not in given})
     written = config.child_environ({}, **given)
@@ -140,7 +140,7 @@ def test_service_limits_come_from_the_environment_other_limits_do_not(clean_envi
 
 
 def test_serve_writes_the_service_its_settings(clean_environment):
-    env = config.child_environ({"PATH": "/bin"}, model="models:/m@champion", mca_params=Path("/tmp/p.json"))
+    env = config.child_environ({"PATH": "/bin"}, model="models:/m@champion", mca_setting=Path("/tmp/p.json"))
     assert env == {"PATH": "/bin", "SURROGATE_OPS_MODEL": "models:/m@champion", "SURROGATE_OPS_MCA_PARAMS": "/tmp/p.json"}
     assert Settings.from_environ(env).model == "models:/m@champion"
     assert "SURROGATE_OPS_MODEL" not in config.child_environ(env, model=None)

@@ -108,7 +108,7 @@ def serve(model_uris, host, port, params, tracking_uri) -> None:
         read_setting(params)  # a wrong name or value fails here, before the server starts
         # the service reads it as given (a file by its whole path: the service runs in its own folder)
         spec = params if params.startswith("learned:") else str(Path(params).resolve())
-        env = config.child_environ(env, mca_params=spec)
+        env = config.child_environ(env, mca_setting=spec)
     command = [sys.executable, "-m", "bentoml", "serve", "service:Surrogate", "--working-dir", str(bento.service_dir()),
                "--host", host, "--port", str(port)]
     click.echo(f"serving {model_uri} on http://{host}:{port} (POST /predict, GET /ops/healthz, /docs)")

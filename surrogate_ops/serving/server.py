@@ -97,12 +97,12 @@ class Server:
                     self.versions[mcpu] = versions[k]
         self.load_error = "; ".join(errors) or None
         self._networks = {mcpu: Gathered(_network_of(p), self.limits.network_gather) for mcpu, p in self.predictors.items()}
-        self.params_mcpu = self.predictor.meta.get("mcpu", "haswell") if self.predictor else "haswell"
+        self.setting_mcpu = self.predictor.meta.get("mcpu", "haswell") if self.predictor else "haswell"
         self.mca_setting = McaSetting()
         if mca_setting:  # checked now: a wrong file stops the service at start, not every fallback later
             from surrogate_ops.programs import LlvmMca
 
-            self.mca_setting = LlvmMca(self.params_mcpu, setting=mca_setting, path=llvm_mca, **self._mca_limits).setting
+            self.mca_setting = LlvmMca(self.setting_mcpu, setting=mca_setting, path=llvm_mca, **self._mca_limits).setting
         # one pool for every request's llvm-mca calls: at most one process per core, whatever the load
         self.cores = len(os.sched_getaffinity(0))
         self.mca_pool = FairPool(self.cores)
@@ -160,7 +160,7 @@ class Server:
                                       "engine": p.engine_name, "estimates_error": p.confident}
                                for mcpu, p in self.predictors.items()},
                 "load_error": self.load_error, "llvm_mca": self._mca_status(),
-                "llvm_mca_params": {"mcpu": self.params_mcpu, **self.mca_setting.summary()} if self.mca_setting else None,
+                "llvm_mca_params": {"mcpu": self.setting_mcpu, **self.mca_setting.summary()} if self.mca_setting else None,
                 "limits": self.limits.__dict__, "policy": [rule.__name__ for rule in self.policy],
                 "memory_mb": resident_mb(), "llvm_mca_cache": self.mca_cache.stats(),
                 "fallback_queue": len(self.mca_pool),
@@ -371,7 +371,7 @@ class Server:
 
         try:
             program = LlvmMca(mcpu=mcpu, path=self.llvm_mca_path, workers=1, nice=5, **self._mca_limits,
-                              setting=setting if setting is not None else self.mca_setting if mcpu == self.params_mcpu
+                              setting=setting if setting is not None else self.mca_setting if mcpu == self.setting_mcpu
                               else None)
         except Exception as exc:  # noqa: BLE001
             unavailable = [{"error": f"llvm-mca unavailable: {exc}"}] * len(blocks)
