@@ -52,7 +52,7 @@ for cpu in "${CPUS[@]}"; do
   surrogate-ops collect --generate 25000 --generate-seed 12 --density forms --mcpu "$cpu" --out "forms-$cpu.parquet" --quiet
 done
 python - <<'EOF'
-from surrogate_ops import datasets
+from surrogate_ops.data import datasets
 names = ["x86", "dense", "sparse", "unrolled", "loops", "libs_big", "libs_small"] + \
         [f"{k}-{c}" for k in ("corners", "forms") for c in ("haswell", "skylake", "ivybridge", "znver2", "znver3")]
 # no block of a held-out library, wherever it came from
@@ -62,10 +62,10 @@ EOF
 # the CPUs whose llvm-mca takes them
 python "$(dirname "$0")/system_blocks.py" system.s
 surrogate-ops collect --asm system.s $ALL --out system.parquet --quiet
-python -c "from surrogate_ops import datasets; datasets.collect('forms512.parquet', mcpus='$ALL'.split()[1::2], progress=False,
+python -c "from surrogate_ops.data import datasets; datasets.collect('forms512.parquet', mcpus='$ALL'.split()[1::2], progress=False,
   generated=datasets.Generated(8000, 13, 'forms', 'skylake-avx512'))"  # slow: a CPU refusing a block bisects its chunk
 python - <<'EOF'
-from surrogate_ops import datasets
+from surrogate_ops.data import datasets
 names = ["x86", "dense", "sparse", "unrolled", "loops", "libs_big", "libs_small"] + \
         [f"{k}-{c}" for k in ("corners", "forms") for c in ("haswell", "skylake", "ivybridge", "znver2", "znver3")]
 names += ["system", "forms512"]
@@ -98,7 +98,7 @@ surrogate-ops collect $(binaries simd.txt) --per-binary 3000 $ALL --out simd.par
 for cpu in "${CPUS[@]}"; do
   surrogate-ops collect --generate 12000 --generate-seed 14 --density vectors --mcpu "$cpu" --out "vectors-$cpu.parquet" --quiet
 done
-python -c "from surrogate_ops import datasets; import glob
+python -c "from surrogate_ops.data import datasets; import glob
 print(datasets.combine(['mix2.parquet', 'simd.parquet'] + sorted(glob.glob('vectors-*.parquet')), 'mix3.parquet', leave_out=['heldout.parquet']))"
 WEIGHTS="--weight generated:loops:*=3 --weight generated:corners:*=2 --weight generated:vectors:*=2"
 for lib in libx265 libSvtAv1Enc libaom onnxruntime libarrow_compute _multiarray_umath libxgboost libjpeg libavif libpng16 libwebp; do

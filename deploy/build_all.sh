@@ -4,7 +4,7 @@
 set -euo pipefail
 model=${1:-models:/llvm-mca-haswell@champion}
 out=${2:-$(dirname "$0")/builds}
-platforms=$(python -c "from surrogate_ops import engines; print(' '.join(engines.platforms()))")
+platforms=$(python -c "from surrogate_ops.runtime import engines; print(' '.join(engines.platforms()))")
 for platform in $platforms; do
   echo "== $platform"
   surrogate-ops compile --model "$model" --platform "$platform" --out "$out"

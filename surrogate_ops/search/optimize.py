@@ -63,7 +63,7 @@ class OptimizeConfig:
     restarts: int = 8  # random starts beside the expert defaults
     batches_per_step: int = 1  # length-bucketed batches of blocks per descent step (a fresh draw each step)
     anchored: bool = True  # descend on the change from llvm-mca's own default answers (see Surrogate)
-    verify: int = 4  # the surrogate's best candidates checked with llvm-mca on the sample (0: trust it)
+    checks: int = 4  # the surrogate's best candidates checked with llvm-mca on the sample (0: trust it)
     rounds: int = 3  # checks spread over this many descents, the surrogate fine-tuned on the answers between
     fit_steps: int = 60  # fine-tuning steps between rounds
     search_blocks: int = 1000  # training blocks every llvm-mca run of the search takes (a baseline's trial)

@@ -67,7 +67,7 @@ class TableSearchConfig:
     descent_lr: float = 0.05
     descent_batch: int = 1024  # training blocks per descent step
     checkpoints: int = 12  # rounded tables taken along the descent, `checks` of them checked
-    verify: int = 6
+    checks: int = 6
     restarts: int = 1  # descents, each on its own minibatch order; `checks` tables of each checked
     search_blocks: int = 2000  # the fixed sample of training blocks every check and trial runs
     baselines: tuple[str, ...] = BASELINES
