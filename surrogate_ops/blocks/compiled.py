@@ -17,11 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from surrogate_ops.blocks.batching import Flat
-from surrogate_ops.config import BUILD_CACHE, settings
+from surrogate_ops.config import settings
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.native import cached, compile_once
 
 SOURCE = Path(__file__).with_name("native") / "frontend.cpp"
 _INT64 = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
@@ -41,24 +37,8 @@ THREADED_MIN = 1024  # blocks in a call from which its `threads` share it (a thr
 
 def build(force: bool = False) -> Path:
     """The shared library of `SOURCE`, compiled where missing (or with `force`)."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    target = BUILD_CACHE / f"frontend-{digest}.so"
-    if target.is_file() and not force:
-        return target
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise SurrogateOpsError("the compiled front end is built with a C++ compiler: apt-get install g++")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as out:
-        partial = Path(out.name)
-    command = [compiler, str(SOURCE), "-std=c++17", "-O2", "-DNDEBUG", "-shared", "-fPIC", "-pthread", "-o",
-               str(partial), "-ldl"]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise SurrogateOpsError(f"building {SOURCE.name} failed:\n{proc.stderr[-2000:]}")
-    os.replace(partial, target)  # whole or not at all: another process may be building it too
-    return target
+    return compile_once(SOURCE, cached(SOURCE, "frontend", ".so"), ("g++", "c++"),
+                        ["-std=c++17", "-O2", "-DNDEBUG", "-shared", "-fPIC", "-pthread", "-ldl"], force)
 
 
 def library() -> ctypes.CDLL | None:

@@ -33,21 +33,17 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
-import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from surrogate_ops.config import BUILD_CACHE
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import run_tool, tool_version
+from surrogate_ops.native import cached, compile_once
 from surrogate_ops.programs import tables
 
 SOURCE = Path(__file__).with_name("native") / "parametric_mca.cpp"
-CACHE = BUILD_CACHE
 FIELDS = ("latency", "uops", "ports")
 
 
@@ -78,29 +74,15 @@ def build(llvm_mca: str, force: bool = False) -> Path:
 
 def compile_native(source: Path, stem: str, llvm_mca: str, force: bool = False) -> Path:
     """`source`, a C++ program of `native/` linked against libLLVM, compiled with g++ against the
-    LLVM of `llvm_mca` into `CACHE` as `<stem>-<digest>`: once per source and LLVM version."""
+    LLVM of `llvm_mca` into the build cache as `<stem>-<digest>`: once per source and LLVM version."""
     tool, version = llvm_config(llvm_mca)
-    digest = hashlib.sha256(source.read_bytes() + version.encode()).hexdigest()[:12]
-    binary = CACHE / f"{stem}-{digest}"
+    binary = cached(source, stem, salt=version)
     if binary.is_file() and not force:
         return binary
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise SurrogateOpsError(f"{source.name} is built with a C++ compiler: apt-get install g++")
     flags = subprocess.run([tool, "--cxxflags", "--ldflags", "--libs"], capture_output=True, text=True,
                            check=True).stdout.split()
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=binary.parent, delete=False) as out:
-        partial = Path(out.name)
     # after llvm-config's flags: C++17 (it asks for 14) and NDEBUG (libLLVM is a release build)
-    command = [compiler, str(source), *flags, "-std=c++17", "-O2", "-DNDEBUG", "-fno-rtti", "-o", str(partial)]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise SurrogateOpsError(f"building {source.name} failed:\n{proc.stderr[-2000:]}")
-    partial.chmod(0o755)
-    os.replace(partial, binary)  # whole or not at all: another process may be building it too
-    return binary
+    return compile_once(source, binary, ("g++", "c++"), [*flags, "-std=c++17", "-O2", "-DNDEBUG", "-fno-rtti"], force)
 
 
 def check_table(table: object, llvm_mca: str | None = None, mcpu: str | None = None) -> dict[str, dict]:
