@@ -13,36 +13,12 @@ from surrogate_ops.cli.options import (
     cluster_report,
     join_cluster,
     read_setting,
+    source_options,
 )
 
 
 @click.command()
-@click.option("--bhive", multiple=True, type=click.Path(dir_okay=False), metavar="CSV",
-              help="BHive-format CSV (hex,throughput); repeatable. Its mcpu comes from the name (hsw.csv: haswell).")
-@click.option("--binary", multiple=True, type=click.Path(), metavar="PATH",
-              help="ELF binary or directory of them to cut into basic blocks; repeatable.")
-@click.option("--asm", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
-              help="Text file of assembly blocks separated by blank lines; repeatable.")
-@click.option("--per-binary", type=click.IntRange(min=1), metavar="N",
-              help="At most N blocks from each binary, spread evenly over its code [default: all; 200 when "
-                   "no source is given].")
-@click.option("--exclude", multiple=True, metavar="GLOB",
-              help="Leave out binaries whose path matches (e.g. '*/libc.so*'): libraries held out of "
-                   "training, to measure on later; repeatable.")
-@click.option("--generate", type=click.IntRange(min=1), metavar="N",
-              help="Add N synthetic blocks with controlled dependency structure (chains, loop-carried "
-                   "dependencies, pointer chases, long-latency instructions; see blocks/generate.py).")
-@click.option("--generate-seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the generated blocks (seeds from 9000 up are kept for held-out probes).")
-@click.option("--density", type=click.Choice(["mixed", "dense", "sparse", "unrolled", "loops", "forms", "vectors", "corners"]),
-              default="mixed", show_default=True,
-              help="How densely generated blocks reuse registers (dense: dependencies everywhere; unrolled: one to "
-                   "three instruction forms repeated, as in an unrolled loop; loops: one to four instructions over "
-                   "one to four registers, the loops people type first); forms: the breadth of the instruction set, drawn "
-                   "over every form of LLVM's x86 target that llvm-mca takes; vectors: those forms held to vector instructions, over "
-                   "few vector registers (SIMD kernels' chains); corners: small blocks around llvm-mca's "
-                   "scheduling corner cases (zero idioms, move elimination, partial registers, load folding, "
-                   "mulx/div, flags). With one --mcpu, the blocks use its whole instruction set.")
+@source_options
 @click.option("--mcpu", multiple=True, default=("haswell",), show_default=True,
               help="llvm-mca -mcpu to label with; repeatable.")
 @click.option("--limit", type=click.IntRange(min=0), help="Keep at most this many blocks (in source order; 0: all).")
@@ -109,6 +85,42 @@ def collect(bhive, binary, asm, per_binary, exclude, generate, generate_seed, de
 
 
 @click.command()
+@source_options
+@click.option("--limit", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Measure at most this many blocks (in source order; repeats of a block count once).")
+@click.option("--repeats", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Runs of each unrolling; the fewest ticks count.")
+@click.option("--cpu", type=click.IntRange(min=0), help="The CPU to pin the harness to [default: the last one].")
+@click.option("--out", type=click.Path(dir_okay=False), default="measured.csv", show_default=True,
+              help="BHive-format CSV to write (hex,throughput; also OUT.json and <stem>.faults.csv).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def measure(bhive, binary, asm, per_binary, exclude, generate, generate_seed, density, limit, repeats, cpu, out,
+            quiet) -> None:
+    """Measure basic blocks' throughput on this machine, BHive-style, in user space.
+
+    Each block is unrolled 100 and 200 times with every register pointing into pages mapped on first
+    touch; the fewest time-stamp-counter ticks over --repeats runs, calibrated against a chain of
+    dependent adds (1 cycle each), give cycles per 100 iterations. A block that faults is skipped and
+    listed with the reason. The CSV is what `finetune --data`, `collect --bhive` and `optimize-table
+    --data` read; OUT.json says which CPU it ran on and the closest bundled surrogate to start from."""
+    from surrogate_ops.data import datasets, measuring
+
+    result = measuring.measure(out, bhive=bhive, binaries=binary, asm=asm, per_binary=per_binary, exclude=exclude,
+                               generated=datasets.Generated(generate, generate_seed, density) if generate else None,
+                               limit=limit, repeats=repeats, cpu=cpu, progress=not quiet)
+    click.echo(f"{result.cpu.name} (family {result.cpu.family}, model {result.cpu.model}: {result.cpu.label})")
+    for line in result.calibration.lines():
+        click.echo(line)
+    click.echo(f"wrote {result.out}: {result.measured:,} blocks measured")
+    if result.faults_path:
+        reasons = ", ".join(f"{n:,} {why}" for why, n in result.faults.most_common())
+        click.echo(f"{sum(result.faults.values()):,} skipped ({reasons}), each with its reason in {result.faults_path}")
+    mcpu = result.cpu.closest
+    click.echo(f"closest bundled surrogate: {mcpu}; a model of this machine:\n  surrogate-ops finetune --from "
+               f"models:/llvm-mca-{mcpu}@champion --data {result.out} --mcpu {mcpu}")
+
+
+@click.command()
 @click.argument("dataset", type=click.Path(dir_okay=False))
 def summary(dataset: str) -> None:
     """Print a dataset's size, splits, sources and llvm-mca's error against measured throughput."""
@@ -130,4 +142,7 @@ def build_native(force: bool) -> None:
     from surrogate_ops.programs import parametric
 
     click.echo(compiled.build(force=force))
-    click.echo(parametric.build(find_tool("llvm-mca"), force=force))  # SURROGATE_OPS_LLVM_MCA, else PATH
+    click.echo(parametric.build(find_tool("llvm-mca"), force=force))
+    from surrogate_ops.programs import measure
+
+    click.echo(measure.build(force=force))  # SURROGATE_OPS_LLVM_MCA, else PATH

@@ -103,3 +103,38 @@ def search_options(f):
     ]):
         f = option(f)
     return f
+
+
+def source_options(f):
+    """Where blocks come from, for `collect` and `measure`: BHive-format CSVs, binaries, assembly files,
+    generated blocks."""
+    for option in reversed([
+        click.option("--bhive", multiple=True, type=click.Path(dir_okay=False), metavar="CSV",
+                     help="BHive-format CSV (hex,throughput); repeatable. Its mcpu comes from the name (hsw.csv: haswell)."),
+        click.option("--binary", multiple=True, type=click.Path(), metavar="PATH",
+                     help="ELF binary or directory of them to cut into basic blocks; repeatable."),
+        click.option("--asm", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Text file of assembly blocks separated by blank lines; repeatable."),
+        click.option("--per-binary", type=click.IntRange(min=1), metavar="N",
+                     help="At most N blocks from each binary, spread evenly over its code [default: all; 200 when "
+                          "no source is given]."),
+        click.option("--exclude", multiple=True, metavar="GLOB",
+                     help="Leave out binaries whose path matches (e.g. '*/libc.so*'): libraries held out of "
+                          "training, to measure on later; repeatable."),
+        click.option("--generate", type=click.IntRange(min=1), metavar="N",
+                     help="Add N synthetic blocks with controlled dependency structure (chains, loop-carried "
+                          "dependencies, pointer chases, long-latency instructions; see blocks/generate.py)."),
+        click.option("--generate-seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the generated blocks (seeds from 9000 up are kept for held-out probes)."),
+        click.option("--density", type=click.Choice(["mixed", "dense", "sparse", "unrolled", "loops", "forms", "vectors", "corners"]),
+                     default="mixed", show_default=True,
+                     help="How densely generated blocks reuse registers (dense: dependencies everywhere; unrolled: one to "
+                          "three instruction forms repeated, as in an unrolled loop; loops: one to four instructions over "
+                          "one to four registers, the loops people type first); forms: the breadth of the instruction set, drawn "
+                          "over every form of LLVM's x86 target that llvm-mca takes; vectors: those forms held to vector instructions, over "
+                          "few vector registers (SIMD kernels' chains); corners: small blocks around llvm-mca's "
+                          "scheduling corner cases (zero idioms, move elimination, partial registers, load folding, "
+                          "mulx/div, flags). With one --mcpu, the blocks use its whole instruction set."),
+    ]):
+        f = option(f)
+    return f
