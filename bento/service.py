@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import bentoml
 from fastapi import FastAPI
@@ -141,6 +142,7 @@ class PredictRequest(BaseModel):
     mcpu: str = "haswell"
     exact: bool = False
     max_error: float | None = None
+    target: Literal["mca", "measured"] = "mca"
 
 
 class _ClientErrors(logging.Filter):
@@ -199,14 +201,16 @@ class Surrogate:
 
     @bentoml.api(input_spec=PredictRequest)
     def predict(self, blocks: list[str], mcpu: str = "haswell", exact: bool = False,
-                max_error: float | None = None) -> list[dict]:
+                max_error: float | None = None, target: str = "mca") -> list[dict]:
         """Cycles per block (llvm-mca's measure: 100 iterations), in order: {"cycles", "source"} (+ "reason"
         when llvm-mca answered in the surrogate's place, + "estimated_error", the surrogate's estimate of
         its relative error, where it makes one) or {"error"}. With max_error (0.05: 5%), blocks estimated
-        above it are answered by llvm-mca. A request refused as a whole gets a 4xx (503 when it needs
+        above it are answered by llvm-mca. With target "measured", the surrogate of the CPU's measured
+        throughput answers (where the service has one: `serve --model models:/llvm-mca-<cpu>-measured@champion`).
+        A request refused as a whole gets a 4xx (503 when it needs
         llvm-mca and llvm-mca is down) with {"error"}."""
         try:
-            return self.server.predict(blocks, mcpu, exact, max_error)
+            return self.server.predict(blocks, mcpu, exact, max_error, target)
         except Rejected as exc:
             logging.getLogger("surrogate_ops.service").info("refused with %d: %s", exc.status, exc)
             return JSONResponse({"error": str(exc)}, status_code=exc.status)  # type: ignore[return-value]

@@ -246,18 +246,20 @@ def store_uri(tracking_uri: str | None = None) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_store_uri()
 
 
-def model_name(mcpu: str) -> str:
-    """The registered name of the surrogate of llvm-mca on `mcpu` (one model per CPU)."""
-    return f"llvm-mca-{mcpu}"
+def model_name(mcpu: str, target: str = "mca") -> str:
+    """The registered name of the surrogate of llvm-mca on `mcpu` (one model per CPU), or with target
+    "measured" of the one fine-tuned on `mcpu`'s measured throughput."""
+    return f"llvm-mca-{mcpu}" + ("-measured" if target == "measured" else "")
 
 
 def champion_uri(name: str) -> str:
     return f"models:/{name}@champion"
 
 
-def model_uri(mcpu: str) -> str:
-    """The champion of `mcpu`'s surrogate: what `predict --mcpu` and the service use by default."""
-    return champion_uri(model_name(mcpu))
+def model_uri(mcpu: str, target: str = "mca") -> str:
+    """The champion of `mcpu`'s surrogate (of llvm-mca, or of measured throughput): what `predict --mcpu`
+    and the service use by default."""
+    return champion_uri(model_name(mcpu, target))
 
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"  # the bundled surrogates, a folder per registered name
@@ -287,6 +289,13 @@ ENGINE_CHOICES: tuple[str, ...] = (AUTO_ENGINE, *(e.value for e in EngineName)) 
 
 
 @unique
+class Target(StrEnum):
+    """What a surrogate predicts: llvm-mca's cycles, or the throughput measured on the CPU."""
+
+    MCA = "mca"
+    MEASURED = "measured"
+
+
 class Source(StrEnum):
     """Who answered a block: the `source` of the service's answers and of `predict`'s and
     `coverage`'s rows, and a label of the service's metrics."""

@@ -23,7 +23,8 @@ from support.stores import in_home, store_with
 from surrogate_ops import registry
 from surrogate_ops.programs import LlvmMca
 from surrogate_ops.programs.setting import McaSetting
-from surrogate_ops.serving.policy import DEFAULT_POLICY, Block, Limits, other_mcpu, too_long, unknown_tokens
+from surrogate_ops.runtime.inference import Predictor
+from surrogate_ops.serving.policy import DEFAULT_POLICY, Block, Limits, Rejected, other_mcpu, too_long, unknown_tokens
 from surrogate_ops.serving.pool import FairPool, Gathered
 from surrogate_ops.serving.server import Server
 
@@ -302,6 +303,31 @@ def test_policy_rules_are_small_units(model_dir):
     custom = Server(model_dir, policy=(*DEFAULT_POLICY, never_trust_div))
     answers = custom.predict(["xorl %eax, %eax\ndivq %rcx", "addq %rax, %rbx"])
     assert answers[0]["reason"] == "division is hard" and answers[1]["source"] == "surrogate"
+
+
+def test_target_measured_routes_to_the_surrogate_of_measured_throughput(model_dir, skylake_dir, tmp_path):
+    """A model recorded as fine-tuned on a CPU's measurements (target measured) answers that CPU's
+    `target="measured"` requests; llvm-mca's surrogate keeps the plain ones, and a CPU with no measured
+    surrogate goes to llvm-mca, saying so. (The measured one here is the Skylake network, recorded as
+    Haswell's measured surrogate, so that its answers differ from the Haswell surrogate's.)"""
+    import json
+    import shutil
+
+    measured = tmp_path / "llvm-mca-haswell-measured"
+    shutil.copytree(skylake_dir.path, measured)
+    meta = json.loads((measured / "surrogate.json").read_text())
+    (measured / "surrogate.json").write_text(json.dumps({**meta, "mcpu": "haswell", "target": "measured"}))
+    server = Server([model_dir, measured], versions=["svc-test/1", "here/1"])
+    blocks = ["addq %rax, %rbx\nimulq %rbx, %rcx", "movq (%rdi), %rax\naddq $1, %rax"]
+    plain, from_measured = server.predict(blocks, "haswell"), server.predict(blocks, "haswell", target="measured")
+    assert [a["source"] for a in plain + from_measured] == ["surrogate"] * 4
+    assert [a["cycles"] for a in plain] == pytest.approx(list(Predictor(model_dir).cycles(blocks)), rel=1e-5)
+    assert [a["cycles"] for a in from_measured] == pytest.approx(list(Predictor(skylake_dir).cycles(blocks)), rel=1e-5)
+    assert set(server.status()["surrogates"]) == {"haswell", "haswell/measured"}
+    other = server.predict(blocks[:1], "skylake", target="measured")[0]
+    assert other["source"] == "llvm-mca" and other["reason"].startswith("no surrogate for skylake/measured")
+    with pytest.raises(Rejected, match="target must be mca or measured"):
+        server.predict(blocks, "haswell", target="cycles")
 
 
 def test_a_large_call_encoded_by_worker_processes_answers_as_one_process_does(model_dir, monkeypatch):

@@ -15,6 +15,7 @@ from surrogate_ops.config import (
     AUTO_ENGINE,
     ENGINE_CHOICES,
     Source,
+    Target,
 )
 
 
@@ -25,6 +26,9 @@ from surrogate_ops.config import (
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Assembly blocks separated by blank lines, or a CSV with a block or hex column.")
 @click.option("--mcpu", default="haswell", show_default=True)
+@click.option("--target", type=click.Choice([t.value for t in Target]), default=Target.MCA.value, show_default=True,
+              help="What the default surrogate predicts: llvm-mca's cycles (llvm-mca-<mcpu>), or the throughput "
+                   "measured on the CPU (llvm-mca-<mcpu>-measured, from `finetune`).")
 @click.option("--program", type=click.Choice(["llvm-mca"]), help="Answer with the real program instead of the surrogate.")
 @click.option("--params", metavar="JSON",
               help="llvm-mca parameters: for --program llvm-mca, or the setting a parameter-conditioned surrogate "
@@ -38,7 +42,7 @@ from surrogate_ops.config import (
               help="Send llvm-mca the blocks whose estimated relative error is above this (0.05: 5%); "
                    "needs a surrogate with an error head (the bundled ones have one; see `confidence`).")
 @tracking_option(lazy=True)
-def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, max_error, tracking_uri) -> None:
+def predict(model_uri, input_path, mcpu, target, program, params, engine, no_fallback, max_error, tracking_uri) -> None:
     """Print `index,cycles,source,reason,estimated_error` (cycles per 100 iterations) for every block of
     a file, under the service's fallback policy: the surrogate of --mcpu answers (each CPU has its own
     registered surrogate), llvm-mca where the surrogate is not trusted (tokens outside its vocabulary,
@@ -54,7 +58,8 @@ def predict(model_uri, input_path, mcpu, program, params, engine, no_fallback, m
     from surrogate_ops.serving.files import predict_file
 
     answers = predict_file(input_path, mcpu, model_uri, exact=bool(program), setting=read_setting(params, (mcpu,)),
-                           engine=engine, fallback=not no_fallback, max_error=max_error, tracking_uri=tracking_uri)
+                           engine=engine, fallback=not no_fallback, max_error=max_error, tracking_uri=tracking_uri,
+                           target=target)
     out = csv.writer(click.get_text_stream("stdout"), lineterminator="\n")
     out.writerow(["index", "cycles", "source", "reason", "estimated_error"])
     for index, answer in answers:

@@ -35,16 +35,16 @@ class Opened:
 
 
 def open(model: str | Path | None = None, mcpu: str | None = None, tracking_uri: str | None = None, *,  # noqa: A001
-         registered: bool = False, pinned: bool = False) -> Opened:
+         target: str = "mca", registered: bool = False, pinned: bool = False) -> Opened:
     """The surrogate `model` names (a directory or a registry URI), or with none the champion of `mcpu`'s
-    surrogate (haswell's when `mcpu` is None).
+    surrogate of `target` (llvm-mca-<mcpu>, or llvm-mca-<mcpu>-measured; haswell's when `mcpu` is None).
 
     `registered`: refuse a directory (compile, finetune: they log to the version's run). `pinned`: a
     `models:/NAME@ALIAS` whose last resolution still holds is answered from the local cache without
     MLflow (`predict`, `coverage`: a quick start). `tracking_uri` points MLflow at a store first; without
     it the store already configured is asked (the environment's where none is). A CPU with no
     surrogate at all is a one-line error that says what to do."""
-    uri = str(model) if model else config.model_uri(mcpu or config.DEFAULT_MCPU)
+    uri = str(model) if model else config.model_uri(mcpu or config.DEFAULT_MCPU, target)
     if not uri.startswith("models:/"):  # a directory, or a bundled surrogate's bare name (`ModelDir.open`)
         if registered:
             raise SurrogateOpsError(f"{uri} is not a registered model: this needs models:/NAME@ALIAS or "
@@ -58,8 +58,13 @@ def open(model: str | Path | None = None, mcpu: str | None = None, tracking_uri:
         tracking.configure(tracking_uri)
     else:
         tracking.current()
-    name = config.model_name(mcpu or config.DEFAULT_MCPU)
+    name = config.model_name(mcpu or config.DEFAULT_MCPU, target)
     if model is None and name not in versions.bundled_names() and not versions.has_versions(name):
+        if target == "measured":
+            raise SurrogateOpsError(
+                f"no surrogate of measured throughput for -mcpu={mcpu} in the registry: fine-tune one on "
+                f"measurements (surrogate-ops measure; surrogate-ops finetune --from {config.model_uri(mcpu)} "
+                f"--data MEASURED.csv --mcpu {mcpu} --register {name})")
         raise SurrogateOpsError(
             f"no surrogate for -mcpu={mcpu}: surrogate-ops bundles {', '.join(versions.bundled_names())}; "
             f"answer with --program llvm-mca, or train one and register it as {name}")

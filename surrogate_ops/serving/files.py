@@ -37,13 +37,14 @@ class FileAnswers:
     fallback: bool = True
     setting: McaSetting | None = None
     max_error: float | None = None
+    target: str = "mca"  # what the surrogate predicts (its own record says)
     sources: dict[Source, int] = field(default_factory=lambda: dict.fromkeys(Source, 0))
 
     def __iter__(self) -> Iterator[tuple[int, dict]]:
         for chunk in self.chunks:  # a chunk at a time: memory stays bounded on files of millions of blocks
             answers = self.server.answer(chunk.blocks, self.mcpu, exact=self.exact, first=chunk.start,
                                          fallback=self.fallback, setting=self.setting,
-                                         max_error=self.max_error) if chunk.blocks else []
+                                         max_error=self.max_error, target=self.target) if chunk.blocks else []
             for i, answer in enumerate(answers):
                 if i in chunk.unreadable:
                     answer = {"error": chunk.unreadable[i]}
@@ -55,9 +56,10 @@ class FileAnswers:
 
 def predict_file(path: str | Path, mcpu: str = "haswell", model: str | Path | None = None, *, exact: bool = False,
                  setting: McaSetting | None = None, engine: str = AUTO_ENGINE, fallback: bool = True,
-                 max_error: float | None = None, tracking_uri: str | None = None) -> FileAnswers:
+                 max_error: float | None = None, tracking_uri: str | None = None, target: str = "mca") -> FileAnswers:
     """Every block of the file at `path`, answered by the surrogate of `mcpu` (`model`, else that CPU's
-    champion) where the policy trusts it and by llvm-mca elsewhere; `exact`: llvm-mca answers all.
+    champion of `target`: llvm-mca's cycles, or measured throughput) where the policy trusts it and by
+    llvm-mca elsewhere; `exact`: llvm-mca answers all.
     `fallback=False` answers an untrusted block with an error instead; `max_error` sends llvm-mca the
     blocks whose estimated error is above it. The file and the model are checked now, before the
     first answer; the answers come as the returned value is iterated."""
@@ -68,13 +70,14 @@ def predict_file(path: str | Path, mcpu: str = "haswell", model: str | Path | No
     else:
         from surrogate_ops.runtime.inference import Predictor
 
-        predictor = Predictor(registry.open(model, mcpu, tracking_uri, pinned=True).model, engine=engine)
+        predictor = Predictor(registry.open(model, mcpu, tracking_uri, target=target, pinned=True).model, engine=engine)
         if predictor.meta.get("mcpu") != mcpu:
-            raise SurrogateOpsError(f"{model or config.model_uri(mcpu)} imitates "
+            raise SurrogateOpsError(f"{model or config.model_uri(mcpu, target)} imitates "
                                     f"-mcpu={predictor.meta.get('mcpu')}, not {mcpu}")
+        target = predictor.meta.get("target", "mca")  # a model named by --model answers as what it is
         server = Server(predictor, limits=FILE_LIMITS)
-        server.check_max_error(mcpu, max_error)
-    return FileAnswers(itertools.chain([first], reading), server, mcpu, exact, fallback, setting, max_error)
+        server.check_max_error(mcpu, max_error, target)
+    return FileAnswers(itertools.chain([first], reading), server, mcpu, exact, fallback, setting, max_error, target)
 
 
 def name_block(index: int, error: str) -> str:

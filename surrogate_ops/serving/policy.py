@@ -68,6 +68,11 @@ class Block:
     row: int = -1  # its row among a large call's blocks encoded side by side (then `ids` stays empty)
     unknown: tuple[str, ...] = ()
     _text: str | None = None
+    route: str = ""  # the surrogate asked: its mcpu, or <mcpu>/measured (`route`); "" is the mcpu
+
+    @property
+    def surrogate(self) -> str:
+        return self.route or self.mcpu
 
     @property
     def text(self) -> str:
@@ -84,14 +89,20 @@ def unknown_tokens(block: Block, server: Answering) -> str | None:
 
 
 def too_long(block: Block, server: Answering) -> str | None:
-    limit = server.predictors[block.mcpu].max_instructions
+    limit = server.predictors[block.surrogate].max_instructions
     return f"{block.instructions} instructions, over the model's limit of {limit}" if block.instructions > limit else None
 
 
 def other_mcpu(block: Block, server: Answering) -> str | None:
-    if block.mcpu in server.predictors:
+    if block.surrogate in server.predictors:
         return None
-    return f"no surrogate for {block.mcpu} (this service has {', '.join(server.predictors)})"
+    return f"no surrogate for {block.surrogate} (this service has {', '.join(server.predictors)})"
+
+
+def route(mcpu: str, target: str = "mca") -> str:
+    """The key of the surrogate that answers `mcpu`'s `target`: the mcpu for llvm-mca's cycles,
+    <mcpu>/measured for a surrogate fine-tuned on the CPU's measured throughput."""
+    return mcpu if target == "mca" else f"{mcpu}/{target}"
 
 
 Rule = Callable[[Block, Answering], "str | None"]

@@ -16,8 +16,9 @@ it to llvm-mca, or `{"error"}` when it cannot be answered (unreadable text, llvm
 llvm-mca missing). Whole-request problems (too many blocks, too many bytes, a block over the
 instruction limit, an mcpu llvm-mca does not know) raise `Rejected` with a 4xx status.
 
-A server holds one surrogate per mcpu it serves (`predictors`, keyed by the model's own mcpu) and
-routes each request to the surrogate of its mcpu; an mcpu with none goes to llvm-mca.
+A server holds one surrogate per mcpu it serves (`predictors`, keyed by the model's own mcpu, or
+<mcpu>/measured for one fine-tuned on measured throughput) and routes each request to the surrogate
+of its mcpu and target; an mcpu with none goes to llvm-mca.
 
 The fallback policy is a tuple of small rules (`policy`), each `rule(block, server) -> reason | None`;
 the first reason sends the block to llvm-mca.
@@ -40,7 +41,7 @@ from surrogate_ops.blocks.asm import BlockError
 from surrogate_ops.config import AUTO_ENGINE, Source
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.programs.setting import McaSetting
-from surrogate_ops.serving.policy import DEFAULT_POLICY, Block, Limits, Rejected, Rule
+from surrogate_ops.serving.policy import DEFAULT_POLICY, Block, Limits, Rejected, Rule, route
 from surrogate_ops.serving.pool import AnswerCache, FairPool, Gathered
 
 
@@ -50,6 +51,7 @@ class _Call:
 
     first: int
     mcpu: str
+    route: str  # the surrogate asked (`policy.route`)
     fallback: bool
     max_error: float | None
     answers: list[dict | None]
@@ -79,7 +81,7 @@ class Server:
         self.policy = tuple(policy)
         self.llvm_mca_path = llvm_mca
         self.model_uri = model_uri
-        self.versions: dict[str, str] = {}  # mcpu -> registered version (or directory) it answers with
+        self.versions: dict[str, str] = {}  # route (`policy.route`) -> registered version (or directory) it answers with
         self.predictors: dict[str, Predictor] = {}
         errors = [load_error] if load_error else []
         models = [] if model is None or load_error else list(model) if isinstance(model, list | tuple) else [model]
@@ -90,11 +92,11 @@ class Server:
             except Exception as exc:  # noqa: BLE001 - any failure leaves the service up on llvm-mca alone
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
-            mcpu = predictor.meta.get("mcpu", "haswell")
-            if mcpu not in self.predictors:  # the first model of an mcpu answers for it
-                self.predictors[mcpu] = predictor
+            key = route(predictor.meta.get("mcpu", "haswell"), predictor.meta.get("target", "mca"))
+            if key not in self.predictors:  # the first model of an mcpu (and target) answers for it
+                self.predictors[key] = predictor
                 if k < len(versions):
-                    self.versions[mcpu] = versions[k]
+                    self.versions[key] = versions[k]
         self.load_error = "; ".join(errors) or None
         self._networks = {mcpu: Gathered(_network_of(p), self.limits.network_gather) for mcpu, p in self.predictors.items()}
         self.setting_mcpu = self.predictor.meta.get("mcpu", "haswell") if self.predictor else "haswell"
@@ -181,21 +183,22 @@ class Server:
             return f"unavailable: {exc}"
 
     def predict(self, blocks: Sequence[str], mcpu: str = "haswell", exact: bool = False,
-                max_error: float | None = None) -> list[dict]:
-        """A request's answers, one per block, in order; Rejected when the request is refused as a whole."""
-        self._check_request(blocks, mcpu, max_error)
-        return self.answer(blocks, mcpu, exact, max_error=max_error)
+                max_error: float | None = None, target: str = "mca") -> list[dict]:
+        """A request's answers, one per block, in order; Rejected when the request is refused as a whole.
+        `target` "measured" asks the surrogate of `mcpu`'s measured throughput, where one is served."""
+        self._check_request(blocks, mcpu, max_error, target)
+        return self.answer(blocks, mcpu, exact, max_error=max_error, target=target)
 
     def answer(self, blocks: Sequence[str], mcpu: str, exact: bool = False, first: int = 0, fallback: bool = True,
-               setting: McaSetting | None = None, max_error: float | None = None) -> list[dict]:
+               setting: McaSetting | None = None, max_error: float | None = None, target: str = "mca") -> list[dict]:
         """One answer per block under the fallback policy (the service's and `predict`'s): blocks are
         named in errors by their place counted from `first`. `fallback=False` answers an untrusted
         block with an error naming the reason instead of running llvm-mca; `setting`, a setting a
         parameter-conditioned surrogate predicts (and the fallback's llvm-mca runs with).
         A confident surrogate's answers carry `estimated_error`, its estimate of its relative error;
         with `max_error`, a block estimated above it goes to llvm-mca too (rule `max_error`)."""
-        call = _Call(first, mcpu, fallback, max_error, [None] * len(blocks))
-        predictor = self.predictors.get(mcpu)  # the surrogate of this request's mcpu, if the service has one
+        call = _Call(first, mcpu, route(mcpu, target), fallback, max_error, [None] * len(blocks))
+        predictor = self.predictors.get(call.route)  # the surrogate of this request's mcpu, if the service has one
         surrogate = predictor if predictor is not None and not exact else None
         # encoded as a whole: by the compiled front end, or (a large call: a file's chunk in `predict`)
         # by the predictor's worker processes
@@ -223,7 +226,7 @@ class Server:
         trusted: list[Block] = []
         untrusted: list[tuple[Block, str, str]] = []
         for i, raw in enumerate(blocks):
-            block = Block(index=call.first + i, raw=raw, mcpu=call.mcpu)
+            block = Block(index=call.first + i, raw=raw, mcpu=call.mcpu, route=call.route)
             try:
                 if bulk is not None:
                     self._screen(block, surrogate, bulk, i)
@@ -265,7 +268,7 @@ class Server:
         for llvm-mca (or are refused without fallback), with every estimate by block index."""
         doubtful: list[tuple[Block, str, str]] = []
         estimated: dict[int, float] = {}
-        cycles, estimates = self._network(predictor, call.mcpu, trusted, setting, bulk)
+        cycles, estimates = self._network(predictor, call.route, trusted, setting, bulk)
         for k, (block, value) in enumerate(zip(trusted, cycles, strict=True)):
             answer = {"cycles": float(value), "source": Source.SURROGATE}
             if estimates is not None:
@@ -292,23 +295,27 @@ class Server:
                     answer["estimated_error"] = estimated[block.index]
             call.put(block, answer, Source.LLVM_MCA if "cycles" in answer else Source.ERROR, rule)
 
-    def check_max_error(self, mcpu: str, max_error: object) -> None:
+    def check_max_error(self, mcpu: str, max_error: object, target: str = "mca") -> None:
         """Rejected unless `max_error` is a relative error this service can honour for `mcpu` (the
         request's check, and `predict --max-error`'s)."""
         if max_error is None:
             return
         if isinstance(max_error, bool) or not isinstance(max_error, int | float) or not max_error >= 0:
             raise Rejected(f"max_error must be a relative error of 0 or more (0.05: 5%), not {max_error!r}", 400)
-        predictor = self.predictors.get(mcpu)
+        key = route(mcpu, target)
+        predictor = self.predictors.get(key)
         if predictor is not None and not predictor.confident:
-            raise Rejected(f"the {mcpu} surrogate ({self.versions.get(mcpu) or predictor.model}) gives no error "
+            raise Rejected(f"the {key} surrogate ({self.versions.get(key) or predictor.model}) gives no error "
                            "estimates, so max_error cannot be honoured; leave it out, ask for exact answers, or fit "
                            "it an error head (`surrogate-ops confidence`)", 422)
 
-    def _check_request(self, blocks: Sequence[str], mcpu: str, max_error: float | None = None) -> None:
+    def _check_request(self, blocks: Sequence[str], mcpu: str, max_error: float | None = None,
+                       target: str = "mca") -> None:
         if not isinstance(blocks, list | tuple) or not all(isinstance(b, str) for b in blocks):
             raise Rejected("blocks must be a list of strings", 400)
-        self.check_max_error(mcpu, max_error)
+        if target not in ("mca", "measured"):
+            raise Rejected(f"target must be mca or measured, not {target!r}", 400)
+        self.check_max_error(mcpu, max_error, target)
         if len(blocks) > self.limits.max_blocks:
             raise Rejected(f"{len(blocks)} blocks in one request, over the limit of {self.limits.max_blocks}", 413)
         size = sum(len(b.encode("utf-8", "surrogatepass")) for b in blocks)
@@ -316,7 +323,7 @@ class Server:
             raise Rejected(f"{size} bytes of assembly in one request, over the limit of {self.limits.max_bytes}", 413)
         if not isinstance(mcpu, str) or not re.fullmatch(r"[a-z0-9_-]{1,40}", mcpu):
             raise Rejected(f"mcpu must be a CPU name such as haswell, not {mcpu!r}", 400)
-        if mcpu in self.predictors:  # a surrogate serves it: no need to ask llvm-mca
+        if route(mcpu, target) in self.predictors:  # a surrogate serves it: no need to ask llvm-mca
             return
         from surrogate_ops.programs.llvm_mca import _known_cpus, find_tool
 
@@ -327,12 +334,12 @@ class Server:
         if mcpu not in known:
             raise Rejected(f"llvm-mca does not know -mcpu={mcpu} (try haswell, skylake, ivybridge)", 400)
 
-    def _network(self, predictor, mcpu: str, trusted: list[Block], setting: McaSetting | None, bulk: tuple | None):
+    def _network(self, predictor, key: str, trusted: list[Block], setting: McaSetting | None, bulk: tuple | None):
         """The surrogate's cycles and error estimates (None without a head) for the trusted blocks."""
         scaled = predictor.scaled(dict(setting.knobs), len(trusted)) if setting is not None else None
         encoded = bulk[0].select([b.row for b in trusted]) if bulk is not None else [b.ids for b in trusted]
         if setting is None and self.limits.network_gather:  # the common case: shared with concurrent requests
-            answered = self._networks[mcpu](encoded)  # (blocks, 2): cycles, estimated error
+            answered = self._networks[key](encoded)  # (blocks, 2): cycles, estimated error
             return answered[:, 0], answered[:, 1] if predictor.confident else None
         return predictor.answer_encoded(encoded, scaled)
 

@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from surrogate_ops import registry
+from surrogate_ops import presets, registry
 from surrogate_ops.config import Device
 from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
@@ -63,7 +63,12 @@ def parent(parent_uri: str, data: str | Path, mcpu: str | None = None, progress:
 
 
 def default_name(parent: str, data: Path, target: str) -> str:
-    return f"{parent}-{data.stem.split('-')[0]}-{target}"
+    """llvm-mca-<cpu>-measured for a bundled CPU's surrogate fine-tuned on that CPU's BHive file (hsw.csv
+    for haswell: the name `predict --target measured` finds); else the parent, the data's stem, the target."""
+    stem = data.stem.split("-")[0]
+    cpus = {f"llvm-mca-{cpu}": row["bhive"] for cpu, row in presets.load("microarchitectures").items()
+            if not cpu.startswith("_")}
+    return f"{parent}-{target}" if cpus.get(parent) == stem else f"{parent}-{stem}-{target}"
 
 
 def finetune(parent_uri: str, data: str | Path, target: str = "measured", register: str | None = None,
