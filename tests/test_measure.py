@@ -27,7 +27,7 @@ def test_chains_take_their_latencies_in_order(machine):
     cycles on every x86 core since Sandy Bridge and Zen), a pointer-chasing load longer still; four
     independent adds a block take no longer than one dependent add (they run side by side)."""
     independent = assemble(["addq %rax, %rbx\naddq %rcx, %rdx\naddq %rsi, %rdi\naddq %r8, %r9"])[0][0]
-    add, imul, load, wide = (m.cycles for m in machine.ticks([ADD, IMUL, LOAD, independent]))
+    add, imul, load, wide = (m.cycles for m in machine.iterations([ADD, IMUL, LOAD, independent]))
     assert 2.6 < imul / add < 3.4, (add, imul)
     assert load > 3.5 * add and load > imul
     assert wide < 1.5 * add
@@ -37,7 +37,7 @@ def test_a_faulting_block_is_skipped_with_its_reason_and_the_rest_go_on(machine)
     """ud2 is an illegal instruction; a load from address 16 cannot be mapped in user space; a block
     that divides by a register holding an address overflows the quotient: each is skipped, named."""
     blocks = [ADD, "0f0b", "488b042510000000", "48f7f1", IMUL, "zz"]
-    got = machine.ticks(blocks)
+    got = machine.iterations(blocks)
     assert [m.ok for m in got] == [True, False, False, False, True, False]
     assert "illegal instruction" in got[1].error
     assert "segmentation fault at 0x10" in got[2].error

@@ -1,14 +1,15 @@
 """The machine at hand as a program: basic blocks' measured throughput, BHive-style, in user space.
 
-`native/measure.c` (built with gcc on first use) unrolls each block 100 and 200 times between a
-prologue and an epilogue of its own, points every general register into pages mapped on first touch,
-and keeps the fewest time-stamp-counter ticks over repeats; a block that faults is skipped with the
-reason. Ticks are not core cycles (the TSC runs at a fixed rate, the core at whatever frequency it
-holds), so `Machine.calibrate` measures dependency chains of known latency (`presets/
-measure_chains.json`): a chain of dependent `add`s gives ticks per cycle, the other chains (imul, a
-pointer-chasing load, divq, vector FP) are checked against the documented latencies of this CPU's core
-family. Hardware performance counters would count cycles directly; the virtual machines this runs on
-do not expose them, so the TSC is the clock. Throughput is cycles per 100 iterations, BHive's unit.
+`native/measure.c` (built with gcc on first use) unrolls each block 100 and 200 times (more for short
+blocks) between a prologue and an epilogue of its own, points every general register into pages mapped
+on first touch, and keeps the fewest time-stamp-counter ticks over repeats; a block that faults is
+skipped with the reason. Ticks are not core cycles (the TSC runs at a fixed rate, the core at whatever
+clock it holds, and that moves), so every block is timed in turns with a reference chain of dependent
+`add`s (1 cycle an iteration on every x86 core) and its cycles are the ratio. `Machine.calibrate` checks
+the method on dependency chains of known latency (`presets/measure_chains.json`: imul, a
+pointer-chasing load, divq, vector FP) against the documented latencies of this CPU's core family.
+Hardware performance counters would count cycles directly; the virtual machines this runs on do not
+expose them, so the TSC is the clock. Throughput is cycles per 100 iterations, BHive's unit.
 
 A block measures in about a millisecond; the harness runs pinned to one CPU (the last, by default),
 one block at a time, so a second core's work disturbs it as little as it can.
@@ -43,6 +44,7 @@ class Measured:
 
     cycles: float | None = None
     error: str | None = None
+    ticks_per_cycle: float | None = None  # the reference chain's, timed beside the block
 
     @property
     def ok(self) -> bool:
@@ -111,7 +113,8 @@ class Calibration:
     chains: list[Chain] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"{self.ticks_per_cycle:.4f} time-stamp-counter ticks per core cycle (a chain of dependent adds)"]
+        out = [f"{self.ticks_per_cycle:.4f} time-stamp-counter ticks per core cycle (the reference chain of dependent "
+               "adds, timed beside every block)"]
         for c in self.chains:
             documented = f"documented {c.documented:g}, off {100 * c.off:.1f}%" if c.documented else "not documented here"
             out.append(f"  {c.name:<7} {c.cycles:6.2f} cycles ({documented}): {c.asm.replace(chr(10), '; ')}")
@@ -134,8 +137,10 @@ class Machine:
         self.binary = build()
         self.calibration: Calibration | None = None
 
-    def ticks(self, hexes: Sequence[str], progress: Callable[[int], object] | None = None) -> list[Measured]:
-        """Time-stamp-counter ticks per iteration of each block (in `Measured.cycles`), in order."""
+    def iterations(self, hexes: Sequence[str], progress: Callable[[int], object] | None = None) -> list[Measured]:
+        """Core cycles per iteration of each block (in `Measured.cycles`), in order: its time-stamp-counter
+        ticks over those of the reference chain of dependent adds (1 cycle an iteration), timed in turns
+        with it, so that the core's clock, whatever it does meanwhile, cancels."""
         out: list[Measured] = []
         for start in range(0, len(hexes), CHUNK):
             out += self._chunk(list(hexes[start:start + CHUNK]))
@@ -146,8 +151,10 @@ class Machine:
     def _chunk(self, hexes: list[str]) -> list[Measured]:
         command = [str(self.binary), str(self.cpu), str(self.unroll[0]), str(self.unroll[1]), str(self.repeats)]
         proc = run_tool(command, "".join(h + "\n" for h in hexes), timeout=60 + 2 * len(hexes))
-        lines = proc.stdout.splitlines()
-        answers = [_parse(line) for line in lines[:len(hexes)]]
+        if proc.returncode and not proc.stdout:
+            raise SurrogateOpsError(f"the measuring harness failed (exit status {proc.returncode}): "
+                                    f"{proc.stderr.strip()[-300:]}")
+        answers = [_parse(line) for line in proc.stdout.splitlines()[:len(hexes)]]
         if len(answers) < len(hexes):  # the harness itself died: the block it was on is named, the rest rerun
             why = f"the harness stopped (exit status {proc.returncode}): {proc.stderr.strip()[-200:] or 'no message'}"
             answers.append(Measured(error=why))
@@ -155,29 +162,31 @@ class Machine:
         return answers
 
     def calibrate(self, cpu: Cpu | None = None) -> Calibration:
-        """Ticks per core cycle from the `add` chain, and every chain in cycles beside its documented latency."""
+        """Every chain of `presets/measure_chains.json` in cycles beside the documented latency of this
+        CPU's core family, and the time-stamp-counter ticks a cycle took meanwhile."""
         cpu = cpu or Cpu.here()
         chains = presets.load("measure_chains")["chains"]
-        measured = self.ticks([row["hex"] for row in chains.values()])
+        measured = self.iterations([row["hex"] for row in chains.values()])
         failed = [f"{name}: {m.error}" for name, m in zip(chains, measured, strict=True) if not m.ok]
         if failed:
             raise SurrogateOpsError("the calibration chains did not run here: " + "; ".join(failed))
-        per = dict(zip(chains, (m.cycles for m in measured), strict=True))
-        ticks = per["add"] / (cpu.latency("add") or 1)
-        self.calibration = Calibration(ticks, [Chain(name, row["asm"], per[name] / ticks, cpu.latency(name))
-                                               for name, row in chains.items()])
+        ticks = sorted(m.ticks_per_cycle for m in measured)[len(measured) // 2]
+        self.calibration = Calibration(ticks, [Chain(name, row["asm"], m.cycles, cpu.latency(name))
+                                               for (name, row), m in zip(chains.items(), measured, strict=True)])
         return self.calibration
 
     def run(self, hexes: Sequence[str], progress: Callable[[int], object] | None = None) -> list[Measured]:
-        """Cycles per 100 iterations of each block (calibrated first, once)."""
-        ticks = (self.calibration or self.calibrate()).ticks_per_cycle
-        return [Measured(cycles=round(100 * m.cycles / ticks, 2)) if m.ok and m.cycles > 0 else
-                Measured(error=m.error or f"not measurable: {m.cycles:.3f} ticks an iteration")
-                for m in self.ticks(hexes, progress)]
+        """Cycles per 100 iterations of each block (BHive's unit)."""
+        if self.calibration is None:
+            self.calibrate()
+        return [Measured(cycles=round(100 * m.cycles, 2), ticks_per_cycle=m.ticks_per_cycle) if m.ok and m.cycles > 0
+                else Measured(error=m.error or f"not measurable: {m.cycles:.3f} cycles an iteration")
+                for m in self.iterations(hexes, progress)]
 
 
 def _parse(line: str) -> Measured:
     kind, _, rest = line.partition(" ")
     if kind == "ok":
-        return Measured(cycles=float(rest))
+        ticks, reference = map(float, rest.split())
+        return Measured(cycles=ticks / reference, ticks_per_cycle=reference)
     return Measured(error=rest or line)
