@@ -198,6 +198,8 @@ def promote(name, data, force, check, tracking_uri) -> None:
 @click.option("--mcpu", help="Microarchitecture of the measurements [default: the parent's].")
 @click.option("--register", metavar="NAME", help="Model name for the result [default: <parent>-<data>-measured].")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Stop after this many epochs without a better validation MAPE (the best epoch is kept).")
 @click.option("--lr", type=float, default=5e-4, show_default=True)
 @click.option("--train-limit", type=click.IntRange(min=0), help="Use at most this many training blocks (0: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -206,7 +208,7 @@ def promote(name, data, force, check, tracking_uri) -> None:
               help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU.")
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, seed, max_minutes, device,
+def finetune(parent_uri, data, target, mcpu, register, epochs, patience, lr, train_limit, seed, max_minutes, device,
              tracking_uri, quiet) -> None:
     """Fine-tune a registered llvm-mca surrogate on measured throughputs (surrogate adaptation).
 
@@ -219,7 +221,7 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, lr, train_limit, 
     register = register or adaptation.default_name(name, Path(data), target)
     result = adaptation.finetune(parent_uri, data, target=target, register=register, mcpu=mcpu, epochs=epochs, lr=lr,
                                  train_limit=train_limit or None, seed=seed, max_minutes=max_minutes or None,
-                                 progress=not quiet, device=device)
+                                 progress=not quiet, device=device, patience=patience)
     m = result.metrics
     click.echo(f"fine-tuned {parent_uri} in {result.seconds:.0f} s ({result.epochs_run} epochs): "
                f"{100 * m['test_mape_vs_measured']:.2f}% MAPE vs measured (tau {m['test_tau_vs_measured']:.3f}); "

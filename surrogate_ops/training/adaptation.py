@@ -74,12 +74,14 @@ def default_name(parent: str, data: Path, target: str) -> str:
 def finetune(parent_uri: str, data: str | Path, target: str = "measured", register: str | None = None,
              mcpu: str | None = None, epochs: int = 30, lr: float = FINETUNE_LR, train_limit: int | None = None,
              seed: int = 0, max_minutes: float | None = None, progress: bool = True,
-             device: Device = "cpu") -> TrainResult:
-    """Fine-tune the registered surrogate `parent_uri` on `data`'s `target` (on `device`); register as `register`."""
+             device: Device = "cpu", patience: int = 4) -> TrainResult:
+    """Fine-tune the registered surrogate `parent_uri` on `data`'s `target` (on `device`), stopping after
+    `patience` epochs without a better validation MAPE; register as `register`."""
     loop.device(device)  # a missing GPU fails before the parent is resolved and the data labeled
     start = parent(parent_uri, data, mcpu, progress)
     config = TrainConfig(data=str(start.data), **start.model.shape(), target=target, mcpu=start.mcpu, epochs=epochs,
-                         lr=lr, seed=seed, max_minutes=max_minutes, train_limit=train_limit, device=device)
+                         lr=lr, seed=seed, max_minutes=max_minutes, train_limit=train_limit, device=device,
+                         patience=patience)
     tags = {**start.tags(), "mode": "finetune"}
     return train(config, register=register, progress=progress, init_from=start.model, run_tags=tags, version_tags=tags)
 
