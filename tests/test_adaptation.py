@@ -86,3 +86,46 @@ def test_adaptation_experiment_small_writes_its_table_and_plot(measurements, tmp
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.tags["mode"] for r in children) == ["finetune", "finetune", "scratch", "scratch"]
     assert "llvm_mca_mape_vs_measured" in parent.data.metrics
+
+
+def test_finetune_members_register_an_ensemble_and_combine_makes_a_soup(measurements, tmp_path):
+    """`finetune --members 2`: two fine-tunes with different seeds, registered as one ensemble whose
+    answer is the geometric mean of its members' answers; `combine --combine soup` of the same
+    members: one network with their mean weights. Members from another parent are refused."""
+    import numpy as np
+    import torch
+
+    from surrogate_ops.registry import tracking
+    from surrogate_ops.runtime.inference import Predictor
+
+    env = {**os.environ, "SURROGATE_OPS_HOME": str(tmp_path / "home")}
+    out = subprocess.run([*CLI, "finetune", "--data", str(measurements), "--epochs", "2", "--members", "2",
+                          "--register", "lab-ensemble", "--quiet"], capture_output=True, text=True, env=env,
+                         timeout=COMMAND_TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(2 members (ensemble))" in out.stdout and "registered lab-ensemble v1" in out.stdout
+    assert "not answered" in out.stdout
+    tracking.configure(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    ensemble = registry.open("models:/lab-ensemble/1").model
+    assert ensemble.arch == "ensemble" and ensemble.meta["config"]["members"] == 2
+    members = [ModelDir.open(path) for path in ensemble.meta["members"]]
+    assert members[0].vocab.read_bytes() == members[1].vocab.read_bytes()
+
+    blocks = ["addq $3, %rax\nimulq %rcx, %rdx", "invlpg 8(%rsi)\naddq $1, %rax", "movq 16(%rdi), %rsi"]
+    each = np.array([Predictor(m).cycles(blocks) for m in members])
+    assert not np.allclose(each[0], each[1])  # two seeds, two networks
+    np.testing.assert_allclose(Predictor(ensemble).cycles(blocks), np.exp(np.log(each).mean(0)), rtol=1e-3)
+
+    out = subprocess.run([*CLI, "combine", *map(str, members), "--data", str(measurements), "--combine", "soup",
+                          "--register", "lab-soup"], capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "combined 2 members (soup)" in out.stdout and "MAPE vs measured" in out.stdout
+    soup = registry.open("models:/lab-soup/1").model
+    assert soup.arch == "dep" and soup.meta["combined"] == "soup"
+    key = "token.weight"
+    weights = [m.module().state_dict()[key] for m in members]
+    torch.testing.assert_close(soup.checkpoint()["state_dict"][key], (weights[0] + weights[1]) / 2)
+
+    out = subprocess.run([*CLI, "combine", str(members[0]), str(BUNDLED), "--data", str(measurements)],
+                         capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
+    assert out.returncode != 0 and "another vocabulary" in out.stderr and "Traceback" not in out.stderr

@@ -28,7 +28,7 @@ def cli(llvm_mca: str | None) -> None:
         config.export(llvm_mca=llvm_mca)
 
 
-COMMANDS = (data.collect, data.measure, data.summary, data.build_native, models.train, models.finetune, models.confidence,
+COMMANDS = (data.collect, data.measure, data.summary, data.build_native, models.train, models.finetune, models.combine, models.confidence,
             models.evaluate, models.promote, models.quickstart, predict.predict, predict.coverage,
             deploy.compile_command, deploy.serve, deploy.bento, deploy.containerize, deploy.tracking_uri_command,
             deploy.tracking_server, search.optimize, search.optimize_table, search.table_diff, search.study)

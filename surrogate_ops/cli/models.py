@@ -19,6 +19,7 @@ from surrogate_ops.cli.options import (
     tracking_option,
 )
 from surrogate_ops.config import (
+    COMBINE_HOWS,
     DEFAULT_MODEL,
     DEFAULT_MODEL_URI,
     DEVICES,
@@ -206,10 +207,16 @@ def promote(name, data, force, check, tracking_uri) -> None:
 @click.option("--max-minutes", type=float, help="Stop after this long (the best epoch is kept; 0: no limit).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU.")
+@click.option("--members", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fine-tune this many times (seeds SEED, SEED+1, ...; --max-minutes each) and register them "
+                   "combined (--combine).")
+@click.option("--combine", "how", type=click.Choice(COMBINE_HOWS), default="ensemble", show_default=True,
+              help="How members answer as one: ensemble (the geometric mean of their answers; K times the cost "
+                   "per block) or soup (one network with their mean weights).")
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def finetune(parent_uri, data, target, mcpu, register, epochs, patience, lr, train_limit, seed, max_minutes, device,
-             tracking_uri, quiet) -> None:
+             members, how, tracking_uri, quiet) -> None:
     """Fine-tune a registered llvm-mca surrogate on measured throughputs (surrogate adaptation).
 
     The vocabulary grows for unseen tokens (learned ones keep their ids and weights); training
@@ -221,12 +228,37 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, patience, lr, tra
     register = register or adaptation.default_name(name, Path(data), target)
     result = adaptation.finetune(parent_uri, data, target=target, register=register, mcpu=mcpu, epochs=epochs, lr=lr,
                                  train_limit=train_limit or None, seed=seed, max_minutes=max_minutes or None,
-                                 progress=not quiet, device=device, patience=patience)
+                                 progress=not quiet, device=device, patience=patience, members=members, how=how)
+    what = f"{members} members ({how})" if members > 1 else f"{result.epochs_run} epochs"
+    _report(f"fine-tuned {parent_uri} in {result.seconds:.0f} s ({what})", result)
+
+
+@click.command()
+@click.argument("members", nargs=-1, required=True)
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Where to score the result: measured throughputs (a BHive-format CSV or a collected dataset).")
+@click.option("--combine", "how", type=click.Choice(COMBINE_HOWS), default="ensemble", show_default=True,
+              help="ensemble: the geometric mean of the members' answers; soup: one network with their mean weights.")
+@click.option("--mcpu", help="Microarchitecture of the measurements [default: the first member's].")
+@click.option("--register", metavar="NAME", help="Model name for the result (a new version, challenger).")
+@tracking_option
+def combine(members, data, how, mcpu, register, tracking_uri) -> None:
+    """Combine surrogates fine-tuned from one parent on one dataset (MEMBERS: model directories or
+    models:/ URIs; the same vocabulary) into one model, scored on the data's test split.
+
+    For members trained elsewhere, a GPU machine say; `finetune --members K` trains and combines in one go."""
+    from surrogate_ops.training import combine as combining
+
+    result = combining.combine(list(members), data, how=how, register=register, mcpu=mcpu)
+    _report(f"combined {len(members)} members ({how})", result)
+
+
+def _report(what: str, result) -> None:
     m = result.metrics
-    click.echo(f"fine-tuned {parent_uri} in {result.seconds:.0f} s ({result.epochs_run} epochs): "
-               f"{100 * m['test_mape_vs_measured']:.2f}% MAPE vs measured (tau {m['test_tau_vs_measured']:.3f}); "
+    click.echo(f"{what}: {100 * m['test_mape_vs_measured']:.2f}% MAPE vs measured (tau {m['test_tau_vs_measured']:.3f}); "
                f"llvm-mca {100 * m['test_mca_mape_vs_measured']:.2f}% on the same {int(m['test_measured_blocks'])} "
-               "test blocks")
+               f"test blocks; {int(m['test_skipped'])} of {int(m['test_blocks'] + m['test_skipped'])} not answered "
+               "(over the model's length limit)")
     if result.registered:
         click.echo(f"registered {result.registered.name} v{result.registered.version} "
                    f"({aliases_line(result.registered)}); run {result.run_id}")

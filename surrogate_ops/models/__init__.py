@@ -5,7 +5,8 @@ cycles per 100 iterations, shaped (batch,); `encode` gives the pooled features i
 `dep` (the default) also reads the def-use edge tokens its tokenizer appends to each row
 (`tokenizer_options` says which tokenizer a config needs).
 `conditioned` wraps any of them with llvm-mca's parameters as a second input; `confident` wraps a
-trained one with an estimate of its own error per block (output (batch, 2)). To add one: write `models/<name>.py` with a config
+trained one with an estimate of its own error per block (output (batch, 2)); `ensemble` holds several
+trained networks of one architecture and answers with their geometric mean. To add one: write `models/<name>.py` with a config
 and a module, add it to ARCHITECTURES, and give it size presets in presets/model_sizes.json.
 """
 
@@ -21,6 +22,7 @@ from surrogate_ops.models.bert import Bert, BertConfig
 from surrogate_ops.models.conditioned import Conditioned, ConditionedConfig
 from surrogate_ops.models.confident import Confident, ConfidentConfig
 from surrogate_ops.models.dep import Dep, DepConfig
+from surrogate_ops.models.ensemble import Ensemble, EnsembleConfig
 from surrogate_ops.models.hier import Hier, HierConfig
 from surrogate_ops.models.ithemal import Ithemal, IthemalConfig
 
@@ -31,8 +33,9 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "ithemal": (IthemalConfig, Ithemal),
     "conditioned": (ConditionedConfig, Conditioned),
     "confident": (ConfidentConfig, Confident),
+    "ensemble": (EnsembleConfig, Ensemble),
 }
-WRAPPERS = ("conditioned", "confident")  # architectures made around a trained one, never built from scratch
+WRAPPERS = ("conditioned", "confident", "ensemble")  # architectures made around a trained one, never built from scratch
 DEFAULT_ARCH = "dep"  # what `train` builds unless told otherwise
 
 
@@ -95,7 +98,10 @@ def is_conditioned(model: nn.Module) -> bool:
 
 def takes_parts(model: nn.Module) -> bool:
     """Whether the model also runs from a batch's parts (`forward_parts`, `batching.parts`)."""
-    return isinstance(network(model), Dep)  # a dep network, alone or inside a confident model
+    inner = network(model)
+    if isinstance(inner, Ensemble):
+        return all(isinstance(m, Dep) for m in inner.members)
+    return isinstance(inner, Dep)  # a dep network, alone or inside a confident model
 
 
 def network(model: nn.Module) -> nn.Module:
@@ -104,5 +110,5 @@ def network(model: nn.Module) -> nn.Module:
     return model.block if isinstance(model, Confident) else model
 
 
-__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "WRAPPERS", "Conditioned", "Confident", "build", "from_checkpoint", "is_conditioned", "network", "parameter_count",
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "WRAPPERS", "Conditioned", "Confident", "Ensemble", "build", "from_checkpoint", "is_conditioned", "network", "parameter_count",
            "takes_parts", "to_checkpoint", "tokenizer_options"]

@@ -3,7 +3,9 @@
 `finetune` starts from a registered surrogate (weights and vocabulary; new tokens get fresh rows,
 learned ones are kept), trains on a measured target with the training stage's loop (MAPE loss,
 early stopping on the validation split), links the run to its parent version, and registers the
-result as a challenger of a model named for the downstream task.
+result as a challenger of a model named for the downstream task. With `members` > 1 it fine-tunes
+several times with different seeds and registers the members combined (`training.combine`: an
+ensemble, or a soup of their weights).
 
 `study` is the seed paper's adaptation experiment: for each training-set size and seed, a
 network trained from scratch and one fine-tuned from the surrogate get the same budget (the same
@@ -14,6 +16,7 @@ those blocks as the reference line. The table and the plot go to MLflow and to f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.registry import tracking, versions
 from surrogate_ops.runtime.modeldir import ModelDir
-from surrogate_ops.training import loop
+from surrogate_ops.training import combine, loop
 from surrogate_ops.training.train import TrainConfig, TrainResult, train, training_rows
 
 FINETUNE_LR = 5e-4  # a quarter of training's default: move the learned weights, don't wash them out
@@ -74,16 +77,30 @@ def default_name(parent: str, data: Path, target: str) -> str:
 def finetune(parent_uri: str, data: str | Path, target: str = "measured", register: str | None = None,
              mcpu: str | None = None, epochs: int = 30, lr: float = FINETUNE_LR, train_limit: int | None = None,
              seed: int = 0, max_minutes: float | None = None, progress: bool = True,
-             device: Device = "cpu", patience: int = 4) -> TrainResult:
+             device: Device = "cpu", patience: int = 4, members: int = 1, how: str = "ensemble") -> TrainResult:
     """Fine-tune the registered surrogate `parent_uri` on `data`'s `target` (on `device`), stopping after
-    `patience` epochs without a better validation MAPE; register as `register`."""
+    `patience` epochs without a better validation MAPE; register as `register`. With `members` K > 1,
+    fine-tune K times (seeds seed .. seed+K-1, each run nested in one parent run) and register the
+    members combined (`how`: ensemble or soup, `training.combine`) instead."""
     loop.device(device)  # a missing GPU fails before the parent is resolved and the data labeled
+    if how not in combine.HOWS:
+        raise SurrogateOpsError(f"unknown way to combine {how!r}: use {' or '.join(combine.HOWS)}")
     start = parent(parent_uri, data, mcpu, progress)
+    if start.model.arch == "ensemble":
+        raise SurrogateOpsError(f"{parent_uri} is an ensemble: fine-tune the surrogate its members came from, "
+                                "with --members")
     config = TrainConfig(data=str(start.data), **start.model.shape(), target=target, mcpu=start.mcpu, epochs=epochs,
                          lr=lr, seed=seed, max_minutes=max_minutes, train_limit=train_limit, device=device,
                          patience=patience)
     tags = {**start.tags(), "mode": "finetune"}
-    return train(config, register=register, progress=progress, init_from=start.model, run_tags=tags, version_tags=tags)
+    if members == 1:
+        return train(config, register=register, progress=progress, init_from=start.model, run_tags=tags,
+                     version_tags=tags)
+    with tracking.start_run(run_name=f"finetune-{members}-{how}-{start.mcpu}", nested=mlflow.active_run() is not None):
+        trained = [train(dataclasses.replace(config, seed=seed + i), progress=progress, init_from=start.model,
+                         run_tags={**tags, "member": str(i)}, log_model=False) for i in range(members)]
+        return combine.combine([str(t.model) for t in trained], start.data, how=how, register=register,
+                               mcpu=start.mcpu, target=target, tags=tags)
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,7 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
                    "epochs_run": history.epochs_run}
         digest = mlflow.get_run(run_id).data.tags.get("dataset_digest", "")
         model_dir = _save(model, prepared, config, frame, digest, init_from, run_id)
-        model_dir, metrics = _score(model_dir, frame, config, metrics)
+        model_dir, metrics = score(model_dir, frame, config.mcpu, config.arch, metrics)
         registered = None
         if log_model:
             tags = {"program": "llvm-mca", "program_version": model_dir.meta["program_version"], "mcpu": config.mcpu,
@@ -319,20 +319,21 @@ def _save(model: torch.nn.Module, prepared: Prepared, config: TrainConfig, frame
     return model_dir
 
 
-def _score(model_dir: ModelDir, frame: pd.DataFrame, config: TrainConfig, metrics: dict) -> tuple[ModelDir, dict]:
-    """Test-split figures (logged and written into the model's metadata), plots and the vocabulary."""
-    result = evaluate(Predictor(model_dir, engine=EngineName.ONNXRUNTIME), frame, config.mcpu, split="test")
+def score(model_dir: ModelDir, frame: pd.DataFrame, mcpu: str, title: str, metrics: dict) -> tuple[ModelDir, dict]:
+    """Test-split figures (logged to the active run and written into the model's metadata), plots
+    titled `title`, and the vocabulary."""
+    result = evaluate(Predictor(model_dir, engine=EngineName.ONNXRUNTIME), frame, mcpu, split="test")
     metrics = {**{f"test_{k}": v for k, v in result.metrics.items()}, **metrics}
     mlflow.log_metrics(metrics)
     model_dir = model_dir.with_meta(metrics=metrics)
     with tempfile.TemporaryDirectory() as tmp:
-        for target in [c for c in (f"mca_cycles_{config.mcpu}", "measured") if c in result.frame]:
+        for target in [c for c in (f"mca_cycles_{mcpu}", "measured") if c in result.frame]:
             if result.frame[target].notna().sum() > 1:
                 name = "mca" if target.startswith("mca") else "measured"
                 plots.predicted_vs_target(result.frame, target, Path(tmp) / f"test_predicted_vs_{name}.png",
-                                          f"{config.arch} on the test split")
+                                          f"{title} on the test split")
                 plots.error_by_length(result.frame, target, Path(tmp) / f"test_error_by_length_vs_{name}.png",
-                                      f"{config.arch}: error by block length")
+                                      f"{title}: error by block length")
         mlflow.log_artifacts(tmp, artifact_path="plots")
     mlflow.log_artifact(str(model_dir.vocab))
     return model_dir, metrics
