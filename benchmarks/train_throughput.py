@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable)")
     parser.add_argument("--blocks", type=int, default=20000, help="training blocks per timed epoch")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per batch size (median reported)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--batches", choices=["host", "device", "both"], default="both",
+                        help="host: BlockBatches (padded on the host per batch); device: DeviceBatches (held on the device)")
     args = parser.parse_args()
     parent = ModelDir.bundled(args.model)
     tokenizer = parent.tokenizer()
@@ -41,20 +44,24 @@ def main() -> None:
     encoded = [tokenizer.encode_block(b) for b in rows["block"]]
     targets = rows["measured"].to_numpy()
     results = []
-    for batch in args.batch or [64]:
+    on = loop.device(args.device)
+    kinds = ["host", "device"] if args.batches == "both" else [args.batches]
+    for kind, batch in [(k, b) for b in args.batch or [64] for k in kinds]:
         seconds = []
         for repeat in range(args.repeats + 1):  # the first epoch warms up (allocator, kernels) and is not counted
             network = models.network(parent.module())
-            config = loop.LoopConfig(epochs=1, lr=3e-4, warmup_steps=10, device=args.device)
-            start = time.perf_counter()
-            loop.fit(network, loop.BlockBatches(encoded, targets, None, batch), config, np.random.default_rng(repeat))
-            if args.device != "cpu":
+            config = loop.LoopConfig(epochs=1, lr=3e-4, warmup_steps=10, device=args.device, precision=args.precision)
+            start = time.perf_counter()  # device batches: their one copy to the device counts
+            batches = (loop.DeviceBatches(encoded, targets, None, batch, on) if kind == "device"
+                       else loop.BlockBatches(encoded, targets, None, batch))
+            loop.fit(network, batches, config, np.random.default_rng(repeat))
+            if on.type == "cuda":
                 torch.cuda.synchronize()
             if repeat:
                 seconds.append(time.perf_counter() - start)
         median = float(np.median(seconds))
-        results.append({"device": args.device, "batch": batch, "blocks": len(encoded), "seconds": seconds,
-                        "samples_per_s": len(encoded) / median, "threads": torch.get_num_threads(),
+        results.append({"device": args.device, "precision": args.precision, "batches": kind, "batch": batch, "blocks": len(encoded),
+                        "seconds": seconds, "samples_per_s": len(encoded) / median, "threads": torch.get_num_threads(),
                         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
         print(json.dumps(results[-1]), flush=True)
 

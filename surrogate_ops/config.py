@@ -271,6 +271,7 @@ DEFAULT_MODEL_URI = model_uri(DEFAULT_MCPU)  # what single-model commands use by
 # Their values are what files, CSV columns and HTTP answers hold: never change one.
 Device = Literal["cpu", "cuda", "auto"]  # where training runs (`loop.device`); auto: cuda where torch sees a GPU
 DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
+PRECISIONS = ("fp32", "bf16")  # training arithmetic (`LoopConfig.precision`): float32, or bfloat16 autocast
 COMBINE_HOWS = ("ensemble", "soup")  # how several fine-tuned members answer as one (`training.combine`)
 
 

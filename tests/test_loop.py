@@ -70,3 +70,60 @@ def test_cuda_trains_and_hands_the_model_back_on_the_cpu():
     epochs, _, model = _tiny_fit(device="cuda")
     assert len(epochs) == 3 and all(np.isfinite(e["train_mape"]) for e in epochs)
     assert next(model.parameters()).device.type == "cpu"
+
+
+def _blocks(count: int, seed: int = 3) -> list:
+    rng = np.random.default_rng(seed)
+    return [[tuple(int(t) for t in rng.integers(1, 30, size=int(rng.integers(1, 5)))) for _ in range(int(rng.integers(1, 6)))]
+            for _ in range(count)]
+
+
+def test_device_batches_hold_every_block_once_per_epoch_padded_as_the_host_pads_it():
+    """`DeviceBatches` (what a GPU trains from): each epoch yields every block once, its rows as
+    `pad` makes them (up to its length's width), its own target; the same generator state gives the
+    same epoch (a resumed run continues the same sequence); share 1 reads every token as its relative."""
+    from surrogate_ops.blocks.batching import pad
+
+    encoded = _blocks(70)
+    targets = np.arange(100.0, 170.0)
+    batches = loop.DeviceBatches(encoded, targets, None, 8, torch.device("cpu"))
+    seen = []
+    for (tokens,), target in batches.epoch(np.random.default_rng(1)):
+        assert tokens.shape[0] == len(target) <= 8 and tokens.device.type == "cpu"
+        for row, value in zip(tokens.numpy(), target.numpy()):
+            i = int(value) - 100
+            alone = pad([encoded[i]])[0]
+            assert row.shape[0] == alone.shape[0]  # one length per batch: no padded instructions
+            np.testing.assert_array_equal(row[:, : alone.shape[1]], alone)
+            assert not row[:, alone.shape[1]:].any()
+            seen.append(i)
+    assert sorted(seen) == list(range(70)) and len(batches) == sum(1 for _ in batches.epoch(np.random.default_rng(1)))
+
+    def order(seed: int) -> list[float]:
+        return [float(t[0]) for _, t in batches.epoch(np.random.default_rng(seed))]
+
+    assert order(5) == order(5) and order(5) != order(6)
+    relatives = [0] + [1 + (i % 3) for i in range(1, 30)]  # every token's relative is 1, 2 or 3
+    swapped = loop.DeviceBatches(encoded, targets, None, 8, torch.device("cpu"), relatives, share=1.0)
+    for (tokens,), _ in swapped.epoch(np.random.default_rng(2)):
+        assert set(np.unique(tokens.numpy())) <= {0, 1, 2, 3}
+
+
+def test_mape_loss_skips_missing_targets_without_poisoning_the_gradient():
+    predicted = torch.tensor([110.0, 50.0, 300.0], requires_grad=True)
+    target = torch.tensor([100.0, float("nan"), 200.0])
+    loss = loop.mape_loss(predicted, target)
+    assert loss.item() == pytest.approx((0.1 + 0.5) / 2)
+    loss.backward()
+    assert torch.isfinite(predicted.grad).all() and predicted.grad[1] == 0
+
+
+def test_fit_trains_from_device_batches():
+    encoded = _blocks(48)
+    targets = np.random.default_rng(0).uniform(100, 400, size=48)
+    torch.manual_seed(0)
+    model = models.build("dep", vocab_size=30, preset="tiny")
+    _, history = loop.fit(model, loop.DeviceBatches(encoded, targets, None, 8, torch.device("cpu")),
+                          loop.LoopConfig(epochs=4, warmup_steps=2, lr=5e-3), np.random.default_rng(0))
+    losses = [e["train_mape"] for e in history.epochs]
+    assert len(losses) == 4 and all(np.isfinite(losses)) and losses[-1] < losses[0]

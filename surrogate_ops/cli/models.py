@@ -23,6 +23,7 @@ from surrogate_ops.config import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_URI,
     DEVICES,
+    PRECISIONS,
     EngineName,
 )
 from surrogate_ops.errors import SurrogateOpsError
@@ -51,7 +52,10 @@ from surrogate_ops.errors import SurrogateOpsError
                    "'generated:loops:*=3'; 0.5 keeps half); repeatable, the first match decides.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: cores].")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-              help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU.")
+              help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU. On a GPU the "
+                   "training set is held there, padded once (no host work per step).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="bf16: forward pass under bfloat16 autocast (weights, optimizer and loss stay float32).")
 @click.option("--from", "init_from", metavar="URI",
               help=f"Start from this registered surrogate's weights and architecture (e.g. {DEFAULT_MODEL_URI}); "
                    "on data from `collect --sample-params` it becomes a parameter-conditioned surrogate.")
@@ -61,7 +65,7 @@ from surrogate_ops.errors import SurrogateOpsError
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patience, seed, max_minutes, train_limit,
-          weights, threads, device, init_from, register, resume, save_dir, tracking_uri, quiet) -> None:
+          weights, threads, device, precision, init_from, register, resume, save_dir, tracking_uri, quiet) -> None:
     """Train a surrogate, log the run to MLflow and optionally register it.
 
     Loss: mean absolute percentage error; early stopping on the validation split; figures on the
@@ -86,10 +90,12 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
     config = training.TrainConfig(data=data, arch=arch, preset=preset, sizes=parsed, target=target, mcpu=mcpu,
                                   epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
                                   max_minutes=max_minutes, train_limit=train_limit or None, threads=threads,
-                                  device=device, weights=parse_weights(weights))
+                                  device=device, precision=precision, weights=parse_weights(weights))
     result = training.train(config, register=register, resume=resume, progress=not quiet,
                             init_from=parent, run_tags={"parent_uri": init_from} if init_from else None,
                             on_start=lambda run_id: click.echo(f"run {run_id} (if interrupted: --resume {run_id})"))
+    if result is None:  # a torchrun process other than rank 0: rank 0 reports
+        return
     if save_dir:
         shutil.copytree(result.model.path, save_dir, dirs_exist_ok=True)
         click.echo(f"model directory copied to {save_dir}")

@@ -45,10 +45,13 @@ def parse_weights(items: tuple[str, ...]) -> dict[str, float]:
     return parsed
 
 
-def configure_tracking(ctx, param, value: str | None) -> str:
+def configure_tracking(ctx, param, value: str | None) -> str | None:
+    """Point MLflow at the store; not in a torchrun process other than rank 0, which never touches
+    it (rank 0 keeps the run: `training.distributed`)."""
     from surrogate_ops.registry import tracking
+    from surrogate_ops.training.distributed import follower
 
-    return tracking.configure(value)
+    return value if follower() else tracking.configure(value)
 
 
 def tracking_option(f=None, *, lazy: bool = False):

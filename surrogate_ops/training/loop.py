@@ -9,7 +9,8 @@ adaptation study go through that stage, and the optimizer's refits call `fit` di
 A loop's whole state (`on_epoch`'s second argument) can be saved and handed back as `resume`, so
 an interrupted run continues exactly where its last epoch ended.
 
-`LoopConfig.device` says where the network trains: each batch is moved there, the best epoch's
+`LoopConfig.device` says where the network trains: each batch is moved there (`DeviceBatches`
+keeps the whole training set there instead, for a GPU), the best epoch's
 weights are kept on the host, and `fit` hands the model back on the CPU (export and ONNX expect it
 there). `predict` runs on whatever device the module is on, so a validation function that calls it
 runs beside the training.
@@ -18,6 +19,7 @@ runs beside the training.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,8 +32,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from surrogate_ops.blocks.batching import buckets, pad, run_batched
-from surrogate_ops.config import DEVICES, Device
+from surrogate_ops.config import DEVICES, PRECISIONS, Device
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.training.distributed import Group
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (the model's inputs, target cycles)
 
@@ -53,6 +56,7 @@ class LoopConfig:
     clip: float | None = 1.0  # gradient norm
     deadline: float | None = None  # time.time() past which training stops (the best epoch is kept)
     device: Device = "cpu"  # where the network trains (`device`)
+    precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast (weights and optimizer stay float32)
 
 
 @dataclass
@@ -66,11 +70,12 @@ class History:
 
 
 def mape_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute percentage error over the finite targets (a block llvm-mca failed on has none)."""
+    """Mean absolute percentage error over the finite targets (a block llvm-mca failed on has none).
+    Masked, not indexed: no value goes back to the host, so a GPU step never waits on one."""
     ok = torch.isfinite(target)
-    if not bool(ok.all()):
-        predicted, target = predicted[ok], target[ok]
-    return (torch.abs(predicted - target) / target).mean()
+    safe = torch.where(ok, target, torch.ones_like(target))  # a masked row's gradient is 0, not NaN
+    error = torch.where(ok, torch.abs(predicted - safe) / safe, torch.zeros_like(safe))
+    return error.sum() / ok.sum().clamp(min=1)
 
 
 def device(name: Device) -> torch.device:
@@ -120,6 +125,47 @@ class BlockBatches:
             yield (tokens, *extra), self.targets[index]
 
 
+class DeviceBatches:
+    """Tokenized blocks held on the training device: padded once, one tensor per block length
+    (instructions), so that an epoch shuffles each length's blocks and slices its batches where
+    the network runs. A step then costs the host nothing (no padding, no copy): what keeps a GPU
+    busy, where `BlockBatches` pads every batch on the host. With `backoff` (per token id, its
+    relative's id), each token is read as its relative with probability `share` (`BackoffBatches`).
+    The shuffle draws from `rng`, so a resumed run continues the same sequence."""
+
+    def __init__(self, encoded: Sequence, targets: np.ndarray, scaled: np.ndarray | None, batch_size: int,
+                 on: torch.device, backoff: Sequence[int] | None = None, share: float = 0.0):
+        self.batch_size, self.on = batch_size, on
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        self.groups = []  # (tokens (n, i, t), targets (n,), settings (n, p) or None) per length
+        for length in np.unique(lengths):
+            index = np.flatnonzero(lengths == length)
+            tokens = torch.from_numpy(pad([encoded[i] for i in index])).to(on)
+            extra = None if scaled is None else torch.as_tensor(scaled[index], dtype=torch.float32).to(on)
+            self.groups.append((tokens, torch.as_tensor(targets[index], dtype=torch.float32).to(on), extra))
+        self.count = sum(math.ceil(len(g[1]) / batch_size) for g in self.groups)
+        self.backoff = None if backoff is None else torch.as_tensor(backoff, dtype=torch.long).to(on)
+        self.share = share if self.backoff is not None and bool(
+            (self.backoff != torch.arange(len(backoff), device=on)).any()) else 0.0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def epoch(self, rng: np.random.Generator) -> Iterable[Batch]:
+        generator = torch.Generator(device=self.on)
+        generator.manual_seed(int(rng.integers(2**62)))
+        batches = [(g, part) for g, (_, targets, _) in enumerate(self.groups)
+                   for part in torch.randperm(len(targets), device=self.on, generator=generator).split(self.batch_size)]
+        for k in rng.permutation(len(batches)):
+            g, part = batches[k]
+            tokens, targets, extra = self.groups[g]
+            tokens = tokens.index_select(0, part)
+            if self.share:
+                swap = torch.rand(tokens.shape, device=self.on, generator=generator) < self.share
+                tokens = torch.where(swap, self.backoff[tokens], tokens)
+            yield (tokens, *(() if extra is None else (extra.index_select(0, part),))), targets.index_select(0, part)
+
+
 def predict(model: nn.Module, encoded: Sequence, scaled: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
     """The module's cycles for tokenized blocks, in order, computed on the device the module is on."""
     model.eval()
@@ -132,12 +178,20 @@ def predict(model: nn.Module, encoded: Sequence, scaled: np.ndarray | None = Non
 def fit(model: nn.Module, batches: Batches, config: LoopConfig, rng: np.random.Generator,
         validate: Callable[[nn.Module], float] | None = None, resume: dict | None = None,
         on_epoch: Callable[[dict, dict], None] | None = None, progress: bool = False,
-        desc: str = "training") -> tuple[nn.Module, History]:
+        desc: str = "training", group: Group | None = None) -> tuple[nn.Module, History]:
     """Train `model` in place on `config.device` and return it, on the CPU, with the best epoch's
     weights (by `validate`, else by training error) and the history. `on_epoch(record, state)`
-    follows every epoch; `state` is what `resume` takes to continue."""
-    model.to(device(config.device))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    follows every epoch; `state` is what `resume` takes to continue. In a process group
+    (`distributed.Group`, `batches` sharded) the model trains under DistributedDataParallel, the
+    training error is the processes' mean, and rank 0 decides when to stop (at an epoch's end:
+    the time budget is not checked mid-epoch there)."""
+    group = group or Group()
+    on = device(config.device)
+    if config.precision not in PRECISIONS:
+        raise SurrogateOpsError(f"unknown precision {config.precision!r}: use {', '.join(PRECISIONS)}")
+    model.to(on)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=on.type == "cuda")  # one kernel for every parameter's update
     total = len(batches) * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, schedule(max(1, min(config.warmup_steps, total // 10)), total, config.decay))
@@ -150,9 +204,14 @@ def fit(model: nn.Module, batches: Batches, config: LoopConfig, rng: np.random.G
         rng.bit_generator.state = resume["rng"]
         torch.set_rng_state(resume["torch_rng"])
     bar = tqdm(total=config.epochs, initial=history.epochs_run, desc=desc, unit="epoch", disable=not progress)
-    while history.epochs_run < config.epochs and stale < config.patience and not _past(config.deadline):
+    net, deadline = model, config.deadline
+    if group.active:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[on.index or 0] if on.type == "cuda" else None)
+        config = dataclasses.replace(config, deadline=None)  # not mid-epoch: every process takes the same steps
+    while group.decide(history.epochs_run < config.epochs and stale < config.patience and not _past(deadline)):
         started = time.time()
-        train_mape = _epoch(model, batches, optimizer, scheduler, rng, config, progress, history.epochs_run + 1)
+        train_mape = group.mean(_epoch(net, batches, optimizer, scheduler, rng, config, progress,
+                                       history.epochs_run + 1))
         val = validate(model) if validate is not None else train_mape
         if val < history.best_val:
             history.best_val, best_state, stale = val, _host_copy(model), 0
@@ -195,15 +254,17 @@ def _epoch(model: nn.Module, batches: Batches, optimizer, scheduler, rng: np.ran
     for inputs, target in tqdm(batches.epoch(rng), total=len(batches), desc=f"epoch {number}", leave=False,
                                disable=not progress, unit="batch"):
         inputs, target = tuple(x.to(on) for x in inputs), target.to(on)  # on the CPU: the same tensors
-        loss = mape_loss(model(*inputs), target)
+        with torch.autocast(on.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            predicted = model(*inputs)
+        loss = mape_loss(predicted.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         optimizer.step()
         scheduler.step()
-        total += loss.item() * len(target)
+        total = total + loss.detach() * len(target)  # read once per epoch: a GPU step waits on nothing
         count += len(target)
         if _past(config.deadline):
             break
-    return total / max(count, 1)
+    return float(total) / max(count, 1)

@@ -38,7 +38,7 @@ from surrogate_ops.registry import tracking, versions
 from surrogate_ops.registry.evaluate import evaluate
 from surrogate_ops.runtime.inference import Predictor
 from surrogate_ops.runtime.modeldir import ModelDir
-from surrogate_ops.training import loop
+from surrogate_ops.training import distributed, loop
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,13 @@ class TrainConfig:
     weights: dict = field(default_factory=dict)  # {source glob: factor}: matching training rows count this many times
     threads: int | None = None
     device: Device = "cpu"  # where the network trains: cpu, cuda, or auto (cuda where there is a GPU)
+    precision: str = "fp32"  # fp32, or bf16 autocast (`loop.LoopConfig.precision`)
 
     def loop_config(self, started: float) -> loop.LoopConfig:
         return loop.LoopConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
                                warmup_steps=self.warmup_steps, patience=self.patience,
                                deadline=started + 60 * self.max_minutes if self.max_minutes else None,
-                               device=self.device)
+                               device=self.device, precision=self.precision)
 
 
 @dataclass
@@ -198,18 +199,23 @@ def weighted(rows: pd.DataFrame, weights: dict[str, float], rng: np.random.Gener
 def train(config: TrainConfig, register: str | None = None, resume: str | None = None, progress: bool = True,
           init_from: ModelDir | None = None, run_tags: dict | None = None,
           on_start: Callable[[str], None] | None = None, version_tags: dict | None = None,
-          log_model: bool = True) -> TrainResult:
+          log_model: bool = True) -> TrainResult | None:
     """Train, evaluate on the test split, log everything to MLflow, and register when asked.
+    Under torchrun (several processes, `training.distributed`) every process trains its share and
+    rank 0 alone does the rest; the others return None.
 
     `init_from` (a model directory) starts from a trained surrogate instead of random weights, its
     vocabulary extended with the new data's unseen tokens (fine-tuning). `version_tags` go on the
     registered version too; `log_model=False` keeps the model directory but logs no MLflow model
     (studies that train many). Inside an active run, the run is a nested child."""
     started = time.time()
+    group = distributed.Group.join(loop.device(config.device))  # a missing GPU fails here, before the data is read
+    if resume is None and group.active:  # a restarted torchrun job continues its run
+        remembered = distributed.remembered_run(distributed.job_id()) if group.leader else None
+        resume = group.share(remembered if remembered and _checkpoint_path(remembered).is_file() else None)
     state = _load_checkpoint(resume) if resume else None
     if state is not None:
         config = TrainConfig(**state["config"])
-    loop.device(config.device)  # a missing GPU fails here, before the data is read
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -218,20 +224,33 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
     prepared = prepare(config, frame, init_from, state, rng)
     encoded, targets, scaled = prepared.examples(prepared.train_rows)
     val_encoded, val_targets, val_units = prepared.examples(prepared.val_rows)
+    on = loop.device(config.device)
+    batches = (loop.DeviceBatches(encoded, targets, scaled, config.batch_size, on, prepared.tokenizer.backoff_ids(),
+                                  config.backoff) if on.type == "cuda" else
+               BackoffBatches(encoded, targets, scaled, config.batch_size, prepared.tokenizer.backoff_ids(),
+                              config.backoff))
+
+    def fit(on_epoch=None):
+        return loop.fit(prepared.model, distributed.Shard(batches, group) if group.active else batches,
+                        config.loop_config(started), rng,
+                        validate=lambda m: mape(loop.predict(m, val_encoded, val_units), val_targets),
+                        resume=state["loop"] if state is not None else None, progress=progress and group.leader,
+                        desc=f"training {config.arch}", on_epoch=on_epoch, group=group)
+
+    if not group.leader:  # rank 0 keeps the run, the checkpoints and the model
+        fit()
+        group.leave()
+        return None
     nested = mlflow.active_run() is not None
     with tracking.start_run(run_id=resume, run_name=None if resume else _run_name(config), nested=nested) as run:
         run_id = run.info.run_id
+        distributed.remember_run(distributed.job_id(), run_id)
         if on_start:
             on_start(run_id)
         if state is None:
-            _log_start(config, prepared, frame, run_tags)
-        batches = BackoffBatches(encoded, targets, scaled, config.batch_size, prepared.tokenizer.backoff_ids(),
-                                 config.backoff)
-        model, history = loop.fit(
-            prepared.model, batches, config.loop_config(started), rng,
-            validate=lambda m: mape(loop.predict(m, val_encoded, val_units), val_targets),
-            resume=state["loop"] if state is not None else None, progress=progress, desc=f"training {config.arch}",
-            on_epoch=_epoch_logger(run_id, config, prepared.tokenizer, prepared.model))
+            _log_start(config, prepared, frame, run_tags, group)
+        model, history = fit(_epoch_logger(run_id, config, prepared.tokenizer, prepared.model))
+        group.leave()
         metrics = {"best_val_mape": history.best_val, "train_seconds": time.time() - started,
                    "epochs_run": history.epochs_run}
         digest = mlflow.get_run(run_id).data.tags.get("dataset_digest", "")
@@ -271,7 +290,8 @@ def _run_name(config: TrainConfig) -> str:
     return f"{config.arch}-{config.preset}-{config.target}-{config.mcpu}"
 
 
-def _log_start(config: TrainConfig, prepared: Prepared, frame: pd.DataFrame, run_tags: dict | None) -> None:
+def _log_start(config: TrainConfig, prepared: Prepared, frame: pd.DataFrame, run_tags: dict | None,
+               group: distributed.Group) -> None:
     """A new run's tags, parameters and dataset input (with its digest)."""
     model = prepared.model
     mlflow.set_tags({"program": "llvm-mca", "mcpu": config.mcpu, "target": config.target, "arch": config.arch,
@@ -280,7 +300,7 @@ def _log_start(config: TrainConfig, prepared: Prepared, frame: pd.DataFrame, run
     params.update({f"size_{k}": v for k, v in dataclasses.asdict(model.config).items()})
     params.update({"parameters": models.parameter_count(model), "vocab_size": len(prepared.tokenizer),
                    "train_blocks": len(prepared.train_rows), "val_blocks": len(prepared.val_rows),
-                   "vocab_added": len(prepared.added), "threads": torch.get_num_threads()})
+                   "vocab_added": len(prepared.added), "threads": torch.get_num_threads(), "processes": group.world})
     tracking.log_params(params)
     dataset = mlflow.data.from_pandas(frame.drop(columns=[c for c in ("hex",) if c in frame]),
                                       source=str(Path(config.data).resolve()), name=Path(config.data).name,
