@@ -62,16 +62,28 @@ from surrogate_ops.errors import SurrogateOpsError
 @click.option("--register", metavar="NAME", help="Register the model as a new version of NAME (alias challenger).")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @click.option("--save-dir", type=click.Path(file_okay=False), help="Also copy the model directory here.")
+@click.option("--ray", "ray_address", metavar="local|ADDRESS",
+              help="Train data-parallel with Ray Train on a Ray cluster (its head, or local: one on this machine).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="With --ray: training processes (each a share of every batch; --batch-size is the global batch).")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --ray: start the group again this many times after a lost worker (the run resumes from "
+                   "its last checkpoint).")
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patience, seed, max_minutes, train_limit,
-          weights, threads, device, precision, init_from, register, resume, save_dir, tracking_uri, quiet) -> None:
+          weights, threads, device, precision, init_from, register, resume, save_dir, ray_address, workers,
+          max_restarts, tracking_uri, quiet) -> None:
     """Train a surrogate, log the run to MLflow and optionally register it.
 
     Loss: mean absolute percentage error; early stopping on the validation split; figures on the
     test split. Checkpoints every epoch: an interrupted run continues with --resume RUN_ID. A
     dataset collected with --sample-params trains a parameter-conditioned surrogate (block and
     llvm-mca parameters in, cycles out), the model `optimize` descends through.
+
+    Data-parallel: `torchrun --nproc-per-node N -m surrogate_ops train ...` (add --max-restarts K
+    to torchrun to survive a lost process), or --ray local|ADDRESS --workers N; one MLflow run,
+    one registered model either way.
     """
     from surrogate_ops.models import size_options
     from surrogate_ops.training import train as training
@@ -91,6 +103,20 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
                                   epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
                                   max_minutes=max_minutes, train_limit=train_limit or None, threads=threads,
                                   device=device, precision=precision, weights=parse_weights(weights))
+    if ray_address:
+        if resume or parent is not None:
+            raise SurrogateOpsError("--ray trains a new surrogate from scratch: --resume and --from run in one process "
+                                    "or under torchrun")
+        from surrogate_ops.programs import cluster
+        from surrogate_ops.training import on_ray
+
+        click.echo(f"training on the Ray cluster at {ray_address}: {cluster.connect(ray_address).cpus} CPUs", err=True)
+        report = on_ray.train_on_ray(config, workers, register=register, max_restarts=max_restarts)
+        click.echo(f"run {report['run_id']}: {int(report['epochs_run'])} epochs on {workers} Ray workers in "
+                   f"{report['seconds']:.0f} s, best val MAPE {100 * report['best_val_mape']:.2f}%")
+        if report.get("registered"):
+            click.echo(f"registered models:/{report['registered']}")
+        return
     result = training.train(config, register=register, resume=resume, progress=not quiet,
                             init_from=parent, run_tags={"parent_uri": init_from} if init_from else None,
                             on_start=lambda run_id: click.echo(f"run {run_id} (if interrupted: --resume {run_id})"))

@@ -12,8 +12,9 @@ one process would, with these differences:
 - whether to stop (the time budget, early stopping) is rank 0's decision, sent to all.
 
 A process lost mid-run: `torchrun --max-restarts N` starts the group again, and each process
-finds the run rank 0 recorded for this torchrun job (`TORCHELASTIC_RUN_ID`, `--rdzv-id`) and
-resumes it from its last checkpoint, so each epoch's metric is logged once.
+finds the run rank 0 recorded for this job (`TORCHELASTIC_RUN_ID`, torchrun's `--rdzv-id`; Ray
+Train's job, `on_ray`) and resumes it from its last checkpoint, so each epoch's metric is logged
+once. Ray Train's workers find their group already open (`Group.join`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Group:
     @classmethod
     def join(cls, on: torch.device) -> Group:
         """Open the process group torchrun's environment describes; a lone process is `Group()`."""
+        if dist.is_available() and dist.is_initialized():  # opened for us (Ray Train's workers)
+            return cls(dist.get_rank(), dist.get_world_size())
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
@@ -123,7 +126,9 @@ def follower() -> bool:
 
 
 def job_id() -> str | None:
-    """The torchrun job this process belongs to (its --rdzv-id), where torchrun says it."""
+    """The training job this process belongs to: Ray Train's (`on_ray`), or torchrun's (its --rdzv-id)."""
+    if os.environ.get("SURROGATE_OPS_JOB"):
+        return os.environ["SURROGATE_OPS_JOB"]
     return os.environ.get("TORCHELASTIC_RUN_ID") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
 

@@ -210,7 +210,7 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
     (studies that train many). Inside an active run, the run is a nested child."""
     started = time.time()
     group = distributed.Group.join(loop.device(config.device))  # a missing GPU fails here, before the data is read
-    if resume is None and group.active:  # a restarted torchrun job continues its run
+    if resume is None and group.active:  # a restarted group (torchrun, Ray Train) continues its run
         remembered = distributed.remembered_run(distributed.job_id()) if group.leader else None
         resume = group.share(remembered if remembered and _checkpoint_path(remembered).is_file() else None)
     state = _load_checkpoint(resume) if resume else None
