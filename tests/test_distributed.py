@@ -95,10 +95,10 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(tmp_path, data
 
 def test_ray_train_on_a_local_cluster_trains_one_run_and_registers_one_model(tmp_path, dataset):
     """`train --ray local --workers 2`: Ray Train's two workers, the same run and model as torchrun's."""
-    done = subprocess.run([sys.executable, "-m", "surrogate_ops", "train", "--data", str(dataset), "--preset", "tiny",
+    done = subprocess.run([sys.executable, "-m", "surrogate_ops", "train", "--data", dataset.name, "--preset", "tiny",
                            "--epochs", "2", "--threads", "1", "--register", "ddp", "--ray", "local", "--workers", "2",
-                           "--quiet"], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
+                           "--quiet"], capture_output=True, text=True, timeout=600, cwd=dataset.parent,
+                          env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})  # a relative path, as users type it
     assert done.returncode == 0, done.stderr[-3000:]
     assert "epochs on 2 Ray workers" in done.stdout and "registered models:/ddp/1" in done.stdout
     client, run = _run_of(tmp_path)

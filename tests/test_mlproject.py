@@ -151,6 +151,13 @@ def test_capacity_trains_times_and_draws_each_size(store, readme_runs):
     assert {a.path for a in client.list_artifacts(run.info.run_id, "capacity")} >= {"capacity/capacity.png"}
 
 
+def test_train_ddp_trains_under_torchrun_into_the_project_run(store, readme_runs):
+    """Two processes under torchrun; rank 0 logs into the entry point's run and registers once."""
+    run = entry(store, "train_ddp", preset="tiny", epochs=2, processes=2, register="ddp-project")
+    assert run.data.params["processes"] == "2" and "best_val_mape" in run.data.metrics
+    assert [str(v.version) for v in store["client"].search_model_versions("name='ddp-project'")] == ["1"]
+
+
 @pytest.mark.shared_data
 def test_finetune_with_declared_limits(store, hsw_slice):
     run = entry(store, "finetune", measurements=hsw_slice, epochs=1, max_minutes=0.1, train_limit=100)

@@ -56,6 +56,7 @@ def train_on_ray(config: TrainConfig, workers: int, register: str | None = None,
     if workers < 1:
         raise SurrogateOpsError("--workers must be at least 1")
     cuda = config.device == "cuda"
+    config = dataclasses.replace(config, data=str(Path(config.data).resolve()))  # workers start elsewhere
     job = uuid.uuid4().hex
     env = {"SURROGATE_OPS_HOME": str(work_dir()), "MLFLOW_TRACKING_URI": tracking.current(), JOB_ENV: job,
            "OMP_NUM_THREADS": str(config.threads or 1)}
