@@ -76,6 +76,9 @@ class Settings:
                                                                   surrogates [32768]
     SURROGATE_OPS_MCA_CACHE_BYTES         mca_cache_bytes         llvm-mca's answers remembered, by the bytes of their
                                                                   blocks' text [16 MiB]
+    SURROGATE_OPS_JOB                     job                     the data-parallel training job whose run a restarted
+                                                                  process group continues (`train --ray` sets it for
+                                                                  its workers; under torchrun, torchrun's job id)
 
     Not a setting: `TOOL_PARENT` (SURROGATE_OPS_TOOL_PARENT) is written into each LLVM tool's
     environment, never read from ours (`llvm_tools.end_orphans` finds it in /proc).
@@ -101,6 +104,7 @@ class Settings:
     network_gather: int | None = None
     line_cache: int | None = None
     mca_cache_bytes: int | None = None
+    job: str | None = None  # `training.distributed.job_id`
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str]) -> Settings:
@@ -150,6 +154,7 @@ class Settings:
             network_gather=number("SURROGATE_OPS_NETWORK_GATHER", int),
             line_cache=number("SURROGATE_OPS_LINE_CACHE", int),
             mca_cache_bytes=number("SURROGATE_OPS_MCA_CACHE_BYTES", int),
+            job=text("SURROGATE_OPS_JOB"),
         )
 
     def tool(self, name: str) -> tuple[str | None, str]:
@@ -179,6 +184,7 @@ VARIABLES: dict[str, str] = {  # field -> its variable: what `child_environ` and
     "network_gather": "SURROGATE_OPS_NETWORK_GATHER",
     "line_cache": "SURROGATE_OPS_LINE_CACHE",
     "mca_cache_bytes": "SURROGATE_OPS_MCA_CACHE_BYTES",
+    "job": "SURROGATE_OPS_JOB",
 }
 TOOL_PARENT = "SURROGATE_OPS_TOOL_PARENT"  # in an LLVM tool's environment: the id of the process that started it
 

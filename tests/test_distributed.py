@@ -105,3 +105,36 @@ def test_ray_train_on_a_local_cluster_trains_one_run_and_registers_one_model(tmp
     assert run.data.params["processes"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mape")] == [1, 2]
     assert np.isfinite(Predictor(registry.open("models:/ddp@champion").model).cycles(["addq %rax, %rbx"])).all()
+
+
+def _ray_train_workers() -> list[int]:
+    """The pids of Ray Train's worker actors on this machine."""
+    found = []
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_ray_train_resumes_after_a_worker_is_killed(tmp_path, dataset):
+    """`--max-restarts 1`: a Ray Train worker killed after the first checkpoint; Ray starts the group
+    again and the new group resumes the run, every epoch's metric logged once."""
+    done = subprocess.Popen([sys.executable, "-m", "surrogate_ops", "train", "--data", str(dataset), "--preset", "tiny",
+                             "--epochs", "6", "--patience", "6", "--batch-size", "16", "--threads", "1", "--register",
+                             "ddp", "--ray", "local", "--workers", "2", "--max-restarts", "1", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
+    deadline = time.time() + 300
+    while not any((tmp_path / "checkpoints").glob("*/last.pt")) and time.time() < deadline and done.poll() is None:
+        time.sleep(0.05)
+    workers = _ray_train_workers()
+    assert workers and done.poll() is None
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = done.communicate(timeout=600)
+    assert done.returncode == 0, err[-3000:]
+    client, run = _run_of(tmp_path)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_mape")] == [1, 2, 3, 4, 5, 6]
+    assert len(client.search_runs([run.info.experiment_id])) == 1 and "registered models:/ddp/1" in out

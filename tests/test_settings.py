@@ -74,7 +74,7 @@ def test_fields_names_and_reads_agree(clean_environment):
     assert Settings.from_environ({}) == Settings() == settings()
     given = {"home": Path("/tmp/h"), "llvm_mca": "/x/llvm-mca", "llvm_mc": "/x/llvm-mc", "llvm_objdump": "/x/od",
              "mca_timeout": 3.5, "mca_retry": 7.0, "model": "models:/m@champion", "mca_setting": "/p.json",
-             "threads": 3, "frontend": "python"}
+             "threads": 3, "frontend": "python", "job": "a-training-job"}
     given.update({f: 11 + k for k, f in enumerate(VARIABLES) if f not in given})
     written = config.child_environ({}, **given)
     assert set(written) == set(VARIABLES.values())

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from surrogate_ops.config import work_dir
+from surrogate_ops.config import settings, work_dir
 from surrogate_ops.errors import SurrogateOpsError
 
 
@@ -127,8 +127,8 @@ def follower() -> bool:
 
 def job_id() -> str | None:
     """The training job this process belongs to: Ray Train's (`on_ray`), or torchrun's (its --rdzv-id)."""
-    if os.environ.get("SURROGATE_OPS_JOB"):
-        return os.environ["SURROGATE_OPS_JOB"]
+    if settings().job:
+        return settings().job
     return os.environ.get("TORCHELASTIC_RUN_ID") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
 

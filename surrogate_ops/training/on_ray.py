@@ -19,12 +19,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from surrogate_ops.config import work_dir
+from surrogate_ops.config import child_environ, work_dir
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.registry import tracking
 from surrogate_ops.training.train import TrainConfig
-
-JOB_ENV = "SURROGATE_OPS_JOB"  # names the training job whose run a restarted group continues
 
 
 def _worker(loop_config: dict) -> None:
@@ -58,7 +56,7 @@ def train_on_ray(config: TrainConfig, workers: int, register: str | None = None,
     cuda = config.device == "cuda"
     config = dataclasses.replace(config, data=str(Path(config.data).resolve()))  # workers start elsewhere
     job = uuid.uuid4().hex
-    env = {"SURROGATE_OPS_HOME": str(work_dir()), "MLFLOW_TRACKING_URI": tracking.current(), JOB_ENV: job,
+    env = {**child_environ({}, home=work_dir(), job=job), "MLFLOW_TRACKING_URI": tracking.current(),
            "OMP_NUM_THREADS": str(config.threads or 1)}
     trainer = TorchTrainer(
         _worker,
