@@ -61,7 +61,7 @@ class Group:
             raise SurrogateOpsError("this torch build has no torch.distributed: train in one process")
         if not dist.is_initialized():
             backend = "nccl" if on.type == "cuda" else "gloo"
-            rank, timeout = int(os.environ["RANK"]), datetime.timedelta(minutes=10)
+            rank, timeout = int(os.environ["RANK"]), datetime.timedelta(minutes=30)
             # torchrun's store outlives a restart, and a restarted group would read the addresses its
             # dead predecessors published there: each incarnation of the group keys its own
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
@@ -98,7 +98,10 @@ class Group:
         return box[0]
 
     def leave(self) -> None:
+        """All processes leave together: the others wait here while rank 0 exports, scores and
+        registers (a process that tore its group down alone could abort the others' connections)."""
         if self.active and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 

@@ -250,7 +250,6 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
         if state is None:
             _log_start(config, prepared, frame, run_tags, group)
         model, history = fit(_epoch_logger(run_id, config, prepared.tokenizer, prepared.model))
-        group.leave()
         metrics = {"best_val_mape": history.best_val, "train_seconds": time.time() - started,
                    "epochs_run": history.epochs_run}
         digest = mlflow.get_run(run_id).data.tags.get("dataset_digest", "")
@@ -265,6 +264,7 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
                     **{k: f"{v:.6g}" for k, v in metrics.items()}, **(version_tags or {})}
             registered = versions.log_model(model_dir, example=list(prepared.val_rows["block"][:2]), name=register,
                                             tags=tags)
+    group.leave()
     return TrainResult(run_id, model_dir, metrics, registered, history.epochs_run, metrics["train_seconds"])
 
 
