@@ -140,7 +140,8 @@ def _record(job: str) -> Path:
 
 
 def remembered_run(job: str | None) -> str | None:
-    """The MLflow run a restarted torchrun job continues: the one rank 0 recorded for it, if it has a checkpoint."""
+    """The MLflow run rank 0 recorded for the job (`remember_run`), or None; whether it has a
+    checkpoint to resume from is for the caller to ask (`train`)."""
     if job is None or not _record(job).is_file():
         return None
     return json.loads(_record(job).read_text())["run_id"]
