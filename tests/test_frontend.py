@@ -92,6 +92,20 @@ def test_odd_spellings_read_as_python_reads_them():
     assert predictor.predict(ODD) == python.predict(ODD)
 
 
+def test_calls_past_the_line_cache_read_as_python_reads_them():
+    """Blocks whose distinct lines outnumber a thread's line cache (2**17), so that the cache empties
+    during a call, over two calls: each block's lines outlive the block (emptied mid-block, the
+    rows already read pointed into freed memory: a crash on the second call, or wrong ids)."""
+    from surrogate_ops.blocks.generate import PROBE_SEED, iter_blocks
+
+    blocks = [f"{b}\naddq ${k}, %rax" for k, b in enumerate(iter_blocks(40_000, seed=PROBE_SEED + 12))]
+    assert len({line for b in blocks for line in b.split("\n")}) > 1 << 17
+    predictor = Predictor(ModelDir.bundled("haswell"))
+    for half in (blocks[:20_000], blocks[20_000:]):
+        predictor.native.encode(half, threads=1)  # one thread: one state, its cache filled and emptied
+    assert compare(predictor, blocks) > 0.9
+
+
 def test_hex_disassembles_as_python_does(fixture_blocks, monkeypatch):
     hexes = [b["hex"] for b in fixture_blocks] + ["f00fc10b", "f3a4", "f0", "0f0b4801c3", "c5", "ffff", "4801c3f3", "4801c", ""]
     fast = hexcode.disassemble(hexes)

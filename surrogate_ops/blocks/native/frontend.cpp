@@ -678,10 +678,6 @@ struct Encoder {
   const Line& line(State& st, string_view raw) {
     auto found = st.lines.find(string(raw));
     if (found != st.lines.end()) return found->second;
-    if (st.lines.size() >= kLineCache) {  // bounded, as the Python caches are
-      st.lines.clear();
-      st.keys.clear();  // no line holds a key any more
-    }
     Line out;
     size_t a = 0, b = raw.size();
     while (a < b && is_py_space((unsigned char)raw[a])) ++a;
@@ -713,6 +709,13 @@ struct Encoder {
 
   // one block: appended to `out` and true, or false (left to Python; `out` unchanged)
   bool block(State& st, string_view text, Result& out, std::vector<const Line*>& rows) {
+    // bounded, as the Python caches are; emptied between blocks only: `rows` points into it, and a
+    // block's lines and keys must outlive the block (emptied mid-block, a long run of distinct lines
+    // freed the rows of the block being read)
+    if (st.lines.size() >= kLineCache) {
+      st.lines.clear();
+      st.keys.clear();  // no line holds a key any more
+    }
     rows.clear();
     size_t start = 0;
     while (true) {
