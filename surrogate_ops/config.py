@@ -278,6 +278,7 @@ DEFAULT_MODEL_URI = model_uri(DEFAULT_MCPU)  # what single-model commands use by
 Device = Literal["cpu", "cuda", "auto"]  # where training runs (`loop.device`); auto: cuda where torch sees a GPU
 DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "bf16")  # training arithmetic (`LoopConfig.precision`): float32, or bfloat16 autocast
+STREAM_ROWS = 2_000_000  # datasets with more rows train streamed from disk (`train --stream`, `training.streaming`)
 COMBINE_HOWS = ("ensemble", "soup")  # how several fine-tuned members answer as one (`training.combine`)
 
 

@@ -180,6 +180,27 @@ def dependency_tokens(positions: int) -> list[str]:
     return [f"<{kind}:{j}>" for kind in deps.KINDS for j in range(positions)]
 
 
+def _token_counts(blocks: Iterable[str], lines_per_flush: int = 1 << 20) -> Counter[str]:
+    """How often each token occurs in `blocks` (an iterable read once: a dataset streamed from disk
+    works). Lines are counted first and tokenized once per distinct line, a million lines at a
+    time, so that ten million blocks cost a pass of string counting, not a tokenizer call per line."""
+    counts: Counter[str] = Counter()
+    lines: Counter[str] = Counter()
+
+    def flush() -> None:
+        for line, n in lines.items():
+            for token in instruction_tokens(line):
+                counts[token] += n
+        lines.clear()
+
+    for block in blocks:
+        lines.update(block.split("\n"))
+        if len(lines) >= lines_per_flush:
+            flush()
+    flush()
+    return counts
+
+
 class Tokenizer:
     """Maps canonical instructions to token ids; built from data, saved and loaded as JSON.
 
@@ -207,10 +228,7 @@ class Tokenizer:
     @classmethod
     def build(cls, blocks: Iterable[str], min_count: int = 1, max_tokens: int = 16, max_deps: int = 0,
               positions: int = 0) -> Tokenizer:
-        counts: Counter[str] = Counter()
-        for block in blocks:
-            for line in block.split("\n"):
-                counts.update(instruction_tokens(line))
+        counts = _token_counts(blocks)
         tokens = {t for t, c in counts.items() if c >= min_count}
         tokens = sorted(tokens | {r for r in map(relative, tokens) if r})  # every token's relative, for backoff
         edges = dependency_tokens(positions) if max_deps else []
@@ -218,11 +236,8 @@ class Tokenizer:
 
     def extend(self, blocks: Iterable[str], min_count: int = 1) -> list[str]:
         """Add tokens not yet in the vocabulary (new ids after the old ones); returns the added tokens."""
-        counts: Counter[str] = Counter()
-        for block in blocks:
-            for line in block.split("\n"):
-                counts.update(t for t in instruction_tokens(line) if t not in self.vocab)
-        added = {t for t, c in counts.items() if c >= min_count}
+        counts = _token_counts(blocks)
+        added = {t for t, c in counts.items() if c >= min_count and t not in self.vocab}
         if self.backs_off:
             added |= {r for r in map(relative, [*added, *self.vocab]) if r and r not in self.vocab}
         added = sorted(added)

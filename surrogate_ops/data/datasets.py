@@ -67,6 +67,7 @@ from surrogate_ops.programs.cluster import Cluster
 DEFAULT_BINARIES = ("/usr/bin", "/usr/lib/x86_64-linux-gnu")
 DEFAULT_PER_BINARY = 200
 PART_ROWS = 2000
+ROW_GROUP = 65536  # rows per Parquet row group: the unit `train --stream` reads (`training.streaming`)
 
 
 def mcpu_of_bhive_file(path: Path) -> str | None:
@@ -308,7 +309,7 @@ def _write(frame: pd.DataFrame, out: Path, metadata: dict[str, str]) -> None:
                                            **{f"surrogate_ops.{k}".encode(): str(v).encode() for k, v in metadata.items()}})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP)
     os.replace(tmp, out)
 
 
@@ -375,13 +376,15 @@ def measured_blocks(data: str | Path, mcpu: str) -> pd.DataFrame:
     return frame.drop_duplicates("block").reset_index(drop=True)
 
 
-def load(path: str | Path) -> pd.DataFrame:
-    """A dataset written by `collect`, as a DataFrame."""
+def load(path: str | Path, splits: Sequence[str] | None = None, leave_out: Sequence[str] = ()) -> pd.DataFrame:
+    """A dataset written by `collect`, as a DataFrame: the rows of `splits` only where named (read
+    with a filter: the other rows never reach memory), without the columns in `leave_out`."""
     path = Path(path)
     if not path.is_file():
         raise SurrogateOpsError(f"dataset {path} not found (make one with `surrogate-ops collect`)")
     try:
-        table = pq.read_table(path)
+        columns = [c for c in pq.read_schema(path).names if c not in leave_out] if leave_out else None
+        table = pq.read_table(path, columns=columns, filters=[("split", "in", list(splits))] if splits else None)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SurrogateOpsError(f"{path} is not a readable Parquet dataset: {exc}") from None
     if "block" not in table.column_names or "split" not in table.column_names:
@@ -391,6 +394,16 @@ def load(path: str | Path) -> pd.DataFrame:
     frame.attrs.update({k.decode().removeprefix("surrogate_ops."): v.decode() for k, v in meta.items()
                         if k.startswith(b"surrogate_ops.")})
     return frame
+
+
+def file_digest(path: str | Path) -> str:
+    """A digest of a Parquet dataset read from its footer (schema, row groups, their sizes and column
+    statistics), not its rows: what a streamed dataset is tagged with, for any size."""
+    with open(path, "rb") as f:
+        f.seek(-8, os.SEEK_END)
+        length = int.from_bytes(f.read(4), "little")
+        f.seek(-8 - length, os.SEEK_END)
+        return hashlib.sha256(f.read(length)).hexdigest()[:10]
 
 
 def mcpus_of(frame: pd.DataFrame) -> list[str]:
@@ -426,5 +439,5 @@ def summary(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Generated", "collect", "combine", "table_sampled", "gather", "load", "measured_blocks", "measured_dataset", "measured_rows", "parameter_columns",
+__all__ = ["Generated", "collect", "combine", "file_digest", "table_sampled", "gather", "load", "measured_blocks", "measured_dataset", "measured_rows", "parameter_columns",
            "scaled_parameters", "split_of", "summary"]

@@ -25,12 +25,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 
 from surrogate_ops import models, plots
+from surrogate_ops.blocks.batching import Flat
 from surrogate_ops.blocks.tokenizer import Tokenizer
 from surrogate_ops.builds.export import save_model_dir
-from surrogate_ops.config import Device, EngineName, work_dir
+from surrogate_ops.config import STREAM_ROWS, Device, EngineName, work_dir
 from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import mape
@@ -38,7 +42,7 @@ from surrogate_ops.registry import tracking, versions
 from surrogate_ops.registry.evaluate import evaluate
 from surrogate_ops.runtime.inference import Predictor
 from surrogate_ops.runtime.modeldir import ModelDir
-from surrogate_ops.training import distributed, loop
+from surrogate_ops.training import distributed, loop, streaming
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class TrainConfig:
     threads: int | None = None
     device: Device = "cpu"  # where the network trains: cpu, cuda, or auto (cuda where there is a GPU)
     precision: str = "fp32"  # fp32, or bf16 autocast (`loop.LoopConfig.precision`)
+    stream: bool | None = None  # read the train split from disk as training goes; None: past STREAM_ROWS rows
 
     def loop_config(self, started: float) -> loop.LoopConfig:
         return loop.LoopConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
@@ -91,6 +96,17 @@ def target_column(target: str, mcpu: str) -> str:
 
 
 def training_rows(frame: pd.DataFrame, target: str, mcpu: str, max_instructions: int) -> pd.DataFrame:
+    """Rows usable for the target (`usable`), a block from several sources once where the label is
+    llvm-mca's (the block's own)."""
+    rows = usable(frame, target, mcpu, max_instructions)
+    if _dedupe(frame, target):
+        rows = rows.drop_duplicates("block")
+    if rows.empty:
+        raise SurrogateOpsError(f"no rows with a {target_column(target, mcpu)} target in the dataset")
+    return rows
+
+
+def usable(frame: pd.DataFrame, target: str, mcpu: str, max_instructions: int) -> pd.DataFrame:
     """Rows usable for the target: labeled, positive, within the model's length; for measured
     targets only measurements on `mcpu`, BHive may-alias blocks left out."""
     column = target_column(target, mcpu)
@@ -99,12 +115,11 @@ def training_rows(frame: pd.DataFrame, target: str, mcpu: str, max_instructions:
     rows = frame[frame[column].notna() & (frame[column] > 0)]
     if target == "measured":
         rows = datasets.measured_rows(rows, mcpu)
-    elif "setting" not in rows:  # llvm-mca's label is the block's own: a block from several sources counts once
-        rows = rows.drop_duplicates("block")
-    rows = rows[rows["block"].str.count("\n") < max_instructions]
-    if rows.empty:
-        raise SurrogateOpsError(f"no rows with a {column} target in the dataset")
-    return rows
+    return rows[rows["block"].str.count("\n") < max_instructions]
+
+
+def _dedupe(frame: pd.DataFrame, target: str) -> bool:
+    return target != "measured" and "setting" not in frame
 
 
 @dataclass
@@ -113,7 +128,7 @@ class Prepared:
 
     model: torch.nn.Module
     tokenizer: Tokenizer
-    train_rows: pd.DataFrame
+    train_rows: pd.DataFrame | streaming.Rows  # in memory, or read from disk as training goes
     val_rows: pd.DataFrame
     column: str
     parameter_names: list[str]
@@ -124,28 +139,63 @@ class Prepared:
         scaled = datasets.scaled_parameters(rows, self.parameter_names) if self.parameter_names else None
         return [self.tokenizer.encode_block(b) for b in rows["block"]], rows[self.column].to_numpy(), scaled
 
+    def validation(self, chunk: int = 65536) -> tuple[Flat, np.ndarray, np.ndarray | None]:
+        """The validation split's examples with its blocks as one `Flat` of int32 ids, tokenized a
+        chunk at a time: a million blocks cost a quarter of a gigabyte, not a tuple per instruction."""
+        blocks = self.val_rows["block"]
+        parts = [Flat.of([self.tokenizer.encode_block(b) for b in blocks.iloc[i: i + chunk]])
+                 for i in range(0, len(blocks), chunk)]
+        flat = Flat.concat([dataclasses.replace(f, tokens=f.tokens.astype(np.int32)) for f in parts])
+        scaled = (datasets.scaled_parameters(self.val_rows, self.parameter_names) if self.parameter_names else None)
+        return flat, self.val_rows[self.column].to_numpy(), scaled
+
+    def batches(self, rows: pd.DataFrame, config: TrainConfig, on: torch.device):
+        """`rows` as training batches: held on a GPU, or padded per batch on the host."""
+        encoded, targets, scaled = self.examples(rows)
+        backoff = self.tokenizer.backoff_ids()
+        if on.type == "cuda":
+            return loop.DeviceBatches(encoded, targets, scaled, config.batch_size, on, backoff, config.backoff)
+        return BackoffBatches(encoded, targets, scaled, config.batch_size, backoff, config.backoff)
+
+    def training_batches(self, config: TrainConfig, on: torch.device) -> loop.Batches:
+        if isinstance(self.train_rows, streaming.Rows):
+            return streaming.Stream(self.train_rows, lambda rows, rng: self.batches(
+                weighted(rows, config.weights, rng, every_glob=False), config, on), config.batch_size)
+        return self.batches(self.train_rows, config, on)
+
+
+def _blocks(rows: pd.DataFrame | streaming.Rows):
+    return rows.blocks() if isinstance(rows, streaming.Rows) else rows["block"]
+
+
+def _median(rows: pd.DataFrame | streaming.Rows, column: str) -> float:
+    return float(np.median(rows.targets) if isinstance(rows, streaming.Rows) else rows[column].median())
+
 
 def prepare(config: TrainConfig, frame: pd.DataFrame, parent: ModelDir | None, state: dict | None,
-            rng: np.random.Generator) -> Prepared:
+            rng: np.random.Generator, stream: bool = False) -> Prepared:
     """The rows of each split and the network: resumed from a checkpoint, grown from `parent`
     (its vocabulary extended with the new data's tokens), or fresh; wrapped as a
-    parameter-conditioned surrogate when the dataset was labeled under sampled settings."""
+    parameter-conditioned surrogate when the dataset was labeled under sampled settings. With
+    `stream`, `frame` holds the evaluation splits only and the train split stays on disk."""
     # a confident parent's error head is left behind: fit a new one after training moved the network
     base = models.network(parent.module()) if parent is not None else models.build(
         config.arch, vocab_size=2, preset=config.preset, **config.sizes)  # sizes only
-    train_rows, val_rows = _split_rows(config, frame, base.config.max_instructions, rng)
+    if stream and datasets.parameter_columns(frame):
+        raise SurrogateOpsError("a dataset labeled under sampled settings trains in memory (leave out --stream)")
+    train_rows, val_rows = _split_rows(config, frame, base.config.max_instructions, rng, stream)
     added: list[str] = []
     if state is not None:
         tokenizer, model = Tokenizer.from_dict(state["tokenizer"]), models.from_checkpoint(state["model"])
     elif parent is not None:
         old = parent.tokenizer()
         tokenizer = old.upgraded()  # a v1 parent gains backoff: same ids, its tokens' relatives after them
-        added = [t for t in tokenizer.vocab if t not in old.vocab] + tokenizer.extend(train_rows["block"])
+        added = [t for t in tokenizer.vocab if t not in old.vocab] + tokenizer.extend(_blocks(train_rows))
         model = _grow_vocabulary(base, len(tokenizer), tokenizer.backoff_ids())
     else:
-        tokenizer = Tokenizer.build(train_rows["block"], **models.tokenizer_options(base.config))
+        tokenizer = Tokenizer.build(_blocks(train_rows), **models.tokenizer_options(base.config))
         model = models.build(config.arch, vocab_size=len(tokenizer), preset=config.preset, **config.sizes)
-        model.head.log_scale.fill_(float(np.log(train_rows[target_column(config.target, config.mcpu)].median())))
+        model.head.log_scale.fill_(float(np.log(_median(train_rows, target_column(config.target, config.mcpu)))))
     if datasets.table_sampled(frame):
         raise SurrogateOpsError("this dataset was labeled under sampled per-instruction tables: its surrogate is "
                                 "trained by `surrogate-ops optimize-table --labels DATASET`")
@@ -161,23 +211,37 @@ def prepare(config: TrainConfig, frame: pd.DataFrame, parent: ModelDir | None, s
                     parameter_names, added)
 
 
-def _split_rows(config: TrainConfig, frame: pd.DataFrame, max_instructions: int,
-                rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split_rows(config: TrainConfig, frame: pd.DataFrame, max_instructions: int, rng: np.random.Generator,
+                stream: bool = False) -> tuple[pd.DataFrame | streaming.Rows, pd.DataFrame]:
     rows = training_rows(frame, config.target, config.mcpu, max_instructions)
-    train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
-    if config.train_limit is not None and len(train_rows) > config.train_limit:
-        train_rows = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.train_limit])]
+    val_rows = rows[rows["split"] == "val"]
     if config.val_limit is not None and len(val_rows) > config.val_limit:
         val_rows = val_rows.iloc[: config.val_limit]
+    if stream:  # the train split on disk; weights apply to each window as it is read
+        columns = [c for c in pq.read_schema(config.data).names if c != "hex"]
+        train_rows = streaming.Rows(config.data, columns,
+                                    lambda group: usable(group, config.target, config.mcpu, max_instructions),
+                                    target_column(config.target, config.mcpu), _dedupe(frame, config.target),
+                                    config.train_limit, rng)
+        if val_rows.empty:
+            raise SurrogateOpsError("need rows in the val split")
+        weighted(pd.DataFrame({"source": sorted(train_rows.sources)}), config.weights,
+                 np.random.default_rng(0))  # every glob matches some source
+        return train_rows, val_rows
+    train_rows = rows[rows["split"] == "train"]
+    if config.train_limit is not None and len(train_rows) > config.train_limit:
+        train_rows = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.train_limit])]
     train_rows = weighted(train_rows, config.weights, rng)
     if train_rows.empty or val_rows.empty:
         raise SurrogateOpsError(f"need rows in both train and val splits (have {len(train_rows)} and {len(val_rows)})")
     return train_rows, val_rows
 
 
-def weighted(rows: pd.DataFrame, weights: dict[str, float], rng: np.random.Generator) -> pd.DataFrame:
+def weighted(rows: pd.DataFrame, weights: dict[str, float], rng: np.random.Generator,
+             every_glob: bool = True) -> pd.DataFrame:
     """`rows` with those whose source matches a glob of `weights` repeated: factor 3 three times, 1.5
-    once and half of them again, 0.5 half of them (the first glob a source matches decides)."""
+    once and half of them again, 0.5 half of them (the first glob a source matches decides). A glob
+    that matches no row is an error (`every_glob`; not for a streamed window, a part of the rows)."""
     if not weights:
         return rows
     for glob, factor in weights.items():
@@ -188,7 +252,7 @@ def weighted(rows: pd.DataFrame, weights: dict[str, float], rng: np.random.Gener
     decided = pd.Series(False, index=rows.index)
     for glob, factor in weights.items():
         hit = sources.map(lambda s, g=glob: fnmatch.fnmatchcase(s, g)) & ~decided
-        if not hit.any():
+        if every_glob and not hit.any():
             raise SurrogateOpsError(f"weight {glob}={factor}: no training row's source matches {glob!r}")
         factors[hit], decided = float(factor), decided | hit
     whole = np.floor(factors.to_numpy()).astype(int)
@@ -220,15 +284,14 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    frame = datasets.load(config.data)
-    prepared = prepare(config, frame, init_from, state, rng)
-    encoded, targets, scaled = prepared.examples(prepared.train_rows)
-    val_encoded, val_targets, val_units = prepared.examples(prepared.val_rows)
+    stream = streams(config)
+    # streamed: the evaluation splits alone in memory, the train split read from disk as training goes
+    frame = (datasets.load(config.data, splits=("val", "test"), leave_out=("hex",)) if stream
+             else datasets.load(config.data))
+    prepared = prepare(config, frame, init_from, state, rng, stream)
     on = loop.device(config.device)
-    batches = (loop.DeviceBatches(encoded, targets, scaled, config.batch_size, on, prepared.tokenizer.backoff_ids(),
-                                  config.backoff) if on.type == "cuda" else
-               BackoffBatches(encoded, targets, scaled, config.batch_size, prepared.tokenizer.backoff_ids(),
-                              config.backoff))
+    batches = prepared.training_batches(config, on)
+    val_encoded, val_targets, val_units = prepared.validation()
 
     def fit(on_epoch=None):
         return loop.fit(prepared.model, distributed.Shard(batches, group) if group.active else batches,
@@ -248,7 +311,7 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
         if on_start:
             on_start(run_id)
         if state is None:
-            _log_start(config, prepared, frame, run_tags, group)
+            _log_start(config, prepared, frame, run_tags, group, stream)
         model, history = fit(_epoch_logger(run_id, config, prepared.tokenizer, prepared.model))
         metrics = {"best_val_mape": history.best_val, "train_seconds": time.time() - started,
                    "epochs_run": history.epochs_run}
@@ -266,6 +329,15 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
                                             tags=tags)
     group.leave()
     return TrainResult(run_id, model_dir, metrics, registered, history.epochs_run, metrics["train_seconds"])
+
+
+def streams(config: TrainConfig) -> bool:
+    """Whether the train split is read from disk as training goes (`training.streaming`): as asked,
+    or for a Parquet dataset of more than STREAM_ROWS rows."""
+    if config.stream is not None:
+        return config.stream
+    path = Path(config.data)
+    return path.suffix == ".parquet" and path.is_file() and streaming.row_count(path) > STREAM_ROWS
 
 
 class BackoffBatches(loop.BlockBatches):
@@ -291,7 +363,7 @@ def _run_name(config: TrainConfig) -> str:
 
 
 def _log_start(config: TrainConfig, prepared: Prepared, frame: pd.DataFrame, run_tags: dict | None,
-               group: distributed.Group) -> None:
+               group: distributed.Group, stream: bool = False) -> None:
     """A new run's tags, parameters and dataset input (with its digest)."""
     model = prepared.model
     mlflow.set_tags({"program": "llvm-mca", "mcpu": config.mcpu, "target": config.target, "arch": config.arch,
@@ -301,10 +373,14 @@ def _log_start(config: TrainConfig, prepared: Prepared, frame: pd.DataFrame, run
     params.update({"parameters": models.parameter_count(model), "vocab_size": len(prepared.tokenizer),
                    "train_blocks": len(prepared.train_rows), "val_blocks": len(prepared.val_rows),
                    "vocab_added": len(prepared.added), "threads": torch.get_num_threads(), "processes": group.world})
+    params["streamed"] = stream
     tracking.log_params(params)
-    dataset = mlflow.data.from_pandas(frame.drop(columns=[c for c in ("hex",) if c in frame]),
-                                      source=str(Path(config.data).resolve()), name=Path(config.data).name,
-                                      targets=prepared.column)
+    source, name = str(Path(config.data).resolve()), Path(config.data).name
+    if stream:  # the rows are not in memory: the dataset named by its file, its digest read from the footer
+        dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=datasets.file_digest(config.data))
+    else:
+        dataset = mlflow.data.from_pandas(frame.drop(columns=[c for c in ("hex",) if c in frame]), source=source,
+                                          name=name, targets=prepared.column)
     mlflow.log_input(dataset, context="training")
     mlflow.set_tag("dataset_digest", dataset.digest)
 
