@@ -56,11 +56,18 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 @pytest.mark.skipif(not NO_GPU, reason="torch sees a GPU here")
 @pytest.mark.system
-def test_train_command_refuses_cuda_before_reading_data(tmp_path):
-    """One line on stderr, exit status 2, before the (missing) dataset is opened."""
-    done = subprocess.run([*CLI, "train", "--data", str(tmp_path / "none.parquet"),
-                           "--device", "cuda", "--quiet"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
+@pytest.mark.parametrize("command", [
+    ["train", "--data", "none.parquet"],
+    ["finetune", "--from", "models:/none@champion", "--data", "none.csv"],
+    ["confidence", "--model", "models:/none@champion", "--data", "none.parquet"],
+    ["optimize", "--model", "models:/none@champion", "--data", "none.csv", "--budget", "10"],
+    ["optimize-table", "--data", "none.csv", "--labels", "labels.parquet"],
+], ids=lambda c: c[0])
+def test_every_command_that_runs_a_network_refuses_cuda_before_reading_data(tmp_path, command):
+    """One line on stderr, exit status 2, before the (missing) data or model is opened."""
+    (tmp_path / "labels.parquet").write_bytes(b"")  # optimize-table's --labels must exist to be parsed
+    done = subprocess.run([*CLI, *command, "--device", "cuda", "--quiet"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={**os.environ, "SURROGATE_OPS_HOME": str(tmp_path)})
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: device cuda: ") and "Traceback" not in done.stderr
 

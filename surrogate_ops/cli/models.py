@@ -15,6 +15,7 @@ from surrogate_ops.cli.options import (
     ARCHITECTURES,
     SIZES,
     aliases_line,
+    device_option,
     parse_weights,
     tracking_option,
 )
@@ -22,8 +23,8 @@ from surrogate_ops.config import (
     COMBINE_HOWS,
     DEFAULT_MODEL,
     DEFAULT_MODEL_URI,
-    DEVICES,
     PRECISIONS,
+    STREAM_ROWS,
     EngineName,
 )
 from surrogate_ops.errors import SurrogateOpsError
@@ -51,11 +52,13 @@ from surrogate_ops.errors import SurrogateOpsError
               help="Count training blocks whose source matches the glob this many times (e.g. "
                    "'generated:loops:*=3'; 0.5 keeps half); repeatable, the first match decides.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: cores].")
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-              help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU. On a GPU the "
-                   "training set is held there, padded once (no host work per step).")
+@device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="bf16: forward pass under bfloat16 autocast (weights, optimizer and loss stay float32).")
+@click.option("--stream/--in-memory", default=None,
+              help="Read the train split from the Parquet file a few row groups at a time as training goes, "
+                   f"holding only the val and test splits in memory (for datasets larger than memory) "
+                   f"[default: --stream past {STREAM_ROWS:,} rows].")
 @click.option("--from", "init_from", metavar="URI",
               help=f"Start from this registered surrogate's weights and architecture (e.g. {DEFAULT_MODEL_URI}); "
                    "on data from `collect --sample-params` it becomes a parameter-conditioned surrogate.")
@@ -72,7 +75,7 @@ from surrogate_ops.errors import SurrogateOpsError
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patience, seed, max_minutes, train_limit,
-          weights, threads, device, precision, init_from, register, resume, save_dir, ray_address, workers,
+          weights, threads, device, precision, stream, init_from, register, resume, save_dir, ray_address, workers,
           max_restarts, tracking_uri, quiet) -> None:
     """Train a surrogate, log the run to MLflow and optionally register it.
 
@@ -102,7 +105,7 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
     config = training.TrainConfig(data=data, arch=arch, preset=preset, sizes=parsed, target=target, mcpu=mcpu,
                                   epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
                                   max_minutes=max_minutes, train_limit=train_limit or None, threads=threads,
-                                  device=device, precision=precision, weights=parse_weights(weights))
+                                  device=device, precision=precision, weights=parse_weights(weights), stream=stream)
     if ray_address:
         if resume or parent is not None:
             raise SurrogateOpsError("--ray trains a new surrogate from scratch: --resume and --from run in one process "
@@ -148,9 +151,10 @@ def train(data, arch, preset, sizes, target, mcpu, epochs, batch_size, lr, patie
 @click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--register", metavar="NAME", help="Register the confident surrogate as a new version of NAME.")
 @click.option("--save-dir", type=click.Path(file_okay=False), help="Also copy the model directory here.")
+@device_option
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def confidence(model_uri, data, split, mcpu, epochs, register, save_dir, tracking_uri, quiet) -> None:
+def confidence(model_uri, data, split, mcpu, epochs, register, save_dir, device, tracking_uri, quiet) -> None:
     """Teach a surrogate to estimate its own error per block (an error head on its frozen network).
 
     The head is fit on the surrogate's relative errors against llvm-mca on blocks it never trained
@@ -160,7 +164,7 @@ def confidence(model_uri, data, split, mcpu, epochs, register, save_dir, trackin
     from surrogate_ops.training import confidence as stage
 
     result = stage.calibrate(model_uri, data, mcpu=mcpu, split=split, epochs=epochs, register=register,
-                             progress=not quiet)
+                             progress=not quiet, device=device)
     click.echo(f"error head {result.report}")
     if save_dir:
         shutil.copytree(result.model.path, save_dir, dirs_exist_ok=True)
@@ -237,8 +241,7 @@ def promote(name, data, force, check, tracking_uri) -> None:
 @click.option("--train-limit", type=click.IntRange(min=0), help="Use at most this many training blocks (0: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-minutes", type=float, help="Stop after this long (the best epoch is kept; 0: no limit).")
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-              help="Where the network trains; auto: a CUDA GPU where torch sees one, else the CPU.")
+@device_option
 @click.option("--members", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fine-tune this many times (seeds SEED, SEED+1, ...; --max-minutes each) and register them "
                    "combined (--combine).")
@@ -254,8 +257,9 @@ def finetune(parent_uri, data, target, mcpu, register, epochs, patience, lr, tra
     The vocabulary grows for unseen tokens (learned ones keep their ids and weights); training
     uses MAPE loss with early stopping on the validation split; the run is tagged with its parent
     version, and the result is registered as a challenger of a model named for the task."""
-    from surrogate_ops.training import adaptation
+    from surrogate_ops.training import adaptation, loop
 
+    loop.device(device)  # a missing GPU fails before the parent is looked up
     name = registry.open(parent_uri, registered=True).name
     register = register or adaptation.default_name(name, Path(data), target)
     result = adaptation.finetune(parent_uri, data, target=target, register=register, mcpu=mcpu, epochs=epochs, lr=lr,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 from surrogate_ops import presets
+from surrogate_ops.config import DEVICES
 from surrogate_ops.errors import SurrogateOpsError
 
 # Choices come from the preset tables (data), read without importing torch or TVM, so --help is quick.
@@ -93,9 +94,16 @@ def cluster_report(cluster) -> str:
     return f"chunks answered by {len(cluster.nodes)} Ray node(s): {nodes or 'none'}"
 
 
+def device_option(f):
+    """--device, for every command that trains, fits or descends through a network."""
+    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                        help="Where the network runs: auto (a CUDA GPU where torch sees one, else the CPU), cpu, "
+                             "or cuda (an error where there is no GPU).")(f)
+
+
 def search_options(f):
-    """The options `optimize` and `optimize-table` share: the baselines, the held-out limit, the seed and
-    the Ray cluster their llvm-mca checks may run on."""
+    """The options `optimize` and `optimize-table` share: the baselines, the held-out limit, the seed,
+    the Ray cluster their llvm-mca checks may run on and the device the surrogate runs on."""
     for option in reversed([
         click.option("--baseline", "baselines", multiple=True, type=click.Choice(["opentuner", "optuna", "none"]),
                      help="Surrogate-free searches on the same budget; repeatable [default: opentuner and optuna]."),
@@ -103,6 +111,7 @@ def search_options(f):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--ray", "ray_address", metavar="local|ADDRESS",
                      help="Run llvm-mca's checks on a Ray cluster's CPUs (ADDRESS: its head, or local)."),
+        device_option,
     ]):
         f = option(f)
     return f

@@ -46,7 +46,7 @@ from surrogate_ops.config import (
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, checks, rounds, no_anchor, steps, restarts, lr,
-             test_limit, seed, out, ray_address, tracking_uri, quiet) -> None:
+             test_limit, seed, out, ray_address, device, tracking_uri, quiet) -> None:
     """Tune llvm-mca's parameters by gradient descent through a surrogate (surrogate optimization).
 
     Descends on the relaxed parameters against measured throughput on the training split, rounds
@@ -60,7 +60,7 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, checks, ro
     config = optimization.OptimizeConfig(model=model_uri, data=data, budget=budget, mcpu=mcpu, baselines=chosen,
                                          steps=steps, lr=lr, restarts=restarts, search_blocks=search_blocks,
                                          checks=checks, rounds=rounds, anchored=not no_anchor, test_limit=test_limit,
-                                         seed=seed)
+                                         seed=seed, device=device)
     result = optimization.optimize(config, out=out, progress=not quiet, cluster=join_cluster(ray_address))
     click.echo(f"held-out llvm-mca error ({result.test_blocks:,} measured blocks, may-alias excluded; "
                f"budget {budget:,} llvm-mca block evaluations):")
@@ -101,7 +101,7 @@ def optimize(model_uri, data, budget, mcpu, baselines, search_blocks, checks, ro
 @tracking_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, checks, restarts, search_blocks, baselines, seed,
-                   test_limit, out, no_register, ray_address, tracking_uri, quiet) -> None:
+                   test_limit, out, no_register, ray_address, device, tracking_uri, quiet) -> None:
     """Tune llvm-mca's per-instruction scheduling table (each opcode's latency, micro-ops and port
     cycles: DiffTune's space) by gradient descent through a per-instruction surrogate.
 
@@ -117,7 +117,7 @@ def optimize_table(data, labels, mcpu, model_uri, min_count, epochs, steps, lr, 
     config = table_search.TableSearchConfig(data=data, labels=tuple(labels), mcpu=mcpu, model=model_uri,
                                             min_count=min_count, epochs=epochs, steps=steps, descent_lr=lr,
                                             checks=checks, restarts=restarts, search_blocks=search_blocks,
-                                            baselines=chosen, seed=seed, test_limit=test_limit)
+                                            baselines=chosen, seed=seed, test_limit=test_limit, device=device)
     result = table_search.search(config, progress=not quiet, register=not no_register,
                                  cluster=join_cluster(ray_address))
     click.echo(f"space: {len(result.space.opcodes)} opcodes, {result.space.size} values; held-out llvm-mca error on "

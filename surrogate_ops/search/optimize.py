@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from surrogate_ops import plots, registry
 from surrogate_ops.blocks.batching import buckets, pad
-from surrogate_ops.config import EngineName
+from surrogate_ops.config import Device, EngineName
 from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau
@@ -69,6 +69,7 @@ class OptimizeConfig:
     search_blocks: int = 1000  # training blocks every llvm-mca run of the search takes (a baseline's trial)
     test_limit: int | None = None  # held-out blocks to evaluate on (all when None)
     seed: int = 0
+    device: Device = "cpu"  # where the surrogate descends and is refit (`loop.device`)
 
 
 @dataclass
@@ -120,16 +121,20 @@ class Surrogate:
     model whose block encoding ignores the setting (`inject="pooled"`) encodes the blocks once."""
 
     def __init__(self, predictor: Predictor, blocks: list[str], measured: np.ndarray,
-                 anchors: np.ndarray | None = None, defaults: np.ndarray | None = None, batch: int = 256):
-        self.model = predictor.model.module()
+                 anchors: np.ndarray | None = None, defaults: np.ndarray | None = None, batch: int = 256,
+                 device: Device = "cpu"):
+        self.device, on = device, loop.device(device)
+        self.model = predictor.model.module().to(on)
         for p in self.model.parameters():
             p.requires_grad_(False)
         encoded = [predictor.encode(b, i)[0] for i, b in enumerate(blocks)]
-        self.batches = [(torch.from_numpy(index), torch.from_numpy(pad([encoded[i] for i in index])))
-                        for index in buckets(encoded, batch)]
-        self.pooled = torch.empty(len(blocks), self.model.config.base_config["dim"]) if self.model.blind else None
-        self.measured = torch.tensor(measured, dtype=torch.float32)
-        self.scale = torch.ones(len(blocks))
+        self.batches = [(torch.from_numpy(index).to(on), torch.from_numpy(pad([encoded[i] for i in index])).to(on))
+                        for index in buckets(encoded, batch)]  # held where the network runs
+        self.pooled = (torch.empty(len(blocks), self.model.config.base_config["dim"], device=on)
+                       if self.model.blind else None)
+        self.measured = torch.tensor(measured, dtype=torch.float32, device=on)
+        self.scale = torch.ones(len(blocks), device=on)
+        self.on = on
         self.anchors, self.defaults = anchors, defaults
         self._anchor()
 
@@ -141,9 +146,9 @@ class Surrogate:
         if self.anchors is not None:
             with torch.no_grad():
                 index, predicted = self.cycles(torch.from_numpy(self.defaults)[None], range(len(self.batches)))
-            at_defaults = torch.empty(len(self.measured))
+            at_defaults = torch.empty(len(self.measured), device=self.on)
             at_defaults[index] = predicted[0]
-            self.scale = torch.tensor(self.anchors, dtype=torch.float32) / at_defaults
+            self.scale = torch.tensor(self.anchors, dtype=torch.float32, device=self.on) / at_defaults
 
     def fit(self, labels: list[tuple[np.ndarray, np.ndarray]], steps: int, lr: float = 3e-4, seed: int = 0) -> float:
         """Fine-tune on llvm-mca's real answers for these blocks (a setting scaled, cycles per block)
@@ -151,9 +156,11 @@ class Surrogate:
         is. Returns the mean training error."""
         for p in self.model.parameters():
             p.requires_grad_(True)
-        config = loop.LoopConfig(epochs=1, lr=lr, weight_decay=0.0, warmup_steps=0, decay=False, clip=None, patience=1)
+        config = loop.LoopConfig(epochs=1, lr=lr, weight_decay=0.0, warmup_steps=0, decay=False, clip=None, patience=1,
+                                 device=self.device)
         _, history = loop.fit(self.model, _LabelBatches(self.batches, labels, steps, seed), config,
                               np.random.default_rng(seed))
+        self.model.to(self.on)  # `fit` hands the model back on the CPU
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._anchor()
@@ -162,7 +169,7 @@ class Surrogate:
     def cycles(self, scaled: torch.Tensor, batches) -> tuple[torch.Tensor, torch.Tensor]:
         """The blocks of `batches` (indices into self.batches) and their predicted cycles under each
         of R settings, (R, those blocks)."""
-        r = scaled.shape[0]
+        r, scaled = scaled.shape[0], scaled.to(self.on)
         indices, outputs = [], []
         for b in batches:
             index, tokens = self.batches[b]
@@ -200,7 +207,7 @@ class _LabelBatches:
         for _ in range(self.steps):
             index, tokens = self.batches[int(torch.randint(len(self.batches), (1,), generator=generator))]
             inputs = (tokens.repeat(r, 1, 1), self.scaled.repeat_interleave(len(index), dim=0))
-            yield inputs, self.cycles[:, index].reshape(-1)
+            yield inputs, self.cycles[:, index.cpu()].reshape(-1)  # the batches may be held on a GPU
 
 
 def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, config: OptimizeConfig,
@@ -209,10 +216,10 @@ def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, c
     of blocks each step; every start's path rounded to valid values along the way. Returns those
     rounded settings ranked by the surrogate's objective over all the blocks (best first), the
     defaults excluded, and the trace of (step, best minibatch objective)."""
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # on the host: the same starts on any device
     start = torch.from_numpy(scale_settings(space, [defaults])).clamp(0.02, 0.98)
     starts = torch.cat([start, torch.rand(config.restarts, len(space), generator=generator) * 0.96 + 0.02])
-    logits = torch.logit(starts).clone().requires_grad_(True)
+    logits = torch.logit(starts).to(surrogate.on).requires_grad_(True)
     optimizer = torch.optim.Adam([logits], lr=config.lr)
     trace, candidates = [], {}
     for step in tqdm(range(config.steps), desc="descending", unit="step", disable=not progress):
@@ -223,14 +230,14 @@ def descend(surrogate: Surrogate, space: dict[str, Parameter], defaults: dict, c
         optimizer.step()
         trace.append((step, float(loss.detach().min())))
         if step % 25 == 24 or step == config.steps - 1:  # the rounded settings along the way
-            for row in torch.sigmoid(logits).detach().numpy():
+            for row in torch.sigmoid(logits).detach().cpu().numpy():
                 setting = unscale_setting(space, row)
                 candidates[setting_key(setting)] = setting
     candidates.pop(setting_key(defaults), None)
     settings = list(candidates.values())
     with torch.no_grad():
         scores = torch.cat([surrogate.objective(torch.from_numpy(scale_settings(space, settings[i:i + 32])))
-                            for i in range(0, len(settings), 32)]).numpy() if settings else np.zeros(0)
+                            for i in range(0, len(settings), 32)]).cpu().numpy() if settings else np.zeros(0)
     order = np.argsort(scores)
     return [(settings[i], float(scores[i])) for i in order], trace
 
@@ -298,6 +305,7 @@ def optimize(config: OptimizeConfig, out: str | Path | None = None, progress: bo
     budget, evaluate every setting with the real llvm-mca on the held-out split, log it all to one
     MLflow run (metrics per method, the settings as JSON, plots), and write the surrogate's setting
     to `out` as llvm-mca option names to values. Every llvm-mca run goes to `cluster` where given."""
+    loop.device(config.device)  # a missing GPU fails before any llvm-mca run
     task = problem(config, cluster)
     # every llvm-mca run of the search is on the sample; the defaults' run there anchors the surrogate
     # and is every baseline's first trial
@@ -331,9 +339,10 @@ def search(task: Problem, config: OptimizeConfig, default_mape: float, default_c
     keep = np.isfinite(default_cycles)
     if config.anchored:
         surrogate = Surrogate(task.predictor, [b for b, k in zip(blocks, keep, strict=True) if k], measured[keep],
-                              default_cycles[keep], scale_settings(space, [defaults])[0])
+                              default_cycles[keep], scale_settings(space, [defaults])[0], device=config.device)
     else:
-        surrogate = Surrogate(task.predictor, list(task.train_rows["block"]), task.train_rows["measured"].to_numpy())
+        surrogate = Surrogate(task.predictor, list(task.train_rows["block"]), task.train_rows["measured"].to_numpy(),
+                              device=config.device)
     found = Outcome("surrogate", dict(defaults), task.cost, objective=default_mape if config.anchored else None)
     checked = {setting_key(defaults)}
     labels = [(scale_settings(space, [defaults])[0], default_cycles[keep])] if config.anchored else []

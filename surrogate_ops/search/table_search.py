@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from surrogate_ops import models, plots, registry
 from surrogate_ops.blocks.batching import buckets, pad
-from surrogate_ops.config import PRETRAINED, EngineName
+from surrogate_ops.config import PRETRAINED, Device, EngineName
 from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.metrics import kendall_tau
@@ -75,6 +75,7 @@ class TableSearchConfig:
     test_limit: int | None = None
     label_limit: int | None = None
     threads: int | None = None
+    device: Device = "cpu"  # where the surrogate is fine-tuned and descended through (`loop.device`)
 
 
 @dataclass
@@ -146,7 +147,8 @@ class TableSurrogate:
         batches = _FeatureBatches([encoded[i] for i in train], [features[i] for i in train], targets[train],
                                   config.batch_size)
         val_batches = _FeatureBatches([encoded[i] for i in val], [features[i] for i in val], targets[val], 512)
-        loop_config = loop.LoopConfig(epochs=config.epochs, lr=config.fit_lr, warmup_steps=100, patience=3)
+        loop_config = loop.LoopConfig(epochs=config.epochs, lr=config.fit_lr, warmup_steps=100, patience=3,
+                                      device=config.device)
         self.model, history = loop.fit(self.model, batches, loop_config, np.random.default_rng(config.seed),
                                        validate=val_batches.mape, progress=progress, desc="surrogate (per-instruction)")
         self.model.eval()
@@ -185,11 +187,12 @@ class _FeatureBatches:
             yield self.batch(index), self.targets[index]
 
     def mape(self, model: torch.nn.Module) -> float:
+        """The model's MAPE over these blocks, computed on the device the model is on."""
         model.eval()
-        errors = []
+        on, errors = next(model.parameters()).device, []
         with torch.inference_mode():
             for index in buckets(self.encoded, self.batch_size):
-                predicted = model(*self.batch(index))
+                predicted = model(*(x.to(on) for x in self.batch(index))).cpu()
                 errors.append(torch.abs(predicted - self.targets[index]) / self.targets[index])
         model.train()
         return float(torch.cat(errors).mean())
@@ -198,16 +201,17 @@ class _FeatureBatches:
 class Descent:
     """The surrogate's objective over measured blocks as a function of the whole table, relaxed."""
 
-    def __init__(self, surrogate: TableSurrogate, blocks: _Blocks, batch: int):
-        self.model, self.space, self.blocks = surrogate.model, surrogate.space, blocks
+    def __init__(self, surrogate: TableSurrogate, blocks: _Blocks, batch: int, device: Device = "cpu"):
+        self.on = on = loop.device(device)
+        self.model, self.space, self.blocks = surrogate.model.to(on), surrogate.space, blocks
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.batches = buckets(blocks.tokens, batch)
-        self.padded = [self._pad(index) for index in self.batches]
-        self.low = torch.tensor(self.space.low, dtype=torch.float32)
-        self.high = torch.tensor(self.space.high, dtype=torch.float32)
-        self.tunable = torch.tensor(self.space.tunable)
-        defaults = torch.tensor(self.space.defaults, dtype=torch.float32)
+        self.padded = [tuple(x.to(on) for x in self._pad(index)) for index in self.batches]  # held where it runs
+        self.low = torch.tensor(self.space.low, dtype=torch.float32, device=on)
+        self.high = torch.tensor(self.space.high, dtype=torch.float32, device=on)
+        self.tunable = torch.tensor(self.space.tunable, device=on)
+        defaults = torch.tensor(self.space.defaults, dtype=torch.float32, device=on)
         with torch.no_grad():  # the surrogate's answer under the stock table anchors every block
             self.at_defaults = [self._predict(b, defaults) for b in range(len(self.batches))]
 
@@ -240,7 +244,8 @@ class Descent:
         way, in order, and the trace of (step, minibatch objective). `restart` k draws its minibatches
         from seed + k."""
         span = (self.high - self.low).clamp(min=1)
-        start = ((torch.tensor(self.space.defaults, dtype=torch.float32) - self.low) / span).clamp(0.02, 0.98)
+        start = ((torch.tensor(self.space.defaults, dtype=torch.float32, device=self.on) - self.low) / span
+                 ).clamp(0.02, 0.98)
         logits = torch.logit(start).requires_grad_(True)
         optimizer = torch.optim.Adam([logits], lr=config.descent_lr)
         generator = np.random.default_rng(config.seed + restart)
@@ -255,7 +260,7 @@ class Descent:
             optimizer.step()
             trace.append((step, float(loss.detach())))
             if step in marks:
-                rounded = np.rint(self.values(logits).detach().numpy()).astype(np.int64)
+                rounded = np.rint(self.values(logits).detach().cpu().numpy()).astype(np.int64)
                 key = rounded.tobytes()
                 if key not in seen and (rounded != self.space.defaults).any():
                     seen.add(key)
@@ -307,6 +312,7 @@ def search(config: TableSearchConfig, progress: bool = True, register: bool = Tr
     The driver's runs go to `cluster` where given."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    loop.device(config.device)  # a missing GPU fails before any llvm-mca run
     unknown = set(config.baselines) - set(BASELINES)
     if unknown:
         raise SurrogateOpsError(f"unknown baseline {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")
@@ -372,7 +378,7 @@ def _descend(config: TableSearchConfig, surrogate: TableSurrogate, space: TableS
     """Descents through the surrogate from several restarts (the minibatch order decides where a short
     descent ends), the rounded tables along each path checked with the real driver; the best of them,
     or the stock table when none beats it, charged `charged` plus `sample` evaluations a check."""
-    descent = Descent(surrogate, blocks, config.descent_batch)
+    descent = Descent(surrogate, blocks, config.descent_batch, config.device)
     checked, trace, seen = [], [], set()
     for restart in range(config.restarts):
         found, steps = descent.run(config, progress, restart)

@@ -22,8 +22,10 @@ from scipy import stats
 from surrogate_ops import models
 from surrogate_ops.blocks.asm import BlockError
 from surrogate_ops.blocks.batching import buckets, pad
+from surrogate_ops.config import Device
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.runtime.modeldir import ModelDir
+from surrogate_ops.training import loop
 
 FLOOR = 1e-3  # relative errors below 0.1% are all alike to the head (and llvm-mca prints 2 decimals)
 SHARES = (0.05, 0.1, 0.2)  # shares of blocks routed to llvm-mca that the report gives
@@ -64,28 +66,32 @@ class HeadReport:
 
 
 def _features(model: models.Confident, encoded: list, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """(cycles, head inputs) for tokenized blocks, in order, from the frozen network."""
+    """(cycles, head inputs) for tokenized blocks, in order, from the frozen network (on its device)."""
+    on = next(model.parameters()).device
     cycles = np.empty(len(encoded), dtype=np.float64)
     features = np.empty((len(encoded), model.error[0].normalized_shape[0]), dtype=np.float32)
     with torch.inference_mode():
         for index in buckets(encoded, batch):
-            c, f = model.features(torch.from_numpy(pad([encoded[i] for i in index])))
-            cycles[index], features[index] = c.numpy(), f.numpy()
+            c, f = model.features(torch.from_numpy(pad([encoded[i] for i in index])).to(on))
+            cycles[index], features[index] = c.cpu().numpy(), f.cpu().numpy()
     return cycles, features
 
 
 def fit_error_head(model_dir: ModelDir, blocks: list[str], truth: np.ndarray, epochs: int = 200,
-                   hidden: int = 64, seed: int = 0, progress: bool = True) -> tuple[models.Confident, HeadReport]:
+                   hidden: int = 64, seed: int = 0, progress: bool = True,
+                   device: Device = "cpu") -> tuple[models.Confident, HeadReport]:
     """A confident surrogate: `model_dir`'s network with an error head fit on its residuals
     against `truth` (llvm-mca's cycles per 100 iterations) over `blocks`, which its training
-    never fit; and how well the head ranks errors on a fifth of them it was not fit on."""
+    never fit; and how well the head ranks errors on a fifth of them it was not fit on. The
+    network's features and the head's fit run on `device`; the model comes back on the CPU."""
     from tqdm import tqdm
 
+    on = loop.device(device)
     torch.manual_seed(seed)
     if model_dir.program_parameters:
         raise SurrogateOpsError("a parameter-conditioned surrogate's error depends on the setting; "
                                 "fit error heads to surrogates of llvm-mca's defaults")
-    model = models.Confident.wrap(models.network(model_dir.module()), hidden).eval()
+    model = models.Confident.wrap(models.network(model_dir.module()), hidden).eval().to(on)
     tokenizer = model_dir.tokenizer()
     encoded, kept = [], []
     for i, block in enumerate(blocks):
@@ -104,26 +110,28 @@ def fit_error_head(model_dir: ModelDir, blocks: list[str], truth: np.ndarray, ep
     target = np.log(np.maximum(actual, FLOOR)).astype(np.float32)
     order = np.random.default_rng(seed).permutation(len(encoded))
     held, fit = order[: len(order) // 5], order[len(order) // 5:]
-    x, y = torch.from_numpy(features), torch.from_numpy(target)
+    x, y = torch.from_numpy(features).to(on), torch.from_numpy(target).to(on)
+    held_on = torch.from_numpy(held).to(on)
     head = model.error.train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=2e-3, weight_decay=1e-4)
     best, best_state = float("inf"), None
     rng = np.random.default_rng(seed + 1)
     for _ in tqdm(range(epochs), desc="error head", unit="epoch", disable=not progress):
-        shuffled = torch.from_numpy(rng.permutation(fit))
+        shuffled = torch.from_numpy(rng.permutation(fit)).to(on)
         for index in shuffled.split(512):
             loss = (model.log_error(x[index]) - y[index]).abs().mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            held_loss = float((model.log_error(x[held]) - y[held]).abs().mean())
+            held_loss = float((model.log_error(x[held_on]) - y[held_on]).abs().mean())
         if held_loss < best:
             best, best_state = held_loss, {k: v.clone() for k, v in head.state_dict().items()}
     head.load_state_dict(best_state)
     model.eval()
     with torch.no_grad():
-        estimate = np.exp(model.log_error(x[held]).numpy())
+        estimate = np.exp(model.log_error(x[held_on]).cpu().numpy())
+    model.cpu()
     errors = actual[held]
     report = HeadReport(len(held), float(stats.spearmanr(estimate, errors).statistic),
                         {s: routed_cut(errors, estimate, s) for s in SHARES},
@@ -153,9 +161,10 @@ class Result:
 
 
 def calibrate(model_uri: str, data: str | Path, mcpu: str | None = None, split: str = "val", epochs: int = 60,
-              register: str | None = None, progress: bool = True) -> Result:
+              register: str | None = None, progress: bool = True, device: Device = "cpu") -> Result:
     """Fit `model_uri`'s error head on its residuals over `data`'s `split` (llvm-mca's labels on the
-    model's CPU), in an MLflow run; with `register`, the confident surrogate becomes a new version."""
+    model's CPU), in an MLflow run, on `device`; with `register`, the confident surrogate becomes a
+    new version."""
     import mlflow
 
     from surrogate_ops import registry
@@ -164,6 +173,7 @@ def calibrate(model_uri: str, data: str | Path, mcpu: str | None = None, split: 
     from surrogate_ops.registry import tracking, versions
     from surrogate_ops.training.train import training_rows
 
+    loop.device(device)  # a missing GPU fails before the model is resolved
     parent = registry.open(model_uri).model
     mcpu = mcpu or parent.mcpu or "haswell"
     frame = datasets.load(data)
@@ -173,9 +183,10 @@ def calibrate(model_uri: str, data: str | Path, mcpu: str | None = None, split: 
         raise SurrogateOpsError(f"{data} has no {split} rows labeled by llvm-mca on {mcpu}")
     with tracking.start_run(run_name=f"confidence-{mcpu}") as run:
         mlflow.set_tags({"program": "llvm-mca", "mcpu": mcpu, "mode": "confidence", "parent_uri": model_uri})
-        tracking.log_params({"data": str(Path(data).resolve()), "split": split, "blocks": len(rows), "epochs": epochs})
+        tracking.log_params({"data": str(Path(data).resolve()), "split": split, "blocks": len(rows), "epochs": epochs,
+                             "device": str(loop.device(device))})
         model, report = fit_error_head(parent, list(rows["block"]), rows[f"mca_cycles_{mcpu}"].to_numpy(),
-                                       epochs=epochs, progress=progress)
+                                       epochs=epochs, progress=progress, device=device)
         mlflow.log_metrics(report.metrics())
         directory = save(model, parent, report, work_dir() / "models" / run.info.run_id, list(rows["block"][:64]),
                          parent_uri=model_uri)
