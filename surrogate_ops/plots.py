@@ -45,10 +45,16 @@ def comparison(frame: pd.DataFrame, reference: str, series: dict[str, str], path
     return path
 
 
+SCATTER_POINTS = 100_000  # a scatter of more is one blot of ink, and costs the drawing's memory and time
+
+
 def predicted_vs_target(frame: pd.DataFrame, target: str, path: Path, title: str) -> Path:
-    ok = frame[np.isfinite(frame["predicted"]) & frame[target].notna()]
+    ok = frame.loc[np.isfinite(frame["predicted"]) & frame[target].notna(), [target, "predicted"]]
+    shown = ok.sample(SCATTER_POINTS, random_state=0) if len(ok) > SCATTER_POINTS else ok
+    if len(shown) < len(ok):
+        title = f"{title}\n({len(shown):,} of {len(ok):,} blocks, drawn at random)"
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(ok[target], ok["predicted"], s=3, alpha=0.3)
+    ax.scatter(shown[target], shown["predicted"], s=3, alpha=0.3)
     low, high = max(5.0, ok[target].min()), ok[target].max()
     ax.plot([low, high], [low, high], color="black", linewidth=0.8)
     ax.set(xscale="log", yscale="log", xlabel=f"{target} ({UNIT})", ylabel=f"predicted ({UNIT})", title=title)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -80,6 +81,14 @@ def test_an_epoch_reads_every_training_row_once(grouped):
     assert not all(np.array_equal(a, b) for a, b in zip(batches, other))  # each epoch its own order
     doubled = np.concatenate(epoch_targets(grouped, seed=1, weights={"generated:*": 2}))
     np.testing.assert_array_equal(np.sort(doubled), np.sort(np.repeat(expected.astype(np.float32), 2)))
+
+
+def test_the_evaluation_splits_load_alone(grouped):
+    whole = datasets.load(grouped)
+    held = datasets.load(grouped, splits=("val", "test"), leave_out=("hex",))
+    expected = whole[whole["split"].isin(["val", "test"])].drop(columns=["hex"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(held, expected)
+    assert held.attrs == whole.attrs and held.attrs["program_version"]
 
 
 def test_a_limit_takes_that_many_training_rows(grouped):

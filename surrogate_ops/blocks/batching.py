@@ -107,6 +107,18 @@ class Flat:
         return out
 
 
+def take(blocks: Sequence[Encoded] | Flat, index: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The blocks at `index`, padded (`pad`), from lists of token ids or from a `Flat`."""
+    return blocks.take(index) if isinstance(blocks, Flat) else pad([blocks[i] for i in index])
+
+
+def instructions(blocks: Sequence[Encoded] | Flat) -> np.ndarray:
+    """Instructions per block."""
+    if isinstance(blocks, Flat):
+        return blocks.per_block.astype(np.int64)
+    return np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks))
+
+
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """concatenate(arange(s, s + c) for s, c in zip(starts, counts)), without a Python loop."""
     total = int(counts.sum())
@@ -164,7 +176,7 @@ def run_batched(engine: Callable[..., np.ndarray], blocks: Sequence[Encoded] | F
         result[index] = out
 
     def padded(index: np.ndarray) -> np.ndarray:
-        return blocks.take(index) if isinstance(blocks, Flat) else pad([blocks[i] for i in index])
+        return take(blocks, index)
 
     def run(index: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         return engine(tokens) if params is None else engine(tokens, params[index])

@@ -57,7 +57,7 @@ from surrogate_ops.errors import SurrogateOpsError
               help="bf16: forward pass under bfloat16 autocast (weights, optimizer and loss stay float32).")
 @click.option("--stream/--in-memory", default=None,
               help="Read the train split from the Parquet file a few row groups at a time as training goes, "
-                   f"holding only the val and test splits in memory (for datasets larger than memory) "
+                   f"holding only the val split in memory (for datasets larger than memory) "
                    f"[default: --stream past {STREAM_ROWS:,} rows].")
 @click.option("--from", "init_from", metavar="URI",
               help=f"Start from this registered surrogate's weights and architecture (e.g. {DEFAULT_MODEL_URI}); "

@@ -64,7 +64,7 @@ def evaluate(predictor: Predictor, frame: pd.DataFrame, mcpu: str, split: str = 
     sampled = bool(predictor.parameter_names) and any(c.startswith("param_") for c in rows.columns)
     scaled = scaled_parameters(rows, predictor.parameter_names) if sampled else None
     start = time.perf_counter()
-    predicted = predictor.cycles(list(rows["block"]), scaled)
+    predicted = _cycles(predictor, rows, scaled)
     elapsed = time.perf_counter() - start
     rows = rows.assign(predicted=predicted)
     ok = rows[np.isfinite(rows["predicted"])]
@@ -88,12 +88,21 @@ def evaluate(predictor: Predictor, frame: pd.DataFrame, mcpu: str, split: str = 
     return Evaluation(metrics, rows)
 
 
+def _cycles(predictor: Predictor, rows: pd.DataFrame, scaled: np.ndarray | None, chunk: int = 65536) -> np.ndarray:
+    """The predictor's cycles for every row, `chunk` blocks a call: a split of a million blocks is
+    encoded a chunk at a time, not held whole as token arrays."""
+    blocks = rows["block"]
+    return np.concatenate([np.asarray(predictor.cycles(list(blocks.iloc[i: i + chunk]),
+                                                       None if scaled is None else scaled[i: i + chunk]), dtype=float)
+                           for i in range(0, len(rows), chunk)]) if len(rows) else np.zeros(0)
+
+
 def _predict(predictor: Predictor, rows: pd.DataFrame) -> tuple[np.ndarray, float]:
     """Cycles per row (NaN where the surrogate did not answer) and blocks per second."""
     sampled = bool(predictor.parameter_names) and any(c.startswith("param_") for c in rows.columns)
     scaled = scaled_parameters(rows, predictor.parameter_names) if sampled else None
     start = time.perf_counter()
-    predicted = np.asarray(predictor.cycles(list(rows["block"]), scaled), dtype=float)
+    predicted = _cycles(predictor, rows, scaled)
     elapsed = time.perf_counter() - start
     return predicted, len(rows) / elapsed if elapsed > 0 else float("inf")
 

@@ -134,20 +134,16 @@ class Prepared:
     parameter_names: list[str]
     added: list[str]
 
-    def examples(self, rows: pd.DataFrame) -> tuple[list, np.ndarray, np.ndarray | None]:
-        """Token ids, targets and (for a conditioned surrogate) settings of `rows`."""
+    def examples(self, rows: pd.DataFrame, chunk: int = 65536) -> tuple[Flat, np.ndarray, np.ndarray | None]:
+        """The blocks of `rows` tokenized as one compact `Flat` (int32 ids and counts; a chunk of
+        blocks at a time: a million blocks cost a quarter of a gigabyte, not a tuple per
+        instruction that outlives the chunk), their targets and (for a conditioned surrogate) settings."""
+        parts = []
+        for i in range(0, len(rows), chunk):
+            part = Flat.of([self.tokenizer.encode_block(b) for b in rows["block"].iloc[i: i + chunk]])
+            parts.append(Flat(*(a.astype(np.int32) for a in (part.tokens, part.per_instruction, part.per_block))))
         scaled = datasets.scaled_parameters(rows, self.parameter_names) if self.parameter_names else None
-        return [self.tokenizer.encode_block(b) for b in rows["block"]], rows[self.column].to_numpy(), scaled
-
-    def validation(self, chunk: int = 65536) -> tuple[Flat, np.ndarray, np.ndarray | None]:
-        """The validation split's examples with its blocks as one `Flat` of int32 ids, tokenized a
-        chunk at a time: a million blocks cost a quarter of a gigabyte, not a tuple per instruction."""
-        blocks = self.val_rows["block"]
-        parts = [Flat.of([self.tokenizer.encode_block(b) for b in blocks.iloc[i: i + chunk]])
-                 for i in range(0, len(blocks), chunk)]
-        flat = Flat.concat([dataclasses.replace(f, tokens=f.tokens.astype(np.int32)) for f in parts])
-        scaled = (datasets.scaled_parameters(self.val_rows, self.parameter_names) if self.parameter_names else None)
-        return flat, self.val_rows[self.column].to_numpy(), scaled
+        return Flat.concat(parts), rows[self.column].to_numpy(), scaled
 
     def batches(self, rows: pd.DataFrame, config: TrainConfig, on: torch.device):
         """`rows` as training batches: held on a GPU, or padded per batch on the host."""
@@ -285,13 +281,15 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     stream = streams(config)
-    # streamed: the evaluation splits alone in memory, the train split read from disk as training goes
-    frame = (datasets.load(config.data, splits=("val", "test"), leave_out=("hex",)) if stream
-             else datasets.load(config.data))
+    if stream:
+        streaming.map_large_allocations()
+    # streamed: the val split alone in memory while training (test is read to score), the train split
+    # read from disk as training goes
+    frame = datasets.load(config.data, splits=("val",), leave_out=("hex",)) if stream else datasets.load(config.data)
     prepared = prepare(config, frame, init_from, state, rng, stream)
     on = loop.device(config.device)
     batches = prepared.training_batches(config, on)
-    val_encoded, val_targets, val_units = prepared.validation()
+    val_encoded, val_targets, val_units = prepared.examples(prepared.val_rows)
 
     def fit(on_epoch=None):
         return loop.fit(prepared.model, distributed.Shard(batches, group) if group.active else batches,
@@ -313,6 +311,9 @@ def train(config: TrainConfig, register: str | None = None, resume: str | None =
         if state is None:
             _log_start(config, prepared, frame, run_tags, group, stream)
         model, history = fit(_epoch_logger(run_id, config, prepared.tokenizer, prepared.model))
+        if stream:  # the test split, read now that training's memory is free
+            del batches, val_encoded
+            frame = datasets.load(config.data, splits=("test",), leave_out=("hex",))
         metrics = {"best_val_mape": history.best_val, "train_seconds": time.time() - started,
                    "epochs_run": history.epochs_run}
         digest = mlflow.get_run(run_id).data.tags.get("dataset_digest", "")
