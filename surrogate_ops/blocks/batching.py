@@ -133,11 +133,9 @@ def buckets(blocks: Sequence[Encoded] | Flat, batch_size: int = 256, token_budge
     """Index arrays of batches: similar-length blocks together, at most `batch_size` blocks and
     about `token_budget` padded tokens each (but `MIN_BATCH` blocks at least). `order` (a
     permutation) shuffles ties for training."""
-    if isinstance(blocks, Flat):
-        n_ins, n_tok = blocks.per_block, blocks.widths()
-    else:
-        n_ins = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks))
-        n_tok = np.fromiter((max(map(len, b), default=0) for b in blocks), dtype=np.int64, count=len(blocks))
+    n_ins = instructions(blocks)
+    n_tok = blocks.widths() if isinstance(blocks, Flat) else np.fromiter(
+        (max(map(len, b), default=0) for b in blocks), dtype=np.int64, count=len(blocks))
     base = np.arange(len(blocks)) if order is None else np.asarray(order)
     sorted_idx = base[np.lexsort((n_tok[base], n_ins[base]))]  # stable: ties keep `order`
     batches, start = [], 0

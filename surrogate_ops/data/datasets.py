@@ -410,8 +410,7 @@ def _read_splits(path: Path, columns: list[str] | None, splits: Sequence[str]) -
     for group in range(file.num_row_groups):
         rows = file.read_row_group(group, columns=columns)
         parts.append(rows.filter(pc.is_in(rows["split"], value_set=wanted)))
-    schema = parts[0].schema if parts else file.schema_arrow
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    return pa.concat_tables(parts) if parts else file.schema_arrow.empty_table()
 
 
 def file_digest(path: str | Path) -> str:

@@ -61,15 +61,11 @@ def evaluate(predictor: Predictor, frame: pd.DataFrame, mcpu: str, split: str = 
     conditioned surrogate on data labeled under sampled settings predicts each row's own setting
     (no measured figures then: the labels are not llvm-mca's defaults)."""
     rows = select(frame, split)
-    sampled = bool(predictor.parameter_names) and any(c.startswith("param_") for c in rows.columns)
-    scaled = scaled_parameters(rows, predictor.parameter_names) if sampled else None
-    start = time.perf_counter()
-    predicted = _cycles(predictor, rows, scaled)
-    elapsed = time.perf_counter() - start
+    predicted, speed = _predict(predictor, rows)
     rows = rows.assign(predicted=predicted)
     ok = rows[np.isfinite(rows["predicted"])]
     metrics: dict[str, float] = {"blocks": len(ok), "skipped": len(rows) - len(ok),
-                                 "blocks_per_s": len(rows) / elapsed if elapsed > 0 else float("inf")}
+                                 "blocks_per_s": speed}
     if not len(ok):
         raise SurrogateOpsError("no block of the split could be predicted")
     mca = f"mca_cycles_{mcpu}"
@@ -78,7 +74,7 @@ def evaluate(predictor: Predictor, frame: pd.DataFrame, mcpu: str, split: str = 
         metrics["mape_vs_mca"] = mape(labeled["predicted"], labeled[mca])
         metrics["tau_vs_mca"] = kendall_tau(labeled["predicted"], labeled[mca])
     measured = measured_rows(ok, mcpu)
-    if len(measured) > 1 and not sampled:
+    if len(measured) > 1 and not _sampled(predictor, rows):
         metrics["measured_blocks"] = len(measured)
         metrics["mape_vs_measured"] = mape(measured["predicted"], measured["measured"])
         metrics["tau_vs_measured"] = kendall_tau(measured["predicted"], measured["measured"])
@@ -86,6 +82,11 @@ def evaluate(predictor: Predictor, frame: pd.DataFrame, mcpu: str, split: str = 
             metrics["mca_mape_vs_measured"] = mape(measured[mca], measured["measured"])
             metrics["mca_tau_vs_measured"] = kendall_tau(measured[mca], measured["measured"])
     return Evaluation(metrics, rows)
+
+
+def _sampled(predictor: Predictor, rows: pd.DataFrame) -> bool:
+    """Whether a conditioned surrogate reads each row's own setting (data labeled under sampled settings)."""
+    return bool(predictor.parameter_names) and any(c.startswith("param_") for c in rows.columns)
 
 
 def _cycles(predictor: Predictor, rows: pd.DataFrame, scaled: np.ndarray | None, chunk: int = 65536) -> np.ndarray:
@@ -99,8 +100,7 @@ def _cycles(predictor: Predictor, rows: pd.DataFrame, scaled: np.ndarray | None,
 
 def _predict(predictor: Predictor, rows: pd.DataFrame) -> tuple[np.ndarray, float]:
     """Cycles per row (NaN where the surrogate did not answer) and blocks per second."""
-    sampled = bool(predictor.parameter_names) and any(c.startswith("param_") for c in rows.columns)
-    scaled = scaled_parameters(rows, predictor.parameter_names) if sampled else None
+    scaled = scaled_parameters(rows, predictor.parameter_names) if _sampled(predictor, rows) else None
     start = time.perf_counter()
     predicted = _cycles(predictor, rows, scaled)
     elapsed = time.perf_counter() - start

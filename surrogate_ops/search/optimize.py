@@ -123,7 +123,7 @@ class Surrogate:
     def __init__(self, predictor: Predictor, blocks: list[str], measured: np.ndarray,
                  anchors: np.ndarray | None = None, defaults: np.ndarray | None = None, batch: int = 256,
                  device: Device = "cpu"):
-        self.device, on = device, loop.device(device)
+        self.on = on = loop.device(device)
         self.model = predictor.model.module().to(on)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -134,7 +134,6 @@ class Surrogate:
                        if self.model.blind else None)
         self.measured = torch.tensor(measured, dtype=torch.float32, device=on)
         self.scale = torch.ones(len(blocks), device=on)
-        self.on = on
         self.anchors, self.defaults = anchors, defaults
         self._anchor()
 
@@ -157,7 +156,7 @@ class Surrogate:
         for p in self.model.parameters():
             p.requires_grad_(True)
         config = loop.LoopConfig(epochs=1, lr=lr, weight_decay=0.0, warmup_steps=0, decay=False, clip=None, patience=1,
-                                 device=self.device)
+                                 device=self.on.type)
         _, history = loop.fit(self.model, _LabelBatches(self.batches, labels, steps, seed), config,
                               np.random.default_rng(seed))
         self.model.to(self.on)  # `fit` hands the model back on the CPU

@@ -173,7 +173,7 @@ def calibrate(model_uri: str, data: str | Path, mcpu: str | None = None, split: 
     from surrogate_ops.registry import tracking, versions
     from surrogate_ops.training.train import training_rows
 
-    loop.device(device)  # a missing GPU fails before the model is resolved
+    on = loop.device(device)  # a missing GPU fails before the model is resolved
     parent = registry.open(model_uri).model
     mcpu = mcpu or parent.mcpu or "haswell"
     frame = datasets.load(data)
@@ -184,7 +184,7 @@ def calibrate(model_uri: str, data: str | Path, mcpu: str | None = None, split: 
     with tracking.start_run(run_name=f"confidence-{mcpu}") as run:
         mlflow.set_tags({"program": "llvm-mca", "mcpu": mcpu, "mode": "confidence", "parent_uri": model_uri})
         tracking.log_params({"data": str(Path(data).resolve()), "split": split, "blocks": len(rows), "epochs": epochs,
-                             "device": str(loop.device(device))})
+                             "device": str(on)})
         model, report = fit_error_head(parent, list(rows["block"]), rows[f"mca_cycles_{mcpu}"].to_numpy(),
                                        epochs=epochs, progress=progress, device=device)
         mlflow.log_metrics(report.metrics())

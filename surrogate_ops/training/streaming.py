@@ -83,14 +83,16 @@ class Rows:
     def groups(self) -> int:
         return self.file.num_row_groups
 
+    def _read(self, group: int) -> pd.DataFrame:
+        return self.file.read_row_group(group, columns=self.columns).to_pandas()
+
     def _usable(self, group: int) -> pd.DataFrame:
-        rows = self.file.read_row_group(group, columns=self.columns).to_pandas()
+        rows = self._read(group)
         return self.select(rows[rows["split"] == "train"])
 
     def frame(self, group: int) -> pd.DataFrame:
         """The training rows of one row group."""
-        rows = self.file.read_row_group(group, columns=self.columns).to_pandas()
-        return rows.iloc[self.kept[group]]
+        return self._read(group).iloc[self.kept[group]]
 
     def blocks(self) -> Iterator[str]:
         """Every training block, row group after row group (for building a vocabulary)."""
@@ -105,11 +107,11 @@ class Stream:
     `prepare(frame, rng)` turns a window's rows into a `Batches` (the in-memory kind)."""
 
     def __init__(self, rows: Rows, prepare: Callable[[pd.DataFrame, np.random.Generator], object],
-                 batch_size: int, window: int = 4, repeats: float = 1.0):
+                 batch_size: int, window: int = 4):
         self.rows, self.prepare, self.window = rows, prepare, max(1, window)
-        # batches per epoch, for the schedule and the progress bar: buckets cut at the token budget
-        # and each window's last batch add a few, so this is an estimate
-        self.count = max(1, math.ceil(len(rows) * repeats / batch_size))
+        # batches per epoch, for the schedule and the progress bar: buckets cut at the token budget,
+        # each window's last batch and --weight change it, so this is an estimate
+        self.count = max(1, math.ceil(len(rows) / batch_size))
 
     def __len__(self) -> int:
         return self.count
