@@ -279,6 +279,7 @@ Device = Literal["cpu", "cuda", "auto"]  # where training runs (`loop.device`); 
 DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "bf16")  # training arithmetic (`LoopConfig.precision`): float32, or bfloat16 autocast
 STREAM_ROWS = 2_000_000  # datasets with more rows train streamed from disk (`train --stream`, `training.streaming`)
+MEASURE_ROUNDS = 3  # `measure`'s passes over the blocks; each block's median counts (`programs.measure`)
 COMBINE_HOWS = ("ensemble", "soup")  # how several fine-tuned members answer as one (`training.combine`)
 
 

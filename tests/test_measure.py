@@ -70,6 +70,7 @@ def test_measured_csv_feeds_finetune(tmp_path):
     assert len(rows) > 300 and all(float(r["throughput"]) > 0 for r in rows)
     record = json.loads(out.with_name(out.name + ".json").read_text())
     assert record["measured"] == len(rows) and record["cpu"]["closest"] == record["mcpu"]
+    assert record["harness"]["repeats"] == 4 and record["harness"]["rounds"] == 3
     assert "closest bundled surrogate" in proc.stdout and "ticks per core cycle" in proc.stdout
     mcpu = record["mcpu"]
     proc = subprocess.run([*CLI, "finetune", "--from", f"models:/llvm-mca-{mcpu}@champion", "--data", str(out),

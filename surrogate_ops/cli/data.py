@@ -90,12 +90,15 @@ def collect(bhive, binary, asm, per_binary, exclude, generate, generate_seed, de
               help="Measure at most this many blocks (in source order; repeats of a block count once).")
 @click.option("--repeats", type=click.IntRange(min=1), default=16, show_default=True,
               help="Runs of each unrolling; the fewest ticks count.")
+@click.option("--rounds", type=click.IntRange(min=1), default=config.MEASURE_ROUNDS, show_default=True,
+              help="Passes over the blocks, a fraction of a second apart; each block's median counts (a burst "
+                   "of other work can outlast one pass's repeats).")
 @click.option("--cpu", type=click.IntRange(min=0), help="The CPU to pin the harness to [default: the last one].")
 @click.option("--out", type=click.Path(dir_okay=False), default="measured.csv", show_default=True,
               help="BHive-format CSV to write (hex,throughput; also OUT.json and <stem>.faults.csv).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def measure(bhive, binary, asm, per_binary, exclude, generate, generate_seed, density, limit, repeats, cpu, out,
-            quiet) -> None:
+def measure(bhive, binary, asm, per_binary, exclude, generate, generate_seed, density, limit, repeats, rounds, cpu,
+            out, quiet) -> None:
     """Measure basic blocks' throughput on this machine, BHive-style, in user space.
 
     Each block is unrolled 100 and 200 times with every register pointing into pages mapped on first
@@ -107,7 +110,8 @@ def measure(bhive, binary, asm, per_binary, exclude, generate, generate_seed, de
 
     result = measuring.measure(out, bhive=bhive, binaries=binary, asm=asm, per_binary=per_binary, exclude=exclude,
                                generated=datasets.Generated(generate, generate_seed, density) if generate else None,
-                               limit=limit, repeats=repeats, cpu=cpu, progress=not quiet)
+                               limit=limit, repeats=repeats, rounds=rounds, cpu=cpu,
+                               progress=not quiet)
     click.echo(f"{result.cpu.name} (family {result.cpu.family}, model {result.cpu.model}: {result.cpu.label})")
     for line in result.calibration.lines():
         click.echo(line)

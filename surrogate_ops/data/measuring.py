@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from surrogate_ops import config
 from surrogate_ops.blocks.encode import assemble
 from surrogate_ops.data.datasets import Generated, gather
 from surrogate_ops.errors import SurrogateOpsError
@@ -43,7 +44,7 @@ class MeasureResult:
 def measure(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequence[str | Path] = (),
             asm: Sequence[str | Path] = (), generated: Generated | None = None, limit: int | None = None,
             per_binary: int | None = None, exclude: Sequence[str] = (), repeats: int = 16, cpu: int | None = None,
-            progress: bool = True) -> MeasureResult:
+            progress: bool = True, rounds: int = config.MEASURE_ROUNDS) -> MeasureResult:
     """Measure the distinct blocks of the sources (at most `limit`) on this machine into `out`."""
     out = Path(out)
     here = Cpu.here()
@@ -64,7 +65,7 @@ def measure(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
     for r in records:
         if not r.error and r.hex:
             blocks.setdefault(r.hex, r.block or "")
-    machine = Machine(cpu, repeats)
+    machine = Machine(cpu, repeats, rounds=rounds)
     calibration = machine.calibrate(here)
     hexes = list(blocks)
     with tqdm(total=len(hexes), unit="block", desc="measuring", disable=not progress) as bar:
@@ -82,7 +83,7 @@ def measure(out: str | Path, bhive: Sequence[str | Path] = (), binaries: Sequenc
         "cpu": asdict(here), "mcpu": here.closest, "calibration": {
             "ticks_per_cycle": calibration.ticks_per_cycle,
             "chains": {c.name: {"asm": c.asm, "cycles": c.cycles, "documented": c.documented} for c in calibration.chains}},
-        "harness": {"unroll": list(machine.unroll), "repeats": repeats, "cpu": machine.cpu, "clock": "time-stamp counter"},
+        "harness": {"unroll": list(machine.unroll), "repeats": repeats, "rounds": rounds, "cpu": machine.cpu, "clock": "time-stamp counter"},
         "blocks": len(records), "measured": len(rows), "faults": dict(faults)}, indent=1) + "\n")
     return MeasureResult(out, len(rows), faults, here, calibration, faults_path if skipped else None)
 

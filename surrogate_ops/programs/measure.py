@@ -12,18 +12,22 @@ Hardware performance counters would count cycles directly; the virtual machines 
 expose them, so the TSC is the clock. Throughput is cycles per 100 iterations, BHive's unit.
 
 A block measures in about a millisecond; the harness runs pinned to one CPU (the last, by default),
-one block at a time, so a second core's work disturbs it as little as it can.
+one block at a time, so a second core's work disturbs it as little as it can. A burst of someone else's
+work can still outlast one block's repeats (a shared machine's neighbours, a host's other guests), so
+every block is measured in `rounds` passes over its chunk, a fraction of a second apart, and the median
+answer counts.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surrogate_ops import presets
+from surrogate_ops import config, presets
 from surrogate_ops.errors import SurrogateOpsError
 from surrogate_ops.llvm_tools import run_tool
 from surrogate_ops.native import cached, compile_once
@@ -126,26 +130,32 @@ class Machine:
 
     name = "this machine"
 
-    def __init__(self, cpu: int | None = None, repeats: int = 16, unroll: tuple[int, int] = UNROLL):
+    def __init__(self, cpu: int | None = None, repeats: int = 16, unroll: tuple[int, int] = UNROLL,
+                 rounds: int = config.MEASURE_ROUNDS):
         allowed = sorted(os.sched_getaffinity(0))
         self.cpu = allowed[-1] if cpu is None else cpu
         if self.cpu not in allowed:
             raise SurrogateOpsError(f"CPU {self.cpu} is not one this process may run on ({allowed})")
         if platform.machine() not in ("x86_64", "AMD64"):
             raise SurrogateOpsError(f"measure runs x86-64 blocks on an x86-64 machine, not {platform.machine()}")
-        self.repeats, self.unroll = repeats, unroll
+        if rounds < 1:
+            raise SurrogateOpsError(f"rounds must be at least 1, not {rounds}")
+        self.repeats, self.unroll, self.rounds = repeats, unroll, rounds
         self.binary = build()
         self.calibration: Calibration | None = None
 
     def iterations(self, hexes: Sequence[str], progress: Callable[[int], object] | None = None) -> list[Measured]:
         """Core cycles per iteration of each block (in `Measured.cycles`), in order: its time-stamp-counter
         ticks over those of the reference chain of dependent adds (1 cycle an iteration), timed in turns
-        with it, so that the core's clock, whatever it does meanwhile, cancels."""
+        with it, so that the core's clock, whatever it does meanwhile, cancels; the median of `rounds` passes
+        over each chunk, a block that faults in any of them skipped with the first reason."""
         out: list[Measured] = []
         for start in range(0, len(hexes), CHUNK):
-            out += self._chunk(list(hexes[start:start + CHUNK]))
+            chunk = list(hexes[start:start + CHUNK])
+            answers = self._chunk(chunk * self.rounds)
+            out += [_median(answers[k::len(chunk)]) for k in range(len(chunk))]
             if progress:
-                progress(len(hexes[start:start + CHUNK]))
+                progress(len(chunk))
         return out
 
     def _chunk(self, hexes: list[str]) -> list[Measured]:
@@ -182,6 +192,15 @@ class Machine:
         return [Measured(cycles=round(100 * m.cycles, 2), ticks_per_cycle=m.ticks_per_cycle) if m.ok and m.cycles > 0
                 else Measured(error=m.error or f"not measurable: {m.cycles:.3f} cycles an iteration")
                 for m in self.iterations(hexes, progress)]
+
+
+def _median(rounds: list[Measured]) -> Measured:
+    """One block's answer from its rounds: the median cycles (and the reference's ticks beside them)."""
+    failed = [m for m in rounds if not m.ok]
+    if failed:
+        return failed[0]
+    middle = statistics.median_low(m.cycles for m in rounds)
+    return next(m for m in rounds if m.cycles == middle)
 
 
 def _parse(line: str) -> Measured:
