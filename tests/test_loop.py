@@ -116,6 +116,24 @@ def test_device_batches_hold_every_block_once_per_epoch_padded_as_the_host_pads_
         assert set(np.unique(tokens.numpy())) <= {0, 1, 2, 3}
 
 
+@pytest.mark.skipif(NO_GPU, reason="no GPU here")
+def test_device_batches_uploaded_on_a_thread_hold_on_the_gpu_what_they_hold_on_the_cpu():
+    """A streamed window is built on its own thread and copied from pinned memory on a stream of its
+    own: on the GPU its epoch yields every block once, in batches of the sizes and order the CPU's
+    holder yields (the draws within a length come from the device's own generator)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    encoded, targets = _blocks(300), np.arange(100.0, 400.0)
+    relatives = [0] + [1 + (i % 3) for i in range(1, 30)]
+    with ThreadPoolExecutor(1) as ahead:
+        on_gpu = ahead.submit(loop.DeviceBatches, encoded, targets, None, 16, torch.device("cuda"), relatives).result()
+    on_cpu = loop.DeviceBatches(encoded, targets, None, 16, torch.device("cpu"), relatives)
+    gpu = [(t.cpu(), y.cpu()) for (t,), y in on_gpu.epoch(np.random.default_rng(4))]
+    cpu = [(t, y) for (t,), y in on_cpu.epoch(np.random.default_rng(4))]
+    assert [len(y) for _, y in gpu] == [len(y) for _, y in cpu] and len(gpu) == len(on_cpu)
+    assert sorted(float(v) for _, y in gpu for v in y) == list(targets)
+
+
 def test_mape_loss_skips_missing_targets_without_poisoning_the_gradient():
     predicted = torch.tensor([110.0, 50.0, 300.0], requires_grad=True)
     target = torch.tensor([100.0, float("nan"), 200.0])

@@ -10,7 +10,8 @@ A loop's whole state (`on_epoch`'s second argument) can be saved and handed back
 an interrupted run continues exactly where its last epoch ended.
 
 `LoopConfig.device` says where the network trains: each batch is moved there (`DeviceBatches`
-keeps the whole training set there instead, for a GPU), the best epoch's
+keeps the whole training set there instead, for a GPU, copied from pinned memory on a stream of its
+own so that a streamed window uploads while the last one trains), the best epoch's
 weights are kept on the host, and `fit` hands the model back on the CPU (export and ONNX expect it
 there). `predict` runs on whatever device the module is on, so a validation function that calls it
 runs beside the training.
@@ -161,13 +162,14 @@ class DeviceBatches:
         self.batch_size, self.on = batch_size, on
         lengths = instructions(encoded)
         self.groups = []  # (tokens (n, i, t), targets (n,), settings (n, p) or None) per length
-        for length in np.unique(lengths):
-            index = np.flatnonzero(lengths == length)
-            tokens = torch.from_numpy(take(encoded, index)).to(on)
-            extra = None if scaled is None else torch.as_tensor(scaled[index], dtype=torch.float32).to(on)
-            self.groups.append((tokens, torch.as_tensor(targets[index], dtype=torch.float32).to(on), extra))
+        with _Upload(on) as upload:
+            for length in np.unique(lengths):
+                index = np.flatnonzero(lengths == length)
+                extra = None if scaled is None else upload(torch.as_tensor(scaled[index], dtype=torch.float32))
+                self.groups.append((upload(torch.from_numpy(take(encoded, index))),
+                                    upload(torch.as_tensor(targets[index], dtype=torch.float32)), extra))
+            self.backoff = None if backoff is None else upload(torch.as_tensor(backoff, dtype=torch.long))
         self.count = sum(math.ceil(len(g[1]) / batch_size) for g in self.groups)
-        self.backoff = None if backoff is None else torch.as_tensor(backoff, dtype=torch.long).to(on)
         self.share = share if self.backoff is not None and bool(
             (self.backoff != torch.arange(len(backoff), device=on)).any()) else 0.0
 
@@ -175,6 +177,10 @@ class DeviceBatches:
         return self.count
 
     def epoch(self, rng: np.random.Generator) -> Iterable[Batch]:
+        if self.on.type == "cuda":  # uploaded on a side stream: the caching allocator must not hand their
+            stream = torch.cuda.current_stream(self.on)  # memory to the next window's copy while this uses it
+            for tensor in (t for g in [*self.groups, (self.backoff,)] for t in g if t is not None):
+                tensor.record_stream(stream)
         generator = torch.Generator(device=self.on)
         generator.manual_seed(int(rng.integers(2**62)))
         batches = [(g, part) for g, (_, targets, _) in enumerate(self.groups)
@@ -187,6 +193,28 @@ class DeviceBatches:
                 swap = torch.rand(tokens.shape, device=self.on, generator=generator) < self.share
                 tokens = torch.where(swap, self.backoff[tokens], tokens)
             yield (tokens, *(() if extra is None else (extra.index_select(0, part),))), targets.index_select(0, part)
+
+
+class _Upload:
+    """Host tensors onto `on`. On a GPU: from pinned memory, on a stream of its own, so that a window
+    streamed ahead (`training.streaming`, on its own thread) copies while the network trains on the
+    last one; leaving the block waits for the copies (that thread only)."""
+
+    def __init__(self, on: torch.device):
+        self.on = on
+        self.stream = torch.cuda.Stream(on) if on.type == "cuda" else None
+
+    def __enter__(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.stream is None:
+            return lambda tensor: tensor.to(self.on)
+        self.context = torch.cuda.stream(self.stream)
+        self.context.__enter__()
+        return lambda tensor: tensor.pin_memory().to(self.on, non_blocking=True)
+
+    def __exit__(self, *failed) -> None:
+        if self.stream is not None:
+            self.context.__exit__(*failed)
+            self.stream.synchronize()  # the pinned host copies may go once the device holds them
 
 
 def predict(model: nn.Module, encoded: Sequence, scaled: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
