@@ -134,3 +134,22 @@ def test_combine_keeps_every_cpus_labels_and_leaves_held_out_blocks_out(tmp_path
     assert mix.attrs["program_version"] == datasets.load(a).attrs["program_version"]
     added = mix[mix["block"] == "addq %rax, %rbx"]  # a row per source, each with its own CPU's label
     assert added["mca_cycles_haswell"].notna().sum() == 1 and added["mca_cycles_znver3"].notna().sum() == 1
+
+
+
+def test_a_write_that_fails_midway_leaves_the_old_dataset_and_no_temporary_file(tmp_path, fixture_blocks):
+    """`files.written`, as every dataset, part, checkpoint and CSV is written: a rewrite that fails
+    after writing half a file keeps the dataset that was there, whole, and leaves nothing beside
+    it; a rewrite that succeeds replaces it."""
+    from surrogate_ops.files import written
+
+    out = tmp_path / "ds.parquet"
+    datasets.collect(out, asm=[FIXTURES / "blocks.s"], mcpus=["haswell"], progress=False)
+    before = datasets.load(out)
+    with pytest.raises(KeyboardInterrupt), written(out) as tmp:
+        tmp.write_bytes(out.read_bytes()[:100])
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds.parquet"]
+    assert datasets.load(out).equals(before)
+    datasets._write(before.head(3), out, {})
+    assert len(datasets.load(out)) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["ds.parquet"]

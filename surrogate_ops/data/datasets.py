@@ -58,6 +58,7 @@ from surrogate_ops.data.labeling import (
     split_of,
 )
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.files import written
 from surrogate_ops.metrics import kendall_tau, mape
 from surrogate_ops.programs import LlvmMca, McaSetting, tables
 from surrogate_ops.programs.base import scale_settings
@@ -308,10 +309,8 @@ def _write(frame: pd.DataFrame, out: Path, metadata: dict[str, str]) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            **{f"surrogate_ops.{k}".encode(): str(v).encode() for k, v in metadata.items()}})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp, row_group_size=ROW_GROUP)
-    os.replace(tmp, out)
+    with written(out) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP)
 
 
 def combine(paths: Sequence[str | Path], out: str | Path, leave_out: Sequence[str | Path] = ()) -> tuple[int, int]:

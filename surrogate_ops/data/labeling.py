@@ -9,7 +9,6 @@ stable train/val/test split every row carries.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from surrogate_ops.files import written
 from surrogate_ops.programs import LlvmMca, McaSetting, parametric, tables
 from surrogate_ops.programs.base import Result, sample_settings
 
@@ -182,9 +182,8 @@ def label_parts(partial: Path, records: list[Record], programs: dict[str, LlvmMc
             # blocks kept to some splits are split again, so the data still trains and validates a surrogate
             frame = label(todo[start:start + part_rows], programs, alias, bar, sampling,
                            salt="|".join(sorted(splits)) if splits else "")
-            tmp = partial / f".part-{len(parts):05d}.tmp"
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
             final = partial / f"part-{len(parts):05d}.parquet"
-            os.replace(tmp, final)
+            with written(final) as tmp:
+                pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
             parts.append(final)
     return parts, len(records) - len(todo)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from surrogate_ops import config
 from surrogate_ops.blocks.encode import assemble
 from surrogate_ops.data.datasets import Generated, gather
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.files import written
 from surrogate_ops.programs.measure import Calibration, Cpu, Machine
 
 
@@ -94,10 +94,7 @@ def _kind(reason: str) -> str:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with written(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)

@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from surrogate_ops.config import settings, work_dir
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.files import written
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,5 @@ def remembered_run(job: str | None) -> str | None:
 def remember_run(job: str | None, run_id: str) -> None:
     if job is None:
         return
-    path = _record(job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_id": run_id}))
-    os.replace(tmp, path)
+    with written(_record(job)) as tmp:
+        tmp.write_text(json.dumps({"run_id": run_id}))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from surrogate_ops.builds.export import save_model_dir
 from surrogate_ops.config import STREAM_ROWS, Device, EngineName, work_dir
 from surrogate_ops.data import datasets
 from surrogate_ops.errors import SurrogateOpsError
+from surrogate_ops.files import written
 from surrogate_ops.metrics import mape
 from surrogate_ops.registry import tracking, versions
 from surrogate_ops.registry.evaluate import evaluate
@@ -448,11 +448,8 @@ def _load_checkpoint(run_id: str) -> dict:
 
 
 def _save_checkpoint(run_id: str, state: dict) -> None:
-    path = _checkpoint_path(run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with written(_checkpoint_path(run_id)) as tmp:
+        torch.save(state, tmp)
 
 
 def _grow_vocabulary(model: torch.nn.Module, vocab_size: int, backoff: list[int] | None = None) -> torch.nn.Module:
