@@ -60,7 +60,7 @@ def epoch_targets(path: Path, seed: int, weights: dict | None = None) -> list[np
     tokenizer = Tokenizer.build(rows.blocks())
 
     def prepare(frame, rng):
-        frame = weighted(frame, weights or {}, rng, every_glob=False)
+        frame = weighted(frame, weights or {}, rng)
         encoded = [tokenizer.encode_block(b) for b in frame["block"]]
         return BackoffBatches(encoded, frame["mca_cycles_haswell"].to_numpy(), None, 16, tokenizer.backoff_ids(), 0.0)
 

@@ -189,7 +189,7 @@ def test_source_weights_repeat_training_rows(home, dataset):
     split is left alone; a glob no source matches, or a factor that is not positive, is an error."""
 
     from surrogate_ops.errors import SurrogateOpsError
-    from surrogate_ops.training.train import weighted
+    from surrogate_ops.training.train import check_weights, weighted
 
     rows = pd.DataFrame({"block": [f"b{i}" for i in range(1000)],
                          "source": ["generated:loops:5"] * 100 + ["bhive:hsw.csv"] * 900})
@@ -197,8 +197,11 @@ def test_source_weights_repeat_training_rows(home, dataset):
     assert (out["source"] == "generated:loops:5").sum() == 300
     assert 400 < (out["source"] == "bhive:hsw.csv").sum() < 500
     assert weighted(rows, {}, np.random.default_rng(0)) is rows
+    check_weights({"generated:loops:*": 3, "bhive:*": 0.5}, rows["source"])
     with pytest.raises(SurrogateOpsError, match="no training row's source matches"):
-        weighted(rows, {"corners-*": 2}, np.random.default_rng(0))
+        check_weights({"corners-*": 2}, rows["source"])
+    with pytest.raises(SurrogateOpsError, match="a factor must be positive"):
+        check_weights({"bhive:*": 0}, rows["source"])
     result = subprocess.run([*CLI, "train", "--data", str(dataset), "--weight", "bhive=x"], capture_output=True,
                             text=True, timeout=COMMAND_TIMEOUT)
     assert result.returncode != 0 and "expected SOURCE=FACTOR" in result.stderr

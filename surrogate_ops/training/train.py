@@ -17,7 +17,7 @@ import fnmatch
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,7 +156,7 @@ class Prepared:
     def training_batches(self, config: TrainConfig, on: torch.device) -> loop.Batches:
         if isinstance(self.train_rows, streaming.Rows):
             return streaming.Stream(self.train_rows, lambda rows, rng: self.batches(
-                weighted(rows, config.weights, rng, every_glob=False), config, on), config.batch_size)
+                weighted(rows, config.weights, rng), config, on), config.batch_size)
         return self.batches(self.train_rows, config, on)
 
 
@@ -221,35 +221,39 @@ def _split_rows(config: TrainConfig, frame: pd.DataFrame, max_instructions: int,
                                     config.train_limit, rng)
         if val_rows.empty:
             raise SurrogateOpsError("need rows in the val split")
-        weighted(pd.DataFrame({"source": sorted(train_rows.sources)}), config.weights,
-                 np.random.default_rng(0))  # every glob matches some source
+        check_weights(config.weights, train_rows.sources)
         return train_rows, val_rows
     train_rows = rows[rows["split"] == "train"]
     if config.train_limit is not None and len(train_rows) > config.train_limit:
         train_rows = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.train_limit])]
+    check_weights(config.weights, train_rows["source"].astype(str).unique() if "source" in train_rows else [""])
     train_rows = weighted(train_rows, config.weights, rng)
     if train_rows.empty or val_rows.empty:
         raise SurrogateOpsError(f"need rows in both train and val splits (have {len(train_rows)} and {len(val_rows)})")
     return train_rows, val_rows
 
 
-def weighted(rows: pd.DataFrame, weights: dict[str, float], rng: np.random.Generator,
-             every_glob: bool = True) -> pd.DataFrame:
-    """`rows` with those whose source matches a glob of `weights` repeated: factor 3 three times, 1.5
-    once and half of them again, 0.5 half of them (the first glob a source matches decides). A glob
-    that matches no row is an error (`every_glob`; not for a streamed window, a part of the rows)."""
-    if not weights:
-        return rows
+def check_weights(weights: dict[str, float], sources: Iterable[str]) -> None:
+    """Every factor positive, every glob matching one of the training rows' `sources`."""
+    sources = list(sources)
     for glob, factor in weights.items():
         if not factor > 0:
             raise SurrogateOpsError(f"weight {glob}={factor}: a factor must be positive")
+        if not any(fnmatch.fnmatchcase(s, glob) for s in sources):
+            raise SurrogateOpsError(f"weight {glob}={factor}: no training row's source matches {glob!r}")
+
+
+def weighted(rows: pd.DataFrame, weights: dict[str, float], rng: np.random.Generator) -> pd.DataFrame:
+    """`rows` with those whose source matches a glob of `weights` repeated: factor 3 three times, 1.5
+    once and half of them again, 0.5 half of them (the first glob a source matches decides; the
+    weights `check_weights`ed against all the training rows first)."""
+    if not weights:
+        return rows
     sources = rows["source"].astype(str) if "source" in rows else pd.Series("", index=rows.index)
     factors = pd.Series(1.0, index=rows.index)
     decided = pd.Series(False, index=rows.index)
     for glob, factor in weights.items():
         hit = sources.map(lambda s, g=glob: fnmatch.fnmatchcase(s, g)) & ~decided
-        if every_glob and not hit.any():
-            raise SurrogateOpsError(f"weight {glob}={factor}: no training row's source matches {glob!r}")
         factors[hit], decided = float(factor), decided | hit
     whole = np.floor(factors.to_numpy()).astype(int)
     whole += rng.random(len(rows)) < factors.to_numpy() - whole
