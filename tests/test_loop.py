@@ -126,7 +126,8 @@ def test_device_batches_uploaded_on_a_thread_hold_on_the_gpu_what_they_hold_on_t
     encoded, targets = _blocks(300), np.arange(100.0, 400.0)
     relatives = [0] + [1 + (i % 3) for i in range(1, 30)]
     with ThreadPoolExecutor(1) as ahead:
-        on_gpu = ahead.submit(loop.DeviceBatches, encoded, targets, None, 16, torch.device("cuda"), relatives).result()
+        on_gpu = ahead.submit(loop.DeviceBatches, encoded, targets, None, 16, loop.device("cuda"), relatives,
+                              ahead=True).result()
     on_cpu = loop.DeviceBatches(encoded, targets, None, 16, torch.device("cpu"), relatives)
     gpu = [(t.cpu(), y.cpu()) for (t,), y in on_gpu.epoch(np.random.default_rng(4))]
     cpu = [(t, y) for (t,), y in on_cpu.epoch(np.random.default_rng(4))]

@@ -200,6 +200,8 @@ def test_source_weights_repeat_training_rows(home, dataset):
     check_weights({"generated:loops:*": 3, "bhive:*": 0.5}, rows["source"])
     with pytest.raises(SurrogateOpsError, match="no training row's source matches"):
         check_weights({"corners-*": 2}, rows["source"])
+    with pytest.raises(SurrogateOpsError, match="that an earlier --weight has not taken"):
+        check_weights({"bhive:*": 2, "bhive:hsw*": 3}, rows["source"])  # the second would change nothing
     with pytest.raises(SurrogateOpsError, match="a factor must be positive"):
         check_weights({"bhive:*": 0}, rows["source"])
     result = subprocess.run([*CLI, "train", "--data", str(dataset), "--weight", "bhive=x"], capture_output=True,

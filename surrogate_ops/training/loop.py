@@ -93,7 +93,8 @@ def device(name: Device) -> torch.device:
                else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU")
         raise SurrogateOpsError(f"device cuda: {why}; train on the CPU (--device cpu), or with --device auto, "
                                 "which takes a GPU where there is one")
-    return torch.device("cuda")
+    return torch.device("cuda", torch.cuda.current_device())  # indexed: a thread of its own (a streamed
+    # window's) and DistributedDataParallel's device_ids must name this process's GPU, not the first
 
 
 @functools.cache
@@ -158,11 +159,11 @@ class DeviceBatches:
     The shuffle draws from `rng`, so a resumed run continues the same sequence."""
 
     def __init__(self, encoded: Sequence, targets: np.ndarray, scaled: np.ndarray | None, batch_size: int,
-                 on: torch.device, backoff: Sequence[int] | None = None, share: float = 0.0):
+                 on: torch.device, backoff: Sequence[int] | None = None, share: float = 0.0, ahead: bool = False):
         self.batch_size, self.on = batch_size, on
         lengths = instructions(encoded)
         self.groups = []  # (tokens (n, i, t), targets (n,), settings (n, p) or None) per length
-        with _Upload(on) as upload:
+        with _Upload(on, pinned=ahead) as upload:
             for length in np.unique(lengths):
                 index = np.flatnonzero(lengths == length)
                 extra = None if scaled is None else upload(torch.as_tensor(scaled[index], dtype=torch.float32))
@@ -195,20 +196,31 @@ class DeviceBatches:
             yield (tokens, *(() if extra is None else (extra.index_select(0, part),))), targets.index_select(0, part)
 
 
-class _Upload:
-    """Host tensors onto `on`. On a GPU: from pinned memory, on a stream of its own, so that a window
-    streamed ahead (`training.streaming`, on its own thread) copies while the network trains on the
-    last one; leaving the block waits for the copies (that thread only)."""
+@functools.cache
+def _side_stream(on: torch.device) -> torch.cuda.Stream:
+    """The one stream uploads to `on` take: the caching allocator reuses a freed block only on the
+    stream that allocated it, so a stream per window would leave every finished window's memory idle."""
+    return torch.cuda.Stream(on)
 
-    def __init__(self, on: torch.device):
-        self.on = on
-        self.stream = torch.cuda.Stream(on) if on.type == "cuda" else None
+
+class _Upload:
+    """Host tensors onto `on`. On a GPU: on a stream of its own, so that a window prepared ahead
+    (`training.streaming`, on its own thread, `pinned`: from page-locked memory, which copies
+    without blocking) copies while the network trains on the last one; leaving the block waits for
+    the copies (that thread only). Pinned memory is held by torch for the process's life, so only
+    windows, not a whole training set held once, are pinned."""
+
+    def __init__(self, on: torch.device, pinned: bool = False):
+        self.on, self.pinned = on, pinned
+        self.stream = _side_stream(on) if on.type == "cuda" else None
 
     def __enter__(self) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.stream is None:
             return lambda tensor: tensor.to(self.on)
         self.context = torch.cuda.stream(self.stream)
         self.context.__enter__()
+        if not self.pinned:
+            return lambda tensor: tensor.to(self.on)
         return lambda tensor: tensor.pin_memory().to(self.on, non_blocking=True)
 
     def __exit__(self, *failed) -> None:

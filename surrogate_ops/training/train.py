@@ -145,18 +145,19 @@ class Prepared:
         scaled = datasets.scaled_parameters(rows, self.parameter_names) if self.parameter_names else None
         return Flat.concat(parts), rows[self.column].to_numpy(), scaled
 
-    def batches(self, rows: pd.DataFrame, config: TrainConfig, on: torch.device):
-        """`rows` as training batches: held on a GPU, or padded per batch on the host."""
+    def batches(self, rows: pd.DataFrame, config: TrainConfig, on: torch.device, ahead: bool = False):
+        """`rows` as training batches: held on a GPU, or padded per batch on the host (`ahead`: a
+        streamed window, prepared on a thread of its own while the last one trains)."""
         encoded, targets, scaled = self.examples(rows)
         backoff = self.tokenizer.backoff_ids()
         if on.type == "cuda":
-            return loop.DeviceBatches(encoded, targets, scaled, config.batch_size, on, backoff, config.backoff)
+            return loop.DeviceBatches(encoded, targets, scaled, config.batch_size, on, backoff, config.backoff, ahead)
         return BackoffBatches(encoded, targets, scaled, config.batch_size, backoff, config.backoff)
 
     def training_batches(self, config: TrainConfig, on: torch.device) -> loop.Batches:
         if isinstance(self.train_rows, streaming.Rows):
             return streaming.Stream(self.train_rows, lambda rows, rng: self.batches(
-                weighted(rows, config.weights, rng), config, on), config.batch_size)
+                weighted(rows, config.weights, rng), config, on, ahead=True), config.batch_size)
         return self.batches(self.train_rows, config, on)
 
 
@@ -234,13 +235,17 @@ def _split_rows(config: TrainConfig, frame: pd.DataFrame, max_instructions: int,
 
 
 def check_weights(weights: dict[str, float], sources: Iterable[str]) -> None:
-    """Every factor positive, every glob matching one of the training rows' `sources`."""
-    sources = list(sources)
+    """Every factor positive, every glob deciding some of the training rows' `sources` (the first
+    glob a source matches decides its factor: a glob whose sources earlier ones took decides none)."""
+    undecided = set(sources)
     for glob, factor in weights.items():
         if not factor > 0:
             raise SurrogateOpsError(f"weight {glob}={factor}: a factor must be positive")
-        if not any(fnmatch.fnmatchcase(s, glob) for s in sources):
-            raise SurrogateOpsError(f"weight {glob}={factor}: no training row's source matches {glob!r}")
+        hit = {s for s in undecided if fnmatch.fnmatchcase(s, glob)}
+        if not hit:
+            raise SurrogateOpsError(f"weight {glob}={factor}: no training row's source matches {glob!r}"
+                                    + (" that an earlier --weight has not taken" if len(weights) > 1 else ""))
+        undecided -= hit
 
 
 def weighted(rows: pd.DataFrame, weights: dict[str, float], rng: np.random.Generator) -> pd.DataFrame:
