@@ -10,8 +10,8 @@ A loop's whole state (`on_epoch`'s second argument) can be saved and handed back
 an interrupted run continues exactly where its last epoch ended.
 
 `LoopConfig.device` says where the network trains: each batch is moved there (`DeviceBatches`
-keeps the whole training set there instead, for a GPU, copied from pinned memory on a stream of its
-own so that a streamed window uploads while the last one trains), the best epoch's
+keeps the whole training set there instead, for a GPU, copied on a stream of its own, a streamed
+window from pinned memory while the last one trains), the best epoch's
 weights are kept on the host, and `fit` hands the model back on the CPU (export and ONNX expect it
 there). `predict` runs on whatever device the module is on, so a validation function that calls it
 runs beside the training.
