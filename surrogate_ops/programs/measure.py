@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,8 +198,7 @@ def _median(rounds: list[Measured]) -> Measured:
     failed = [m for m in rounds if not m.ok]
     if failed:
         return failed[0]
-    middle = statistics.median_low(m.cycles for m in rounds)
-    return next(m for m in rounds if m.cycles == middle)
+    return sorted(rounds, key=lambda m: m.cycles)[(len(rounds) - 1) // 2]  # the lower middle of an even count
 
 
 def _parse(line: str) -> Measured:

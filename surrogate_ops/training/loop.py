@@ -19,13 +19,14 @@ runs beside the training.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -163,7 +164,7 @@ class DeviceBatches:
         self.batch_size, self.on = batch_size, on
         lengths = instructions(encoded)
         self.groups = []  # (tokens (n, i, t), targets (n,), settings (n, p) or None) per length
-        with _Upload(on, pinned=ahead) as upload:
+        with _upload(on, pinned=ahead) as upload:
             for length in np.unique(lengths):
                 index = np.flatnonzero(lengths == length)
                 extra = None if scaled is None else upload(torch.as_tensor(scaled[index], dtype=torch.float32))
@@ -178,10 +179,6 @@ class DeviceBatches:
         return self.count
 
     def epoch(self, rng: np.random.Generator) -> Iterable[Batch]:
-        if self.on.type == "cuda":  # uploaded on a side stream: the caching allocator must not hand their
-            stream = torch.cuda.current_stream(self.on)  # memory to the next window's copy while this uses it
-            for tensor in (t for g in [*self.groups, (self.backoff,)] for t in g if t is not None):
-                tensor.record_stream(stream)
         generator = torch.Generator(device=self.on)
         generator.manual_seed(int(rng.integers(2**62)))
         batches = [(g, part) for g, (_, targets, _) in enumerate(self.groups)
@@ -203,30 +200,27 @@ def _side_stream(on: torch.device) -> torch.cuda.Stream:
     return torch.cuda.Stream(on)
 
 
-class _Upload:
+@contextlib.contextmanager
+def _upload(on: torch.device, pinned: bool = False) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """Host tensors onto `on`. On a GPU: on a stream of its own, so that a window prepared ahead
     (`training.streaming`, on its own thread, `pinned`: from page-locked memory, which copies
     without blocking) copies while the network trains on the last one; leaving the block waits for
     the copies (that thread only). Pinned memory is held by torch for the process's life, so only
     windows, not a whole training set held once, are pinned."""
+    if on.type != "cuda":
+        yield lambda tensor: tensor.to(on)
+        return
+    stream, sent = _side_stream(on), []
 
-    def __init__(self, on: torch.device, pinned: bool = False):
-        self.on, self.pinned = on, pinned
-        self.stream = _side_stream(on) if on.type == "cuda" else None
+    def send(tensor: torch.Tensor) -> torch.Tensor:
+        sent.append(tensor.pin_memory().to(on, non_blocking=True) if pinned else tensor.to(on))
+        return sent[-1]
 
-    def __enter__(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        if self.stream is None:
-            return lambda tensor: tensor.to(self.on)
-        self.context = torch.cuda.stream(self.stream)
-        self.context.__enter__()
-        if not self.pinned:
-            return lambda tensor: tensor.to(self.on)
-        return lambda tensor: tensor.pin_memory().to(self.on, non_blocking=True)
-
-    def __exit__(self, *failed) -> None:
-        if self.stream is not None:
-            self.context.__exit__(*failed)
-            self.stream.synchronize()  # the pinned host copies may go once the device holds them
+    with torch.cuda.stream(stream):
+        yield send
+    stream.synchronize()  # the pinned host copies may go once the device holds them
+    for tensor in sent:  # read on the training's stream from here: the caching allocator must not hand
+        tensor.record_stream(torch.cuda.current_stream(on))  # their memory to a later upload meanwhile
 
 
 def predict(model: nn.Module, encoded: Sequence, scaled: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:

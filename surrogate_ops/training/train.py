@@ -227,7 +227,8 @@ def _split_rows(config: TrainConfig, frame: pd.DataFrame, max_instructions: int,
     train_rows = rows[rows["split"] == "train"]
     if config.train_limit is not None and len(train_rows) > config.train_limit:
         train_rows = train_rows.iloc[np.sort(rng.permutation(len(train_rows))[: config.train_limit])]
-    check_weights(config.weights, train_rows["source"].astype(str).unique() if "source" in train_rows else [""])
+    if config.weights:  # the distinct sources of a large training set take a while to find
+        check_weights(config.weights, train_rows["source"].astype(str).unique() if "source" in train_rows else [""])
     train_rows = weighted(train_rows, config.weights, rng)
     if train_rows.empty or val_rows.empty:
         raise SurrogateOpsError(f"need rows in both train and val splits (have {len(train_rows)} and {len(val_rows)})")
